@@ -1,0 +1,145 @@
+"""Pure fusion math of structural re-parameterization (DBB's transformations T1-T6).
+
+Every function takes tensors and returns tensors: no modules, no state. The modules in
+``branches.py`` and ``odbb.py`` read their parameters and running statistics and call
+these functions, so the math can be tested on its own and reused by other code.
+
+Conventions: a conv kernel has shape ``[out, in // groups, kh, kw]``; a (kernel, bias)
+pair describes ``conv(x, kernel, padding=kh//2, kw//2) + bias`` in eval semantics;
+BatchNorm is ``gamma * (z - mean) / sqrt(var + eps) + beta`` per channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "bn_affine",
+    "fold_bn",
+    "identity_kernel",
+    "avg_pool_kernel",
+    "avg_pool_after_1x1",
+    "merge_1x1_kxk",
+    "pad_kernel_to",
+    "sum_kernels",
+]
+
+
+def bn_affine(
+    running_mean: Tensor, running_var: Tensor, weight: Tensor, bias: Tensor, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as ``scale * z + shift`` per channel.
+
+    ``shift`` is also the BN's output for a zero input, the value DBB pads with (T3).
+    """
+    scale = weight / torch.sqrt(running_var + eps)
+    return scale, bias - running_mean * scale
+
+
+def fold_bn(
+    kernel: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    eps: float,
+    conv_bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """T1: fold a BatchNorm that follows a conv (bias-free unless ``conv_bias``) into (kernel, bias)."""
+    scale, shift = bn_affine(running_mean, running_var, weight, bias, eps)
+    if conv_bias is not None:
+        shift = shift + scale * conv_bias
+    return kernel * scale.reshape(-1, 1, 1, 1), shift
+
+
+def _grouped_eye(channels: int, groups: int, dtype: torch.dtype | None, device: torch.device | None) -> Tensor:
+    """``[channels, channels // groups]`` matrix with 1 where ``c == o mod (channels // groups)``."""
+    if groups < 1 or channels % groups:
+        raise ValueError(f"groups={groups} must divide channels={channels}")
+    per_group = channels // groups
+    out_index = torch.arange(channels, device=device)
+    eye = torch.zeros(channels, per_group, dtype=dtype, device=device)
+    eye[out_index, out_index % per_group] = 1
+    return eye
+
+
+def identity_kernel(
+    channels: int,
+    kernel_size: int,
+    groups: int = 1,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Identity as a KxK grouped conv: 1 at the centre where ``c == o mod (C/g)``."""
+    eye = _grouped_eye(channels, groups, dtype, device)
+    return pad_kernel_to(eye[:, :, None, None], kernel_size)
+
+
+def avg_pool_kernel(
+    channels: int,
+    kernel_size: int,
+    groups: int = 1,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    """T5: ``AvgPool2d(K)`` (``count_include_pad=True``) as a KxK grouped conv kernel."""
+    eye = _grouped_eye(channels, groups, dtype, device)
+    window = torch.full((kernel_size, kernel_size), 1.0 / kernel_size**2, dtype=eye.dtype, device=device)
+    return eye[:, :, None, None] * window
+
+
+def avg_pool_after_1x1(kernel1: Tensor, kernel_size: int) -> Tensor:
+    """T3+T5 in closed form: a 1x1 conv, then ``AvgPool2d(K)`` as one KxK kernel.
+
+    Average pooling is per channel, so the merge is the 1x1 kernel spread uniformly over
+    KxK; the 1x1's bias passes through unchanged (the window weights sum to 1), provided
+    the pooled map is padded with that bias (``BNAndPad``). Equal to
+    ``merge_1x1_kxk(kernel1, b1, avg_pool_kernel(...), 0, groups)`` without its dense
+    ``[O, O/g, K, K]`` intermediate.
+    """
+    return kernel1.expand(-1, -1, kernel_size, kernel_size) / kernel_size**2
+
+
+def merge_1x1_kxk(
+    kernel1: Tensor, bias1: Tensor, kernel2: Tensor, bias2: Tensor, groups: int = 1
+) -> tuple[Tensor, Tensor]:
+    """T3/T4: a 1x1 conv (``kernel1``, ``bias1``) followed by a KxK conv as one KxK conv.
+
+    Exact only if the intermediate map is padded with ``bias1`` (not zeros) before the
+    KxK conv runs with padding 0, as ``BNAndPad`` does. With groups the merge is done per
+    group: ``kernel1`` is ``[T, C/g, 1, 1]``, ``kernel2`` is ``[O, T/g, K, K]``.
+    """
+    mid, in_per_group = kernel1.shape[:2]
+    out, mid_per_group, kh, kw = kernel2.shape
+    if mid != mid_per_group * groups or out % groups:
+        raise ValueError(
+            f"kernel shapes {tuple(kernel1.shape)} and {tuple(kernel2.shape)} do not chain with groups={groups}"
+        )
+    k1 = kernel1.reshape(groups, mid_per_group, in_per_group)
+    k2 = kernel2.reshape(groups, out // groups, mid_per_group, kh, kw)
+    kernel = torch.einsum("gotyx,gtc->gocyx", k2, k1).reshape(out, in_per_group, kh, kw)
+    bias = bias2 + torch.einsum("gotyx,gt->go", k2, bias1.reshape(groups, mid_per_group)).reshape(out)
+    return kernel, bias
+
+
+def pad_kernel_to(kernel: Tensor, kernel_size: int) -> Tensor:
+    """T6: embed a centred ``kh x kw`` kernel (odd sizes) into ``kernel_size x kernel_size``."""
+    kh, kw = kernel.shape[-2:]
+    dh, dw = kernel_size - kh, kernel_size - kw
+    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
+        raise ValueError(f"cannot centre a {kh}x{kw} kernel in {kernel_size}x{kernel_size}; sizes must be odd")
+    return F.pad(kernel, [dw // 2, dw // 2, dh // 2, dh // 2])
+
+
+def sum_kernels(pairs: Iterable[tuple[Tensor, Tensor]], kernel_size: int) -> tuple[Tensor, Tensor]:
+    """T2: parallel branches as one conv: embed each kernel to KxK (T6), sum kernels and biases."""
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("sum_kernels needs at least one (kernel, bias) pair")
+    kernel = sum(pad_kernel_to(k, kernel_size) for k, _ in pairs)
+    bias = sum(b for _, b in pairs)
+    return kernel, bias  # type: ignore[return-value]

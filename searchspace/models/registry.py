@@ -1,0 +1,97 @@
+"""Model registry: host networks by name (timm's ``register_model`` idiom).
+
+A factory is any callable ``factory(num_classes, in_channels, branches, **options)``
+returning an ``nn.Module`` whose KxK convs are ODBBs. Its keyword parameters are the
+model's options; :func:`build_model` rejects any other option with a clear error.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from torch import nn
+
+from ..branches import BRANCH_TYPES
+from ..odbb import check_branches, check_positive_int
+
+__all__ = ["ModelSpec", "register_model", "build_model", "list_models", "model_options"]
+
+Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_FIXED_ARGS = ("num_classes", "in_channels", "branches")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a model was built: enough to build it again (``build_model(name, ...)``)."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    options: dict[str, Any] = field(default_factory=dict)
+    branches: tuple[str, ...] = BRANCH_TYPES
+
+
+def register_model(fn: Factory | None = None, *, name: str | None = None) -> Any:
+    """Register a model factory under ``name`` (default: the function's name).
+
+    Use as ``@register_model`` or ``register_model(factory, name="...")``.
+    """
+
+    def decorator(factory: Factory) -> Factory:
+        key = name or getattr(factory, "__name__", None)
+        if not key:
+            raise ValueError(f"register_model needs a name for {factory!r}")
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is already registered")
+        _REGISTRY[key] = factory
+        return factory
+
+    return decorator(fn) if fn is not None else decorator
+
+
+def list_models() -> list[str]:
+    """Names of the registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _factory(name: str) -> Callable[..., nn.Module]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options ``name`` accepts and their defaults."""
+    params = inspect.signature(_factory(name)).parameters.values()
+    return {p.name: p.default for p in params
+            if p.name not in _FIXED_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    branches: Iterable[str] = BRANCH_TYPES,
+    **options: Any,
+) -> nn.Module:
+    """Build a registered host whose every KxK conv is an ODBB with ``branches`` as candidates.
+
+    The model carries ``model.spec`` (a :class:`ModelSpec`) so it can be described and rebuilt.
+    """
+    factory = _factory(name)
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("in_channels", in_channels)
+    names = check_branches(branches)
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        listing = ", ".join(f"{k}={v!r}" for k, v in allowed.items())
+        raise ValueError(f"unknown option {', '.join(map(repr, unknown))} for model {name!r}; allowed: {listing}")
+    model = factory(num_classes=num_classes, in_channels=in_channels, branches=names, **options)
+    model.spec = ModelSpec(name, num_classes, in_channels, dict(options), names)
+    return model

@@ -1,0 +1,188 @@
+"""The ODBB block: a KxK conv layer trained as searchable parallel branches, fused into one conv.
+
+The search engine drives a block through two handles and nothing else:
+
+* ``set_active(mask)``: which candidate branches exist in the forward pass. Stored in the
+  persistent bool buffer ``active`` (saved in the ``state_dict``, so a checkpoint restores
+  the architecture). Inactive branches are never computed and get no gradient.
+* ``set_gates(gates)``: one float per candidate branch multiplying its output (the
+  straight-through gate of the search, whose value is exactly the mask). Transient: not
+  saved, not copied by ``copy.deepcopy``/pickle, ignored by ``fuse()``.
+
+The identity branch (BN only) is not searchable: it is always on where it exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .branches import BRANCH_TYPES, IDENTITY, IdentityBN, build_branch, is_depthwise
+from .fusion import sum_kernels
+
+__all__ = ["ODBB", "check_branches", "check_positive_int"]
+
+
+def check_branches(branches: Iterable[str]) -> tuple[str, ...]:
+    """Validate candidate branch names; return them in ``BRANCH_TYPES`` order."""
+    allowed = ", ".join(BRANCH_TYPES)
+    if isinstance(branches, str):
+        raise ValueError(
+            f"branches must be a sequence of branch names, not the string {branches!r}; allowed: {allowed}"
+        )
+    names = list(branches)
+    for name in names:
+        if name == IDENTITY:
+            raise ValueError(f"branch {name!r} is not searchable (use identity=True/False); allowed: {allowed}")
+        if name not in BRANCH_TYPES:
+            raise ValueError(f"unknown branch {name!r}; allowed: {allowed}")
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"duplicated branch {', '.join(map(repr, duplicated))}; each of {allowed} at most once")
+    return tuple(n for n in BRANCH_TYPES if n in names)
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is invalid; allowed: an integer >= 1")
+
+
+class ODBB(nn.Module):
+    """Optimal Diverse Branch Block: ``identity_bn(x) + sum_{i active} gate_i * branch_i(x)``.
+
+    No activation inside. ``branch_names`` lists the candidate branches that exist, a subset
+    of ``BRANCH_TYPES`` in that order: a depthwise block (``groups == in == out > 1``) has no
+    ``1x1`` branch (DBB: it would duplicate the BN), even when the caller lists it.
+    ``has_identity`` is true where ``identity`` was asked for, stride is 1 and
+    ``in_channels == out_channels``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        branches: Iterable[str] = BRANCH_TYPES,
+        identity: bool = True,
+    ) -> None:
+        super().__init__()
+        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                           ("kernel_size", kernel_size), ("stride", stride), ("groups", groups)):
+            check_positive_int(arg, value)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size={kernel_size} is even; allowed: odd sizes (1, 3, 5, 7, ...)")
+        if in_channels % groups or out_channels % groups:
+            divisors = [d for d in range(1, min(in_channels, out_channels) + 1)
+                        if in_channels % d == 0 and out_channels % d == 0]
+            raise ValueError(
+                f"groups={groups} does not divide in_channels={in_channels} and out_channels={out_channels}; "
+                f"allowed: {divisors}"
+            )
+        requested = branches if isinstance(branches, str) else list(branches)
+        names = check_branches(requested)
+        if is_depthwise(in_channels, out_channels, groups):
+            names = tuple(n for n in names if n != "1x1")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
+        self.has_identity: bool = bool(identity) and stride == 1 and in_channels == out_channels
+        if not names and not self.has_identity:
+            raise ValueError(
+                f"ODBB({in_channels}, {out_channels}, stride={stride}) would have no branch: "
+                f"got branches={requested} and no identity; allowed: a non-empty subset of {BRANCH_TYPES}"
+            )
+        self.branch_names: tuple[str, ...] = names
+        self.branches = nn.ModuleDict(
+            {n: build_branch(n, in_channels, out_channels, kernel_size, stride, groups) for n in names}
+        )
+        self.identity = IdentityBN(out_channels, groups) if self.has_identity else None
+        self.active: Tensor
+        self.register_buffer("active", torch.ones(len(names), dtype=torch.bool))
+        self._gates: Tensor | None = None
+
+    @property
+    def active_branches(self) -> tuple[str, ...]:
+        """Names of the active candidate branches, in ``branch_names`` order."""
+        return tuple(n for n, on in zip(self.branch_names, self.active.tolist()) if on)
+
+    def set_active(self, mask: Sequence[bool] | Tensor | None) -> None:
+        """Set which candidate branches are computed; ``None`` activates all."""
+        if mask is None:
+            self.active.fill_(True)
+            return
+        values = torch.as_tensor(mask).detach().to(device=self.active.device).bool().flatten()
+        if values.numel() != len(self.branch_names):
+            raise ValueError(
+                f"mask has {values.numel()} entries; allowed: {len(self.branch_names)}, one per {self.branch_names}"
+            )
+        self.active.copy_(values)
+
+    def set_gates(self, gates: Tensor | None) -> None:
+        """Per-branch multipliers for the forward pass (``[len(branch_names)]``); ``None`` clears."""
+        if gates is not None and (gates.dim() != 1 or gates.numel() != len(self.branch_names)):
+            raise ValueError(
+                f"gates of shape {tuple(gates.shape)}; allowed: shape ({len(self.branch_names)},), "
+                f"one per {self.branch_names}"
+            )
+        self._gates = gates
+
+    def _no_branch_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"{self._describe()} has no active branch and no identity; "
+            f"activate at least one of {self.branch_names} with set_active()"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.identity(x) if self.identity is not None else None
+        gates = self._gates
+        for i, (name, on) in enumerate(zip(self.branch_names, self.active.tolist())):
+            if not on:
+                continue
+            y = self.branches[name](x)
+            if gates is not None:
+                y = y * gates[i]
+            out = y if out is None else out + y
+        if out is None:
+            raise self._no_branch_error()
+        return out
+
+    def fuse_kernel(self) -> tuple[Tensor, Tensor]:
+        """(KxK kernel, bias) of the active branches plus identity, in eval semantics (T1-T6)."""
+        modules = [self.branches[n] for n in self.active_branches]
+        if self.identity is not None:
+            modules.append(self.identity)
+        if not modules:
+            raise self._no_branch_error()
+        return sum_kernels((m.fuse_kernel() for m in modules), self.kernel_size)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """One KxK conv with bias (same stride and groups, padding K//2) equal to the eval block."""
+        kernel, bias = self.fuse_kernel()
+        k = self.kernel_size
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, k, self.stride, k // 2, groups=self.groups, bias=True,
+            device=kernel.device, dtype=kernel.dtype,
+        )
+        conv.weight.copy_(kernel)
+        conv.bias.copy_(bias)  # type: ignore[union-attr]
+        return conv
+
+    def _describe(self) -> str:
+        return (f"ODBB({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, groups={self.groups})")
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, branches={self.branch_names}, identity={self.has_identity}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Drop the transient gates, which may carry an autograd graph that cannot be copied."""
+        state = super().__getstate__()
+        state["_gates"] = None
+        return state
