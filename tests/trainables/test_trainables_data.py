@@ -1,0 +1,45 @@
+"""Datasets: disjoint seeded splits, limit_train, and the flat (Debian) Fashion-MNIST layout."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+
+from trainables.config import DataConfig
+from trainables.data import build_data
+
+
+def _indices(subset) -> set[int]:
+    return set(subset.indices)
+
+
+def test_digits_split_is_disjoint_seeded_and_capped() -> None:
+    a, b = build_data(DataConfig(val_fraction=0.25), 0), build_data(DataConfig(val_fraction=0.25), 0)
+    assert not _indices(a.train) & _indices(a.val)
+    assert len(a.train) + len(a.val) == 1797 and len(a.val) == round(1797 * 0.25)
+    assert a.train.indices == b.train.indices and a.val.indices == b.val.indices
+    assert build_data(DataConfig(), 1).val.indices != build_data(DataConfig(), 0).val.indices
+    capped = build_data(DataConfig(limit_train=100), 0)
+    assert len(capped.train) == 100 and capped.val.indices == build_data(DataConfig(), 0).val.indices
+    assert (a.num_classes, a.in_channels, a.example_shape, a.test) == (10, 1, (1, 8, 8), None)
+
+
+def _idx(path: Path, magic: int, dims: tuple[int, ...], payload: bytes) -> None:
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">i", magic) + b"".join(struct.pack(">i", d) for d in dims) + payload)
+
+
+def test_flat_gzipped_mnist_layout_is_prepared_without_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPNAS_DATA_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "fashion-mnist"
+    root.mkdir()
+    for split, n in (("train", 20), ("t10k", 6)):
+        _idx(root / f"{split}-images-idx3-ubyte.gz", 2051, (n, 28, 28), bytes(range(256)) * (n * 784 // 256) + bytes(n * 784 % 256))
+        _idx(root / f"{split}-labels-idx1-ubyte.gz", 2049, (n,), bytes(i % 10 for i in range(n)))
+    data = build_data(DataConfig(dataset="fashion_mnist", root=str(root), val_fraction=0.25), 0)
+    assert (len(data.train), len(data.val), len(data.test)) == (15, 5, 6)
+    assert data.example_shape == (1, 28, 28) and data.num_classes == 10
+    assert (tmp_path / "cache").is_dir()

@@ -1,0 +1,80 @@
+"""SearchEngine phases on digits: budget, fix, alpha gradients, baselines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainables.build import build_trial_model
+from trainables.config import BASELINES, TrialConfig
+from trainables.data import build_data, make_loader
+from trainables.engine import SearchEngine
+from trainables.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+
+
+def _engine(cfg: TrialConfig) -> tuple[SearchEngine, torch.utils.data.DataLoader]:
+    torch.set_num_threads(1)
+    data = build_data(cfg.data, cfg.seed)
+    loader = make_loader(data.train, cfg.data.batch_size, train=True)
+    model = build_trial_model(cfg, data.num_classes, data.in_channels)
+    engine = SearchEngine(model, cfg.search, cfg.optim, steps_per_epoch=len(loader), seed=cfg.seed, device=torch.device("cpu"))
+    return engine, loader
+
+
+def _active(engine: SearchEngine) -> torch.Tensor:
+    return torch.cat([block.active for _, block in engine.layers])
+
+
+@pytest.mark.parametrize(("budget", "k"), [(0.34, 10), (0.5, 15), (7, 7), (1.0, 30)])
+def test_mask_keeps_exactly_the_budget(tiny, budget: float, k: int) -> None:
+    engine, loader = _engine(tiny(**{"search.budget": budget, "data.limit_train": 64}))
+    assert engine.k == k
+    fallbacks = 0
+    seen = []
+
+    def count(module, _inputs):  # record the active set of every training step
+        seen.append(_active(engine).clone())
+
+    handle = engine.model.register_forward_pre_hook(count)
+    for _ in range(2):  # random, then search
+        engine.train_epoch(loader)
+    handle.remove()
+    for mask in seen:
+        # top-k picks exactly k; layers without identity that picked nothing add their kxk
+        fallbacks = int(mask.sum()) - k
+        assert 0 <= fallbacks <= int((engine.fallback >= 0).sum())
+        assert int(mask[engine.fallback[engine.fallback >= 0]].sum()) >= fallbacks
+    exact = [m for m in seen if int(m.sum()) == k]
+    assert exact, "some steps must keep exactly k"
+
+
+def test_phases_fix_freezes_mask_and_alpha_gets_grads_only_in_search(tiny) -> None:
+    engine, loader = _engine(tiny(**{"search.epochs": 4, "search.random_epochs": 1, "search.search_epochs": 1}))
+    assert [engine.phase(e) for e in range(4)] == [PHASE_RANDOM, PHASE_SEARCH, PHASE_FIXED, PHASE_FIXED]
+    engine.train_epoch(loader)  # random: alpha frozen at 0
+    assert engine.alpha.grad is None and torch.equal(engine.alpha.detach(), torch.zeros_like(engine.alpha))
+    engine.train_epoch(loader)  # search: alpha learned
+    assert engine.alpha.grad is not None and float(engine.alpha.grad.abs().sum()) > 0
+    assert not torch.equal(engine.alpha.detach(), torch.zeros_like(engine.alpha))
+    expected = engine.eval_mask().clone()
+    alpha = engine.alpha.detach().clone()
+    engine.train_epoch(loader)  # fix: mask := top-k(alpha), BN reset, alpha frozen
+    assert torch.equal(engine.fixed_mask, expected) and torch.equal(_active(engine).cpu(), expected)
+    assert engine.alpha.grad is None and torch.equal(engine.alpha.detach(), alpha)
+    bn = next(m for m in engine.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert int(bn.num_batches_tracked) == len(loader)  # reset at the fix, then one epoch
+    engine.train_epoch(loader)
+    assert torch.equal(_active(engine).cpu(), expected) and torch.equal(engine.alpha.detach(), alpha)
+
+
+@pytest.mark.parametrize("method", [*BASELINES, ["kxk", "1xk", "identity"]])
+def test_baselines_keep_their_branch_sets(tiny, method) -> None:
+    engine, loader = _engine(tiny(**{"search.method": method, "data.limit_train": 64}))
+    wanted, identity = BASELINES[method] if isinstance(method, str) else (("kxk", "1xk"), True)
+    assert engine.alpha is None and engine.phase(0) == PHASE_FIXED
+    before = [(block.branch_names, block.has_identity) for _, block in engine.layers]
+    engine.train_epoch(loader)
+    for (name, block), (names, has_id) in zip(engine.layers, before):
+        assert set(block.active_branches) == set(wanted) & set(names) == set(block.branch_names)
+        assert block.has_identity == has_id == (identity and block.stride == 1 and block.in_channels == block.out_channels)
+    assert int(engine.eval_mask().sum()) == engine.num_candidates

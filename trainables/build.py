@@ -1,0 +1,79 @@
+"""Build the trial's model from its config: the ODBB supernet or a fixed architecture.
+
+``search.method`` decides: ``odbb`` builds the supernet over ``search.candidates``; a
+baseline name, an explicit branch list or an architecture JSON builds a model whose
+ODBBs hold exactly those branches (all active, trained without alpha). Errors that only
+show once the model exists (budget above the candidate count, bad model options) are
+raised here as ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from searchspace import BRANCH_TYPES, IDENTITY, Architecture, LayerArch, architecture_of, build_from_architecture, build_model, odbb_layers
+
+from .config import BASELINES, TrialConfig
+from .gates import budget_to_k
+from .schema import ConfigError
+
+__all__ = ["build_trial_model", "num_candidates"]
+
+
+def num_candidates(model: nn.Module) -> int:
+    """Candidate branches over all ODBB layers (identity excluded)."""
+    return sum(len(block.branch_names) for _, block in odbb_layers(model))
+
+
+def _build(cfg: TrialConfig, num_classes: int, in_channels: int, branches: list[str] | tuple[str, ...]) -> nn.Module:
+    try:
+        return build_model(cfg.model.name, num_classes, in_channels, branches, **cfg.model.options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError("trial.model.options", str(err)) from None
+
+
+def _fixed_architecture(cfg: TrialConfig, num_classes: int, in_channels: int) -> Architecture:
+    """The Architecture a non-searching ``search.method`` asks for."""
+    method = cfg.search.method
+    if isinstance(method, str) and method.endswith(".json"):
+        try:
+            arch = Architecture.load(Path(method).expanduser())
+        except (OSError, ValueError) as err:
+            raise ConfigError("trial.search.method", f"cannot read architecture {method}: {err}") from None
+        if (arch.num_classes, arch.in_channels) != (num_classes, in_channels):
+            raise ConfigError(
+                "trial.search.method",
+                f"architecture {method} is for {arch.num_classes} classes / {arch.in_channels} input channels, "
+                f"the dataset has {num_classes} / {in_channels}",
+            )
+        return arch
+    if isinstance(method, list):
+        wanted, identity = [b for b in method if b != IDENTITY], IDENTITY in method
+    else:
+        wanted, identity = list(BASELINES[method][0]), BASELINES[method][1]
+    host = architecture_of(_build(cfg, num_classes, in_channels, BRANCH_TYPES))
+    layers = []
+    for layer in host.layers:
+        kept = [b for b in layer.branches if b in wanted]
+        if not kept and not (identity and layer.identity):
+            raise ConfigError("trial.search.method", f"layer {layer.name} would keep no branch of {wanted}")
+        layers.append(LayerArch(layer.name, kept, identity and layer.identity))
+    return Architecture(host.model, host.num_classes, host.in_channels, host.options, layers)
+
+
+def build_trial_model(cfg: TrialConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The model the engine trains; checks the budget against the real candidate count."""
+    if cfg.search.searching:
+        model = _build(cfg, num_classes, in_channels, cfg.search.candidates)
+        try:
+            budget_to_k(cfg.search.budget, num_candidates(model))
+        except ValueError as err:
+            raise ConfigError("trial.search.budget", f"{err} ({cfg.model.name} with candidates {cfg.search.candidates})") from None
+        return model
+    arch = _fixed_architecture(cfg, num_classes, in_channels)
+    try:
+        return build_from_architecture(arch)
+    except ValueError as err:
+        raise ConfigError("trial.search.method", str(err)) from None

@@ -1,0 +1,212 @@
+"""TrialConfig: the ``trial:`` section of a sweep file as typed, validated dataclasses.
+
+Defaults are the RepNAS paper's values (DESIGN.md section 3). ``TrialConfig.from_dict``
+rejects wrong types, out-of-range values and unknown keys with a ``ConfigError`` whose
+path is the YAML key (``trial.search.budget``). Checks that need the built model (budget
+larger than the candidate count) happen in ``trainables.build``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from searchspace import BRANCH_TYPES, IDENTITY, list_models
+
+from .schema import (
+    ConfigError,
+    apply_overrides,
+    at_least,
+    between,
+    did_you_mean,
+    dump_dataclass,
+    join_path,
+    load_dataclass,
+    rule,
+)
+
+__all__ = [
+    "TrialConfig",
+    "ModelConfig",
+    "DataConfig",
+    "SearchConfig",
+    "OptimConfig",
+    "RuntimeConfig",
+    "ExportConfig",
+    "ConfigError",
+    "apply_overrides",
+    "BASELINES",
+    "DATASETS",
+    "EXPORT_FORMATS",
+]
+
+DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+EXPORT_FORMATS = ("state_dict", "torch_export", "torchscript", "onnx")
+
+BASELINES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "plain": (("kxk",), False),
+    "repvgg": (("1x1", "kxk"), True),
+    "acnet": (("kxk", "1xk", "kx1"), False),
+    "dbb": (("1x1", "1x1_avg", "kxk", "1x1_kxk"), False),
+    "all": (tuple(BRANCH_TYPES), True),
+}
+"""Fixed-architecture baselines: method -> (branch types, identity where shapes allow)."""
+
+_Dataset = Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
+_Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
+
+
+@dataclass
+class ModelConfig:
+    """Host network from ``searchspace.list_models()`` and its ``build_model`` options."""
+
+    name: str = "repvgg_tiny"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        names = list_models()
+        if self.name not in names:
+            raise ConfigError(
+                join_path(path, "name"),
+                f"unknown model {self.name!r}{did_you_mean(self.name, names)}; available: {', '.join(names)}",
+            )
+
+
+@dataclass
+class DataConfig:
+    """Dataset, split and loader settings."""
+
+    dataset: _Dataset = "digits"
+    root: str | None = None
+    download: bool = False
+    val_fraction: float = field(default=0.2, metadata=rule(between(0.0, 1.0, low_open=True, high_open=True)))
+    batch_size: int = field(default=64, metadata=rule(at_least(1)))
+    eval_batch_size: int = field(default=256, metadata=rule(at_least(1)))
+    num_workers: int = field(default=0, metadata=rule(at_least(0)))
+    image_size: int | None = field(default=None, metadata=rule(at_least(1)))
+    augment: bool = False
+    limit_train: int | None = field(default=None, metadata=rule(at_least(1)))
+
+    def validate(self, path: str) -> None:
+        if self.dataset == "imagefolder" and not self.root:
+            raise ConfigError(join_path(path, "root"), "imagefolder needs a root folder holding train/ and val/")
+
+
+@dataclass
+class SearchConfig:
+    """The inner one-stage search (or a fixed baseline) and its schedule."""
+
+    method: str | list[str] = "odbb"
+    candidates: list[str] = field(default_factory=lambda: list(BRANCH_TYPES))
+    budget: int | float = 0.34
+    epochs: int = field(default=150, metadata=rule(at_least(1)))
+    random_epochs: int = field(default=15, metadata=rule(at_least(0)))
+    search_epochs: int = field(default=35, metadata=rule(at_least(0)))
+    arch_lr: float = field(default=1.0e-4, metadata=rule(between(0.0, 10.0, low_open=True)))
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = field(default=5.0e-4, metadata=rule(at_least(0.0)))
+
+    @property
+    def searching(self) -> bool:
+        """True for the RepNAS search, False for a fixed architecture."""
+        return self.method == "odbb"
+
+    def validate(self, path: str) -> None:
+        self._validate_method(join_path(path, "method"))
+        cpath = join_path(path, "candidates")
+        for i, name in enumerate(self.candidates):
+            if name not in BRANCH_TYPES:
+                raise ConfigError(join_path(cpath, i), f"unknown branch type {name!r}{did_you_mean(name, BRANCH_TYPES)}; expected one of: {', '.join(BRANCH_TYPES)}")
+        if not self.candidates or len(set(self.candidates)) != len(self.candidates):
+            raise ConfigError(cpath, "expected a non-empty list of distinct branch types")
+        if self.searching and "kxk" not in self.candidates:
+            raise ConfigError(cpath, "must include 'kxk' (layers without identity fall back to it when they select nothing)")
+        bpath = join_path(path, "budget")
+        if isinstance(self.budget, float) and not 0.0 < self.budget <= 1.0:
+            raise ConfigError(bpath, f"a ratio budget must be in (0, 1], got {self.budget}")
+        if isinstance(self.budget, int) and self.budget < 1:
+            raise ConfigError(bpath, f"an absolute budget must be an integer >= 1 branches, got {self.budget}")
+        if self.random_epochs + self.search_epochs > self.epochs:
+            raise ConfigError(
+                join_path(path, "search_epochs"),
+                f"random_epochs + search_epochs ({self.random_epochs} + {self.search_epochs}) exceeds epochs ({self.epochs})",
+            )
+        for i, beta in enumerate(self.arch_betas):
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(join_path(join_path(path, "arch_betas"), i), f"expected a value in [0, 1), got {beta}")
+
+    def _validate_method(self, path: str) -> None:
+        if isinstance(self.method, list):
+            allowed = (*BRANCH_TYPES, IDENTITY)
+            for i, name in enumerate(self.method):
+                if name not in allowed:
+                    raise ConfigError(join_path(path, i), f"unknown branch type {name!r}{did_you_mean(name, allowed)}; expected one of: {', '.join(allowed)}")
+            if not [b for b in self.method if b != IDENTITY]:
+                raise ConfigError(path, "an explicit branch list needs at least one branch besides identity")
+            return
+        if self.method.endswith(".json"):
+            if not Path(self.method).expanduser().is_file():
+                raise ConfigError(path, f"architecture file {self.method} not found")
+            return
+        names = ("odbb", *BASELINES)
+        if self.method not in names:
+            raise ConfigError(
+                path,
+                f"unknown method {self.method!r}{did_you_mean(self.method, names)}; expected one of: {', '.join(names)}, a list of branch types or an architecture .json path",
+            )
+
+
+@dataclass
+class OptimConfig:
+    """Weight optimiser: SGD with momentum, cosine lr per iteration, clipping."""
+
+    lr: float = field(default=0.1, metadata=rule(between(0.0, 10.0, low_open=True)))
+    momentum: float = field(default=0.9, metadata=rule(between(0.0, 1.0, high_open=True)))
+    weight_decay: float = field(default=1.0e-4, metadata=rule(at_least(0.0)))
+    grad_clip: float | None = field(default=5.0, metadata=rule(between(0.0, float("inf"), low_open=True)))
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the trial runs."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = field(default=None, metadata=rule(at_least(1)))
+    workers: int = field(default=1, metadata=rule(at_least(1)))
+    sync_bn: bool = False
+    latency_batch_size: int = field(default=1, metadata=rule(at_least(1)))
+
+    def validate(self, path: str) -> None:
+        if self.workers > 1:
+            raise ConfigError(join_path(path, "workers"), "DDP inside a trial is not implemented yet; use 1")
+
+
+@dataclass
+class ExportConfig:
+    """What the end of a trial writes, and how long latency is measured per model."""
+
+    formats: list[_Format] = field(default_factory=lambda: list(EXPORT_FORMATS))
+    latency_min_run_time: float = field(default=0.5, metadata=rule(between(0.0, 60.0, low_open=True)))
+
+
+@dataclass
+class TrialConfig:
+    """Everything one trial needs; the ``trial:`` section of a sweep file."""
+
+    seed: int = field(default=0, metadata=rule(at_least(0)))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, path: str = "trial") -> TrialConfig:
+        """Validate a plain mapping (missing keys take defaults); raises ``ConfigError``."""
+        return load_dataclass(cls, data, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form that ``from_dict`` reads back unchanged."""
+        return dump_dataclass(self)

@@ -1,0 +1,195 @@
+"""Datasets through torchvision: build, split (train/val never overlap), load reproducibly.
+
+The validation set is carved out of the training split by a seeded permutation; the
+dataset's own test split (when it has one) is kept apart for the final ``test_acc``.
+Nothing downloads unless ``data.download`` is true; missing files raise a ``ConfigError``
+on ``trial.data.root`` that names the path and the fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+from .config import DataConfig
+from .schema import ConfigError
+
+__all__ = ["DataBundle", "build_data", "make_loader", "DigitsDataset", "FASHION_MNIST_ROOT", "cache_dir"]
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+_ROOT_PATH = "trial.data.root"
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_STATS = {  # per-channel mean/std used for normalisation
+    "digits": ((0.3055,), (0.3775,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+Transform = Callable[[object], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Train/val/test datasets and their shape facts."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    num_classes: int
+    in_channels: int
+    example_shape: tuple[int, int, int]  # C, H, W of one input
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as a torch Dataset."""
+
+    def __init__(self, transform: Transform | None = None) -> None:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        self.images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        self.targets = torch.tensor(bunch.target, dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index])
+
+
+def cache_dir() -> Path:
+    """Where prepared dataset layouts go (``$REPNAS_DATA_CACHE`` or ``~/.cache/repnas-tune``)."""
+    return Path(os.environ.get("REPNAS_DATA_CACHE", Path.home() / ".cache" / "repnas-tune"))
+
+
+def _missing(path: Path, fix: str) -> ConfigError:
+    return ConfigError(_ROOT_PATH, f"dataset files not found at {path}; {fix}")
+
+
+def _mnist_root(root: Path, folder: str, download: bool, fix: str) -> Path:
+    """A root whose ``<folder>/raw`` holds the four idx files, as torchvision expects.
+
+    Accepts torchvision's own layout or a flat folder of the original (optionally
+    gzipped) files, like Debian's ``dataset-fashion-mnist``; the latter is unpacked once
+    into a cache folder, never downloaded.
+    """
+    if all((root / folder / "raw" / f).is_file() for f in _MNIST_FILES) or download:
+        return root
+    found = {f: next((p for p in (root / f, root / f"{f}.gz") if p.is_file()), None) for f in _MNIST_FILES}
+    if not all(found.values()):
+        raise _missing(root, fix)
+    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]
+    prepared = cache_dir() / f"{folder}-{tag}"
+    raw = prepared / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, source in found.items():
+        target = raw / name
+        if target.is_file():
+            continue
+        tmp = raw / f".{name}.{os.getpid()}.tmp"
+        with (gzip.open(source, "rb") if source.suffix == ".gz" else open(source, "rb")) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, target)
+    return prepared
+
+
+def _transforms(cfg: DataConfig, train: bool, size: int | None) -> Transform:
+    """ToTensor (PIL datasets) + optional resize/augmentation + normalisation."""
+    mean, std = _STATS[cfg.dataset]
+    steps: list[Callable] = [] if cfg.dataset == "digits" else [transforms.ToTensor()]
+    if cfg.dataset == "imagefolder":
+        side = cfg.image_size or 224
+        steps = ([transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip()] if train and cfg.augment
+                 else [transforms.Resize(int(side * 256 / 224)), transforms.CenterCrop(side)]) + steps
+    else:
+        if cfg.image_size:
+            steps.append(transforms.Resize(cfg.image_size, antialias=True))
+        if train and cfg.augment and size is not None:
+            steps.append(transforms.RandomCrop(size, padding=max(1, size // 8)))
+            if cfg.dataset in ("cifar10", "cifar100"):
+                steps.append(transforms.RandomHorizontalFlip())
+    steps.append(transforms.Normalize(mean, std))
+    return transforms.Compose(steps)
+
+
+def _open(cfg: DataConfig, train: bool, transform: Transform) -> Dataset:
+    """The raw train (``train=True``) or test split of ``cfg.dataset``."""
+    name = cfg.dataset
+    if name == "digits":
+        return DigitsDataset(transform)
+    if name == "imagefolder":
+        folder = Path(cfg.root or "").expanduser() / ("train" if train else "val")
+        if not folder.is_dir():
+            raise _missing(folder, "expected an ImageNet-style root holding train/<class>/*.jpg and val/<class>/*.jpg")
+        return datasets.ImageFolder(str(folder), transform=transform)
+    default = FASHION_MNIST_ROOT if name == "fashion_mnist" else str(cache_dir() / "data")
+    root = Path(cfg.root or default).expanduser()
+    if name in ("mnist", "fashion_mnist"):
+        fix = ("install it with `apt-get install -y dataset-fashion-mnist`, set trial.data.root, or set trial.data.download: true"
+               if name == "fashion_mnist" else "set trial.data.root to a folder with the MNIST idx files, or set trial.data.download: true")
+        cls = datasets.FashionMNIST if name == "fashion_mnist" else datasets.MNIST
+        root = _mnist_root(root, cls.__name__, cfg.download, fix)
+        return cls(str(root), train=train, transform=transform, download=cfg.download)
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        return cls(str(root), train=train, transform=transform, download=cfg.download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise _missing(root, f"set trial.data.root to the folder holding {cls.base_folder}/, or set trial.data.download: true ({err})") from None
+
+
+_NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+
+
+def build_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Build the datasets; val is a seeded subset of the training split disjoint from train."""
+    size = cfg.image_size or _NATIVE_SIZE.get(cfg.dataset)
+    train_full = _open(cfg, True, _transforms(cfg, True, size))
+    eval_full = _open(cfg, True, _transforms(cfg, False, size))
+    n = len(train_full)
+    n_val = max(1, round(n * cfg.val_fraction))
+    if n_val >= n:
+        raise ConfigError("trial.data.val_fraction", f"leaves no training samples out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if cfg.limit_train is not None:
+        train_idx = train_idx[: cfg.limit_train]
+    test = None if cfg.dataset == "digits" else _open(cfg, False, _transforms(cfg, False, size))
+    example = eval_full[0][0]
+    classes = getattr(train_full, "classes", None)
+    num_classes = len(classes) if classes else int(max(int(t) for t in train_full.targets)) + 1
+    return DataBundle(
+        train=Subset(train_full, train_idx),
+        val=Subset(eval_full, val_idx),
+        test=test,
+        num_classes=num_classes,
+        in_channels=int(example.shape[0]),
+        example_shape=tuple(example.shape),
+    )
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int = 0) -> DataLoader:
+    """A DataLoader; a training loader shuffles with its own generator, reseeded per epoch."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=num_workers,
+        generator=torch.Generator() if train else None,
+        persistent_workers=False,
+    )

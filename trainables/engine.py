@@ -1,0 +1,266 @@
+"""SearchEngine: the RepNAS one-stage search (DESIGN.md section 3) on one process.
+
+Phases by epoch: random (alpha frozen, a uniformly random k-subset every step) -> search
+(alpha learned through the straight-through gate of noisy top-k) -> fixed (mask :=
+noise-free top-k(alpha), all BN running statistics reset, alpha frozen). A fixed
+architecture (a baseline) runs the same loop in the fixed phase from epoch 0, without alpha.
+
+Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
+noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is
+bit-identical to an uninterrupted one.
+
+DDP seam: ``mask_sync`` is applied to every sampled mask before use; a distributed
+runner sets it to a broadcast from rank 0 (and wraps ``model``) without touching the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from searchspace import odbb_layers
+
+from .config import OptimConfig, SearchConfig
+from .gates import apply_fallback, budget_to_k, cosine, logistic_noise, random_mask, straight_through, topk_mask
+from .metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+
+__all__ = ["SearchEngine", "derive_seed"]
+
+_STREAM_DATA, _STREAM_TORCH, _STREAM_MASK = 1, 2, 3
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """An independent 63-bit seed for ``(seed, *keys)`` (numpy SeedSequence hashing)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv/linear weights only, not on biases or BN parameters (ndim <= 1)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+
+
+class SearchEngine:
+    """Holds the supernet, alpha, optimisers and phase; trains and evaluates one epoch at a time."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        search: SearchConfig,
+        optim: OptimConfig,
+        *,
+        steps_per_epoch: int,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        self.model = model.to(device)
+        self.search, self.optim = search, optim
+        self.seed, self.device = seed, device
+        self.layers = odbb_layers(model)
+        self.sizes = [len(block.branch_names) for _, block in self.layers]
+        self.num_candidates = sum(self.sizes)
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed optimisation steps
+        self.mask_sync: Callable[[Tensor], Tensor] = lambda mask: mask
+        self.optimizer = torch.optim.SGD(_param_groups(model, optim.weight_decay), lr=optim.lr, momentum=optim.momentum)
+        total = max(1, search.epochs * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine(s, total, 1.0))
+        self.alpha: nn.Parameter | None = None
+        self.arch_optimizer: torch.optim.Adam | None = None
+        self.k = self.num_candidates
+        self.fixed_mask: Tensor | None = None
+        if search.searching:
+            self.k = budget_to_k(search.budget, self.num_candidates)
+            self.alpha = nn.Parameter(torch.zeros(self.num_candidates, device=device))
+            self.arch_optimizer = torch.optim.Adam(
+                [self.alpha], lr=search.arch_lr, betas=tuple(search.arch_betas), weight_decay=search.arch_weight_decay
+            )
+        else:
+            self.fixed_mask = torch.cat([block.active.cpu() for _, block in self.layers])
+        self.fallback = self._fallback_slots()
+
+    # ----------------------------------------------------------------- masks
+    def _fallback_slots(self) -> Tensor:
+        """Flat ``kxk`` slot of each layer without identity (-1 where it has identity)."""
+        slots, offset = [], 0
+        for (_, block), size in zip(self.layers, self.sizes):
+            has_kxk = "kxk" in block.branch_names
+            slots.append(-1 if block.has_identity or not has_kxk else offset + block.branch_names.index("kxk"))
+            offset += size
+        return torch.tensor(slots, dtype=torch.long)
+
+    def phase(self, epoch: int | None = None) -> int:
+        """Phase id of ``epoch`` (default: the next epoch to train)."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.search.searching or epoch >= self.search.random_epochs + self.search.search_epochs:
+            return PHASE_FIXED
+        return PHASE_RANDOM if epoch < self.search.random_epochs else PHASE_SEARCH
+
+    def _complete(self, mask: Tensor) -> Tensor:
+        return self.mask_sync(apply_fallback(mask.cpu(), self.sizes, self.fallback))
+
+    def eval_mask(self) -> Tensor:
+        """The architecture as it stands: the fixed mask, else the noise-free top-k of alpha."""
+        if self.fixed_mask is not None:
+            return self.fixed_mask
+        assert self.alpha is not None
+        return self._complete(topk_mask(self.alpha.detach(), self.k))
+
+    def _apply(self, mask: Tensor, gates: Tensor | None = None) -> None:
+        """Write the mask (and gates) into every block; one host-to-device copy per call."""
+        mask = mask.to(self.device, non_blocking=True)
+        offset = 0
+        for (_, block), size in zip(self.layers, self.sizes):
+            block.set_active(mask[offset : offset + size])
+            block.set_gates(None if gates is None else gates[offset : offset + size])
+            offset += size
+
+    def _step_gates(self, phase: int, generator: torch.Generator) -> None:
+        """Sample this step's mask (and gates in the search phase) into the model."""
+        if phase == PHASE_RANDOM:
+            self._apply(self._complete(random_mask(self.num_candidates, self.k, generator)))
+        elif phase == PHASE_SEARCH:
+            assert self.alpha is not None
+            logits = self.alpha + logistic_noise(self.num_candidates, generator).to(self.device)
+            mask = self._complete(topk_mask(logits, self.k))
+            self._apply(mask, straight_through(mask.to(self.device), logits))
+
+    def fix(self, reset_bn: bool = True) -> None:
+        """Freeze the mask at the noise-free top-k of alpha; reset BN statistics (the fix phase)."""
+        if self.fixed_mask is not None:
+            return
+        self.fixed_mask = self.eval_mask().clone()
+        self._apply(self.fixed_mask)
+        if reset_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.reset_running_stats()
+
+    # ----------------------------------------------------------------- loops
+    def _parameters(self) -> Iterable[Tensor]:
+        yield from self.model.parameters()
+        if self.alpha is not None:
+            yield self.alpha
+
+    def train_epoch(self, loader: DataLoader) -> dict[str, float]:
+        """Train one epoch; returns phase_id, train_loss, train_acc, lr (at its first step)."""
+        phase = self.phase()
+        if phase == PHASE_FIXED:
+            self.fix()
+            self._apply(self.fixed_mask)  # type: ignore[arg-type]
+        torch.manual_seed(derive_seed(self.seed, self.epoch, _STREAM_TORCH))
+        if isinstance(loader.generator, torch.Generator):
+            loader.generator.manual_seed(derive_seed(self.seed, self.epoch, _STREAM_DATA))
+        noise = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _STREAM_MASK))
+        search_start = self.search.random_epochs * self.steps_per_epoch
+        search_total = self.search.search_epochs * self.steps_per_epoch
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        self.model.train()
+        loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            self._step_gates(phase, noise)
+            logits = self.model(inputs)
+            loss = F.cross_entropy(logits, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.arch_optimizer is not None:
+                self.arch_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.optim.grad_clip is not None:
+                nn.utils.clip_grad_norm_(list(self._parameters()), self.optim.grad_clip)
+            self.optimizer.step()
+            if phase == PHASE_SEARCH and self.arch_optimizer is not None:
+                decay = cosine(self.step - search_start, search_total, self.search.arch_weight_decay)
+                self.arch_optimizer.param_groups[0]["weight_decay"] = decay
+                self.arch_optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            loss_sum += loss.detach() * len(targets)
+            correct += (logits.detach().argmax(1) == targets).sum()
+            seen += len(targets)
+        self._apply(self.eval_mask())  # drop the step's gates (and their graph)
+        self.epoch += 1
+        return {
+            "phase_id": float(phase),
+            "train_loss": float(loss_sum) / max(seen, 1),
+            "train_acc": float(correct) / max(seen, 1),
+            "lr": lr,
+        }
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader, model: nn.Module | None = None) -> tuple[float, float]:
+        """(loss, accuracy) of ``model`` (default: the supernet under ``eval_mask()``)."""
+        if model is None:
+            self._apply(self.eval_mask())
+            model = self.model
+        model.eval()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            logits = model(inputs)
+            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
+            correct += int((logits.argmax(1) == targets).sum())
+            seen += len(targets)
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def finalize(self) -> None:
+        """Make the architecture final: fix the mask if the run never reached the fix phase.
+
+        BN statistics are kept then (they were learned under the supernet), so the
+        exported model is the one just evaluated.
+        """
+        self.fix(reset_bn=False)
+        self._apply(self.fixed_mask)  # type: ignore[arg-type]
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(tensors, meta)``: tensors for ``torch.save``, meta JSON-serialisable."""
+        tensors: dict[str, Any] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            tensors["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if self.alpha is not None and self.arch_optimizer is not None:
+            tensors["alpha"] = self.alpha.detach().cpu()
+            tensors["arch_optimizer"] = self.arch_optimizer.state_dict()
+        if self.fixed_mask is not None:
+            tensors["fixed_mask"] = self.fixed_mask
+        meta = {"epoch": self.epoch, "step": self.step, "phase_id": self.phase(), "k": self.k,
+                "num_candidates": self.num_candidates}
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (same model/config)."""
+        if meta["num_candidates"] != self.num_candidates or meta["k"] != self.k:
+            raise ValueError(
+                f"checkpoint is for {meta['num_candidates']} candidates keeping {meta['k']}, "
+                f"this run has {self.num_candidates} keeping {self.k}: the config changed"
+            )
+        self.model.load_state_dict(tensors["model"])
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.scheduler.load_state_dict(tensors["scheduler"])
+        if self.alpha is not None and self.arch_optimizer is not None:
+            with torch.no_grad():
+                self.alpha.copy_(tensors["alpha"].to(self.device))
+            self.arch_optimizer.load_state_dict(tensors["arch_optimizer"])
+        mask = tensors.get("fixed_mask")
+        self.fixed_mask = None if mask is None else mask.bool().cpu()
+        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        torch.set_rng_state(tensors["rng_cpu"])
+        if "rng_cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(tensors["rng_cuda"])
+        self._apply(self.eval_mask())
+

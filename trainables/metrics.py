@@ -1,0 +1,39 @@
+"""Names of the flat scalar metrics a trial reports (the contract with the orchestrator)."""
+
+from __future__ import annotations
+
+__all__ = ["PHASES", "PHASE_RANDOM", "PHASE_SEARCH", "PHASE_FIXED", "EPOCH_METRICS", "FINAL_METRICS", "OPTIONAL_FINAL_METRICS"]
+
+PHASE_RANDOM, PHASE_SEARCH, PHASE_FIXED = 0, 1, 2
+PHASES = ("random", "search", "fixed")
+"""``phase_id`` -> name."""
+
+EPOCH_METRICS = (
+    "epoch",
+    "phase_id",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "branches_kept",
+    "branches_total",
+    "lr",
+    "epoch_time_s",
+)
+"""Reported after every epoch. ``epoch`` counts completed epochs (1-based)."""
+
+FINAL_METRICS = (
+    "fused_val_acc",
+    "fused_max_logit_diff",
+    "params_fused",
+    "params_unfused",
+    "flops_fused",
+    "flops_unfused",
+    "latency_fused_ms",
+    "latency_unfused_ms",
+    "done",
+)
+"""Added to the last epoch's report."""
+
+OPTIONAL_FINAL_METRICS = ("test_acc",)
+"""Added to the last report when the dataset has a test split (fused model's accuracy)."""

@@ -1,0 +1,196 @@
+"""``run_trial``: one whole trial (data -> model -> epochs with checkpoints -> export).
+
+The single entry that the CLI (``trainables.search``) and the Ray Tune trainable
+(``trainables.tune``) both call. Layout of ``workdir``::
+
+    metrics.jsonl      one JSON line of flat metrics per epoch
+    alpha.json         alpha and the current mask, layers x branch types (every epoch)
+    checkpoint/        latest epoch's checkpoint (atomic); the last one also holds export/
+    export/            architecture.json, model.pt2, model.ts, model.onnx,
+                       fused_state_dict.pt, alpha.json, alpha.png, summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .alpha import alpha_table, plot_alpha, save_alpha
+from .build import build_trial_model
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RuntimeConfig, TrialConfig
+from .data import build_data, make_loader
+from .engine import SearchEngine, derive_seed
+from .export import export_model
+from .hooks import TrialHook
+from .metrics import EPOCH_METRICS
+from .schema import ConfigError
+
+__all__ = ["run_trial", "TrialResult", "ReportFn", "resolve_device", "CHECKPOINT_DIR", "EXPORT_DIR"]
+
+CHECKPOINT_DIR, EXPORT_DIR = "checkpoint", "export"
+ReportFn = Callable[[dict[str, float], Path], None]
+"""``report(metrics, checkpoint_dir)``: called after every epoch's checkpoint is written."""
+
+_INIT_STREAM = 0  # seed stream of the weight init (the engine's per-epoch streams are 1-3)
+_RESUME_SECTIONS = ("seed", "model", "data", "search", "optim")  # must match to resume exactly
+
+
+@dataclass
+class TrialResult:
+    """What a finished trial leaves: final metrics, per-epoch history, folders, summary."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    export_dir: Path
+    checkpoint_dir: Path
+    summary: dict[str, Any]
+
+
+def resolve_device(runtime: RuntimeConfig) -> torch.device:
+    """CUDA when asked for or available (``auto``), else CPU; limits torch's CPU threads."""
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trial.runtime.device", "cuda requested but torch sees no GPU; use auto or cpu")
+    use_cuda = runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available())
+    torch.set_num_threads(runtime.num_threads or len(os.sched_getaffinity(0)))
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def _check_resumable(saved: dict[str, Any], config: TrialConfig) -> None:
+    """Refuse to resume a checkpoint written under a different model/data/search/optim config."""
+    now = config.to_dict()
+    for section in _RESUME_SECTIONS:
+        if saved.get(section) != now[section]:
+            raise ConfigError(f"trial.{section}", f"differs from the checkpoint's config ({saved.get(section)!r}); resuming needs the same settings")
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
+
+
+def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: Any, out: Path) -> tuple[dict[str, float], dict[str, Any]]:
+    """Final metrics and summary fields: fuse, verify, measure, export, test accuracy, alpha plot."""
+    engine.finalize()
+    fused, result = export_model(
+        engine.model, val_loader, data.example_shape, out,
+        device=engine.device, formats=list(config.export.formats),
+        latency_batch_size=config.runtime.latency_batch_size,
+        latency_min_run_time=config.export.latency_min_run_time,
+    )
+    metrics = dict(result.metrics)
+    if data.test is not None:
+        test_loader = make_loader(data.test, config.data.eval_batch_size, train=False, num_workers=config.data.num_workers)
+        metrics["test_acc"] = engine.evaluate(test_loader, model=fused)[1]
+    table = alpha_table(engine.layers, engine.alpha, engine.eval_mask())
+    save_alpha(table, out / "alpha.json")
+    plot_alpha(table, out / "alpha.png")
+    metrics["done"] = 1.0
+    extra = {"files": result.files, "export_errors": result.errors, "onnx_max_diff": result.onnx_max_diff}
+    return metrics, extra
+
+
+def run_trial(
+    config: TrialConfig,
+    workdir: Path,
+    hooks: Sequence[TrialHook] = (),
+    resume_from: Path | None = None,
+    report: ReportFn | None = None,
+    trial_name: str = "trial",
+) -> TrialResult:
+    """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
+
+    Raises ``ConfigError`` for user errors (bad data path, budget above the candidate
+    count, ...), ``CheckpointError`` for an unreadable ``resume_from``.
+    """
+    started = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir, export_dir = workdir / CHECKPOINT_DIR, workdir / EXPORT_DIR
+    device = resolve_device(config.runtime)
+    data = build_data(config.data, config.seed)
+    torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))  # weight init is seeded too
+    model = build_trial_model(config, data.num_classes, data.in_channels)
+    train_loader = make_loader(data.train, config.data.batch_size, train=True, num_workers=config.data.num_workers)
+    val_loader = make_loader(data.val, config.data.eval_batch_size, train=False, num_workers=config.data.num_workers)
+    engine = SearchEngine(model, config.search, config.optim, steps_per_epoch=len(train_loader),
+                          seed=config.seed, device=device)
+    history: list[dict[str, float]] = []
+    if resume_from is not None:
+        tensors, meta = load_checkpoint(Path(resume_from), map_location=device)
+        _check_resumable(meta["config"], config)
+        engine.load_state_dict(tensors, meta["engine"])
+        history = meta["history"]
+        for hook, state in zip(hooks, meta.get("hooks", [])):
+            hook.load_state_dict(state)
+        if (Path(resume_from) / EXPORT_DIR).is_dir() and Path(resume_from).resolve() != ckpt_dir.resolve():
+            shutil.rmtree(export_dir, ignore_errors=True)
+            shutil.copytree(Path(resume_from) / EXPORT_DIR, export_dir)
+    try:
+        for hook in hooks:
+            hook.on_start(config, trial_name, resume_from is not None)
+        while engine.epoch < config.search.epochs:
+            tick = time.perf_counter()
+            train = engine.train_epoch(train_loader)
+            val_loss, val_acc = engine.evaluate(val_loader)
+            mask = engine.eval_mask()
+            values = {**train, "epoch": float(engine.epoch), "val_loss": val_loss, "val_acc": val_acc,
+                      "branches_kept": float(mask.sum()), "branches_total": float(engine.num_candidates),
+                      "epoch_time_s": time.perf_counter() - tick}
+            metrics = {name: float(values[name]) for name in EPOCH_METRICS}
+            save_alpha({"epoch": engine.epoch, **alpha_table(engine.layers, engine.alpha, mask)}, workdir / "alpha.json")
+            extra: dict[str, Path] = {}
+            summary_extra: dict[str, Any] = {}
+            last = engine.epoch == config.search.epochs
+            if last:
+                final, summary_extra = _finish(engine, config, data, val_loader, export_dir)
+                metrics.update(final)
+            history.append(metrics)
+            _write_jsonl(workdir / "metrics.jsonl", history)
+            for hook in hooks:
+                hook.on_epoch(metrics, engine.epoch)
+            if last:
+                summary = _summary(config, trial_name, history, device, started, summary_extra)
+                (export_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+                for hook in hooks:
+                    hook.on_end(metrics, export_dir)
+                extra = {EXPORT_DIR: export_dir}
+            tensors, engine_meta = engine.state_dict()
+            meta = {"engine": engine_meta, "history": history, "config": config.to_dict(),
+                    "hooks": [hook.state_dict() for hook in hooks], "trial_name": trial_name}
+            save_checkpoint(ckpt_dir, tensors, meta, extra)
+            if report is not None:
+                report(metrics, ckpt_dir)
+    except BaseException as err:
+        for hook in hooks:
+            hook.on_error(err)
+        raise
+    summary_path = export_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return TrialResult(history[-1] if history else {}, history, export_dir, ckpt_dir, summary)
+
+
+def _summary(config: TrialConfig, trial_name: str, history: list[dict[str, float]], device: torch.device,
+             started: float, extra: dict[str, Any]) -> dict[str, Any]:
+    """JSON summary of a finished trial (what a person or the orchestrator reads first)."""
+    return {
+        "trial_name": trial_name,
+        "final": history[-1],
+        "best_val_acc": max(row["val_acc"] for row in history),
+        "epochs": len(history),
+        "device": str(device),
+        "num_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "elapsed_s": time.perf_counter() - started,
+        "config": config.to_dict(),
+        **extra,
+    }
