@@ -1,0 +1,75 @@
+"""The sweep driver: sweep-file schema, Ray Tune wiring, MLflow tracking, Pareto front.
+
+``python -m orchestrator.run SWEEP.yaml [--resume] [--dry-run] [--set KEY=VALUE ...]``
+(console script ``repnas-sweep``). See docs/sweep-config.md for every sweep key and
+docs/architecture.md for the contract with ``trainables``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public name -> submodule. Imported lazily (PEP 562) so that ``--dry-run`` and config
+# errors do not pay for importing MLflow and Ray.
+_EXPORTS: dict[str, str] = {
+    "CheckpointSettings": "config",
+    "ConfigError": "config",
+    "FailureSettings": "config",
+    "MlflowConfig": "config",
+    "Objective": "config",
+    "RayConfig": "config",
+    "ResourcesConfig": "config",
+    "SchedulerConfig": "config",
+    "SearchConfig": "config",
+    "SweepConfig": "config",
+    "apply_set": "config",
+    "load_sweep": "config",
+    "parse_sweep": "config",
+    "TrialRecord": "pareto",
+    "dominates": "pareto",
+    "mark_front": "pareto",
+    "non_dominated": "pareto",
+    "plot_fronts": "pareto",
+    "write_table": "pareto",
+    "Registered": "registry",
+    "register_models": "registry",
+    "main": "run",
+    "run_sweep": "run",
+    "SpaceParam": "space",
+    "make_searcher": "space",
+    "param_space": "space",
+    "parse_space": "space",
+    "MLflowTrialHook": "tracking",
+    "SweepState": "tracking",
+    "finish_parent_run": "tracking",
+    "start_parent_run": "tracking",
+    "NothingToResumeError": "tuner",
+    "SweepExistsError": "tuner",
+    "build_tuner": "tuner",
+    "collect_records": "tuner",
+    "restore_tuner": "tuner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .config import CheckpointSettings, ConfigError, FailureSettings, MlflowConfig, Objective, RayConfig, ResourcesConfig, SchedulerConfig, SearchConfig, SweepConfig, apply_set, load_sweep, parse_sweep
+    from .pareto import TrialRecord, dominates, mark_front, non_dominated, plot_fronts, write_table
+    from .registry import Registered, register_models
+    from .run import main, run_sweep
+    from .space import SpaceParam, make_searcher, param_space, parse_space
+    from .tracking import MLflowTrialHook, SweepState, finish_parent_run, start_parent_run
+    from .tuner import NothingToResumeError, SweepExistsError, build_tuner, collect_records, restore_tuner
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,69 @@
+"""Find a trial's export files and log its fused model to MLflow (runs inside the trial)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["artifact_files", "load_fused", "log_fused_model"]
+
+log = logging.getLogger(__name__)
+ARTIFACTS: tuple[str, ...] = ("architecture.json", "alpha.json", "alpha.png")
+
+
+def artifact_files(export_dir: Path) -> list[Path]:
+    """Architecture JSON and the alpha table / picture (in the export folder or next to it)."""
+    found = []
+    for name in ARTIFACTS:
+        for folder in (export_dir, export_dir.parent):
+            if (folder / name).is_file():
+                found.append(folder / name)
+                break
+    return found
+
+
+def load_fused(export_dir: Path) -> tuple[torch.nn.Module, np.ndarray]:
+    """The fused model as an ``nn.Module`` and an input example (batch of 2).
+
+    Rebuilt from ``architecture.json`` + ``fused_state_dict.pt`` (weights_only load); the
+    input shape comes from the exported ``model.pt2``'s example inputs.
+    """
+    from searchspace import Architecture, build_from_architecture, reparameterize
+
+    program = torch.export.load(export_dir / "model.pt2")
+    (example,) = program.example_inputs[0]
+    state_path = export_dir / "fused_state_dict.pt"
+    arch_path = export_dir / "architecture.json"
+    if state_path.is_file() and arch_path.is_file():
+        model = reparameterize(build_from_architecture(Architecture.load(arch_path)))
+        model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    else:
+        model = program.module()
+    model = model.cpu().eval()
+    return model, example.detach().cpu().numpy().astype(np.float32)
+
+
+def log_fused_model(tracking_uri: str, run_id: str, export_dir: Path, name: str, step: int) -> str:
+    """``mlflow.pytorch.log_model(name=..., input_example=...)`` into ``run_id``; returns the
+    model URI. Uses MLflow's default torch.export (pt2) format; falls back to pickle if that fails."""
+    import mlflow
+    import mlflow.pytorch
+
+    model, example = load_fused(export_dir)
+    # explicit requirements: MLflow's inference re-imports the model in a subprocess (~7 s)
+    kwargs = {"name": name, "input_example": example, "step": step, "pip_requirements": _requirements()}
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        try:
+            info = mlflow.pytorch.log_model(model, **kwargs)
+        except Exception as err:  # noqa: BLE001 - pt2 export can fail for exotic graphs
+            log.warning("pt2 serialization of the fused model failed (%s); logging it as pickle", err)
+            info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
+    return info.model_uri
+
+
+def _requirements() -> list[str]:
+    return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]

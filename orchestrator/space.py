@@ -1,0 +1,169 @@
+"""The outer search space: YAML spec -> :class:`SpaceParam` -> Ray Tune / Optuna objects."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from trainables.schema import ConfigError, did_you_mean, join_path
+
+if TYPE_CHECKING:
+    from ray.tune.search import Searcher
+
+    from .config import SearchConfig
+
+__all__ = ["SpaceParam", "parse_space", "param_space", "make_searcher", "sample_overrides"]
+
+Kind = Literal["choice", "grid", "uniform", "loguniform", "randint", "constant"]
+DISTRIBUTIONS: tuple[str, ...] = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+@dataclass(frozen=True)
+class SpaceParam:
+    """One outer-search dimension over a dotted trial key (e.g. ``search.budget``)."""
+
+    key: str
+    kind: Kind
+    values: tuple[Any, ...]  # choice/grid: options; uniform/loguniform/randint: (lo, hi); constant: (v,)
+
+    @property
+    def sampled(self) -> bool:
+        """Whether this dimension varies across trials."""
+        return self.kind != "constant"
+
+    def probe_values(self) -> tuple[Any, ...]:
+        """Values that must all be valid trial values (options, or the range's ends)."""
+        if self.kind == "randint":  # Ray's randint excludes the upper bound
+            return (self.values[0], self.values[1] - 1)
+        return self.values
+
+    def to_spec(self) -> Any:
+        """Back to the YAML form."""
+        if self.kind == "constant":
+            return self.values[0]
+        return {self.kind: list(self.values)}
+
+
+def parse_space(raw: Any, path: str = "space") -> list[SpaceParam]:
+    """Parse ``space:`` (dotted trial key -> distribution mapping or constant)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(path, f"expected a mapping of dotted trial keys to distributions; got {raw!r}")
+    return [_parse_param(str(key), spec, join_path(path, str(key))) for key, spec in raw.items()]
+
+
+def _parse_param(key: str, spec: Any, path: str) -> SpaceParam:
+    if not isinstance(spec, Mapping):
+        return SpaceParam(key, "constant", (spec,))
+    if len(spec) != 1:
+        raise ConfigError(path, f"expected exactly one of {', '.join(DISTRIBUTIONS)} "
+                                f"(e.g. {{choice: [0.25, 0.5]}}); got keys {sorted(map(str, spec))}")
+    ((kind, args),) = spec.items()
+    kind = str(kind)
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(join_path(path, kind), f"unknown distribution{did_you_mean(kind, DISTRIBUTIONS)}; "
+                                            f"expected one of {', '.join(DISTRIBUTIONS)}")
+    where = join_path(path, kind)
+    if not isinstance(args, list):
+        raise ConfigError(where, f"expected a list; got {args!r}")
+    if kind in ("choice", "grid"):
+        if not args:
+            raise ConfigError(where, "expected a non-empty list of values")
+        return SpaceParam(key, kind, tuple(args))  # type: ignore[arg-type]
+    return SpaceParam(key, kind, _bounds(kind, args, where))  # type: ignore[arg-type]
+
+
+def _bounds(kind: str, args: list[Any], path: str) -> tuple[float, float]:
+    if len(args) != 2:
+        raise ConfigError(path, f"expected [low, high]; got {len(args)} value(s)")
+    want = int if kind == "randint" else (int, float)
+    for i, v in enumerate(args):
+        if isinstance(v, str) and kind != "randint":
+            try:
+                v = args[i] = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, want) or not math.isfinite(v):
+            what = "an integer" if kind == "randint" else "a finite number"
+            raise ConfigError(join_path(path, i), f"expected {what}; got {v!r}")
+    lo, hi = args
+    if not lo < hi:
+        raise ConfigError(path, f"expected low < high; got [{lo}, {hi}]")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(path, f"loguniform needs low > 0; got {lo}")
+    return (lo, hi)
+
+
+def _domain(p: SpaceParam, grid_choices: bool) -> Any:
+    from ray import tune
+
+    if p.kind == "grid" or (p.kind == "choice" and grid_choices):
+        return tune.grid_search(list(p.values))
+    if p.kind == "choice":
+        return tune.choice(list(p.values))
+    make = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[p.kind]
+    return make(*p.values)
+
+
+def param_space(params: Sequence[SpaceParam], algorithm: str) -> dict[str, Any]:
+    """Tune ``param_space``: only the sampled dotted keys (constants go into the base trial)."""
+    return {p.key: _domain(p, algorithm == "grid") for p in params if p.sampled}
+
+
+def _sampler(search: SearchConfig) -> Any:
+    import optuna
+
+    kwargs: dict[str, Any] = {"seed": search.seed}
+    if search.sampler in ("nsgaii", "nsgaiii") and search.population_size is not None:
+        kwargs["population_size"] = search.population_size
+    cls = {"tpe": optuna.samplers.TPESampler, "nsgaii": optuna.samplers.NSGAIISampler,
+           "nsgaiii": optuna.samplers.NSGAIIISampler, "random": optuna.samplers.RandomSampler}
+    return cls[search.sampler](**kwargs)
+
+
+def make_searcher(search: SearchConfig) -> Searcher | Any:
+    """OptunaSearch (objective lists go to the searcher only) or a BasicVariantGenerator."""
+    if search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        metrics = [o.metric for o in search.objectives]
+        modes = [o.mode for o in search.objectives]
+        if len(metrics) == 1:
+            return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=_sampler(search))
+        return OptunaSearch(metric=metrics, mode=modes, sampler=_sampler(search))
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
+
+
+def sample_overrides(params: Sequence[SpaceParam], algorithm: str, count: int,
+                     seed: int | None) -> list[dict[str, Any]]:
+    """Up to ``count`` example trial overrides, without Ray running (for ``--dry-run``)."""
+    rng = random.Random(seed)
+    sampled = [p for p in params if p.sampled]
+    grid = [p for p in sampled if p.kind == "grid" or (p.kind == "choice" and algorithm == "grid")]
+    rest = [p for p in sampled if p not in grid]
+    points = itertools.islice(itertools.cycle(itertools.product(*(p.values for p in grid))), count)
+    out = []
+    for point in points:
+        override = dict(zip((p.key for p in grid), point))
+        for p in rest:
+            override[p.key] = _draw(p, rng)
+        out.append(override)
+    return out
+
+
+def _draw(p: SpaceParam, rng: random.Random) -> Any:
+    if p.kind == "choice":
+        return rng.choice(p.values)
+    lo, hi = p.values
+    if p.kind == "uniform":
+        return rng.uniform(lo, hi)
+    if p.kind == "loguniform":
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return rng.randrange(lo, hi)

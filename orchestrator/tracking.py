@@ -1,0 +1,271 @@
+"""MLflow tracking: one parent run per sweep (driver), one child run per trial (hook).
+
+The parent run id is kept in ``<storage>/<name>/repnas_sweep.json`` so a restarted driver
+reuses it; each child run id is kept in the trial checkpoint (hook state) and, failing
+that, found again by its ``repnas.trial_name`` tag, so a trial never gets two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from trainables.hooks import TrialHook
+
+from . import _storage
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from trainables.config import TrialConfig
+
+    from .config import SweepConfig
+
+__all__ = ["SweepState", "MLflowTrialHook", "start_parent_run", "finish_parent_run",
+           "child_runs", "log_parent_artifacts", "flatten", "STATE_FILE"]
+
+STATE_FILE = "repnas_sweep.json"
+TAG_SWEEP, TAG_TRIAL, TAG_TRIAL_ID = "repnas.sweep", "repnas.trial_name", "repnas.trial_id"
+TAG_MODEL_URI, TAG_ERROR, TAG_PARENT = "repnas.model_uri", "repnas.error", "mlflow.parentRunId"
+TAG_STOPPED = "repnas.stopped_early"
+MODEL_NAME = "fused_model"
+_BATCH = 100
+
+
+@dataclass
+class SweepState:
+    """What a restarted driver needs to continue the same MLflow parent run."""
+
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    @staticmethod
+    def path(cfg: SweepConfig) -> str:
+        """Where the state lives: next to Tune's experiment state."""
+        return f"{cfg.experiment_path}/{STATE_FILE}"
+
+    @classmethod
+    def load(cls, cfg: SweepConfig) -> SweepState | None:
+        """The saved state, or None for a sweep that never started."""
+        text = _storage.read_text(cls.path(cfg))
+        return cls(**json.loads(text)) if text else None
+
+    def save(self, cfg: SweepConfig) -> None:
+        """Write the state file (atomically on local disks)."""
+        _storage.write_text(self.path(cfg), json.dumps(asdict(self), indent=2))
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _params(data: Mapping[str, Any]) -> list[Param]:
+    return [Param(k, str(v)[:6000]) for k, v in flatten(data).items()]
+
+
+def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+    for i in range(0, len(items), _BATCH):
+        yield items[i:i + _BATCH]
+
+
+def _git_commit(where: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _experiment_id(client: MlflowClient, cfg: SweepConfig) -> str:
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    uri = cfg.mlflow.tracking_uri
+    if uri.startswith("sqlite:///"):  # artifacts next to the database, not in the cwd
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return client.create_experiment(cfg.experiment_name, artifact_location=location)
+
+
+def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
+    """Create the sweep's parent run (or reopen it on resume) and persist its id."""
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    state = SweepState.load(cfg) if resume else None
+    if state is not None:
+        client.update_run(state.parent_run_id, status="RUNNING")
+        return state
+    experiment_id = _experiment_id(client, cfg)
+    tags = {TAG_SWEEP: cfg.name, "repnas.objectives": ",".join(f"{o.metric}:{o.mode}" for o in cfg.objectives),
+            "repnas.storage": cfg.experiment_path}
+    commit = _git_commit(Path(cfg.source).parent if cfg.source else Path.cwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(experiment_id, run_name=cfg.name, tags=tags)
+    resolved = cfg.to_dict()
+    resolved.pop("trial")
+    for chunk in _chunks(_params(resolved)):
+        client.log_batch(run.info.run_id, params=chunk)
+    state = SweepState(cfg.name, cfg.mlflow.tracking_uri, experiment_id, run.info.run_id)
+    state.save(cfg)
+    _log_sweep_files(client, run.info.run_id, cfg)
+    return state
+
+
+def _log_sweep_files(client: MlflowClient, run_id: str, cfg: SweepConfig) -> None:
+    if cfg.source and Path(cfg.source).is_file():
+        client.log_artifact(run_id, cfg.source, "sweep")
+    with tempfile.TemporaryDirectory() as tmp:
+        resolved = Path(tmp) / "resolved_sweep.yaml"
+        resolved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        client.log_artifact(run_id, str(resolved), "sweep")
+
+
+def log_parent_artifacts(state: SweepState, files: list[Path], artifact_path: str) -> None:
+    """Attach result files (Pareto table, plot) to the parent run."""
+    client = MlflowClient(state.tracking_uri)
+    for f in files:
+        client.log_artifact(state.parent_run_id, str(f), artifact_path)
+
+
+def finish_parent_run(state: SweepState, ok: bool) -> None:
+    """Mark the parent run FINISHED or FAILED."""
+    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
+
+
+def child_runs(state: SweepState) -> dict[str, Run]:
+    """The sweep's child runs by trial name."""
+    client = MlflowClient(state.tracking_uri)
+    runs = client.search_runs([state.experiment_id], f"tags.{TAG_PARENT} = '{state.parent_run_id}'",
+                              max_results=50000)
+    return {r.data.tags.get(TAG_TRIAL, r.info.run_name): r for r in runs}
+
+
+def _current_trial_id() -> str | None:
+    try:
+        import warnings
+
+        from ray import tune
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "only meant to be called inside a Tuner"
+            return tune.get_context().get_trial_id()
+    except Exception:  # noqa: BLE001 - outside a Tune session there is no trial id
+        return None
+
+
+class MLflowTrialHook(TrialHook):
+    """Child run per trial: params, per-epoch metrics (step = epoch), exports, fused model.
+
+    Idempotent across restores: the run id is part of the checkpointed state; without
+    state an existing child with the same trial name is reused; epochs already logged
+    are skipped, so the metric history stays continuous with one point per step.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 model_name: str = MODEL_NAME) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.model_name = model_name
+        self.run_id: str | None = None
+        self._logged_through = 0
+
+    @property
+    def client(self) -> MlflowClient:
+        """A client for the tracking URI (cheap; not pickled)."""
+        return MlflowClient(self.tracking_uri)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id = state.get("run_id") or self.run_id
+
+    def _find(self, trial_name: str) -> str | None:
+        query = f"tags.{TAG_PARENT} = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_name}'"
+        runs = self.client.search_runs([self.experiment_id], query, max_results=1,
+                                       order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    def on_start(self, config: TrialConfig, trial_name: str, resumed: bool) -> None:
+        client = self.client
+        self.run_id = self.run_id or self._find(trial_name)
+        if self.run_id is None:
+            tags = {TAG_PARENT: self.parent_run_id, TAG_TRIAL: trial_name}
+            trial_id = _current_trial_id()
+            if trial_id:
+                tags[TAG_TRIAL_ID] = trial_id
+            self.run_id = client.create_run(self.experiment_id, run_name=trial_name, tags=tags).info.run_id
+        else:
+            client.update_run(self.run_id, status="RUNNING")
+        run = client.get_run(self.run_id)
+        if not run.data.params:
+            for chunk in _chunks(_params(config.to_dict())):
+                client.log_batch(self.run_id, params=chunk)
+        history = client.get_metric_history(self.run_id, "epoch")
+        self._logged_through = max((m.step for m in history), default=0)
+
+    def on_epoch(self, metrics: dict[str, float], epoch: int) -> None:
+        if self.run_id is None or epoch <= self._logged_through:
+            return  # already logged before a restore
+        self._log(metrics, epoch)
+        self._logged_through = epoch
+
+    def _log(self, metrics: Mapping[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for chunk in _chunks(items):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def on_end(self, metrics: dict[str, float], export_dir: Path) -> None:
+        if self.run_id is None:
+            return
+        client = self.client
+        run = client.get_run(self.run_id)
+        if TAG_MODEL_URI in run.data.tags:
+            client.set_terminated(self.run_id, "FINISHED")
+            return  # a restored trial that had already ended
+        step = int(metrics.get("epoch", self._logged_through) or 0)
+        self._log({k: v for k, v in metrics.items() if k not in run.data.metrics}, step)
+        from . import _model
+
+        for f in _model.artifact_files(Path(export_dir)):
+            client.log_artifact(self.run_id, str(f))
+        model_uri = _model.log_fused_model(self.tracking_uri, self.run_id, Path(export_dir), self.model_name, step)
+        client.log_batch(self.run_id, tags=[RunTag(TAG_MODEL_URI, model_uri)])
+        client.set_terminated(self.run_id, "FINISHED")
+
+    def on_error(self, error: BaseException) -> None:
+        if self.run_id is None:
+            return
+        client = self.client
+        if isinstance(error, SystemExit) and error.code in (0, None):
+            # Ray Tune stops a trial (scheduler, stop criteria) with sys.exit(0)
+            client.set_tag(self.run_id, TAG_STOPPED, "true")
+            client.set_terminated(self.run_id, "FINISHED")
+            return
+        if isinstance(error, KeyboardInterrupt):
+            client.set_terminated(self.run_id, "KILLED")
+            return
+        client.set_tag(self.run_id, TAG_ERROR, f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(self.run_id, "FAILED")

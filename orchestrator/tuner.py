@@ -1,0 +1,164 @@
+"""Build (or restore) the Ray Tune ``Tuner`` for a sweep, and read its results back."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _storage
+from .config import SweepConfig
+from .pareto import TrialRecord
+from .space import make_searcher, param_space
+
+if TYPE_CHECKING:
+    from ray import tune
+    from ray.tune import ResultGrid
+    from trainables.hooks import TrialHook
+
+__all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "build_tuner",
+           "restore_tuner", "collect_records"]
+
+# Columns of the live progress table (shown when reported).
+PROGRESS_METRICS: tuple[str, ...] = ("epoch", "train_loss", "val_acc", "branches_kept",
+                                     "fused_val_acc", "latency_fused_ms")
+
+
+class SweepExistsError(RuntimeError):
+    """The sweep name is taken in this storage path and ``--resume`` was not given."""
+
+
+class NothingToResumeError(RuntimeError):
+    """``--resume`` was given but there is no Tune experiment to restore."""
+
+
+def check_fresh(cfg: SweepConfig) -> None:
+    """Refuse to start over an existing sweep directory (never overwrite)."""
+    if _storage.exists(cfg.experiment_path):
+        src = cfg.source or "SWEEP.yaml"
+        raise SweepExistsError(
+            f"sweep {cfg.name!r} already exists at {cfg.experiment_path}. To continue it run "
+            f"`python -m orchestrator.run {src} --resume`; to start a new sweep give it another "
+            f"name, e.g. `--set name={cfg.name}-2`.")
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directory names (Ray's default embeds the whole config)."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def _trainable(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> Any:
+    import trainables
+    from ray import tune
+
+    trainable = trainables.make_trainable(cfg.base_trial(), list(hooks))
+    r = cfg.resources
+    if r.workers > 1:  # the trial drives a TorchTrainer whose workers request their own resources
+        return tune.with_resources(trainable, {"cpu": 1})
+    return tune.with_resources(trainable, {"cpu": r.cpus, "gpu": r.gpus})
+
+
+def _scheduler(cfg: SweepConfig, inherit_metric: bool) -> Any:
+    s = cfg.scheduler
+    if s.type == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        metric = {} if inherit_metric else {"metric": s.metric, "mode": s.mode}
+        epochs = cfg.base_trial().get("search", {}).get("epochs")
+        max_t = s.max_t or (epochs if isinstance(epochs, int) else 100)
+        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor, **metric)
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+def _reporter(cfg: SweepConfig) -> Any:
+    from ray.tune import CLIReporter
+
+    metrics = list(dict.fromkeys([o.metric for o in cfg.objectives] + list(PROGRESS_METRICS)))
+    params = [p.key for p in cfg.space if p.sampled]
+    return CLIReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=15,
+                       max_progress_rows=50)
+
+
+def _output_env() -> None:
+    """Ray Tune's legacy output engine (it honours the CLIReporter); no snapshot-rate warnings
+    (``num_to_keep`` forces an experiment snapshot per checkpoint, by design)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
+    """A new Tuner: resources, param space, searcher, scheduler, stop, failures, checkpoints."""
+    from ray import tune
+
+    _output_env()
+    single = len(cfg.objectives) == 1
+    objective = cfg.objectives[0]
+    inherit = single and cfg.scheduler.type == "asha" and cfg.scheduler.metric == objective.metric \
+        and cfg.scheduler.mode == objective.mode
+    top_metric = single and (cfg.scheduler.type != "asha" or inherit)
+    optuna = cfg.search.algorithm == "optuna"
+    tune_config = tune.TuneConfig(
+        search_alg=make_searcher(cfg.search),
+        scheduler=_scheduler(cfg, inherit_metric=inherit),
+        num_samples=cfg.search.num_samples,
+        max_concurrent_trials=cfg.search.max_concurrent if optuna else None,
+        metric=objective.metric if top_metric else None,
+        mode=objective.mode if top_metric else None,
+        trial_dirname_creator=trial_dirname,
+        reuse_actors=True,  # a trial's worker process is reused: torch/MLflow imported once
+    )
+    run_config = tune.RunConfig(
+        name=cfg.name,
+        storage_path=cfg.storage_path,
+        stop=dict(cfg.stop) or None,
+        failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        progress_reporter=_reporter(cfg),
+        verbose=1,
+    )
+    return tune.Tuner(_trainable(cfg, hooks), param_space=param_space(cfg.space, cfg.search.algorithm),
+                      tune_config=tune_config, run_config=run_config)
+
+
+def restore_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
+    """``Tuner.restore`` of an interrupted sweep; unfinished and errored trials continue from
+    their last checkpoint (the search space and settings are those of the first run)."""
+    from ray import tune
+
+    _output_env()
+    if not tune.Tuner.can_restore(cfg.experiment_path):
+        raise NothingToResumeError(
+            f"nothing to resume at {cfg.experiment_path} (no Ray Tune experiment state there); "
+            "run without --resume to start the sweep")
+    return tune.Tuner.restore(cfg.experiment_path, trainable=_trainable(cfg, hooks), resume_errored=True)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def collect_records(results: ResultGrid, cfg: SweepConfig) -> list[TrialRecord]:
+    """One :class:`TrialRecord` per trial (metrics of its last report)."""
+    base_budget = cfg.base_trial().get("search", {}).get("budget", 0.34)
+    records = []
+    for result in results:
+        metrics = {k: v for k, v in (result.metrics or {}).items() if _number(v) is not None}
+        name = Path(result.path).name if result.path else str(metrics.get("trial_id", "?"))
+        trial_id = str((result.metrics or {}).get("trial_id") or name.rsplit("_", 1)[-1])
+        config = dict(result.config or {})
+        error = f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300] if result.error else None
+        status = "ERROR" if result.error else ("TERMINATED" if metrics else "PENDING")
+        nan = [k for k in (o.metric for o in cfg.objectives) if k in metrics and math.isnan(metrics[k])]
+        if nan and error is None:
+            error = f"non-finite {', '.join(nan)}"
+        records.append(TrialRecord(trial_id=trial_id, trial_name=name, status=status, config=config,
+                                   budget=config.get("search.budget", base_budget), metrics=metrics,
+                                   error=error))
+    return sorted(records, key=lambda r: r.trial_name)

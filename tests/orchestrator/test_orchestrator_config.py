@@ -1,0 +1,196 @@
+"""Sweep-file validation: good files resolve; bad ones exit 2 naming the key, before Ray."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+
+from orchestrator.config import apply_set, load_sweep
+from orchestrator.run import main
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    head, _, rest = dotted.partition(".")
+    if head == "space":
+        out["space"][rest] = value
+        return out
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _drop(data: dict[str, Any], key: str) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    out.pop(key)
+    return out
+
+
+# (id, how to break the tiny sweep, text the error must contain)
+BAD: list[tuple[str, Any, str]] = [
+    ("unknown-top-key", lambda s: {**s, "serch": {}}, "did you mean 'search'"),
+    ("unknown-nested-key", lambda s: _set(s, "search.num_sample", 3), "search.num_sample"),
+    ("wrong-type-int", lambda s: _set(s, "search.num_samples", "eight"), "search.num_samples"),
+    ("num-samples-zero", lambda s: _set(s, "search.num_samples", 0), "search.num_samples"),
+    ("wrong-type-section", lambda s: {**s, "resources": [1, 2]}, "resources"),
+    ("empty-space", lambda s: {**s, "space": {}}, "space"),
+    ("only-constants", lambda s: {**s, "space": {"optim.lr": 0.1}}, "space"),
+    ("space-not-trial-key", lambda s: _set(s, "space.search.budgt", {"choice": [0.5]}), "space.search.budgt"),
+    ("space-below-a-value", lambda s: _set(s, "space.optim.lr.x", {"choice": [0.5]}), "space.optim.lr.x"),
+    ("bad-distribution", lambda s: _set(s, "space.optim.lr", {"choise": [0.1]}), "did you mean 'choice'"),
+    ("two-distributions", lambda s: _set(s, "space.optim.lr", {"choice": [0.1], "uniform": [0, 1]}), "space.optim.lr"),
+    ("uniform-three-values", lambda s: _set(s, "space.optim.lr", {"uniform": [0.1, 0.2, 0.3]}), "space.optim.lr.uniform"),
+    ("uniform-low-above-high", lambda s: _set(s, "space.optim.lr", {"uniform": [0.2, 0.1]}), "space.optim.lr.uniform"),
+    ("loguniform-zero", lambda s: _set(s, "space.optim.lr", {"loguniform": [0, 0.1]}), "space.optim.lr.loguniform"),
+    ("randint-float", lambda s: _set(s, "space.search.epochs", {"randint": [1.5, 4]}), "space.search.epochs.randint[0]"),
+    ("choice-empty", lambda s: _set(s, "space.search.budget", {"choice": []}), "space.search.budget.choice"),
+    ("sampled-value-invalid", lambda s: _set(s, "space.search.budget", {"choice": [0, 0.5]}), "space.search.budget"),
+    ("sampled-range-invalid", lambda s: _set(s, "space.optim.lr", {"uniform": [0.1, 50.0]}), "space.optim.lr"),
+    ("grid-with-optuna", lambda s: _set(s, "space.search.budget", {"grid": [0.2, 0.5]}), "space.search.budget"),
+    ("objective-unknown-metric", lambda s: _set(s, "search.objectives", [{"metric": "val_accuracy", "mode": "max"}]),
+     "search.objectives[0].metric"),
+    ("objective-bad-mode", lambda s: _set(s, "search.objectives", [{"metric": "val_acc", "mode": "maximize"}]),
+     "search.objectives[0].mode"),
+    ("objectives-empty", lambda s: _set(s, "search.objectives", []), "search.objectives"),
+    ("objective-twice", lambda s: _set(s, "search.objectives", [{"metric": "val_acc", "mode": "max"}] * 2),
+     "search.objectives[1].metric"),
+    ("sampler-typo", lambda s: _set(s, "search.sampler", "nsga2"), "search.sampler"),
+    ("negative-cpus", lambda s: _set(s, "resources.cpus", -1), "resources.cpus"),
+    ("more-cpus-than-local-ray", lambda s: _set(s, "resources.cpus", 64), "resources.cpus"),
+    ("gpus-on-cpu-machine", lambda s: _set(s, "resources.gpus", 4), "resources.gpus"),
+    ("ray-num-gpus-too-many", lambda s: _set(s, "ray.num_gpus", 64), "ray.num_gpus"),
+    ("address-with-num-cpus", lambda s: _set(s, "ray.address", "auto"), "ray.num_cpus"),
+    ("asha-final-only-metric", lambda s: _set(s, "scheduler", {"type": "asha", "metric": "latency_fused_ms", "mode": "min"}),
+     "scheduler.metric"),
+    ("asha-reduction-factor", lambda s: _set(s, "scheduler", {"type": "asha", "reduction_factor": 1}), "scheduler.reduction_factor"),
+    ("stop-unknown", lambda s: _set(s, "stop", {"val_accc": 0.9}), "stop.val_accc"),
+    ("max-failures", lambda s: _set(s, "failure.max_failures", -5), "failure.max_failures"),
+    ("tracking-uri-plain-path", lambda s: _set(s, "mlflow.tracking_uri", "./mlruns"), "mlflow.tracking_uri"),
+    ("register-typo", lambda s: _set(s, "mlflow.register", "best"), "mlflow.register"),
+    ("name-with-slash", lambda s: {**s, "name": "a/b"}, "name"),
+    ("trial-not-mapping", lambda s: {**s, "trial": 5}, "trial"),
+    ("trial-unknown-key", lambda s: _set(s, "trial.optim.lrr", 0.1), "trial.optim.lrr"),
+    ("trial-bad-model", lambda s: _set(s, "trial.model.name", "resnet19"), "trial.model.name"),
+    ("trial-workers-conflict", lambda s: _set(s, "trial.runtime.workers", 2), "trial.runtime.workers"),
+]
+
+BAD_TEXT: list[tuple[str, str, str]] = [
+    ("not-yaml", "search: [unclosed\nname: x\n", "not valid YAML"),
+    ("not-a-mapping", "- just\n- a list\n", "must hold a mapping"),
+    ("tab-indented", "search:\n\tnum_samples: 3\n", "not valid YAML"),
+]
+
+
+def _check_error(code: int, err: str, needle: str) -> None:
+    assert code == 2, err
+    assert needle in err, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, f"expected one paragraph, got:\n{err}"
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(("case", "breaker", "needle"), BAD, ids=[b[0] for b in BAD])
+def test_bad_sweep_exits_2_naming_the_key(case: str, breaker: Any, needle: str, tmp_path: Path,
+                                          write_sweep: Any, kit: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(breaker(kit.tiny_sweep(tmp_path)))
+    code = main([str(path)])
+    _check_error(code, capsys.readouterr().err, needle)
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize(("case", "text", "needle"), BAD_TEXT, ids=[b[0] for b in BAD_TEXT])
+def test_bad_yaml_text(case: str, text: str, needle: str, write_sweep: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([str(write_sweep(text))])
+    _check_error(code, capsys.readouterr().err, needle)
+
+
+def test_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for target in (tmp_path / "missing.yaml", tmp_path):  # a missing file, a directory
+        code = main([str(target)])
+        _check_error(code, capsys.readouterr().err, "cannot read sweep file")
+
+
+def test_bad_set_override(tmp_path: Path, write_sweep: Any, kit: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(kit.tiny_sweep(tmp_path))
+    _check_error(main([str(path), "--set", "search.num_samples"]), capsys.readouterr().err, "--set")
+    _check_error(main([str(path), "--set", "search.num_samples=-1"]), capsys.readouterr().err, "search.num_samples")
+
+
+def test_bad_sweep_subprocess_has_no_traceback(tmp_path: Path, write_sweep: Any, kit: Any) -> None:
+    bad = kit.tiny_sweep(tmp_path)
+    bad["space"]["search.budget"] = {"choice": [0, 0.5]}
+    for path in (write_sweep(bad), write_sweep("a: [b\n", "broken.yaml")):
+        proc = kit.run_cli([str(path)], cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and "error:" in proc.stderr
+        assert not (tmp_path / "ray_results").exists()
+
+
+def test_resolved_defaults_and_overrides(tmp_path: Path, write_sweep: Any, kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = kit.tiny_sweep(tmp_path)
+    data.pop("name")
+    data["storage_path"] = "./rel_results"
+    data["mlflow"]["tracking_uri"] = "sqlite:///rel.db"
+    path = write_sweep(data, "my-sweep.yaml")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_sweep(path, ["search.num_samples=5", "space.optim.lr={choice: [0.1, 0.2]}",
+                            "trial.search.epochs=3", "scheduler=asha"], env={})
+    assert cfg.name == "my-sweep"
+    assert cfg.storage_path == str(tmp_path / "rel_results")
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'rel.db'}"
+    assert cfg.search.num_samples == 5
+    assert cfg.trial["search"]["epochs"] == 3
+    assert {p.key: p.kind for p in cfg.space} == {"search.budget": "choice", "optim.lr": "choice"}
+    assert (cfg.scheduler.type, cfg.scheduler.metric, cfg.scheduler.mode) == ("asha", "val_acc", "max")
+    env_cfg = load_sweep(path, [], env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5999"})
+    assert env_cfg.mlflow.tracking_uri == "http://127.0.0.1:5999"
+    both = load_sweep(path, ["mlflow.tracking_uri=sqlite:////x/y.db"], env={"MLFLOW_TRACKING_URI": "http://h:1"})
+    assert both.mlflow.tracking_uri == "sqlite:////x/y.db"  # --set beats the environment
+
+
+def test_space_constants_go_into_the_base_trial(tmp_path: Path, kit: Any) -> None:
+    from orchestrator.config import parse_sweep
+
+    raw = kit.tiny_sweep(tmp_path)
+    raw["space"]["optim.momentum"] = 0.8
+    cfg = parse_sweep(raw)
+    assert cfg.base_trial()["optim"]["momentum"] == 0.8
+    assert [p.key for p in cfg.space if p.sampled] == ["search.budget", "optim.lr"]
+
+
+def test_apply_set_creates_sections() -> None:
+    out = apply_set({}, ["mlflow.experiment=x", "space.search.budget={choice: [0.5]}", "stop.time_total_s=60"])
+    assert out == {"mlflow": {"experiment": "x"}, "space": {"search.budget": {"choice": [0.5]}},
+                   "stop": {"time_total_s": 60}}
+
+
+def test_dry_run_prints_samples_without_ray(tmp_path: Path, write_sweep: Any, kit: Any,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_sweep(kit.tiny_sweep(tmp_path))
+    assert main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    resolved = yaml.safe_load(out.split("\n# first")[0])
+    assert resolved["name"] == "tiny" and resolved["search"]["num_samples"] == 3
+    assert out.count("trial ") >= 3 and "search.budget" in out
+    assert not ray.is_initialized() and not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_validate(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # GPU configs validate on a CPU machine only when pointed at a cluster or CPU
+    overrides = []
+    raw = yaml.safe_load(config.read_text())
+    if raw.get("ray", {}).get("address") is None and raw.get("resources", {}).get("gpus", 0):
+        overrides = ["resources.gpus=0", "ray.num_gpus=null"]
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    cfg = load_sweep(config, overrides, env={})
+    assert any(p.sampled for p in cfg.space)

@@ -1,0 +1,62 @@
+"""Outer search space -> Ray Tune domains, Optuna searchers and samplers (no Ray running)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.sample import Categorical, Float, Integer
+
+from orchestrator.config import parse_sweep
+from orchestrator.space import make_searcher, param_space, parse_space, sample_overrides
+
+
+def test_parse_and_convert_every_distribution() -> None:
+    params = parse_space({"search.budget": {"choice": [0.2, 0.5]}, "optim.lr": {"loguniform": [1e-3, 0.1]},
+                          "optim.momentum": {"uniform": [0.8, 0.95]}, "search.epochs": {"randint": [2, 5]},
+                          "seed": {"grid": [0, 1]}, "data.batch_size": 32})
+    space = param_space(params, "random")
+    assert set(space) == {"search.budget", "optim.lr", "optim.momentum", "search.epochs", "seed"}
+    assert isinstance(space["search.budget"], Categorical)
+    assert isinstance(space["optim.lr"], Float) and isinstance(space["search.epochs"], Integer)
+    assert space["seed"] == {"grid_search": [0, 1]}
+    assert params[-1].kind == "constant" and params[-1].values == (32,)
+    assert params[3].probe_values() == (2, 4)  # randint excludes the high end
+
+
+def test_grid_algorithm_turns_choices_into_grids() -> None:
+    params = parse_space({"search.budget": {"choice": [0.2, 0.5]}, "optim.lr": {"grid": [0.1, 0.05]}})
+    space = param_space(params, "grid")
+    assert space == {"search.budget": {"grid_search": [0.2, 0.5]}, "optim.lr": {"grid_search": [0.1, 0.05]}}
+    samples = sample_overrides(params, "grid", 10, seed=0)
+    assert len({tuple(s.items()) for s in samples}) == 4
+
+
+@pytest.mark.parametrize(("sampler", "cls"), [("tpe", optuna.samplers.TPESampler),
+                                              ("nsgaii", optuna.samplers.NSGAIISampler),
+                                              ("nsgaiii", optuna.samplers.NSGAIIISampler),
+                                              ("random", optuna.samplers.RandomSampler)])
+def test_optuna_searcher_multi_objective(sampler: str, cls: type, tmp_path: Path, kit: Any) -> None:
+    cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"sampler": sampler, "population_size": 4}))
+    searcher = make_searcher(cfg.search)
+    assert isinstance(searcher, OptunaSearch)
+    assert searcher.metric == ["val_acc", "branches_kept"] and searcher.mode == ["max", "min"]
+    assert isinstance(searcher._sampler, cls)
+
+
+def test_single_objective_and_basic_variant(tmp_path: Path, kit: Any) -> None:
+    cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"objectives": [{"metric": "val_loss", "mode": "min"}]}))
+    searcher = make_searcher(cfg.search)
+    assert searcher.metric == "val_loss" and searcher.mode == "min"
+    cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"algorithm": "random"}))
+    assert isinstance(make_searcher(cfg.search), BasicVariantGenerator)
+
+
+def test_seeded_samples_are_reproducible() -> None:
+    params = parse_space({"optim.lr": {"loguniform": [1e-3, 0.1]}, "search.budget": {"choice": [0.2, 0.5]}})
+    assert sample_overrides(params, "optuna", 3, 1) == sample_overrides(params, "optuna", 3, 1)
+    assert all(1e-3 <= s["optim.lr"] <= 0.1 for s in sample_overrides(params, "optuna", 20, 0))
