@@ -104,23 +104,42 @@ class ODBB(nn.Module):
         self.active: Tensor
         self.register_buffer("active", torch.ones(len(names), dtype=torch.bool))
         self._gates: Tensor | None = None
+        self._active_cache: tuple[Tensor, int, tuple[bool, ...]] | None = None
+
+    def _active_flags(self) -> tuple[bool, ...]:
+        """``active`` as Python bools, read from the device only when the buffer changed.
+
+        Keyed on the buffer object and its in-place version counter, so ``set_active``,
+        ``load_state_dict``, ``.to()`` and DDP buffer broadcasts are all honoured, while a
+        training step on GPU costs no host sync per block.
+        """
+        cache, active = self._active_cache, self.active
+        if cache is None or cache[0] is not active or cache[1] != active._version:
+            cache = (active, active._version, tuple(active.tolist()))
+            self._active_cache = cache
+        return cache[2]
 
     @property
     def active_branches(self) -> tuple[str, ...]:
         """Names of the active candidate branches, in ``branch_names`` order."""
-        return tuple(n for n, on in zip(self.branch_names, self.active.tolist()) if on)
+        return tuple(n for n, on in zip(self.branch_names, self._active_flags()) if on)
 
     def set_active(self, mask: Sequence[bool] | Tensor | None) -> None:
-        """Set which candidate branches are computed; ``None`` activates all."""
+        """Set which candidate branches are computed; ``None`` activates all.
+
+        Pass a CPU mask in hot loops: a device mask costs one host sync per block.
+        """
         if mask is None:
             self.active.fill_(True)
             return
-        values = torch.as_tensor(mask).detach().to(device=self.active.device).bool().flatten()
+        values = torch.as_tensor(mask).detach().to(device="cpu").bool().flatten()
         if values.numel() != len(self.branch_names):
             raise ValueError(
                 f"mask has {values.numel()} entries; allowed: {len(self.branch_names)}, one per {self.branch_names}"
             )
-        self.active.copy_(values)
+        self.active.copy_(values, non_blocking=True)
+        # The host already knows the flags: seed the cache so forward() needs no device read.
+        self._active_cache = (self.active, self.active._version, tuple(values.tolist()))
 
     def set_gates(self, gates: Tensor | None) -> None:
         """Per-branch multipliers for the forward pass (``[len(branch_names)]``); ``None`` clears."""
@@ -140,7 +159,7 @@ class ODBB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.identity(x) if self.identity is not None else None
         gates = self._gates
-        for i, (name, on) in enumerate(zip(self.branch_names, self.active.tolist())):
+        for i, (name, on) in enumerate(zip(self.branch_names, self._active_flags())):
             if not on:
                 continue
             y = self.branches[name](x)
@@ -182,7 +201,9 @@ class ODBB(nn.Module):
                 f"groups={self.groups}, branches={self.branch_names}, identity={self.has_identity}")
 
     def __getstate__(self) -> dict[str, Any]:
-        """Drop the transient gates, which may carry an autograd graph that cannot be copied."""
+        """Drop the transient gates (they may carry an autograd graph that cannot be copied)
+        and the host-side mask cache (rebuilt on first use)."""
         state = super().__getstate__()
         state["_gates"] = None
+        state["_active_cache"] = None
         return state

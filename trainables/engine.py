@@ -117,8 +117,8 @@ class SearchEngine:
         return self._complete(topk_mask(self.alpha.detach(), self.k))
 
     def _apply(self, mask: Tensor, gates: Tensor | None = None) -> None:
-        """Write the mask (and gates) into every block; one host-to-device copy per call."""
-        mask = mask.to(self.device, non_blocking=True)
+        """Write the (CPU) mask and the (device) gates into every block; no host sync."""
+        mask = mask.cpu()
         offset = 0
         for (_, block), size in zip(self.layers, self.sizes):
             block.set_active(mask[offset : offset + size])

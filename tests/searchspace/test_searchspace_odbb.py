@@ -68,6 +68,29 @@ def test_inactive_branches_are_not_computed() -> None:
     assert block.branches["1x1_kxk"].conv2.weight.grad is not None
 
 
+def test_forward_honours_writes_that_bypass_set_active() -> None:
+    """The host-side mask cache must follow in-place buffer writes (load_state_dict, DDP
+    buffer broadcast) and a buffer replaced by ``.to()``/``.float()``-style moves."""
+    block = ODBB(4, 4)
+    calls: list[str] = []
+    for name, branch in block.branches.items():
+        branch.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    block.set_active([True] * 6)
+    block(_x())
+    block.active.copy_(torch.tensor([False, False, True, False, False, False]))  # like a broadcast
+    calls.clear()
+    block(_x())
+    assert calls == ["kxk"]
+    block.load_state_dict({**block.state_dict(), "active": torch.tensor([True, False, False, False, False, True])})
+    calls.clear()
+    block(_x())
+    assert calls == ["1x1", "kx1"]
+    block.to(torch.float64)  # a new module state; buffer values survive
+    calls.clear()
+    block(_x().double())
+    assert calls == ["1x1", "kx1"]
+
+
 def test_forward_is_identity_plus_gated_sum() -> None:
     block = ODBB(4, 4).eval()
     x = _x()
