@@ -1,8 +1,9 @@
 """The Ray Tune function trainable: one RepNAS trial per Tune trial.
 
-``make_trainable(base_trial, hooks)`` returns ``_trainable(config)``. ``config`` holds only
-the sampled outer keys, dotted relative to the ``trial:`` section (``"search.budget"``,
-``"optim.lr"``; a leading ``"trial."`` is accepted), applied on top of ``base_trial``.
+``make_trainable(base_trial, hooks)`` returns ``repnas_trial(config)`` (so Ray names trials
+``repnas_trial_<id>``). ``config`` holds only the sampled outer keys, dotted relative to
+the ``trial:`` section (``"search.budget"``, ``"optim.lr"``; a leading ``"trial."`` is
+accepted), applied on top of ``base_trial``.
 Every epoch is reported with ``ray.tune.report(metrics, checkpoint=...)``; a restored trial
 continues from ``ray.tune.get_checkpoint()``. The last checkpoint holds ``export/``.
 Only ``ray.tune`` APIs are used (``ray.train.report`` raises inside Tune in Ray 2.60).
@@ -51,7 +52,7 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
     base = dict(base_trial)
     TrialConfig.from_dict(base)
 
-    def _trainable(config: dict[str, Any]) -> None:
+    def repnas_trial(config: dict[str, Any]) -> None:
         from ray import tune
 
         cfg = trial_config_from(base, config)
@@ -73,4 +74,4 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    return _trainable
+    return repnas_trial
