@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-__all__ = ["exists", "read_text", "write_text"]
+__all__ = ["exists", "any_file", "read_text", "write_text"]
 
 
 def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -19,6 +19,13 @@ def exists(uri: str) -> bool:
     """Whether a file or directory exists at ``uri``."""
     fs, path = _resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def any_file(uri: str, prefix: str) -> bool:
+    """Whether the directory ``uri`` holds a file whose name starts with ``prefix``."""
+    fs, path = _resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return any(i.type == pafs.FileType.File and i.base_name.startswith(prefix) for i in infos)
 
 
 def read_text(uri: str) -> str | None:

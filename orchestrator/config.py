@@ -152,6 +152,7 @@ class SweepConfig:
 
     name: str = ""
     storage_path: str = "./ray_results"
+    storage_shared: bool = False  # the local storage_path is one shared folder on every node
     ray: RayConfig = field(default_factory=RayConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

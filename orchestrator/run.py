@@ -7,7 +7,6 @@ Exit codes: 0 success, 2 configuration / usage error (reported before Ray starts
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 
@@ -15,6 +14,9 @@ import yaml
 
 from . import _trial
 from .config import ConfigError, SweepConfig, load_sweep
+from .lock import SweepLock, SweepLockedError
+from .preflight import check_tracking
+from .redact import redact
 from .space import sample_overrides
 
 __all__ = ["main", "parse_args", "run_sweep", "dry_run"]
@@ -40,7 +42,7 @@ def _error(message: str) -> None:
 def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     """Print the resolved sweep and the first ``count`` sampled trial overrides."""
     print(f"# resolved sweep {cfg.name!r} (from {cfg.source})")
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    print(redact(yaml.safe_dump(cfg.to_dict(), sort_keys=False)).rstrip())
     base = cfg.base_trial()
     print(f"\n# first {count} sampled trials (dotted keys applied on top of trial:)")
     for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, count, cfg.search.seed)):
@@ -48,66 +50,67 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
         print(f"trial {i}: {override}")
 
 
-def _check_tracking(uri: str, timeout: float = 10.0) -> str | None:
-    """Why an HTTP tracking server cannot be reached (None when fine or not HTTP)."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return None
-    except (urllib.error.URLError, OSError) as err:
-        return f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)})"
-
-
 def _init_ray(cfg: SweepConfig) -> None:
     """Connect to ``ray.address`` (or ``RAY_ADDRESS``, as under ``ray job submit``); with
-    neither, start a fresh local Ray sized to the machine (never an unrelated running one)."""
-    import ray
+    neither, start a fresh local Ray sized to the machine (never an unrelated running one).
+    Then check that the trials fit the cluster and its storage (``ConfigError`` otherwise)."""
+    from .cluster import connect, validate_cluster
 
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        ray.init(address=address, include_dashboard=cfg.ray.dashboard or None)
-        return
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), num_gpus=cfg.ray.num_gpus,
-             include_dashboard=cfg.ray.dashboard, dashboard_host="127.0.0.1")
+    connect(cfg)
+    validate_cluster(cfg)
 
 
 def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], None] = _init_ray) -> int:
     """Parent run -> Tuner (new or restored) -> fit -> Pareto, registry, summary."""
-    from ray import tune
+    from . import _storage
+    from .tracking import SweepState
+    from .tuner import NothingToResumeError, can_restore, check_fresh
 
+    with SweepLock(cfg.experiment_path) as lock:
+        if _storage.exists(cfg.experiment_path):
+            lock.acquire()  # a running driver is reported as such, not as "already exists"
+        restorable = False
+        if resume:
+            restorable = can_restore(cfg)
+            if not restorable and SweepState.load(cfg) is None:
+                raise NothingToResumeError(f"nothing to resume at {cfg.experiment_path}; run without --resume")
+        else:
+            check_fresh(cfg)
+        lock.acquire()
+        return _run_locked(cfg, resume, restorable, init_ray)
+
+
+def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Callable[[SweepConfig], None]) -> int:
+    """The sweep proper, while this driver holds the sweep's lock."""
     from .summary import print_summary, summarize
-    from .tracking import MLflowTrialHook, SweepState, finish_parent_run, start_parent_run
-    from .tuner import NothingToResumeError, build_tuner, check_fresh, restore_tuner
+    from .sync import sync_mlflow
+    from .tracking import MLflowTrialHook, finish_parent_run, start_parent_run
+    from .tuner import build_tuner, restore_tuner
 
-    restorable = False
-    if resume:
-        restorable = tune.Tuner.can_restore(cfg.experiment_path)
-        if not restorable and SweepState.load(cfg) is None:
-            raise NothingToResumeError(f"nothing to resume at {cfg.experiment_path}; run without --resume")
-    else:
-        check_fresh(cfg)
+    init_ray(cfg)  # first: a cluster that cannot hold the trials is refused before MLflow sees the sweep
     state = start_parent_run(cfg, resume=resume)
     hooks = [MLflowTrialHook(state.tracking_uri, state.experiment_id, state.parent_run_id)]
-    init_ray(cfg)
     tuner = restore_tuner(cfg, hooks) if restorable else build_tuner(cfg, hooks)
     results = tuner.fit()
     unfinished = len(results) - results.num_terminated - results.num_errors
-    summary = summarize(results, cfg, state)
+    try:  # MLflow is a view of Ray's results: fill in what trials could not log, then Pareto/registry
+        sync_mlflow(cfg, state, results)
+        summary = summarize(results, cfg, state)
+    except Exception as err:  # noqa: BLE001 - any tracking failure: Ray's results are complete anyway
+        _error(f"MLflow at {redact(state.tracking_uri)} failed after the trials ran "
+               f"({redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}). Ray's results are "
+               f"complete in {cfg.experiment_path}; when MLflow is back run: python -m orchestrator.sync {cfg.source}")
+        return EXIT_FAILED
     print_summary(summary, cfg, state)
     if unfinished:
         print(f"\n{unfinished} trial(s) did not finish; continue with: "
               f"python -m orchestrator.run {cfg.source} --resume", file=sys.stderr)
         return EXIT_FAILED
-    finish_parent_run(state, ok=results.num_errors == 0)
-    if results.num_errors:
-        print(f"\n{results.num_errors} of {len(results)} trial(s) failed (see the errors above; "
-              f"--resume retries them from their last checkpoint)", file=sys.stderr)
+    errors = sum(1 for r in summary.records if r.error)  # Ray errors and diverged (NaN) trials
+    finish_parent_run(state, ok=errors == 0)
+    if errors:
+        print(f"\n{errors} of {len(results)} trial(s) failed (see the errors above; "
+              f"--resume retries crashed ones from their last checkpoint)", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         _error(f"invalid sweep file {args.sweep}: {err}")
         return EXIT_CONFIG
-    problem = _check_tracking(cfg.mlflow.tracking_uri)
+    problem = check_tracking(cfg.mlflow.tracking_uri)
     if problem:
         _error(problem + "; start it or point mlflow.tracking_uri / MLFLOW_TRACKING_URI elsewhere")
         return EXIT_FAILED
@@ -131,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run_sweep(cfg, resume=args.resume, init_ray=_init_ray)
-    except (SweepExistsError, NothingToResumeError) as err:
+    except (SweepExistsError, NothingToResumeError, SweepLockedError) as err:
         _error(str(err))
+        return EXIT_CONFIG
+    except ConfigError as err:  # the cluster cannot hold the trials (orchestrator.cluster)
+        _error(f"sweep {args.sweep} does not fit the Ray cluster: {err}")
         return EXIT_CONFIG
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .pareto import TrialRecord, format_table, mark_front, plot_fronts, write_table
+from .redact import redact
 from .registry import Registered, register_models
 from .tracking import TAG_MODEL_URI, SweepState, child_runs, log_parent_artifacts
 
@@ -66,7 +67,7 @@ def print_summary(summary: Summary, cfg: SweepConfig, state: SweepState) -> None
         print(f"\nregistered model {cfg.registered_model_name!r}:")
         for reg in summary.registered:
             print(f"  version {reg.version} <- {reg.trial_name}  aliases: {', '.join(reg.aliases) or '-'}")
-    uri = cfg.mlflow.tracking_uri
+    uri = redact(cfg.mlflow.tracking_uri)  # never print credentials
     print(f"\nRay Tune results: {cfg.experiment_path}")
     if summary.files:
         print(f"Pareto table/plot: {summary.files[0].parent}")

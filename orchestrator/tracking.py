@@ -8,10 +8,12 @@ that, found again by its ``repnas.trial_name`` tag, so a trial never gets two ru
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from trainables.hooks import TrialHook
 
 from . import _storage
+from .redact import public_items, redact
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -30,7 +33,8 @@ if TYPE_CHECKING:
     from .config import SweepConfig
 
 __all__ = ["SweepState", "MLflowTrialHook", "start_parent_run", "finish_parent_run",
-           "child_runs", "log_parent_artifacts", "flatten", "STATE_FILE"]
+           "child_runs", "complete_run", "log_parent_artifacts", "flatten", "client_defaults", "mlflow_params",
+           "batches", "STATE_FILE"]
 
 STATE_FILE = "repnas_sweep.json"
 TAG_SWEEP, TAG_TRIAL, TAG_TRIAL_ID = "repnas.sweep", "repnas.trial_name", "repnas.trial_id"
@@ -38,6 +42,9 @@ TAG_MODEL_URI, TAG_ERROR, TAG_PARENT = "repnas.model_uri", "repnas.error", "mlfl
 TAG_STOPPED = "repnas.stopped_early"
 MODEL_NAME = "fused_model"
 _BATCH = 100
+_CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # the URL may carry credentials
 
 
 @dataclass
@@ -56,13 +63,14 @@ class SweepState:
 
     @classmethod
     def load(cls, cfg: SweepConfig) -> SweepState | None:
-        """The saved state, or None for a sweep that never started."""
+        """The saved state, or None for a sweep that never started (with the config's
+        tracking URI: the file holds it redacted)."""
         text = _storage.read_text(cls.path(cfg))
-        return cls(**json.loads(text)) if text else None
+        return cls(**{**json.loads(text), "tracking_uri": cfg.mlflow.tracking_uri}) if text else None
 
     def save(self, cfg: SweepConfig) -> None:
-        """Write the state file (atomically on local disks)."""
-        _storage.write_text(self.path(cfg), json.dumps(asdict(self), indent=2))
+        """Write the state file (atomically on local disks), without credentials."""
+        _storage.write_text(self.path(cfg), json.dumps({**asdict(self), "tracking_uri": redact(self.tracking_uri)}, indent=2))
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -77,11 +85,21 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _params(data: Mapping[str, Any]) -> list[Param]:
-    return [Param(k, str(v)[:6000]) for k, v in flatten(data).items()]
+def mlflow_params(data: Mapping[str, Any]) -> list[Param]:
+    """MLflow params of a nested config: flattened, secret keys skipped, URIs redacted."""
+    return [Param(k, redact(str(v))[:6000]) for k, v in public_items(flatten(data)).items()]
 
 
-def _chunks(items: list[Any]) -> Iterator[list[Any]]:
+def client_defaults() -> None:
+    """MLflow client settings unless set in the environment: short HTTP retries (an unreachable
+    server costs seconds, not minutes per call; the hook buffers instead) and no run URLs
+    printed (a tracking URI may carry credentials)."""
+    for key, value in _CLIENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def batches(items: list[Any]) -> Iterator[list[Any]]:
+    """``items`` in slices MLflow's ``log_batch`` accepts."""
     for i in range(0, len(items), _BATCH):
         yield items[i:i + _BATCH]
 
@@ -108,6 +126,7 @@ def _experiment_id(client: MlflowClient, cfg: SweepConfig) -> str:
 
 def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     """Create the sweep's parent run (or reopen it on resume) and persist its id."""
+    client_defaults()
     client = MlflowClient(cfg.mlflow.tracking_uri)
     state = SweepState.load(cfg) if resume else None
     if state is not None:
@@ -122,7 +141,7 @@ def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     run = client.create_run(experiment_id, run_name=cfg.name, tags=tags)
     resolved = cfg.to_dict()
     resolved.pop("trial")
-    for chunk in _chunks(_params(resolved)):
+    for chunk in batches(mlflow_params(resolved)):
         client.log_batch(run.info.run_id, params=chunk)
     state = SweepState(cfg.name, cfg.mlflow.tracking_uri, experiment_id, run.info.run_id)
     state.save(cfg)
@@ -131,12 +150,13 @@ def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
 
 
 def _log_sweep_files(client: MlflowClient, run_id: str, cfg: SweepConfig) -> None:
-    if cfg.source and Path(cfg.source).is_file():
-        client.log_artifact(run_id, cfg.source, "sweep")
     with tempfile.TemporaryDirectory() as tmp:
-        resolved = Path(tmp) / "resolved_sweep.yaml"
-        resolved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        client.log_artifact(run_id, str(resolved), "sweep")
+        files = {"resolved_sweep.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False)}
+        if cfg.source and Path(cfg.source).is_file():
+            files[Path(cfg.source).name] = Path(cfg.source).read_text()
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(redact(text))
+            client.log_artifact(run_id, str(Path(tmp) / name), "sweep")
 
 
 def log_parent_artifacts(state: SweepState, files: list[Path], artifact_path: str) -> None:
@@ -178,6 +198,12 @@ class MLflowTrialHook(TrialHook):
     Idempotent across restores: the run id is part of the checkpointed state; without
     state an existing child with the same trial name is reused; epochs already logged
     are skipped, so the metric history stays continuous with one point per step.
+
+    Never fails the trial: an MLflow error is logged as a warning, the epoch's metrics
+    stay buffered (``pending``, also in the checkpoint) and are sent with the next epoch
+    that gets through; ``unlogged`` lists what failed at the time. Whatever is still
+    missing is filled in from Ray's results at the end of the sweep or by
+    ``python -m orchestrator.sync SWEEP.yaml``.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
@@ -187,6 +213,10 @@ class MLflowTrialHook(TrialHook):
         self.parent_run_id = parent_run_id
         self.model_name = model_name
         self.run_id: str | None = None
+        self.pending: dict[int, dict[str, float]] = {}
+        self.unlogged: list[str] = []
+        self._trial: tuple[TrialConfig, str] | None = None
+        self._opened = False
         self._logged_through = 0
 
     @property
@@ -195,10 +225,23 @@ class MLflowTrialHook(TrialHook):
         return MlflowClient(self.tracking_uri)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id}
+        return {"run_id": self.run_id, "pending": {str(k): v for k, v in self.pending.items()},
+                "unlogged": self.unlogged}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run_id = state.get("run_id") or self.run_id
+        self.pending = {int(k): v for k, v in state.get("pending", {}).items()}
+        self.unlogged = list(state.get("unlogged", []))
+
+    def _attempt(self, what: str, action: Callable[[], None]) -> None:
+        """Run an MLflow action; on failure warn, remember ``what`` and let training go on."""
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - any tracking failure must not end the trial
+            self.unlogged.append(what)
+            reason = redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
+            print(f"MLflow at {redact(self.tracking_uri)} failed while logging {what} ({reason}); training "
+                  "continues. Fill it in later with `python -m orchestrator.sync SWEEP.yaml`.", file=sys.stderr)
 
     def _find(self, trial_name: str) -> str | None:
         query = f"tags.{TAG_PARENT} = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_name}'"
@@ -207,6 +250,15 @@ class MLflowTrialHook(TrialHook):
         return runs[0].info.run_id if runs else None
 
     def on_start(self, config: TrialConfig, trial_name: str, resumed: bool) -> None:
+        client_defaults()
+        self._trial = (config, trial_name)
+        self._attempt("the child run", self._open)
+
+    def _open(self) -> None:
+        """Create or reopen the child run (params once), learn which epochs it already has."""
+        if self._opened or self._trial is None:
+            return
+        config, trial_name = self._trial
         client = self.client
         self.run_id = self.run_id or self._find(trial_name)
         if self.run_id is None:
@@ -219,43 +271,45 @@ class MLflowTrialHook(TrialHook):
             client.update_run(self.run_id, status="RUNNING")
         run = client.get_run(self.run_id)
         if not run.data.params:
-            for chunk in _chunks(_params(config.to_dict())):
+            for chunk in batches(mlflow_params(config.to_dict())):
                 client.log_batch(self.run_id, params=chunk)
         history = client.get_metric_history(self.run_id, "epoch")
         self._logged_through = max((m.step for m in history), default=0)
+        self._opened = True
 
     def on_epoch(self, metrics: dict[str, float], epoch: int) -> None:
-        if self.run_id is None or epoch <= self._logged_through:
-            return  # already logged before a restore
-        self._log(metrics, epoch)
-        self._logged_through = epoch
+        self.pending[epoch] = dict(metrics)
+        self._attempt(f"epoch {epoch} metrics", self._flush)
+
+    def _flush(self) -> None:
+        """Send the buffered epochs in order (those MLflow already has are dropped)."""
+        self._open()
+        for step in sorted(self.pending):
+            if step > self._logged_through:
+                self._log(self.pending[step], step)
+                self._logged_through = step
+            del self.pending[step]
 
     def _log(self, metrics: Mapping[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for chunk in _chunks(items):
+        for chunk in batches(items):
             self.client.log_batch(self.run_id, metrics=chunk)
 
     def on_end(self, metrics: dict[str, float], export_dir: Path) -> None:
-        if self.run_id is None:
-            return
-        client = self.client
-        run = client.get_run(self.run_id)
-        if TAG_MODEL_URI in run.data.tags:
-            client.set_terminated(self.run_id, "FINISHED")
-            return  # a restored trial that had already ended
-        step = int(metrics.get("epoch", self._logged_through) or 0)
-        self._log({k: v for k, v in metrics.items() if k not in run.data.metrics}, step)
-        from . import _model
+        self._attempt("the final metrics, artifacts and fused model", lambda: self._end(metrics, Path(export_dir)))
 
-        for f in _model.artifact_files(Path(export_dir)):
-            client.log_artifact(self.run_id, str(f))
-        model_uri = _model.log_fused_model(self.tracking_uri, self.run_id, Path(export_dir), self.model_name, step)
-        client.log_batch(self.run_id, tags=[RunTag(TAG_MODEL_URI, model_uri)])
-        client.set_terminated(self.run_id, "FINISHED")
+    def _end(self, metrics: dict[str, float], export_dir: Path) -> None:
+        self._flush()
+        assert self.run_id is not None
+        complete_run(self.client, self.tracking_uri, self.run_id, metrics, export_dir, self.model_name)
 
     def on_error(self, error: BaseException) -> None:
+        self._attempt("the trial's end status", lambda: self._fail(error))
+
+    def _fail(self, error: BaseException) -> None:
+        self._open()
         if self.run_id is None:
             return
         client = self.client
@@ -267,5 +321,27 @@ class MLflowTrialHook(TrialHook):
         if isinstance(error, KeyboardInterrupt):
             client.set_terminated(self.run_id, "KILLED")
             return
-        client.set_tag(self.run_id, TAG_ERROR, f"{type(error).__name__}: {error}"[:5000])
+        client.set_tag(self.run_id, TAG_ERROR, redact(f"{type(error).__name__}: {error}")[:5000])
         client.set_terminated(self.run_id, "FAILED")
+
+
+def complete_run(client: MlflowClient, tracking_uri: str, run_id: str, metrics: Mapping[str, Any],
+                 export_dir: Path, model_name: str = MODEL_NAME) -> None:
+    """Finish a trial's child run: final metrics, export artifacts, fused model, FINISHED.
+
+    Idempotent: a run that already has its model only gets its status set."""
+    run = client.get_run(run_id)
+    if TAG_MODEL_URI not in run.data.tags:
+        step = int(metrics.get("epoch", 0) or 0)
+        now = int(time.time() * 1000)
+        final = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if k not in run.data.metrics and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for chunk in batches(final):
+            client.log_batch(run_id, metrics=chunk)
+        from . import _model
+
+        for f in _model.artifact_files(export_dir):
+            client.log_artifact(run_id, str(f))
+        model_uri = _model.log_fused_model(tracking_uri, run_id, export_dir, model_name, step)
+        client.log_batch(run_id, tags=[RunTag(TAG_MODEL_URI, model_uri)])
+    client.set_terminated(run_id, "FINISHED")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ray.tune import ResultGrid
     from trainables.hooks import TrialHook
 
-__all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "build_tuner",
+__all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "can_restore", "build_tuner",
            "restore_tuner", "collect_records"]
 
 # Columns of the live progress table (shown when reported).
@@ -44,6 +44,15 @@ def check_fresh(cfg: SweepConfig) -> None:
             f"name, e.g. `--set name={cfg.name}-2`.")
 
 
+def can_restore(cfg: SweepConfig) -> bool:
+    """Whether Tune can continue the sweep: ``tuner.pkl`` *and* an experiment snapshot. A driver
+    killed between writing the two leaves a ``tuner.pkl`` whose restore would lose the search
+    space (one empty trial); such a sweep starts its trials afresh instead."""
+    from ray import tune
+
+    return tune.Tuner.can_restore(cfg.experiment_path) and _storage.any_file(cfg.experiment_path, "experiment_state-")
+
+
 def trial_dirname(trial: Any) -> str:
     """Short trial directory names (Ray's default embeds the whole config)."""
     return f"{trial.trainable_name}_{trial.trial_id}"
@@ -53,10 +62,14 @@ def _trainable(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> Any:
     import trainables
     from ray import tune
 
-    trainable = trainables.make_trainable(cfg.base_trial(), list(hooks))
+    from trainables.distributed import WorkerResources
+
+    from .cluster import ddp_trial_resources
+
     r = cfg.resources
+    trainable = trainables.make_trainable(cfg.base_trial(), list(hooks), workers=WorkerResources(r.cpus, r.gpus))
     if r.workers > 1:  # the trial drives a TorchTrainer whose workers request their own resources
-        return tune.with_resources(trainable, {"cpu": 1})
+        return tune.with_resources(trainable, ddp_trial_resources())
     return tune.with_resources(trainable, {"cpu": r.cpus, "gpu": r.gpus})
 
 
@@ -131,7 +144,7 @@ def restore_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     from ray import tune
 
     _output_env()
-    if not tune.Tuner.can_restore(cfg.experiment_path):
+    if not can_restore(cfg):
         raise NothingToResumeError(
             f"nothing to resume at {cfg.experiment_path} (no Ray Tune experiment state there); "
             "run without --resume to start the sweep")
@@ -154,7 +167,9 @@ def collect_records(results: ResultGrid, cfg: SweepConfig) -> list[TrialRecord]:
         trial_id = str((result.metrics or {}).get("trial_id") or name.rsplit("_", 1)[-1])
         config = dict(result.config or {})
         error = f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300] if result.error else None
-        status = "ERROR" if result.error else ("TERMINATED" if metrics else "PENDING")
+        if error is None and metrics.get("failed") == 1.0:  # a diverged trial ends itself (trainables.failures)
+            error = str((result.metrics or {}).get("error", "failed"))[:300]
+        status = "ERROR" if error else ("TERMINATED" if metrics else "PENDING")
         nan = [k for k in (o.metric for o in cfg.objectives) if k in metrics and math.isnan(metrics[k])]
         if nan and error is None:
             error = f"non-finite {', '.join(nan)}"

@@ -22,6 +22,7 @@ from .config import (
 from .data import DataBundle, build_data, make_loader
 from .engine import SearchEngine
 from .export import FusionMismatchError
+from .failures import NonFiniteLossError
 from .hooks import TrialHook
 from .metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS, PHASES
 from .schema import ConfigError, apply_overrides, did_you_mean, parse_override
@@ -58,6 +59,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "FusionMismatchError",
+    "NonFiniteLossError",
     "TrialHook",
     "TrialResult",
     "run_trial",

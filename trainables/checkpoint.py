@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "is_checkpoint"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "is_checkpoint"]
 
 _TENSORS, _META, _MANIFEST = "state.pt", "state.json", "manifest.json"
 
@@ -97,8 +97,11 @@ def is_checkpoint(directory: Path) -> bool:
     return True
 
 
-def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read ``(tensors, meta)`` back, verifying sizes and checksums first."""
+def verify_checkpoint(directory: Path) -> Path:
+    """The checkpoint folder after checking every file's size and SHA-256 against the manifest.
+
+    Raises ``CheckpointError`` naming the missing, truncated or corrupt file.
+    """
     path = _resolve(Path(directory))
     try:
         manifest = json.loads((path / _MANIFEST).read_text())
@@ -112,6 +115,12 @@ def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -
         size = file.stat().st_size
         if size != expected.get("bytes") or _digest(file) != expected.get("sha256"):
             raise CheckpointError(f"checkpoint file {file} is truncated or corrupt ({size} bytes, expected {expected.get('bytes')}); delete it or resume from an earlier checkpoint")
+    return path
+
+
+def load_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read ``(tensors, meta)`` back, verifying sizes and checksums first."""
+    path = verify_checkpoint(directory)
     try:
         tensors = torch.load(path / _TENSORS, map_location=map_location, weights_only=True)
         meta = json.loads((path / _META).read_text())

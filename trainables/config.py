@@ -178,8 +178,9 @@ class RuntimeConfig:
     latency_batch_size: int = field(default=1, metadata=rule(at_least(1)))
 
     def validate(self, path: str) -> None:
-        if self.workers > 1:
-            raise ConfigError(join_path(path, "workers"), "DDP inside a trial is not implemented yet; use 1")
+        if self.sync_bn and self.workers > 1 and self.device == "cpu":
+            raise ConfigError(join_path(path, "sync_bn"), "needs GPU workers (torch's SyncBatchNorm is CUDA-only); "
+                                                          "set it to false or train on cuda")
 
 
 @dataclass
@@ -201,6 +202,12 @@ class TrialConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self, path: str) -> None:
+        workers = self.runtime.workers
+        if self.data.batch_size % workers:
+            raise ConfigError(join_path(join_path(path, "data"), "batch_size"),
+                              f"the global batch {self.data.batch_size} must split evenly over runtime.workers = {workers}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, path: str = "trial") -> TrialConfig:

@@ -9,13 +9,17 @@ Reproducibility: every epoch reseeds torch's global RNG, the data order and the 
 noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is
 bit-identical to an uninterrupted one.
 
-DDP seam: ``mask_sync`` is applied to every sampled mask before use; a distributed
-runner sets it to a broadcast from rank 0 (and wraps ``model``) without touching the rest.
+DDP seam: ``sync`` (an :class:`EngineSync`) broadcasts every sampled mask and the search
+noise from rank 0, averages alpha's gradient, sums the epoch's loss/accuracy counts and
+aligns BN buffers before evaluation; ``train_model`` is what the training forward calls
+(the DDP wrapper). ``trainables.distributed`` sets both; the defaults are single-process
+no-ops. Ranks > 0 seed their noise differently on purpose: the broadcast, not the seeding,
+makes every rank use rank 0's mask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -27,10 +31,11 @@ from torch.utils.data import DataLoader
 from searchspace import odbb_layers
 
 from .config import OptimConfig, SearchConfig
+from .failures import check_finite
 from .gates import apply_fallback, budget_to_k, cosine, logistic_noise, random_mask, straight_through, topk_mask
 from .metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 
-__all__ = ["SearchEngine", "derive_seed"]
+__all__ = ["SearchEngine", "EngineSync", "derive_seed"]
 
 _STREAM_DATA, _STREAM_TORCH, _STREAM_MASK = 1, 2, 3
 
@@ -47,6 +52,26 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
         {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
+
+
+class EngineSync:
+    """Collectives of a search spread over ranks; these defaults are the one-process no-ops."""
+
+    world_size: int = 1
+
+    def broadcast(self, tensor: Tensor) -> Tensor:
+        """Rank 0's ``tensor`` (same dtype and device) on every rank."""
+        return tensor
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """``tensor`` summed over ranks."""
+        return tensor
+
+    def average_grad(self, grad: Tensor) -> None:
+        """Replace ``grad`` in place by its mean over ranks."""
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's buffers (BN statistics) into ``model`` on every rank."""
 
 
 class SearchEngine:
@@ -71,7 +96,9 @@ class SearchEngine:
         self.steps_per_epoch = steps_per_epoch
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimisation steps
-        self.mask_sync: Callable[[Tensor], Tensor] = lambda mask: mask
+        self.sync = EngineSync()
+        self.train_model: nn.Module = self.model  # the training forward (a DDP wrapper under DDP)
+        self.rank = 0  # ranks > 0 draw other noise, overridden by rank 0's broadcast
         self.optimizer = torch.optim.SGD(_param_groups(model, optim.weight_decay), lr=optim.lr, momentum=optim.momentum)
         total = max(1, search.epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine(s, total, 1.0))
@@ -107,7 +134,7 @@ class SearchEngine:
         return PHASE_RANDOM if epoch < self.search.random_epochs else PHASE_SEARCH
 
     def _complete(self, mask: Tensor) -> Tensor:
-        return self.mask_sync(apply_fallback(mask.cpu(), self.sizes, self.fallback))
+        return self.sync.broadcast(apply_fallback(mask.cpu(), self.sizes, self.fallback))
 
     def eval_mask(self) -> Tensor:
         """The architecture as it stands: the fixed mask, else the noise-free top-k of alpha."""
@@ -131,7 +158,8 @@ class SearchEngine:
             self._apply(self._complete(random_mask(self.num_candidates, self.k, generator)))
         elif phase == PHASE_SEARCH:
             assert self.alpha is not None
-            logits = self.alpha + logistic_noise(self.num_candidates, generator).to(self.device)
+            noise = self.sync.broadcast(logistic_noise(self.num_candidates, generator))
+            logits = self.alpha + noise.to(self.device)
             mask = self._complete(topk_mask(logits, self.k))
             self._apply(mask, straight_through(mask.to(self.device), logits))
 
@@ -158,10 +186,13 @@ class SearchEngine:
         if phase == PHASE_FIXED:
             self.fix()
             self._apply(self.fixed_mask)  # type: ignore[arg-type]
-        torch.manual_seed(derive_seed(self.seed, self.epoch, _STREAM_TORCH))
+        rank = (self.rank,) if self.rank else ()
+        torch.manual_seed(derive_seed(self.seed, self.epoch, _STREAM_TORCH, *rank))
         if isinstance(loader.generator, torch.Generator):
             loader.generator.manual_seed(derive_seed(self.seed, self.epoch, _STREAM_DATA))
-        noise = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _STREAM_MASK))
+        if callable(getattr(loader.sampler, "set_epoch", None)):
+            loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        noise = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _STREAM_MASK, *rank))
         search_start = self.search.random_epochs * self.steps_per_epoch
         search_total = self.search.search_epochs * self.steps_per_epoch
         lr = float(self.optimizer.param_groups[0]["lr"])
@@ -170,12 +201,18 @@ class SearchEngine:
         for inputs, targets in loader:
             inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             self._step_gates(phase, noise)
-            logits = self.model(inputs)
+            logits = self.train_model(inputs)
             loss = F.cross_entropy(logits, targets)
+            # Stop at once on NaN/inf. Not on GPU (the epoch-end check avoids a sync per step),
+            # nor across ranks (one rank raising before the gradient all-reduce hangs the others).
+            if self.device.type == "cpu" and self.sync.world_size == 1:
+                check_finite(loss, self.epoch + 1, self.step + 1)
             self.optimizer.zero_grad(set_to_none=True)
             if self.arch_optimizer is not None:
                 self.arch_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.alpha is not None and self.alpha.grad is not None:
+                self.sync.average_grad(self.alpha.grad)
             if self.optim.grad_clip is not None:
                 nn.utils.clip_grad_norm_(list(self._parameters()), self.optim.grad_clip)
             self.optimizer.step()
@@ -190,18 +227,29 @@ class SearchEngine:
             seen += len(targets)
         self._apply(self.eval_mask())  # drop the step's gates (and their graph)
         self.epoch += 1
+        totals = self.sync.sum(torch.stack([loss_sum.double(), correct.double(),
+                                            torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
+        loss_total, correct_total, seen_total = totals.tolist()
+        check_finite(loss_total, self.epoch)  # the reduced sum: the same verdict on every rank
         return {
             "phase_id": float(phase),
-            "train_loss": float(loss_sum) / max(seen, 1),
-            "train_acc": float(correct) / max(seen, 1),
+            "train_loss": loss_total / max(seen_total, 1),
+            "train_acc": correct_total / max(seen_total, 1),
             "lr": lr,
         }
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader, model: nn.Module | None = None) -> tuple[float, float]:
-        """(loss, accuracy) of ``model`` (default: the supernet under ``eval_mask()``)."""
+        """(loss, accuracy) of ``model`` (default: the supernet under ``eval_mask()``).
+
+        The supernet's evaluation is collective: every rank evaluates its shard of ``loader``
+        with rank 0's BN buffers and the sums are reduced. Another ``model`` (the fused one,
+        evaluated by rank 0 alone) is evaluated locally.
+        """
+        reduce = model is None
         if model is None:
             self._apply(self.eval_mask())
+            self.sync.sync_buffers(self.model)
             model = self.model
         model.eval()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -211,6 +259,8 @@ class SearchEngine:
             loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(targets)
+        if reduce:
+            loss_sum, correct, seen = self.sync.sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64)).tolist()
         return loss_sum / max(seen, 1), correct / max(seen, 1)
 
     def finalize(self) -> None:

@@ -30,8 +30,10 @@ from .config import RuntimeConfig, TrialConfig
 from .data import build_data, make_loader
 from .engine import SearchEngine, derive_seed
 from .export import export_model
+from .failures import check_finite
 from .hooks import TrialHook
 from .metrics import EPOCH_METRICS
+from .placement import Placement
 from .schema import ConfigError
 
 __all__ = ["run_trial", "TrialResult", "ReportFn", "resolve_device", "CHECKPOINT_DIR", "EXPORT_DIR"]
@@ -106,8 +108,12 @@ def run_trial(
     resume_from: Path | None = None,
     report: ReportFn | None = None,
     trial_name: str = "trial",
+    placement: Placement | None = None,
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
+
+    ``placement``: one process by default; a ``trainables.distributed.DDPPlacement`` runs
+    this on every rank of a DDP group, where only rank 0 exports and writes checkpoints.
 
     Raises ``ConfigError`` for user errors (bad data path, budget above the candidate
     count, ...), ``CheckpointError`` for an unreadable ``resume_from``.
@@ -116,32 +122,37 @@ def run_trial(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_dir, export_dir = workdir / CHECKPOINT_DIR, workdir / EXPORT_DIR
-    device = resolve_device(config.runtime)
-    data = build_data(config.data, config.seed)
-    torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))  # weight init is seeded too
-    model = build_trial_model(config, data.num_classes, data.in_channels)
-    train_loader = make_loader(data.train, config.data.batch_size, train=True, num_workers=config.data.num_workers)
-    val_loader = make_loader(data.val, config.data.eval_batch_size, train=False, num_workers=config.data.num_workers)
-    engine = SearchEngine(model, config.search, config.optim, steps_per_epoch=len(train_loader),
-                          seed=config.seed, device=device)
     history: list[dict[str, float]] = []
-    if resume_from is not None:
-        tensors, meta = load_checkpoint(Path(resume_from), map_location=device)
-        _check_resumable(meta["config"], config)
-        engine.load_state_dict(tensors, meta["engine"])
-        history = meta["history"]
-        for hook, state in zip(hooks, meta.get("hooks", [])):
+    saved: tuple[dict[str, Any], dict[str, Any]] | None = None
+    if resume_from is not None:  # hook state (e.g. the tracking run id) is needed before on_start
+        saved = load_checkpoint(Path(resume_from))
+        _check_resumable(saved[1]["config"], config)
+        history = saved[1]["history"]
+        for hook, state in zip(hooks, saved[1].get("hooks", [])):
             hook.load_state_dict(state)
-        if (Path(resume_from) / EXPORT_DIR).is_dir() and Path(resume_from).resolve() != ckpt_dir.resolve():
-            shutil.rmtree(export_dir, ignore_errors=True)
-            shutil.copytree(Path(resume_from) / EXPORT_DIR, export_dir)
     try:
-        for hook in hooks:
+        for hook in hooks:  # before any setup, so worker-side errors (a missing data path) are tracked
             hook.on_start(config, trial_name, resume_from is not None)
+        place = placement or Placement()
+        device = place.device(config.runtime)
+        data = build_data(config.data, config.seed)
+        torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))  # weight init is seeded too
+        model = build_trial_model(config, data.num_classes, data.in_channels)
+        loaders = place.loaders(data, config.data)
+        train_loader, val_loader = loaders.train, loaders.val
+        engine = SearchEngine(model, config.search, config.optim, steps_per_epoch=len(train_loader),
+                              seed=config.seed, device=device)
+        place.attach(engine)
+        if saved is not None and resume_from is not None:
+            engine.load_state_dict(saved[0], saved[1]["engine"])
+            if (Path(resume_from) / EXPORT_DIR).is_dir() and Path(resume_from).resolve() != ckpt_dir.resolve():
+                shutil.rmtree(export_dir, ignore_errors=True)
+                shutil.copytree(Path(resume_from) / EXPORT_DIR, export_dir)
         while engine.epoch < config.search.epochs:
             tick = time.perf_counter()
             train = engine.train_epoch(train_loader)
             val_loss, val_acc = engine.evaluate(val_loader)
+            check_finite(val_loss, engine.epoch, what="validation loss")
             mask = engine.eval_mask()
             values = {**train, "epoch": float(engine.epoch), "val_loss": val_loss, "val_acc": val_acc,
                       "branches_kept": float(mask.sum()), "branches_total": float(engine.num_candidates),
@@ -152,13 +163,15 @@ def run_trial(
             summary_extra: dict[str, Any] = {}
             last = engine.epoch == config.search.epochs
             if last:
-                final, summary_extra = _finish(engine, config, data, val_loader, export_dir)
+                engine.finalize()  # on every rank: fixing the mask is collective under DDP
+            if last and place.is_main:
+                final, summary_extra = _finish(engine, config, data, loaders.export, export_dir)
                 metrics.update(final)
             history.append(metrics)
             _write_jsonl(workdir / "metrics.jsonl", history)
             for hook in hooks:
                 hook.on_epoch(metrics, engine.epoch)
-            if last:
+            if last and place.is_main:
                 summary = _summary(config, trial_name, history, device, started, summary_extra)
                 (export_dir / "summary.json").write_text(json.dumps(summary, indent=1))
                 for hook in hooks:
@@ -167,7 +180,8 @@ def run_trial(
             tensors, engine_meta = engine.state_dict()
             meta = {"engine": engine_meta, "history": history, "config": config.to_dict(),
                     "hooks": [hook.state_dict() for hook in hooks], "trial_name": trial_name}
-            save_checkpoint(ckpt_dir, tensors, meta, extra)
+            if place.is_main:
+                save_checkpoint(ckpt_dir, tensors, meta, extra)
             if report is not None:
                 report(metrics, ckpt_dir)
     except BaseException as err:

@@ -7,19 +7,26 @@ accepted), applied on top of ``base_trial``.
 Every epoch is reported with ``ray.tune.report(metrics, checkpoint=...)``; a restored trial
 continues from ``ray.tune.get_checkpoint()``. The last checkpoint holds ``export/``.
 Only ``ray.tune`` APIs are used (``ray.train.report`` raises inside Tune in Ray 2.60).
+With ``runtime.workers > 1`` the trial drives a Ray Train ``TorchTrainer`` instead and
+re-reports rank 0's results (``trainables.distributed``). Every result carries
+``node_id``, the Ray node that trained it (rank 0's under DDP).
 """
 
 from __future__ import annotations
 
 import copy
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import TrialConfig
+from .distributed import NODE_KEY, WorkerResources, run_distributed
+from .failures import NonFiniteLossError, failure_metrics
 from .hooks import TrialHook
+from .restore import restore_checkpoint
 from .schema import apply_overrides
 from .trial import run_trial
 
@@ -43,34 +50,56 @@ def _trial_cpus() -> int | None:
     return max(1, int(cpus)) if cpus else None
 
 
-def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = ()) -> Callable[[dict[str, Any]], None]:
+def _run_ddp(cfg: TrialConfig, workers: WorkerResources, hooks: list[TrialHook], trial_name: str) -> None:
+    """The trial on a TorchTrainer whose storage lives under this trial's folder; rank 0's
+    reports are re-reported to Tune with their checkpoints (``trainables.distributed``)."""
+    from ray import tune
+
+    storage = tune.get_context().get_storage()
+
+    def report(metrics: dict[str, float], checkpoint: Any) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, filesystem=checkpoint.filesystem))
+
+    run_distributed(cfg, report, workers=workers, storage_path=storage.trial_fs_path,
+                    storage_filesystem=storage.storage_filesystem, hooks=hooks, trial_name=trial_name,
+                    resume=tune.get_checkpoint())
+
+
+def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (), *,
+                   workers: WorkerResources | None = None) -> Callable[[dict[str, Any]], None]:
     """A Ray Tune function trainable running ``run_trial`` on ``base_trial`` + the sampled keys.
 
     ``base_trial`` is validated here, on the driver, so config errors surface before any
-    trial starts. Each trial gets its own deep copy of ``hooks``.
+    trial starts. Each trial gets its own deep copy of ``hooks``. With ``runtime.workers > 1``
+    the trial drives that many DDP workers, each with ``workers`` resources (default 1 CPU).
     """
     base = dict(base_trial)
     TrialConfig.from_dict(base)
 
     def repnas_trial(config: dict[str, Any]) -> None:
+        import ray
         from ray import tune
 
         cfg = trial_config_from(base, config)
+        per_worker = workers or WorkerResources()
         if cfg.runtime.num_threads is None:
-            cfg.runtime.num_threads = _trial_cpus()
+            cfg.runtime.num_threads = max(1, int(per_worker.cpus)) if cfg.runtime.workers > 1 else _trial_cpus()
         context = tune.get_context()
         workdir = Path(tempfile.mkdtemp(prefix=f"repnas-{context.get_trial_id()}-"))
         try:
-            resume_from = None
-            checkpoint = tune.get_checkpoint()
-            if checkpoint is not None:
-                resume_from = Path(checkpoint.to_directory(str(workdir / "restored")))
-
             def report(metrics: dict[str, float], checkpoint_dir: Path) -> None:
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+                tune.report({**metrics, NODE_KEY: ray.get_runtime_context().get_node_id()}, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
-            run_trial(cfg, workdir, hooks=copy.deepcopy(list(hooks)), resume_from=resume_from,
-                      report=report, trial_name=context.get_trial_name())
+            try:
+                if cfg.runtime.workers > 1:
+                    _run_ddp(cfg, per_worker, copy.deepcopy(list(hooks)), context.get_trial_name())
+                else:
+                    resume_from = restore_checkpoint(tune.get_checkpoint(), workdir / "restored")
+                    run_trial(cfg, workdir, hooks=copy.deepcopy(list(hooks)), resume_from=resume_from,
+                              report=report, trial_name=context.get_trial_name())
+            except NonFiniteLossError as err:  # deterministic: end the trial now, no FailureConfig retry
+                print(f"trial {context.get_trial_name()} failed: {err}", file=sys.stderr)
+                tune.report(failure_metrics(err))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -1,0 +1,198 @@
+"""Cluster checks: bad resources (table), an unreachable address, DDP trials through the
+CLI, and a real two-node Ray cluster on 127.0.0.1 sharing one storage folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.cluster import check_cluster, check_storage
+from orchestrator.config import ConfigError, parse_sweep
+
+CPU2 = [{"CPU": 2.0}]
+TWO_NODES = [{"CPU": 1.0}, {"CPU": 1.0}]
+GPU_NODES = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+
+
+def _cfg(kit: Any, tmp_path: Path, **resources: Any) -> Any:
+    sweep = kit.tiny_sweep(tmp_path, ray={"address": "auto", "num_cpus": None},
+                           resources=resources)
+    return parse_sweep(sweep)
+
+
+@pytest.mark.parametrize("resources, nodes, key, words", [
+    ({"gpus": 1}, CPU2, "resources.gpus", "has no GPUs"),
+    ({"gpus": 2, "workers": 2}, GPU_NODES, "resources.gpus", "needs 2 worker(s) x (1 CPU, 2 GPU) = 4 GPU(s)"),
+    ({"gpus": 1, "workers": 4}, GPU_NODES, "resources.gpus", "has 2"),
+    ({"cpus": 2, "workers": 2}, CPU2, "resources.cpus", "4 CPU(s)"),
+    ({"cpus": 1, "workers": 2}, [{"CPU": 1.5}, {"CPU": 0.5}], "resources.workers", "a worker never spans nodes"),
+    ({"cpus": 3}, [{"CPU": 2.0}, {"CPU": 2.0}], "resources.cpus", "no node arrangement"),
+])
+def test_trials_that_cannot_fit_are_refused(kit: Any, tmp_path: Path, resources: dict[str, Any],
+                                            nodes: list[dict[str, float]], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_cluster(_cfg(kit, tmp_path, **resources), nodes)
+    assert err.value.path == key and words in str(err.value)
+
+
+@pytest.mark.parametrize("resources, nodes, fit", [
+    ({"cpus": 1}, TWO_NODES, 2),
+    ({"cpus": 1, "workers": 2}, TWO_NODES, 1),
+    ({"cpus": 4, "gpus": 1, "workers": 2}, GPU_NODES, 1),
+    ({"cpus": 1, "gpus": 0.5}, GPU_NODES, 4),
+])
+def test_trials_that_fit_report_how_many_run_at_once(kit: Any, tmp_path: Path, resources: dict[str, Any],
+                                                     nodes: list[dict[str, float]], fit: int) -> None:
+    cfg = _cfg(kit, tmp_path, **resources)
+    cfg.storage_shared = True
+    assert check_cluster(cfg, nodes) == fit
+
+
+@pytest.mark.parametrize("path, shared, nodes, ok", [
+    ("/tmp/x", False, 1, True), ("/tmp/x", False, 2, False), ("/tmp/x", True, 2, True),
+    ("s3://bucket/sweeps", False, 3, True), ("file:///tmp/x", False, 2, False),
+])
+def test_local_storage_is_refused_on_several_nodes(path: str, shared: bool, nodes: int, ok: bool) -> None:
+    if ok:
+        check_storage(path, shared, nodes)
+        return
+    with pytest.raises(ConfigError, match="does not copy results to the head node.*storage_shared: true"):
+        check_storage(path, shared, nodes)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_address_is_a_clear_error_before_anything_starts(kit: Any, tmp_path: Path,
+                                                                     write_sweep: Callable[..., Path]) -> None:
+    port = _free_port()
+    path = write_sweep(kit.tiny_sweep(tmp_path, ray={"address": f"127.0.0.1:{port}", "num_cpus": None}))
+    started = time.monotonic()
+    out = kit.run_cli([str(path)], cwd=tmp_path, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert f"ray.address: no Ray cluster answers at 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr and time.monotonic() - started < 40
+    assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.rglob("repnas_sweep.json"))
+
+
+@pytest.mark.slow
+def test_gpu_request_on_a_cpu_only_ray_exits_2(kit: Any, tmp_path: Path, write_sweep: Callable[..., Path]) -> None:
+    path = write_sweep(kit.tiny_sweep(tmp_path, ray={"num_cpus": 2}, resources={"cpus": 1, "gpus": 1}))
+    out = kit.run_cli([str(path)], cwd=tmp_path, timeout=60)
+    assert out.returncode == 2 and "resources.gpus" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_ddp_trial_through_the_cli_reports_like_one_worker(kit: Any, tmp_path: Path,
+                                                          write_sweep: Callable[..., Path]) -> None:
+    """resources.workers: 2 on a 2-CPU Ray: no deadlock, every epoch in MLflow, fused model."""
+    sweep = kit.tiny_sweep(tmp_path, name="ddp", resources={"cpus": 1, "workers": 2},
+                           search={"num_samples": 1, "max_concurrent": None})
+    out = kit.run_cli([str(write_sweep(sweep))], cwd=tmp_path, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    parent, kids = kit.children(MlflowClient(sweep["mlflow"]["tracking_uri"]), "ddp")
+    assert len(kids) == 1 and kids[0].info.status == "FINISHED"
+    client = MlflowClient(sweep["mlflow"]["tracking_uri"])
+    assert [m.step for m in client.get_metric_history(kids[0].info.run_id, "val_acc")] == [1, 2]
+    assert {"fused_val_acc", "fused_max_logit_diff"} <= set(kids[0].data.metrics)
+    trial = next((tmp_path / "ray_results" / "ddp").glob("repnas_trial_*"))
+    last = sorted(trial.glob("checkpoint_*"))[-1]
+    assert (last / "export" / "summary.json").is_file()
+    assert len([p for p in trial.glob("ddp-*/checkpoint_*") if p.is_dir()]) <= 1  # Train keeps one copy
+
+
+def _kill_cluster(procs: list[subprocess.Popen[bytes]], temp_dirs: list[str]) -> None:
+    """Stop the nodes this test started (their process groups, then any process of theirs)."""
+    for proc in procs:
+        with _quiet():
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    for proc in procs:
+        with _quiet():
+            os.killpg(proc.pid, signal.SIGKILL)
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        with _quiet():
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            if any(d in cmd for d in temp_dirs):
+                os.kill(pid, signal.SIGKILL)
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> bool:
+        return exc[0] is not None and issubclass(exc[0], (OSError, ProcessLookupError))
+
+
+@pytest.fixture
+def two_node_cluster(kit: Any) -> Iterator[str]:
+    """A head (1 CPU) and a second node (1 CPU, resource node2) on 127.0.0.1, own temp dirs."""
+    port = _free_port()
+    temp_dirs = [tempfile.mkdtemp(prefix="rh", dir="/tmp"), tempfile.mkdtemp(prefix="rw", dir="/tmp")]
+    env = kit.cli_env(RAY_AUTH_MODE="disabled")  # a test cluster on 127.0.0.1 only
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1",
+               "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen([*ray_cli, "--head", "--port", str(port), "--temp-dir", temp_dirs[0],
+                                       "--include-dashboard", "false"], env=env, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        address = f"127.0.0.1:{port}"
+        _wait_nodes(address, 1, env)
+        procs.append(subprocess.Popen([*ray_cli, "--address", address, "--temp-dir", temp_dirs[1],
+                                       "--resources", '{"node2": 1}'], env=env, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_nodes(address, 2, env)
+        yield address
+    finally:
+        _kill_cluster(procs, temp_dirs)
+
+
+def _wait_nodes(address: str, count: int, env: dict[str, str], timeout: float = 60) -> None:
+    code = f"import ray; ray.init(address='{address}', log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the test cluster at {address} never had {count} node(s)")
+
+
+@pytest.mark.slow
+def test_sweep_spans_a_two_node_cluster(kit: Any, tmp_path: Path, write_sweep: Callable[..., Path],
+                                        two_node_cluster: str) -> None:
+    """RAY_ADDRESS (as under `ray job submit`), shared storage: trials on both nodes, all in MLflow."""
+    shared = tmp_path / "shared"
+    sweep = kit.tiny_sweep(tmp_path, name="two", storage_path=str(shared), ray={"num_cpus": None},
+                           resources={"cpus": 1}, search={"num_samples": 2, "max_concurrent": 2})
+    path = write_sweep(sweep)
+    env = {"RAY_ADDRESS": two_node_cluster, "RAY_AUTH_MODE": "disabled"}
+    refused = kit.run_cli([str(path), "--set", "name=two-refused"], cwd=tmp_path, timeout=120, **env)
+    assert refused.returncode == 2 and "storage_shared: true" in refused.stderr, refused.stderr[-2000:]
+    out = kit.run_cli([str(path), "--set", "storage_shared=true"], cwd=tmp_path, timeout=240, **env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    nodes = set()
+    for result in (shared / "two").glob("repnas_trial_*/result.json"):
+        nodes |= {json.loads(line)["node_id"] for line in result.read_text().splitlines()}
+    assert len(nodes) == 2, nodes
+    _, kids = kit.children(MlflowClient(sweep["mlflow"]["tracking_uri"]), "two")
+    assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)

@@ -1,0 +1,64 @@
+"""kill -9 of the driver at three moments, then ``--resume``; a second driver on a running sweep."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _faults import Driver, assert_mlflow_complete, assert_same_finals, cli, results, rows, sweep, write
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+
+def _parent_run_created(exp: Path) -> Callable[[], bool]:
+    return lambda: (exp / "repnas_sweep.json").is_file()
+
+
+def _first_results(exp: Path) -> Callable[[], bool]:
+    return lambda: any(f.stat().st_size > 0 for f in exp.glob("*/result.json"))
+
+
+def _first_trial_done(exp: Path) -> Callable[[], bool]:
+    return lambda: any(r.get("fused_val_acc") is not None for f in exp.glob("*/result.json") for r in rows(f.parent))
+
+
+MOMENTS = {"after_parent_run": _parent_run_created, "mid_sweep": _first_results,
+           "first_trial_done": _first_trial_done}
+
+
+def _refused_while_running(tmp_path: Path, path: Path) -> None:
+    """A second driver on the same name and storage refuses (exit 2) and changes nothing."""
+    second = cli("orchestrator.run", [str(path), "--resume"], tmp_path, timeout=120)
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "already being run by another driver" in second.stderr and socket.gethostname() in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_driver_sigkill_then_resume(moment: str, tmp_path: Path, start_driver: Callable[..., Driver],
+                                    baseline: dict[float, dict[str, float]]) -> None:
+    path = write(tmp_path, sweep(tmp_path, "killed"))
+    exp = tmp_path / "ray_results" / "killed"
+    driver = start_driver([str(path)])
+    driver.wait_for(MOMENTS[moment](exp), moment)
+    if moment == "mid_sweep":
+        _refused_while_running(tmp_path, path)
+    driver.sigkill()
+    lock = json.loads((exp / "repnas_sweep.lock").read_text())
+    assert lock["pid"] == driver.proc.pid  # a stale lock file is left; --resume must not be blocked by it
+    before = {f.parent.name: rows(f.parent) for f in exp.glob("*/result.json") if f.stat().st_size}
+    resumed = cli("orchestrator.run", [str(path), "--resume"], tmp_path, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    got = results(exp)
+    assert_same_finals(got, baseline)  # nothing recomputed differently, nothing lost
+    for name, earlier in before.items():  # what Ray had recorded before the kill is still there
+        now = rows(exp / name)
+        assert [r["epoch"] for r in now[:len(earlier)]] == [r["epoch"] for r in earlier]
+        assert sorted({r["epoch"] for r in now}) == list(range(1, 5))
+    assert_mlflow_complete(f"sqlite:///{tmp_path / 'mlflow.db'}", "killed", {Path(r.path).name for r in got.values()})
+    pareto = json.loads((exp / "pareto" / "pareto.json").read_text())
+    assert len(pareto["trials"]) == 3 and any(t["pareto"] for t in pareto["trials"])
+

@@ -1,0 +1,45 @@
+"""Deterministic trial failures: a loss that is no longer finite.
+
+A NaN/inf loss recurs when the trial is retried from its last checkpoint (every epoch
+is reseeded from ``(seed, epoch)``), so retrying it is pointless. The Tune trainable
+therefore does not hand it to Ray's ``FailureConfig``: it reports one last result with
+``failed = 1.0`` and the reason in ``error`` and returns (see docs/failure-modes.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .metrics import EPOCH_METRICS
+
+__all__ = ["NonFiniteLossError", "check_finite", "failure_metrics", "FAILED_KEY", "ERROR_KEY"]
+
+FAILED_KEY, ERROR_KEY = "failed", "error"
+
+
+class NonFiniteLossError(ArithmeticError):
+    """The training (or validation) loss became NaN or infinite."""
+
+    def __init__(self, value: float, epoch: int, step: int | None = None, what: str = "training loss") -> None:
+        self.value, self.epoch, self.step, self.what = value, epoch, step, what
+        where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+        super().__init__(f"{what} became {value} at {where}; the trial diverged (lower optim.lr or "
+                         "optim.weight_decay, or set optim.grad_clip); retrying would fail the same way")
+
+
+def check_finite(loss: torch.Tensor | float, epoch: int, step: int | None = None, what: str = "training loss") -> None:
+    """Raise :class:`NonFiniteLossError` unless ``loss`` is finite (one host sync for a tensor)."""
+    value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(value, epoch, step, what)
+
+
+def failure_metrics(error: NonFiniteLossError) -> dict[str, float | str]:
+    """The last result a diverged trial reports: epoch metrics NaN, ``failed``, ``error``."""
+    metrics: dict[str, float | str] = {name: math.nan for name in EPOCH_METRICS}
+    metrics["epoch"] = float(error.epoch)
+    metrics[FAILED_KEY] = 1.0
+    metrics[ERROR_KEY] = f"{type(error).__name__}: {error}"
+    return metrics

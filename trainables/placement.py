@@ -1,0 +1,57 @@
+"""Where one trial's search runs: ``Placement`` is one process; DDP overrides it.
+
+``run_trial`` asks its placement for the device, the data loaders and to attach itself to
+the engine, so the same loop runs on one process or on every rank of a DDP group
+(``trainables.distributed.DDPPlacement``): no second copy of the trial loop exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import DataBundle, make_loader
+
+if TYPE_CHECKING:
+    from .config import DataConfig, RuntimeConfig
+    from .engine import SearchEngine
+
+__all__ = ["Placement", "Loaders"]
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """Training loader, the per-epoch validation loader, and the full validation loader
+    that the final fuse-and-verify step uses (the same object on one process)."""
+
+    train: DataLoader
+    val: DataLoader
+    export: DataLoader
+
+
+class Placement:
+    """One process on the configured device; rank 0 of a world of 1."""
+
+    rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints and exports and calls the hooks."""
+        return self.rank == 0
+
+    def device(self, runtime: RuntimeConfig) -> torch.device:
+        """The device to train on (and the CPU threads to use)."""
+        from .trial import resolve_device  # trial imports this module
+
+        return resolve_device(runtime)
+
+    def loaders(self, data: DataBundle, cfg: DataConfig) -> Loaders:
+        """Seeded shuffling training loader and one validation loader for both uses."""
+        val = make_loader(data.val, cfg.eval_batch_size, train=False, num_workers=cfg.num_workers)
+        return Loaders(make_loader(data.train, cfg.batch_size, train=True, num_workers=cfg.num_workers), val, val)
+
+    def attach(self, engine: SearchEngine) -> None:
+        """Wire the engine's collectives and training forward (nothing to do on one process)."""
