@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 import mlflow
 import pytest
+from _servers import MlflowServer, free_port
 from mlflow.tracking import MlflowClient
 
 from orchestrator.pareto import dominates
@@ -128,32 +128,11 @@ def test_driver_killed_then_resumed(tmp_path: Path, write_sweep: Any, kit: Any) 
                  model_name="repnas-killed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sweep_against_mlflow_server(tmp_path: Path, write_sweep: Any, kit: Any) -> None:
-    import urllib.request
-
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"],
-        cwd=tmp_path, env=kit.cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+    server = MlflowServer(tmp_path, free_port())
+    server.start()
+    uri = server.uri
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
         sweep = kit.tiny_sweep(tmp_path, name="served")
         sweep["search"]["num_samples"] = 2
         sweep["space"]["search.budget"] = {"choice": [0.2, 0.75]}
@@ -164,9 +143,4 @@ def test_sweep_against_mlflow_server(tmp_path: Path, write_sweep: Any, kit: Any)
         assert not (tmp_path / "mlflow.db").exists()  # the env var won over the file's sqlite URI
         assert any((tmp_path / "server_artifacts").rglob("MLmodel"))
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        server.stop()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from _servers import MlflowServer, free_port, kill_group
 from mlflow.tracking import MlflowClient
 
 EPOCHS = 4
@@ -95,14 +94,7 @@ class Driver:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         time.sleep(1.0)
-        _killpg(self.proc.pid)
-
-
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        kill_group(self.proc.pid)
 
 
 @pytest.fixture
@@ -120,7 +112,7 @@ def start_driver(tmp_path: Path) -> Iterator[Callable[..., Driver]]:
 
     yield _start
     for d in started:
-        _killpg(d.proc.pid)
+        kill_group(d.proc.pid)
         d.proc.wait()
 
 
@@ -188,46 +180,6 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[float, dict[str, 
     proc = cli("orchestrator.run", [str(write(tmp, sweep(tmp, "baseline")))], tmp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {b: dict(r.metrics) for b, r in results(tmp / "ray_results" / "baseline").items()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 (sqlite backend, local artifacts) that tests stop and restart."""
-
-    root: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-             "--artifacts-destination", str(self.root / "server_artifacts"), "--workers", "1"],
-            cwd=self.root, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _killpg(self.proc.pid)
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture

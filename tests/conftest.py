@@ -1,0 +1,1 @@
+"""Shared test root: puts ``tests/`` on ``sys.path`` so suites can import ``_servers``."""
