@@ -179,7 +179,9 @@ def plot_fronts(records: Sequence[TrialRecord], objectives: Sequence[_Objective]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for i, (ax, (yo, xo)) in enumerate(zip(axes[0], panels)):
         _panel(ax, records, yo, xo)
-        ax.set_title("sweep objectives" if i < max(1, len(objectives) - 1) else "also", fontsize=9)
+        swept = i < max(1, len(objectives) - 1)
+        ax.set_title("front over the sweep objectives" if swept
+                     else f"front of {yo.metric} vs {xo.metric if xo else 'trial'} (not an objective)", fontsize=9)
     fig.suptitle(f"Pareto front ({', '.join(f'{o.metric} {o.mode}' for o in objectives)})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
