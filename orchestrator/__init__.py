@@ -1,7 +1,9 @@
 """The sweep driver: sweep-file schema, Ray Tune wiring, MLflow tracking, Pareto front.
 
 ``python -m orchestrator.run SWEEP.yaml [--resume] [--dry-run] [--set KEY=VALUE ...]``
-(console script ``repnas-sweep``). See docs/sweep-config.md for every sweep key and
+(console script ``repnas-sweep``); ``python -m orchestrator.report SWEEP.yaml`` compares
+the methods of a finished sweep over seeds; ``python -m orchestrator.sync SWEEP.yaml``
+fills MLflow in from Ray's results. See docs/sweep-config.md for every sweep key and
 docs/architecture.md for the contract with ``trainables``.
 """
 
@@ -26,6 +28,10 @@ _EXPORTS: dict[str, str] = {
     "apply_set": "config",
     "load_sweep": "config",
     "parse_sweep": "config",
+    "GroupStats": "compare",
+    "equal_count_verdicts": "compare",
+    "group_records": "compare",
+    "select_best": "compare",
     "TrialRecord": "pareto",
     "dominates": "pareto",
     "mark_front": "pareto",
@@ -36,10 +42,13 @@ _EXPORTS: dict[str, str] = {
     "register_models": "registry",
     "main": "run",
     "run_sweep": "run",
+    "build_report": "report",
+    "read_records": "report",
     "SpaceParam": "space",
     "make_searcher": "space",
     "param_space": "space",
     "parse_space": "space",
+    "trial_count": "space",
     "MLflowTrialHook": "tracking",
     "SweepState": "tracking",
     "finish_parent_run": "tracking",
@@ -55,10 +64,12 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .config import CheckpointSettings, ConfigError, FailureSettings, MlflowConfig, Objective, RayConfig, ResourcesConfig, SchedulerConfig, SearchConfig, SweepConfig, apply_set, load_sweep, parse_sweep
+    from .compare import GroupStats, equal_count_verdicts, group_records, select_best
     from .pareto import TrialRecord, dominates, mark_front, non_dominated, plot_fronts, write_table
     from .registry import Registered, register_models
+    from .report import build_report, read_records
     from .run import main, run_sweep
-    from .space import SpaceParam, make_searcher, param_space, parse_space
+    from .space import SpaceParam, make_searcher, param_space, parse_space, trial_count
     from .tracking import MLflowTrialHook, SweepState, finish_parent_run, start_parent_run
     from .tuner import NothingToResumeError, SweepExistsError, build_tuner, collect_records, restore_tuner
 

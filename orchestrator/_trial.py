@@ -9,7 +9,7 @@ from typing import Any
 
 from trainables.config import TrialConfig
 from trainables.metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS
-from trainables.schema import ConfigError, apply_overrides, did_you_mean, join_path
+from trainables.schema import ConfigError, apply_overrides, did_you_mean, flatten_overrides, join_path
 
 from .space import SpaceParam
 
@@ -30,8 +30,9 @@ def epoch_metric_names() -> tuple[str, ...]:
 
 
 def resolve(base_trial: dict[str, Any], overrides: dict[str, Any]) -> TrialConfig:
-    """The TrialConfig a trial with these sampled ``overrides`` will run."""
-    return TrialConfig.from_dict(apply_overrides(base_trial, overrides), "trial")
+    """The TrialConfig a trial with these sampled ``overrides`` will run (mapping values are
+    groups of keys set together, see ``flatten_overrides``)."""
+    return TrialConfig.from_dict(apply_overrides(base_trial, flatten_overrides(overrides)), "trial")
 
 
 def check_key(key: str, path: str) -> None:

@@ -17,7 +17,7 @@ from .config import ConfigError, SweepConfig, load_sweep
 from .lock import SweepLock, SweepLockedError
 from .preflight import check_tracking
 from .redact import redact
-from .space import sample_overrides
+from .space import sample_overrides, trial_count
 
 __all__ = ["main", "parse_args", "run_sweep", "dry_run"]
 
@@ -44,8 +44,9 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     print(f"# resolved sweep {cfg.name!r} (from {cfg.source})")
     print(redact(yaml.safe_dump(cfg.to_dict(), sort_keys=False)).rstrip())
     base = cfg.base_trial()
-    print(f"\n# first {count} sampled trials (dotted keys applied on top of trial:)")
-    for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, count, cfg.search.seed)):
+    total = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples)
+    print(f"\n# {total} trials; the first {min(count, total)} (dotted keys applied on top of trial:)")
+    for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)):
         _trial.resolve(base, override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from .config import SearchConfig
 
-__all__ = ["SpaceParam", "parse_space", "param_space", "make_searcher", "sample_overrides"]
+__all__ = ["SpaceParam", "parse_space", "param_space", "make_searcher", "sample_overrides", "trial_count"]
 
 Kind = Literal["choice", "grid", "uniform", "loguniform", "randint", "constant"]
 DISTRIBUTIONS: tuple[str, ...] = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -141,12 +141,23 @@ def make_searcher(search: SearchConfig) -> Searcher | Any:
     return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
 
 
+def _grid_params(params: Sequence[SpaceParam], algorithm: str) -> list[SpaceParam]:
+    return [p for p in params if p.kind == "grid" or (p.kind == "choice" and algorithm == "grid")]
+
+
+def trial_count(params: Sequence[SpaceParam], algorithm: str, num_samples: int) -> int:
+    """Trials the sweep will run: Optuna's ``num_samples``, or Ray's grid size times it."""
+    if algorithm == "optuna":
+        return num_samples
+    return math.prod(len(p.values) for p in _grid_params(params, algorithm)) * num_samples
+
+
 def sample_overrides(params: Sequence[SpaceParam], algorithm: str, count: int,
                      seed: int | None) -> list[dict[str, Any]]:
     """Up to ``count`` example trial overrides, without Ray running (for ``--dry-run``)."""
     rng = random.Random(seed)
     sampled = [p for p in params if p.sampled]
-    grid = [p for p in sampled if p.kind == "grid" or (p.kind == "choice" and algorithm == "grid")]
+    grid = _grid_params(sampled, algorithm)
     rest = [p for p in sampled if p not in grid]
     points = itertools.islice(itertools.cycle(itertools.product(*(p.values for p in grid))), count)
     out = []

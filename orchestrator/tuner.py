@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainables.schema import flatten_overrides
+
 from . import _storage
 from .config import SweepConfig
 from .pareto import TrialRecord
@@ -165,7 +167,7 @@ def collect_records(results: ResultGrid, cfg: SweepConfig) -> list[TrialRecord]:
         metrics = {k: v for k, v in (result.metrics or {}).items() if _number(v) is not None}
         name = Path(result.path).name if result.path else str(metrics.get("trial_id", "?"))
         trial_id = str((result.metrics or {}).get("trial_id") or name.rsplit("_", 1)[-1])
-        config = dict(result.config or {})
+        config = flatten_overrides(result.config or {})
         error = f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300] if result.error else None
         if error is None and metrics.get("failed") == 1.0:  # a diverged trial ends itself (trainables.failures)
             error = str((result.metrics or {}).get("error", "failed"))[:300]

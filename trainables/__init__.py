@@ -25,7 +25,7 @@ from .export import FusionMismatchError
 from .failures import NonFiniteLossError
 from .hooks import TrialHook
 from .metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS, PHASES
-from .schema import ConfigError, apply_overrides, did_you_mean, parse_override
+from .schema import ConfigError, apply_overrides, did_you_mean, flatten_overrides, parse_override
 from .trial import TrialResult, run_trial
 from .tune import make_trainable
 
@@ -42,6 +42,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "ConfigError",
     "apply_overrides",
+    "flatten_overrides",
     "parse_override",
     "did_you_mean",
     "schema",

@@ -23,7 +23,7 @@ from torchvision import datasets, transforms
 from .config import DataConfig
 from .schema import ConfigError
 
-__all__ = ["DataBundle", "build_data", "make_loader", "DigitsDataset", "FASHION_MNIST_ROOT", "cache_dir"]
+__all__ = ["DataBundle", "build_data", "make_loader", "TensorImages", "FASHION_MNIST_ROOT", "cache_dir"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 _ROOT_PATH = "trial.data.root"
@@ -51,25 +51,42 @@ class DataBundle:
     example_shape: tuple[int, int, int]  # C, H, W of one input
 
 
-class DigitsDataset(Dataset):
-    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes) as a torch Dataset."""
+class TensorImages(Dataset):
+    """Decoded images as one float tensor ``(N, C, H, W)`` with their targets.
 
-    def __init__(self, transform: Transform | None = None) -> None:
-        from sklearn.datasets import load_digits
+    Small in-memory datasets (digits, MNIST, Fashion-MNIST, CIFAR) are decoded and
+    normalised once, so an epoch does no per-item PIL work; only random augmentation
+    (``augment``) runs per item. Train and eval views share the same tensor.
+    """
 
-        bunch = load_digits()
-        self.images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        self.targets = torch.tensor(bunch.target, dtype=torch.long)
-        self.transform = transform
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, classes: list[str],
+                 augment: Transform | None = None) -> None:
+        self.images, self.targets, self.classes, self.augment = images, targets, classes, augment
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
+        if self.augment is not None:
+            image = self.augment(image)
         return image, int(self.targets[index])
+
+
+def _digits() -> TensorImages:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return TensorImages(images, torch.tensor(bunch.target, dtype=torch.long), [str(c) for c in range(10)])
+
+
+def _decoded(dataset: datasets.VisionDataset) -> TensorImages:
+    """A torchvision MNIST/CIFAR dataset (uint8 ``.data``) as a float tensor in [0, 1]."""
+    data = torch.as_tensor(dataset.data)
+    images = (data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)).float().div_(255.0)
+    return TensorImages(images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.long), list(dataset.classes))
 
 
 def cache_dir() -> Path:
@@ -108,35 +125,43 @@ def _mnist_root(root: Path, folder: str, download: bool, fix: str) -> Path:
     return prepared
 
 
-def _transforms(cfg: DataConfig, train: bool, size: int | None) -> Transform:
-    """ToTensor (PIL datasets) + optional resize/augmentation + normalisation."""
-    mean, std = _STATS[cfg.dataset]
-    steps: list[Callable] = [] if cfg.dataset == "digits" else [transforms.ToTensor()]
-    if cfg.dataset == "imagefolder":
-        side = cfg.image_size or 224
-        steps = ([transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip()] if train and cfg.augment
-                 else [transforms.Resize(int(side * 256 / 224)), transforms.CenterCrop(side)]) + steps
-    else:
-        if cfg.image_size:
-            steps.append(transforms.Resize(cfg.image_size, antialias=True))
-        if train and cfg.augment and size is not None:
-            steps.append(transforms.RandomCrop(size, padding=max(1, size // 8)))
-            if cfg.dataset in ("cifar10", "cifar100"):
-                steps.append(transforms.RandomHorizontalFlip())
-    steps.append(transforms.Normalize(mean, std))
+def _imagefolder_transform(cfg: DataConfig, train: bool) -> Transform:
+    """PIL pipeline of an ImageNet-style folder: (random-)resized crop, ToTensor, normalise."""
+    side = cfg.image_size or 224
+    crop = ([transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip()] if train and cfg.augment
+            else [transforms.Resize(int(side * 256 / 224)), transforms.CenterCrop(side)])
+    return transforms.Compose([*crop, transforms.ToTensor(), transforms.Normalize(*_STATS["imagefolder"])])
+
+
+def _augment(cfg: DataConfig, size: int) -> Transform | None:
+    """Per-item training augmentation of a decoded tensor (None without ``augment``)."""
+    if not cfg.augment:
+        return None
+    steps: list[Callable] = [transforms.RandomCrop(size, padding=max(1, size // 8))]
+    if cfg.dataset in ("cifar10", "cifar100"):
+        steps.append(transforms.RandomHorizontalFlip())
     return transforms.Compose(steps)
 
 
-def _open(cfg: DataConfig, train: bool, transform: Transform) -> Dataset:
-    """The raw train (``train=True``) or test split of ``cfg.dataset``."""
+def _prepared(cfg: DataConfig, images: TensorImages) -> TensorImages:
+    """Resize (``image_size``) and normalise the whole tensor once."""
+    steps: list[Callable] = [transforms.Resize(cfg.image_size, antialias=True)] if cfg.image_size else []
+    steps.append(transforms.Normalize(*_STATS[cfg.dataset]))
+    images.images = transforms.Compose(steps)(images.images)
+    return images
+
+
+def _open(cfg: DataConfig, train: bool) -> Dataset:
+    """The raw train (``train=True``) or test split of ``cfg.dataset``, decoded and normalised
+    (an ImageFolder keeps its eval-time PIL pipeline)."""
     name = cfg.dataset
     if name == "digits":
-        return DigitsDataset(transform)
+        return _prepared(cfg, _digits())
     if name == "imagefolder":
         folder = Path(cfg.root or "").expanduser() / ("train" if train else "val")
         if not folder.is_dir():
             raise _missing(folder, "expected an ImageNet-style root holding train/<class>/*.jpg and val/<class>/*.jpg")
-        return datasets.ImageFolder(str(folder), transform=transform)
+        return datasets.ImageFolder(str(folder), transform=_imagefolder_transform(cfg, False))
     default = FASHION_MNIST_ROOT if name == "fashion_mnist" else str(cache_dir() / "data")
     root = Path(cfg.root or default).expanduser()
     if name in ("mnist", "fashion_mnist"):
@@ -144,12 +169,22 @@ def _open(cfg: DataConfig, train: bool, transform: Transform) -> Dataset:
                if name == "fashion_mnist" else "set trial.data.root to a folder with the MNIST idx files, or set trial.data.download: true")
         cls = datasets.FashionMNIST if name == "fashion_mnist" else datasets.MNIST
         root = _mnist_root(root, cls.__name__, cfg.download, fix)
-        return cls(str(root), train=train, transform=transform, download=cfg.download)
+        return _prepared(cfg, _decoded(cls(str(root), train=train, download=cfg.download)))
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     try:
-        return cls(str(root), train=train, transform=transform, download=cfg.download)
+        return _prepared(cfg, _decoded(cls(str(root), train=train, download=cfg.download)))
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise _missing(root, f"set trial.data.root to the folder holding {cls.base_folder}/, or set trial.data.download: true ({err})") from None
+
+
+def _train_view(cfg: DataConfig, eval_full: Dataset, size: int | None) -> Dataset:
+    """The training-split dataset with training-time augmentation (same storage as eval)."""
+    if isinstance(eval_full, TensorImages):
+        augment = _augment(cfg, size) if size is not None else None
+        return TensorImages(eval_full.images, eval_full.targets, eval_full.classes, augment)
+    if cfg.augment:
+        return datasets.ImageFolder(eval_full.root, transform=_imagefolder_transform(cfg, True))
+    return eval_full
 
 
 _NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
@@ -158,8 +193,8 @@ _NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "c
 def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     """Build the datasets; val is a seeded subset of the training split disjoint from train."""
     size = cfg.image_size or _NATIVE_SIZE.get(cfg.dataset)
-    train_full = _open(cfg, True, _transforms(cfg, True, size))
-    eval_full = _open(cfg, True, _transforms(cfg, False, size))
+    eval_full = _open(cfg, True)
+    train_full = _train_view(cfg, eval_full, size)
     n = len(train_full)
     n_val = max(1, round(n * cfg.val_fraction))
     if n_val >= n:
@@ -168,7 +203,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     val_idx, train_idx = order[:n_val], order[n_val:]
     if cfg.limit_train is not None:
         train_idx = train_idx[: cfg.limit_train]
-    test = None if cfg.dataset == "digits" else _open(cfg, False, _transforms(cfg, False, size))
+    test = None if cfg.dataset == "digits" else _open(cfg, False)
     example = eval_full[0][0]
     classes = getattr(train_full, "classes", None)
     num_classes = len(classes) if classes else int(max(int(t) for t in train_full.targets)) + 1

@@ -19,8 +19,10 @@ EPOCH_METRICS = (
     "branches_total",
     "lr",
     "epoch_time_s",
+    "peak_memory_mb",
 )
-"""Reported after every epoch. ``epoch`` counts completed epochs (1-based)."""
+"""Reported after every epoch. ``epoch`` counts completed epochs (1-based). ``peak_memory_mb``
+is the trial's peak so far: CUDA tensors on a GPU, process RSS on CPU (``trainables.memory``)."""
 
 FINAL_METRICS = (
     "fused_val_acc",

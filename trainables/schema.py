@@ -28,6 +28,7 @@ __all__ = [
     "dump_dataclass",
     "parse_override",
     "apply_overrides",
+    "flatten_overrides",
     "between",
     "at_least",
     "one_of",
@@ -262,6 +263,21 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
                 raise ConfigError(".".join(parts[: i + 1]), f"cannot set {dotted!r}: this key holds a {type(child).__name__}, not a mapping")
             node = child
         node[parts[-1]] = _deep_copy(value)
+    return out
+
+
+def flatten_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Spread mapping values into dotted keys, so one sampled value can set several keys.
+
+    ``{"search": {"method": "odbb", "budget": 0.5}}`` -> ``{"search.method": "odbb",
+    "search.budget": 0.5}`` (a space "group"); scalars and lists pass through unchanged.
+    """
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_overrides({f"{key}.{k}": v for k, v in value.items()}))
+        else:
+            out[str(key)] = value
     return out
 
 

@@ -32,6 +32,7 @@ from .engine import SearchEngine, derive_seed
 from .export import export_model
 from .failures import check_finite
 from .hooks import TrialHook
+from .memory import PeakMemory
 from .metrics import EPOCH_METRICS
 from .placement import Placement
 from .schema import ConfigError
@@ -135,6 +136,7 @@ def run_trial(
             hook.on_start(config, trial_name, resume_from is not None)
         place = placement or Placement()
         device = place.device(config.runtime)
+        memory = PeakMemory(device)  # this trial's window, also after a resume in a reused process
         data = build_data(config.data, config.seed)
         torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))  # weight init is seeded too
         model = build_trial_model(config, data.num_classes, data.in_channels)
@@ -156,7 +158,7 @@ def run_trial(
             mask = engine.eval_mask()
             values = {**train, "epoch": float(engine.epoch), "val_loss": val_loss, "val_acc": val_acc,
                       "branches_kept": float(mask.sum()), "branches_total": float(engine.num_candidates),
-                      "epoch_time_s": time.perf_counter() - tick}
+                      "epoch_time_s": time.perf_counter() - tick, "peak_memory_mb": memory.peak_mb()}
             metrics = {name: float(values[name]) for name in EPOCH_METRICS}
             save_alpha({"epoch": engine.epoch, **alpha_table(engine.layers, engine.alpha, mask)}, workdir / "alpha.json")
             extra: dict[str, Path] = {}

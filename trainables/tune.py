@@ -27,15 +27,16 @@ from .distributed import NODE_KEY, WorkerResources, run_distributed
 from .failures import NonFiniteLossError, failure_metrics
 from .hooks import TrialHook
 from .restore import restore_checkpoint
-from .schema import apply_overrides
+from .schema import apply_overrides, flatten_overrides
 from .trial import run_trial
 
 __all__ = ["make_trainable", "trial_config_from"]
 
 
 def trial_config_from(base_trial: Mapping[str, Any], config: Mapping[str, Any]) -> TrialConfig:
-    """The TrialConfig of one Tune trial: ``base_trial`` with the dotted ``config`` keys applied."""
-    overrides = {key.removeprefix("trial."): value for key, value in config.items()}
+    """The TrialConfig of one Tune trial: ``base_trial`` with the dotted ``config`` keys applied
+    (a mapping value sets each of its keys: ``{"search": {"method": "dbb"}}``)."""
+    overrides = {key.removeprefix("trial."): value for key, value in flatten_overrides(config).items()}
     return TrialConfig.from_dict(apply_overrides(base_trial, overrides))
 
 

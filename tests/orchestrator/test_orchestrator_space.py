@@ -60,3 +60,36 @@ def test_seeded_samples_are_reproducible() -> None:
     params = parse_space({"optim.lr": {"loguniform": [1e-3, 0.1]}, "search.budget": {"choice": [0.2, 0.5]}})
     assert sample_overrides(params, "optuna", 3, 1) == sample_overrides(params, "optuna", 3, 1)
     assert all(1e-3 <= s["optim.lr"] <= 0.1 for s in sample_overrides(params, "optuna", 20, 0))
+
+
+def test_grid_of_mappings_sets_several_trial_keys_together(tmp_path: Path, kit: Any) -> None:
+    from orchestrator._trial import resolve
+    from orchestrator.space import trial_count
+    from trainables import ConfigError
+    from trainables.tune import trial_config_from
+
+    methods = [{"method": "dbb"}, {"method": "odbb", "budget": 5}]
+    cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"algorithm": "grid", "num_samples": 1},
+                                     space={"search": {"grid": methods}, "seed": {"grid": [0, 1, 2]},
+                                            "search.budget": 0.5, "optim.lr": 0.1}))
+    assert trial_count(cfg.space, "grid", 1) == 6 and trial_count(cfg.space, "grid", 2) == 12
+    assert trial_count(cfg.space, "optuna", 5) == 5
+    dbb = resolve(cfg.base_trial(), {"search": methods[0], "seed": 2})
+    odbb = trial_config_from(cfg.base_trial(), {"search": methods[1]})
+    # merged into the trial's search section: epochs etc. stay, the other keys change
+    assert (dbb.search.method, dbb.search.epochs, dbb.seed) == ("dbb", 2, 2)
+    assert (odbb.search.method, odbb.search.budget, odbb.search.random_epochs) == ("odbb", 5, 1)
+    with pytest.raises(ConfigError, match=r"space\.search.*methd.*did you mean 'method'"):
+        parse_sweep(kit.tiny_sweep(tmp_path, search={"algorithm": "grid"},
+                                   space={"search": {"grid": [{"methd": "dbb"}]}, "search.budget": 0.5,
+                                          "optim.lr": 0.1}))
+
+
+def test_flatten_overrides() -> None:
+    from trainables import flatten_overrides
+
+    nested = {"search": {"method": "odbb", "budget": 5}, "model": {"options": {"width_multiplier": 2.0}},
+              "optim.lr": 0.1, "search.candidates": ["kxk"], "empty": {}}
+    assert flatten_overrides(nested) == {"search.method": "odbb", "search.budget": 5,
+                                         "model.options.width_multiplier": 2.0, "optim.lr": 0.1,
+                                         "search.candidates": ["kxk"], "empty": {}}

@@ -144,3 +144,34 @@ def test_sweep_against_mlflow_server(tmp_path: Path, write_sweep: Any, kit: Any)
         assert any((tmp_path / "server_artifacts").rglob("MLmodel"))
     finally:
         server.stop()
+
+
+def test_grid_of_methods_over_seeds_then_report(tmp_path: Path, write_sweep: Any, kit: Any) -> None:
+    """A method x seed grid (mapping-valued grid entries), then ``python -m orchestrator.report``."""
+    sweep = kit.tiny_sweep(tmp_path, name="methods", search={"algorithm": "grid", "num_samples": 1})
+    sweep["space"] = {"search": {"grid": [{"method": "plain"}, {"method": "odbb", "budget": 5}]},
+                      "seed": {"grid": [0, 1]}, "optim.lr": 0.1}
+    path = write_sweep(sweep)
+    proc = kit.run_cli([str(path)], cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    report = subprocess.run([sys.executable, "-m", "orchestrator.report", str(path), "--out", str(tmp_path / "report")],
+                            cwd=tmp_path, env=kit.cli_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-5000:]
+    payload = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert payload["metric"] == "fused_val_acc"  # digits has no test split
+    assert {(g["method"], g["n"], g["target_branches"]) for g in payload["selected"]} == {("plain", 2, 5), ("odbb k=5", 2, 5)}
+    kept = {t["trial_name"]: t["metrics"]["branches_kept"] for t in payload["trials"]}
+    assert len(kept) == 4 and all(k >= 5 for k in kept.values())
+    (verdict,) = payload["verdicts"]
+    assert (verdict["searched"], verdict["fixed"], verdict["branches"]) == ("odbb k=5", "plain", 5)
+    odbb = next(g for g in payload["selected"] if g["method"] == "odbb k=5")
+    plain = next(g for g in payload["selected"] if g["method"] == "plain")
+    assert verdict["difference"] == pytest.approx(odbb["mean"]["fused_val_acc"] - plain["mean"]["fused_val_acc"])
+    assert payload["fusion"]["ok"] and payload["fusion"]["max_logit_diff"] < 1e-4
+    assert payload["pareto_front_matches"] is True
+    assert "odbb k=5 vs plain at 5 branches" in (tmp_path / "report" / "report.md").read_text()
+    assert (tmp_path / "report" / "report.png").stat().st_size > 10_000
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent, _ = _children(client, "methods")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
+        "report/report.md", "report/report.json", "report/report.png"}

@@ -43,3 +43,48 @@ def test_flat_gzipped_mnist_layout_is_prepared_without_download(tmp_path: Path, 
     assert (len(data.train), len(data.val), len(data.test)) == (15, 5, 6)
     assert data.example_shape == (1, 28, 28) and data.num_classes == 10
     assert (tmp_path / "cache").is_dir()
+
+
+def test_decoded_tensors_normalised_once_augmented_per_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from trainables.data import TensorImages
+
+    monkeypatch.setenv("REPNAS_DATA_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "fashion-mnist"
+    root.mkdir()
+    pixels = bytes((7 * i) % 256 for i in range(40 * 784))
+    for split in ("train", "t10k"):
+        _idx(root / f"{split}-images-idx3-ubyte.gz", 2051, (40, 28, 28), pixels)
+        _idx(root / f"{split}-labels-idx1-ubyte.gz", 2049, (40,), bytes(i % 10 for i in range(40)))
+    plain = build_data(DataConfig(dataset="fashion_mnist", root=str(root), val_fraction=0.25), 0)
+    full = plain.train.dataset
+    assert isinstance(full, TensorImages) and full.images is plain.val.dataset.images  # one copy
+    raw = torch.tensor(list(pixels), dtype=torch.float32).view(40, 1, 28, 28) / 255
+    torch.testing.assert_close(full.images, (raw - 0.2860) / 0.3530)  # torchvision's ToTensor + Normalize
+    assert plain.train[0][0].shape == (1, 28, 28) and plain.train[0][1] == plain.train.dataset.targets[plain.train.indices[0]]
+    torch.testing.assert_close(plain.test.images, full.images)  # same bytes in the test files here
+    augmented = build_data(DataConfig(dataset="fashion_mnist", root=str(root), val_fraction=0.25, augment=True), 0)
+    assert augmented.train.dataset.augment is not None and augmented.val.dataset.augment is None
+    torch.manual_seed(0)
+    crops = torch.stack([augmented.train[0][0] for _ in range(8)])
+    assert crops.shape == (8, 1, 28, 28) and not all(torch.equal(crops[0], c) for c in crops[1:])
+    resized = build_data(DataConfig(dataset="fashion_mnist", root=str(root), image_size=14), 0)
+    assert resized.example_shape == (1, 14, 14)
+
+
+def test_peak_memory_window_resets() -> None:
+    import sys
+
+    import torch
+
+    from trainables.memory import PeakMemory
+
+    memory = PeakMemory(torch.device("cpu"))
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    high = memory.peak_mb()
+    del block
+    memory.reset()
+    if sys.platform.startswith("linux"):  # the high-water mark restarts from the current RSS
+        assert memory.peak_mb() < high - 48
+    assert memory.peak_mb() > 0

@@ -1,0 +1,169 @@
+"""Compare search methods across seeds: pure functions over :class:`TrialRecord` lists.
+
+A *method* is what the ``search.*`` keys of a trial set (``dbb``, ``odbb k=20``); trials
+of one method differ in the replicate key (``seed``) and in *tuned* keys (every other
+sampled key, e.g. ``optim.lr``). Per method and tuned setting: mean and standard
+deviation over replicates; per method: the tuned setting with the best mean validation
+metric (the test metric never selects anything); then equal-branch-count verdicts of
+the searched method against each fixed one. No Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .pareto import TrialRecord
+
+__all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best",
+           "equal_count_verdicts"]
+
+SEARCHED = "odbb"
+
+
+def method_label(config: Mapping[str, Any]) -> str:
+    """``plain`` / ``dbb`` / ``odbb k=20`` / ``odbb ρ=0.34`` / ``1x1+kxk`` from flat trial keys."""
+    method = config.get("search.method", SEARCHED)
+    if isinstance(method, (list, tuple)):
+        return "+".join(map(str, method))
+    if method != SEARCHED:
+        return str(method)
+    budget = config.get("search.budget")
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        return f"{SEARCHED} k={budget}"
+    return f"{SEARCHED} ρ={budget:g}" if isinstance(budget, float) else SEARCHED
+
+
+def target_count(record: TrialRecord) -> int:
+    """The branch count a trial is meant to keep: the budget for a search (k, or ⌊Nρ⌋),
+    what it kept for a fixed method."""
+    budget = record.config.get("search.budget")
+    if record.config.get("search.method", SEARCHED) == SEARCHED and isinstance(budget, (int, float)):
+        if isinstance(budget, float):
+            return math.floor(record.value("branches_total") * budget + 1e-9)
+        return int(budget)
+    return int(record.value("branches_kept"))
+
+
+@dataclass
+class GroupStats:
+    """One method at one tuned setting, over its replicates."""
+
+    method: str
+    tuned: dict[str, Any]
+    searched: bool
+    target_branches: int
+    trials: list[str] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        """Replicates (finished trials)."""
+        return len(self.trials)
+
+    def mean(self, metric: str) -> float:
+        """Mean over replicates (NaN without values)."""
+        xs = self.values.get(metric, [])
+        return statistics.fmean(xs) if xs else math.nan
+
+    def std(self, metric: str) -> float:
+        """Sample standard deviation over replicates (NaN below two values)."""
+        xs = self.values.get(metric, [])
+        return statistics.stdev(xs) if len(xs) > 1 else math.nan
+
+
+def group_records(records: Sequence[TrialRecord], metrics: Sequence[str], replicate_key: str = "seed",
+                  tuned_keys: Sequence[str] | None = None) -> list[GroupStats]:
+    """Mean/std groups of the finished trials (``done``), one per method and tuned setting.
+
+    ``tuned_keys``: the sampled keys other than ``search.*`` and ``replicate_key``
+    (default: every such key found in the records' configs).
+    """
+    finished = [r for r in records if r.error is None and r.value("done") == 1.0]
+    if tuned_keys is None:
+        tuned_keys = sorted({k for r in finished for k in r.config
+                             if not k.startswith("search.") and k != replicate_key})
+    groups: dict[tuple[str, tuple[Any, ...]], GroupStats] = {}
+    for r in sorted(finished, key=lambda r: r.trial_name):
+        tuned = {k: r.config.get(k) for k in tuned_keys}
+        label = method_label(r.config)
+        key = (label, tuple(repr(v) for v in tuned.values()))
+        g = groups.setdefault(key, GroupStats(label, tuned, r.config.get("search.method", SEARCHED) == SEARCHED,
+                                              target_count(r)))
+        g.trials.append(r.trial_name)
+        for m in metrics:
+            if math.isfinite(r.value(m)):
+                g.values.setdefault(m, []).append(r.value(m))
+    return sorted(groups.values(), key=lambda g: (g.target_branches, g.searched, g.method, repr(g.tuned)))
+
+
+def select_best(groups: Sequence[GroupStats], by: str, mode: str = "max") -> list[GroupStats]:
+    """Per method, the tuned setting with the best mean ``by`` (ties: the first)."""
+    best: dict[str, GroupStats] = {}
+    sign = 1.0 if mode == "max" else -1.0
+    for g in groups:
+        score = sign * g.mean(by)
+        if math.isnan(score):
+            continue
+        if g.method not in best or score > sign * best[g.method].mean(by):
+            best[g.method] = g
+    return [g for g in groups if best.get(g.method) is g]
+
+
+@dataclass
+class Verdict:
+    """The searched method against a fixed one at the same branch count."""
+
+    searched: GroupStats
+    fixed: GroupStats
+    metric: str
+    difference: float  # searched mean - fixed mean
+    stderr: float      # of the difference (Welch)
+    p_value: float     # Welch's t-test, two-sided (NaN when undefined)
+
+    @property
+    def outcome(self) -> str:
+        """``better`` / ``worse`` beyond two standard errors, else a tie; undecided below 2 replicates."""
+        if not math.isfinite(self.stderr):
+            return "undecided (fewer than 2 replicates each)"
+        if abs(self.difference) <= 2 * self.stderr:
+            return "tie (within 2 standard errors)"
+        return "better" if self.difference > 0 else "worse"
+
+    def line(self) -> str:
+        """One sentence for the report."""
+        s, f = self.searched, self.fixed
+        return (f"{s.method} vs {f.method} at {f.target_branches} branches: {self.metric} "
+                f"{s.mean(self.metric):.4f} ± {s.std(self.metric):.4f} vs {f.mean(self.metric):.4f} ± "
+                f"{f.std(self.metric):.4f} (n={s.n}/{f.n}), difference {self.difference:+.4f} ± {self.stderr:.4f} "
+                f"(Welch p={self.p_value:.2f}): {s.method} is {self.outcome}")
+
+
+def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Standard error of mean(a) - mean(b) and the two-sided Welch p-value."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return 0.0, (1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0)
+    from scipy import stats
+
+    return se, float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def equal_count_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Verdict]:
+    """Each fixed method against the searched method with the same target branch count."""
+    searched = {g.target_branches: g for g in selected if g.searched}
+    out = []
+    for fixed in (g for g in selected if not g.searched):
+        match = searched.get(fixed.target_branches)
+        if match is None or metric not in match.values or metric not in fixed.values:
+            continue
+        a, b = match.values[metric], fixed.values[metric]
+        se, p = _welch(a, b)
+        out.append(Verdict(match, fixed, metric, statistics.fmean(a) - statistics.fmean(b), se, p))
+    return out

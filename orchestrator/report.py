@@ -1,0 +1,263 @@
+"""Method comparison of a finished sweep, read back from MLflow.
+
+    python -m orchestrator.report SWEEP.yaml [--set KEY=VALUE ...] [--out DIR]
+        [--metric test_acc] [--select-by val_acc] [--replicate-key seed]
+
+For every method (the ``search.*`` keys of a trial) and setting of the other sampled keys:
+mean ± std of ``--metric`` over the replicates (``seed``); per method the setting with
+the best mean ``--select-by`` (validation); equal-branch-count verdicts (ODBB vs each
+fixed method); the fusion check of every trial (fused accuracy = supernet accuracy);
+and a check that the parent run's Pareto front is the front of the child runs' metrics.
+Writes DIR/report.md, report.json, report.png and attaches them to the sweep's parent run
+under ``report/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .compare import GroupStats, equal_count_verdicts, group_records, select_best
+from .config import ConfigError, SweepConfig, load_sweep
+from .pareto import TrialRecord, mark_front
+from .tracking import TAG_ERROR, SweepState, child_runs, log_parent_artifacts
+
+__all__ = ["FusionCheck", "read_records", "fusion_check", "front_matches", "build_report", "main"]
+
+COLUMNS: tuple[str, ...] = ("branches_kept", "val_acc", "fused_val_acc", "epoch_time_mean_s",
+                            "train_time_s", "peak_memory_mb", "params_fused", "latency_fused_ms")
+_ALWAYS = ("search.method", "search.budget")
+
+
+def _sampled_keys(cfg: SweepConfig) -> list[str]:
+    """The flat trial keys the space samples (a mapping-valued key: each of its keys)."""
+    keys: list[str] = []
+    for p in cfg.space:
+        if not p.sampled:
+            continue
+        nested = {k for v in p.values if isinstance(v, dict) for k in v}
+        keys += [f"{p.key}.{k}" for k in sorted(nested)] if nested else [p.key]
+    return keys
+
+
+def _typed(value: str) -> Any:
+    """An MLflow param (a string) back to its YAML value."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def read_records(cfg: SweepConfig) -> list[TrialRecord]:
+    """One record per child run of the sweep's parent run (configs typed, epoch times added)."""
+    from mlflow.tracking import MlflowClient
+
+    state = SweepState.load(cfg)
+    if state is None:
+        raise ConfigError("name", f"no sweep state at {SweepState.path(cfg)}; run the sweep first")
+    client = MlflowClient(state.tracking_uri)
+    keys = list(dict.fromkeys([*_ALWAYS, *_sampled_keys(cfg)]))
+    records = []
+    for name, run in sorted(child_runs(state).items()):
+        params = run.data.params
+        metrics = dict(run.data.metrics)
+        times = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
+        if times:
+            metrics["epoch_time_mean_s"] = sum(times) / len(times)
+            metrics["train_time_s"] = sum(times)
+        config = {k: _typed(params[k]) for k in keys if k in params}
+        records.append(TrialRecord(trial_id=run.data.tags.get("repnas.trial_id", ""), trial_name=name,
+                                   status=run.info.status, config=config, metrics=metrics,
+                                   run_id=run.info.run_id, error=run.data.tags.get(TAG_ERROR)))
+    return records
+
+
+@dataclass
+class FusionCheck:
+    """Fused model vs the supernet it came from, over every finished trial."""
+
+    trials: int
+    equal_accuracy: int          # fused_val_acc == val_acc exactly
+    max_accuracy_gap: float      # max |fused_val_acc - val_acc|
+    max_logit_diff: float        # max of fused_max_logit_diff
+
+    @property
+    def ok(self) -> bool:
+        """Every fused model classifies the validation set as its supernet does."""
+        return self.trials > 0 and self.equal_accuracy == self.trials
+
+
+def fusion_check(records: Sequence[TrialRecord]) -> FusionCheck:
+    """Compare fused and supernet validation accuracy of every finished trial."""
+    done = [r for r in records if r.value("done") == 1.0]
+    gaps = [abs(r.value("fused_val_acc") - r.value("val_acc")) for r in done]
+    diffs = [r.value("fused_max_logit_diff") for r in done]
+    return FusionCheck(len(done), sum(g == 0.0 for g in gaps), max(gaps, default=math.nan),
+                       max(diffs, default=math.nan))
+
+
+def front_matches(cfg: SweepConfig, records: Sequence[TrialRecord], parent_front: set[str]) -> bool:
+    """Whether the parent run's Pareto front is the front recomputed from ``records``."""
+    recomputed = {r.trial_name for r in mark_front([*records], cfg.objectives) if r.pareto}
+    return recomputed == parent_front
+
+
+def _parent_front(cfg: SweepConfig, out: Path) -> set[str] | None:
+    """Trial names flagged ``pareto`` in the parent run's ``pareto/pareto.json`` (None if absent)."""
+    import mlflow.artifacts
+
+    state = SweepState.load(cfg)
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=state.parent_run_id, artifact_path="pareto/pareto.json",
+                                                   dst_path=str(out / ".parent"), tracking_uri=state.tracking_uri)
+    except Exception:  # noqa: BLE001 - a sweep that never finished has no front yet
+        return None
+    return {t["trial_name"] for t in json.loads(Path(path).read_text())["trials"] if t.get("pareto")}
+
+
+def _cell(g: GroupStats, metric: str, digits: int = 4) -> str:
+    mean, std = g.mean(metric), g.std(metric)
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(std) else f"{mean:.{digits}f}"
+
+
+def _table(groups: Sequence[GroupStats], metric: str) -> list[str]:
+    tuned = sorted({k for g in groups for k in g.tuned})
+    head = ["method", "branches (target)", *tuned, "n", f"{metric} mean ± std", "val_acc", "s / epoch",
+            "train s", "peak MB", "params fused"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        rows.append("| " + " | ".join([
+            g.method, f"{g.mean('branches_kept'):.0f} ({g.target_branches})", *(str(g.tuned.get(k)) for k in tuned),
+            str(g.n), _cell(g, metric), _cell(g, "val_acc"), _cell(g, "epoch_time_mean_s", 2),
+            f"{g.mean('train_time_s'):.0f}", f"{g.mean('peak_memory_mb'):.0f}", f"{g.mean('params_fused'):.0f}",
+        ]) + " |")
+    return rows
+
+
+def _front_table(cfg: SweepConfig, records: Sequence[TrialRecord], metric: str) -> list[str]:
+    """The trials on the sweep's Pareto front (recomputed from the child runs' metrics)."""
+    from .compare import method_label
+
+    objectives = [o.metric for o in cfg.objectives]
+    shown = list(dict.fromkeys([*objectives, metric]))
+    keys = sorted({k for r in records for k in r.config if not k.startswith("search.")})
+    rows = ["| trial | method | " + " | ".join([*keys, *shown]) + " |", "|" + "---|" * (2 + len(keys) + len(shown))]
+    front = [r for r in mark_front([*records], cfg.objectives) if r.pareto]
+    for r in sorted(front, key=lambda r: (r.value("branches_kept"), r.trial_name)):
+        rows.append(f"| {r.trial_name} | {method_label(r.config)} | " + " | ".join(
+            [*(str(r.config.get(k)) for k in keys), *(f"{r.value(m):.4g}" for m in shown)]) + " |")
+    return rows
+
+
+def build_report(cfg: SweepConfig, records: Sequence[TrialRecord], metric: str, select_by: str,
+                 replicate_key: str, parent_front: set[str] | None) -> tuple[str, dict[str, Any], list[GroupStats]]:
+    """The markdown report, its JSON payload and each method's selected group."""
+    groups = group_records(records, [metric, *COLUMNS], replicate_key)
+    best = select_best(groups, select_by, "max")
+    verdicts = equal_count_verdicts(best, metric)
+    fusion = fusion_check(records)
+    matches = None if parent_front is None else front_matches(cfg, records, parent_front)
+    lines = [f"# Sweep `{cfg.name}`: methods compared over `{replicate_key}`", "",
+             f"{len(records)} trials, {fusion.trials} finished. Per method, the setting with the best mean "
+             f"`{select_by}`; `{metric}` is the fused model's. ± is the sample standard deviation over "
+             f"`{replicate_key}`.", "", *_table(best, metric), "", "## Verdicts (equal branch count)", ""]
+    lines += [f"- {v.line()}" for v in verdicts] or ["- no searched trial matches a fixed method's branch count"]
+    lines += ["", "## Checks", "",
+              f"- fusion: fused val accuracy equals the supernet's in {fusion.equal_accuracy}/{fusion.trials} "
+              f"trials (max gap {fusion.max_accuracy_gap:.2e}); max logit difference {fusion.max_logit_diff:.2e}",
+              "- Pareto front in the MLflow parent run " + (
+                  "not found" if matches is None else "matches" if matches else "DIFFERS from")
+              + " the front recomputed from the child runs", "",
+              f"## Pareto front over {', '.join(f'{o.metric} ({o.mode})' for o in cfg.objectives)}", "",
+              *_front_table(cfg, records, metric), "", "## Every setting", "", *_table(groups, metric), ""]
+    payload = {"metric": metric, "select_by": select_by, "replicate_key": replicate_key,
+               "selected": [_group_json(g) for g in best], "groups": [_group_json(g) for g in groups],
+               "verdicts": [{"searched": v.searched.method, "fixed": v.fixed.method, "branches": v.fixed.target_branches,
+                             "difference": v.difference, "stderr": v.stderr, "p_value": v.p_value,
+                             "outcome": v.outcome} for v in verdicts],
+               "fusion": {**asdict(fusion), "ok": fusion.ok}, "pareto_front_matches": matches,
+               "trials": [asdict(r) for r in records]}
+    return "\n".join(lines), payload, best
+
+
+def _group_json(g: GroupStats) -> dict[str, Any]:
+    return {"method": g.method, "tuned": g.tuned, "target_branches": g.target_branches, "n": g.n,
+            "trials": g.trials, "mean": {m: g.mean(m) for m in g.values}, "std": {m: g.std(m) for m in g.values}}
+
+
+def plot_report(best: Sequence[GroupStats], metric: str, path: Path) -> Path:
+    """Accuracy vs branch count and vs training time per epoch, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, x, xlabel in ((axes[0], "branches_kept", "branches kept"),
+                          (axes[1], "epoch_time_mean_s", "training time per epoch (s)")):
+        searched = sorted((g for g in best if g.searched), key=lambda g: g.mean(x))
+        if searched:
+            ax.errorbar([g.mean(x) for g in searched], [g.mean(metric) for g in searched],
+                        yerr=[_zero(g.std(metric)) for g in searched], fmt="-o", color="C3", capsize=3,
+                        label="ODBB (searched)")
+        for i, g in enumerate(g for g in best if not g.searched):
+            ax.errorbar([g.mean(x)], [g.mean(metric)], yerr=[_zero(g.std(metric))], fmt="s", capsize=3,
+                        color=f"C{i if i < 3 else i + 1}", label=g.method)
+        for g in searched:
+            ax.annotate(g.method.split(" ", 1)[-1], (g.mean(x), g.mean(metric)), textcoords="offset points",
+                        xytext=(4, -10), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{metric} (mean ± std)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _zero(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", help="the sweep YAML file (its name and mlflow keys find the runs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for orchestrator.run")
+    parser.add_argument("--out", default=None, help="output folder (default: <storage_path>/<name>/report)")
+    parser.add_argument("--metric", default="test_acc", help="the compared metric (default: test_acc)")
+    parser.add_argument("--select-by", default="val_acc", help="metric choosing each method's setting")
+    parser.add_argument("--replicate-key", default="seed", help="the sampled key that only replicates")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_sweep(args.sweep, args.set)
+        records = read_records(cfg)
+    except ConfigError as err:
+        print(f"repnas-report: error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"{cfg.experiment_path}/report")
+    out.mkdir(parents=True, exist_ok=True)
+    metric = args.metric if any(args.metric in r.metrics for r in records) else "fused_val_acc"
+    text, payload, best = build_report(cfg, records, metric, args.select_by, args.replicate_key, _parent_front(cfg, out))
+    files = [out / "report.md", out / "report.json", plot_report(best, metric, out / "report.png")]
+    files[0].write_text(text)
+    files[1].write_text(json.dumps(payload, indent=1, default=str))
+    log_parent_artifacts(SweepState.load(cfg), files, "report")
+    print(text)
+    print(f"\nwritten: {', '.join(str(f) for f in files)} (also on the MLflow parent run, under report/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Method comparison over seeds: grouping, validation-based selection, equal-count verdicts."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from orchestrator.compare import equal_count_verdicts, group_records, method_label, select_best, target_count
+from orchestrator.pareto import TrialRecord
+
+
+def _record(name: str, method: str, lr: float, seed: int, val: float, test: float, kept: int,
+            budget: int | float | None = None, **extra: float) -> TrialRecord:
+    config = {"search.method": method, "optim.lr": lr, "seed": seed}
+    if budget is not None:
+        config["search.budget"] = budget
+    metrics = {"val_acc": val, "test_acc": test, "branches_kept": kept, "branches_total": 30.0, "done": 1.0, **extra}
+    return TrialRecord(trial_id=name, trial_name=name, status="TERMINATED", config=config, metrics=metrics)
+
+
+def test_method_labels_and_target_counts() -> None:
+    assert method_label({"search.method": "dbb", "search.budget": 0.34}) == "dbb"
+    assert method_label({"search.method": "odbb", "search.budget": 20}) == "odbb k=20"
+    assert method_label({"search.method": "odbb", "search.budget": 0.34}) == "odbb ρ=0.34"
+    assert method_label({"search.method": ["kxk", "1x1"]}) == "kxk+1x1"
+    assert target_count(_record("a", "odbb", 0.1, 0, 0.9, 0.9, kept=12, budget=0.34)) == 10  # floor(30 * 0.34)
+    assert target_count(_record("b", "odbb", 0.1, 0, 0.9, 0.9, kept=6, budget=5)) == 5  # fallbacks kept one more
+    assert target_count(_record("c", "dbb", 0.1, 0, 0.9, 0.9, kept=20)) == 20
+
+
+def test_groups_select_on_validation_and_compare_at_equal_count() -> None:
+    odbb_test = [0.91, 0.92, 0.93]
+    dbb_test = [0.88, 0.885, 0.89]
+    records = [
+        # dbb: lr 0.2 wins on validation although lr 0.05 has the better test accuracy
+        *(_record(f"dbb-a{s}", "dbb", 0.05, s, val=0.80, test=0.99, kept=20) for s in range(3)),
+        *(_record(f"dbb-b{s}", "dbb", 0.2, s, val=0.85, test=dbb_test[s], kept=20) for s in range(3)),
+        *(_record(f"odbb{s}", "odbb", 0.2, s, val=0.90, test=odbb_test[s], kept=20, budget=20) for s in range(3)),
+        _record("plain0", "plain", 0.2, 0, val=0.8, test=0.8, kept=5),
+        _record("odbb5", "odbb", 0.2, 0, val=0.8, test=0.81, kept=6, budget=5),
+        _record("crashed", "odbb", 0.2, 3, val=0.99, test=0.99, kept=20, budget=20),
+    ]
+    records[-1].error = "RuntimeError: boom"
+    groups = group_records(records, ["test_acc", "val_acc"])
+    assert [(g.method, g.tuned["optim.lr"], g.n) for g in groups] == [
+        ("plain", 0.2, 1), ("odbb k=5", 0.2, 1), ("dbb", 0.05, 3), ("dbb", 0.2, 3), ("odbb k=20", 0.2, 3)]
+    best = select_best(groups, "val_acc")
+    assert {(g.method, g.tuned["optim.lr"]) for g in best} == {("plain", 0.2), ("odbb k=5", 0.2), ("dbb", 0.2),
+                                                              ("odbb k=20", 0.2)}
+    dbb = next(g for g in best if g.method == "dbb")
+    assert dbb.mean("test_acc") == pytest.approx(statistics.fmean(dbb_test))
+    assert dbb.std("test_acc") == pytest.approx(statistics.stdev(dbb_test))
+    verdicts = {v.fixed.method: v for v in equal_count_verdicts(best, "test_acc")}
+    assert set(verdicts) == {"dbb", "plain"}
+    v = verdicts["dbb"]
+    assert v.searched.method == "odbb k=20" and v.difference == pytest.approx(0.035)
+    assert v.p_value == pytest.approx(stats.ttest_ind(odbb_test, dbb_test, equal_var=False).pvalue)
+    assert v.stderr == pytest.approx(math.sqrt(statistics.variance(odbb_test) / 3 + statistics.variance(dbb_test) / 3))
+    assert v.outcome == "better" and "odbb k=20 is better" in v.line()
+    assert verdicts["plain"].outcome.startswith("undecided")
+
+
+def test_tie_within_two_standard_errors() -> None:
+    records = [*(_record(f"d{s}", "dbb", 0.1, s, 0.9, t, kept=20) for s, t in enumerate([0.90, 0.92, 0.88])),
+               *(_record(f"o{s}", "odbb", 0.1, s, 0.9, t, kept=20, budget=20) for s, t in enumerate([0.91, 0.89, 0.90]))]
+    (verdict,) = equal_count_verdicts(select_best(group_records(records, ["test_acc", "val_acc"]), "val_acc"), "test_acc")
+    assert verdict.outcome.startswith("tie")
