@@ -24,17 +24,25 @@ __all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_recor
 SEARCHED = "odbb"
 
 
+_METHOD_KEYS = ("search.method", "search.budget")
+
+
 def method_label(config: Mapping[str, Any]) -> str:
-    """``plain`` / ``dbb`` / ``odbb k=20`` / ``odbb ρ=0.34`` / ``1x1+kxk`` from flat trial keys."""
+    """``plain`` / ``dbb`` / ``odbb k=20`` / ``odbb ρ=0.34`` / ``1x1+kxk`` from flat trial keys,
+    followed by any other ``search.*`` key present (``odbb k=20 arch_lr=0.01``)."""
     method = config.get("search.method", SEARCHED)
-    if isinstance(method, (list, tuple)):
-        return "+".join(map(str, method))
-    if method != SEARCHED:
-        return str(method)
     budget = config.get("search.budget")
-    if isinstance(budget, int) and not isinstance(budget, bool):
-        return f"{SEARCHED} k={budget}"
-    return f"{SEARCHED} ρ={budget:g}" if isinstance(budget, float) else SEARCHED
+    if isinstance(method, (list, tuple)):
+        label = "+".join(map(str, method))
+    elif method != SEARCHED:
+        label = str(method)
+    elif isinstance(budget, int) and not isinstance(budget, bool):
+        label = f"{SEARCHED} k={budget}"
+    else:
+        label = f"{SEARCHED} ρ={budget:g}" if isinstance(budget, float) else SEARCHED
+    extras = [f"{k.split('.', 1)[1]}={config[k]}" for k in sorted(config)
+              if k.startswith("search.") and k not in _METHOD_KEYS]
+    return " ".join([label, *extras])
 
 
 def target_count(record: TrialRecord) -> int:
@@ -156,14 +164,13 @@ def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 
 
 def equal_count_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Verdict]:
-    """Each fixed method against the searched method with the same target branch count."""
-    searched = {g.target_branches: g for g in selected if g.searched}
+    """Each fixed method against every searched method with the same target branch count."""
     out = []
-    for fixed in (g for g in selected if not g.searched):
-        match = searched.get(fixed.target_branches)
-        if match is None or metric not in match.values or metric not in fixed.values:
-            continue
-        a, b = match.values[metric], fixed.values[metric]
-        se, p = _welch(a, b)
-        out.append(Verdict(match, fixed, metric, statistics.fmean(a) - statistics.fmean(b), se, p))
+    for fixed in (g for g in selected if not g.searched and metric in g.values):
+        for match in (g for g in selected if g.searched and g.target_branches == fixed.target_branches):
+            if metric not in match.values:
+                continue
+            a, b = match.values[metric], fixed.values[metric]
+            se, p = _welch(a, b)
+            out.append(Verdict(match, fixed, metric, statistics.fmean(a) - statistics.fmean(b), se, p))
     return out

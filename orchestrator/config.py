@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from trainables.schema import (
     ConfigError,
@@ -25,6 +24,7 @@ from trainables.schema import (
     join_path,
     load_dataclass,
     parse_override,
+    read_sweep_yaml,
     rule,
 )
 
@@ -200,24 +200,6 @@ class SweepConfig:
         return out
 
 
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a sweep file with ``yaml.safe_load``; unreadable or non-mapping files are errors."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError("", f"cannot read sweep file {str(path)!r}: {getattr(err, 'strerror', None) or err}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError("", f"{str(path)!r} is not valid YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("", f"{str(path)!r} must hold a mapping of sweep keys, got {type(data).__name__} {data!r:.60}")
-    return data
-
-
 def apply_set(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """Apply ``KEY=VALUE`` overrides (dotted KEY, VALUE parsed by ``yaml.safe_load``).
 
@@ -246,7 +228,7 @@ def load_sweep(path: str | os.PathLike[str], overrides: list[str] | None = None,
                env: dict[str, str] | None = None) -> SweepConfig:
     """Read, override (``MLFLOW_TRACKING_URI`` then ``--set``) and validate a sweep file."""
     env = dict(os.environ) if env is None else env
-    raw = read_yaml(path)
+    raw = read_sweep_yaml(path)
     if env.get("MLFLOW_TRACKING_URI"):
         section = raw.get("mlflow")
         raw["mlflow"] = {**(section if isinstance(section, dict) else {}),

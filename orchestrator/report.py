@@ -1,6 +1,6 @@
 """Method comparison of a finished sweep, read back from MLflow.
 
-    python -m orchestrator.report SWEEP.yaml [--set KEY=VALUE ...] [--out DIR]
+    python -m orchestrator.report SWEEP.yaml [SWEEP2.yaml ...] [--set KEY=VALUE ...] [--out DIR]
         [--metric test_acc] [--select-by val_acc] [--replicate-key seed]
 
 For every method (the ``search.*`` keys of a trial) and setting of the other sampled keys:
@@ -8,8 +8,9 @@ mean ± std of ``--metric`` over the replicates (``seed``); per method the setti
 the best mean ``--select-by`` (validation); equal-branch-count verdicts (ODBB vs each
 fixed method); the fusion check of every trial (fused accuracy = supernet accuracy);
 and a check that the parent run's Pareto front is the front of the child runs' metrics.
-Writes DIR/report.md, report.json, report.png and attaches them to the sweep's parent run
-under ``report/``.
+Several sweeps (e.g. a follow-up that ``extends:`` the first) are pooled into one
+comparison. Writes DIR/report.md, report.json, report.png and attaches them to each sweep's
+parent run under ``report/``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from typing import Any
 
 import yaml
 
+from trainables.schema import flatten_overrides
+
 from .compare import GroupStats, equal_count_verdicts, group_records, select_best
 from .config import ConfigError, SweepConfig, load_sweep
 from .pareto import TrialRecord, mark_front
-from .tracking import TAG_ERROR, SweepState, child_runs, log_parent_artifacts
+from . import _trial
+from .tracking import TAG_ERROR, TAG_TRIAL_ID, SweepState, child_runs, log_parent_artifacts
 
-__all__ = ["FusionCheck", "read_records", "fusion_check", "front_matches", "build_report", "main"]
+__all__ = ["FusionCheck", "SweepPart", "read_records", "fusion_check", "front_matches", "build_report",
+           "plot_report", "main"]
 
 COLUMNS: tuple[str, ...] = ("branches_kept", "val_acc", "fused_val_acc", "epoch_time_mean_s",
                             "train_time_s", "peak_memory_mb", "params_fused", "latency_fused_ms")
@@ -65,6 +70,7 @@ def read_records(cfg: SweepConfig) -> list[TrialRecord]:
         raise ConfigError("name", f"no sweep state at {SweepState.path(cfg)}; run the sweep first")
     client = MlflowClient(state.tracking_uri)
     keys = list(dict.fromkeys([*_ALWAYS, *_sampled_keys(cfg)]))
+    base = {k: _typed(str(v)) for k, v in flatten_overrides(_trial.resolve(cfg.base_trial(), {}).to_dict()).items()}
     records = []
     for name, run in sorted(child_runs(state).items()):
         params = run.data.params
@@ -74,7 +80,9 @@ def read_records(cfg: SweepConfig) -> list[TrialRecord]:
             metrics["epoch_time_mean_s"] = sum(times) / len(times)
             metrics["train_time_s"] = sum(times)
         config = {k: _typed(params[k]) for k in keys if k in params}
-        records.append(TrialRecord(trial_id=run.data.tags.get("repnas.trial_id", ""), trial_name=name,
+        config = {k: v for k, v in config.items()  # a search.* key at its base value is not part of the method
+                  if k in _ALWAYS or not k.startswith("search.") or v != base.get(k)}
+        records.append(TrialRecord(trial_id=run.data.tags.get(TAG_TRIAL_ID, ""), trial_name=name,
                                    status=run.info.status, config=config, metrics=metrics,
                                    run_id=run.info.run_id, error=run.data.tags.get(TAG_ERROR)))
     return records
@@ -110,17 +118,20 @@ def front_matches(cfg: SweepConfig, records: Sequence[TrialRecord], parent_front
     return recomputed == parent_front
 
 
-def _parent_front(cfg: SweepConfig, out: Path) -> set[str] | None:
+def _parent_front(cfg: SweepConfig) -> set[str] | None:
     """Trial names flagged ``pareto`` in the parent run's ``pareto/pareto.json`` (None if absent)."""
+    import tempfile
+
     import mlflow.artifacts
 
     state = SweepState.load(cfg)
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=state.parent_run_id, artifact_path="pareto/pareto.json",
-                                                   dst_path=str(out / ".parent"), tracking_uri=state.tracking_uri)
-    except Exception:  # noqa: BLE001 - a sweep that never finished has no front yet
-        return None
-    return {t["trial_name"] for t in json.loads(Path(path).read_text())["trials"] if t.get("pareto")}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=state.parent_run_id, artifact_path="pareto/pareto.json",
+                                                       dst_path=tmp, tracking_uri=state.tracking_uri)
+        except Exception:  # noqa: BLE001 - a sweep that never finished has no front yet
+            return None
+        return {t["trial_name"] for t in json.loads(Path(path).read_text())["trials"] if t.get("pareto")}
 
 
 def _cell(g: GroupStats, metric: str, digits: int = 4) -> str:
@@ -159,33 +170,55 @@ def _front_table(cfg: SweepConfig, records: Sequence[TrialRecord], metric: str) 
     return rows
 
 
-def build_report(cfg: SweepConfig, records: Sequence[TrialRecord], metric: str, select_by: str,
-                 replicate_key: str, parent_front: set[str] | None) -> tuple[str, dict[str, Any], list[GroupStats]]:
-    """The markdown report, its JSON payload and each method's selected group."""
+@dataclass
+class SweepPart:
+    """One sweep of a report: its config, its child runs' records, its parent run's front."""
+
+    cfg: SweepConfig
+    records: list[TrialRecord]
+    parent_front: set[str] | None = None
+
+    @property
+    def front_matches(self) -> bool | None:
+        """Whether the parent run's Pareto front is the front of ``records`` (None: no front logged)."""
+        return None if self.parent_front is None else front_matches(self.cfg, self.records, self.parent_front)
+
+
+def build_report(parts: Sequence[SweepPart], metric: str, select_by: str,
+                 replicate_key: str) -> tuple[str, dict[str, Any], list[GroupStats]]:
+    """The markdown report over one or more sweeps, its JSON payload and each method's selected group."""
+    records = [r for part in parts for r in part.records]
     groups = group_records(records, [metric, *COLUMNS], replicate_key)
     best = select_best(groups, select_by, "max")
     verdicts = equal_count_verdicts(best, metric)
     fusion = fusion_check(records)
-    matches = None if parent_front is None else front_matches(cfg, records, parent_front)
-    lines = [f"# Sweep `{cfg.name}`: methods compared over `{replicate_key}`", "",
+    names = ", ".join(f"`{p.cfg.name}`" for p in parts)
+    lines = [f"# Sweep{'s' if len(parts) > 1 else ''} {names}: methods compared over `{replicate_key}`", "",
              f"{len(records)} trials, {fusion.trials} finished. Per method, the setting with the best mean "
              f"`{select_by}`; `{metric}` is the fused model's. ± is the sample standard deviation over "
              f"`{replicate_key}`.", "", *_table(best, metric), "", "## Verdicts (equal branch count)", ""]
     lines += [f"- {v.line()}" for v in verdicts] or ["- no searched trial matches a fixed method's branch count"]
     lines += ["", "## Checks", "",
               f"- fusion: fused val accuracy equals the supernet's in {fusion.equal_accuracy}/{fusion.trials} "
-              f"trials (max gap {fusion.max_accuracy_gap:.2e}); max logit difference {fusion.max_logit_diff:.2e}",
-              "- Pareto front in the MLflow parent run " + (
-                  "not found" if matches is None else "matches" if matches else "DIFFERS from")
-              + " the front recomputed from the child runs", "",
-              f"## Pareto front over {', '.join(f'{o.metric} ({o.mode})' for o in cfg.objectives)}", "",
-              *_front_table(cfg, records, metric), "", "## Every setting", "", *_table(groups, metric), ""]
-    payload = {"metric": metric, "select_by": select_by, "replicate_key": replicate_key,
+              f"trials (max gap {fusion.max_accuracy_gap:.2e}); max logit difference {fusion.max_logit_diff:.2e}"]
+    for p in parts:
+        m = p.front_matches
+        lines.append(f"- `{p.cfg.name}`: the Pareto front in the MLflow parent run "
+                     + ("was not found" if m is None else "matches" if m else "DIFFERS from")
+                     + " the front recomputed from the child runs")
+    for p in parts:
+        lines += ["", f"## Pareto front of `{p.cfg.name}` over "
+                      f"{', '.join(f'{o.metric} ({o.mode})' for o in p.cfg.objectives)}", "",
+                  *_front_table(p.cfg, p.records, metric)]
+    lines += ["", "## Every setting", "", *_table(groups, metric), ""]
+    payload = {"sweeps": [p.cfg.name for p in parts], "metric": metric, "select_by": select_by,
+               "replicate_key": replicate_key,
                "selected": [_group_json(g) for g in best], "groups": [_group_json(g) for g in groups],
                "verdicts": [{"searched": v.searched.method, "fixed": v.fixed.method, "branches": v.fixed.target_branches,
                              "difference": v.difference, "stderr": v.stderr, "p_value": v.p_value,
                              "outcome": v.outcome} for v in verdicts],
-               "fusion": {**asdict(fusion), "ok": fusion.ok}, "pareto_front_matches": matches,
+               "fusion": {**asdict(fusion), "ok": fusion.ok},
+               "pareto_front_matches": {p.cfg.name: p.front_matches for p in parts},
                "trials": [asdict(r) for r in records]}
     return "\n".join(lines), payload, best
 
@@ -233,29 +266,33 @@ def _zero(x: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep", help="the sweep YAML file (its name and mlflow keys find the runs)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for orchestrator.run")
-    parser.add_argument("--out", default=None, help="output folder (default: <storage_path>/<name>/report)")
+    parser.add_argument("sweeps", nargs="+", metavar="SWEEP",
+                        help="sweep YAML file(s) (their name and mlflow keys find the runs); several are pooled")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="as for orchestrator.run, applied to every SWEEP")
+    parser.add_argument("--out", default=None, help="output folder (default: <storage_path>/<name>/report of the first)")
     parser.add_argument("--metric", default="test_acc", help="the compared metric (default: test_acc)")
     parser.add_argument("--select-by", default="val_acc", help="metric choosing each method's setting")
     parser.add_argument("--replicate-key", default="seed", help="the sampled key that only replicates")
     args = parser.parse_args(argv)
     try:
-        cfg = load_sweep(args.sweep, args.set)
-        records = read_records(cfg)
+        parts = [SweepPart(cfg, read_records(cfg)) for cfg in (load_sweep(s, args.set) for s in args.sweeps)]
     except ConfigError as err:
         print(f"repnas-report: error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out or f"{cfg.experiment_path}/report")
+    for part in parts:
+        part.parent_front = _parent_front(part.cfg)
+    out = Path(args.out or f"{parts[0].cfg.experiment_path}/report")
     out.mkdir(parents=True, exist_ok=True)
-    metric = args.metric if any(args.metric in r.metrics for r in records) else "fused_val_acc"
-    text, payload, best = build_report(cfg, records, metric, args.select_by, args.replicate_key, _parent_front(cfg, out))
+    metric = args.metric if any(args.metric in r.metrics for p in parts for r in p.records) else "fused_val_acc"
+    text, payload, best = build_report(parts, metric, args.select_by, args.replicate_key)
     files = [out / "report.md", out / "report.json", plot_report(best, metric, out / "report.png")]
     files[0].write_text(text)
     files[1].write_text(json.dumps(payload, indent=1, default=str))
-    log_parent_artifacts(SweepState.load(cfg), files, "report")
+    for part in parts:
+        log_parent_artifacts(SweepState.load(part.cfg), files, "report")
     print(text)
-    print(f"\nwritten: {', '.join(str(f) for f in files)} (also on the MLflow parent run, under report/)")
+    print(f"\nwritten: {', '.join(str(f) for f in files)} (also on the MLflow parent run(s), under report/)")
     return 0
 
 

@@ -22,6 +22,7 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from trainables.hooks import TrialHook
+from trainables.schema import flatten_overrides
 
 from . import _storage
 from .redact import public_items, redact
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .config import SweepConfig
 
 __all__ = ["SweepState", "MLflowTrialHook", "start_parent_run", "finish_parent_run",
-           "child_runs", "complete_run", "log_parent_artifacts", "flatten", "client_defaults", "mlflow_params",
+           "child_runs", "complete_run", "log_parent_artifacts", "client_defaults", "mlflow_params",
            "batches", "STATE_FILE"]
 
 STATE_FILE = "repnas_sweep.json"
@@ -73,21 +74,9 @@ class SweepState:
         _storage.write_text(self.path(cfg), json.dumps({**asdict(self), "tracking_uri": redact(self.tracking_uri)}, indent=2))
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def mlflow_params(data: Mapping[str, Any]) -> list[Param]:
     """MLflow params of a nested config: flattened, secret keys skipped, URIs redacted."""
-    return [Param(k, redact(str(v))[:6000]) for k, v in public_items(flatten(data)).items()]
+    return [Param(k, redact(str(v))[:6000]) for k, v in public_items(flatten_overrides(data)).items()]
 
 
 def client_defaults() -> None:

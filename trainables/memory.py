@@ -1,13 +1,19 @@
 """Peak training memory of one trial: CUDA tensors on a GPU, the process's peak RSS on CPU.
 
 Ray reuses trial processes, so a process-lifetime maximum would carry one trial's peak
-into the next: on Linux the RSS high-water mark (``VmHWM``) is reset through
-``/proc/self/clear_refs`` when the trial starts. Where that is not possible the figure
-is the process's lifetime peak (``getrusage``), an upper bound.
+into the next. On Linux (glibc) a new window first hands freed heap memory back to the
+system (``malloc_trim``), so the previous trial's freed tensors do not count, then resets
+the RSS high-water mark (``VmHWM``) through ``/proc/self/clear_refs``. The CPU figure is
+the whole process (torch, Ray, MLflow libraries included): compare trials with it, read
+training memory alone from ``benchmarks/train_cost.py``. Where the reset is not possible
+it is the process's lifetime peak (``getrusage``), an upper bound.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import re
 import resource
 from pathlib import Path
@@ -29,6 +35,14 @@ def _hwm_kib() -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _malloc_trim() -> None:
+    """Return freed heap memory to the system (glibc only; a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Tracks the peak memory of the current process on ``device`` since :meth:`reset`."""
 
@@ -41,6 +55,8 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        gc.collect()
+        _malloc_trim()
         try:
             _CLEAR_REFS.write_text(_RESET_HWM)
         except OSError:

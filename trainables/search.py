@@ -17,12 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .checkpoint import CheckpointError, is_checkpoint
 from .config import TrialConfig
 from .metrics import PHASES
-from .schema import ConfigError, apply_overrides, parse_override
+from .schema import ConfigError, apply_overrides, parse_override, read_sweep_yaml
 from .trial import CHECKPOINT_DIR, run_trial
 
 __all__ = ["main", "load_trial_section"]
@@ -35,14 +33,9 @@ class _UserError(Exception):
 
 
 def load_trial_section(path: Path) -> dict[str, Any]:
-    """The ``trial:`` mapping of a sweep YAML file."""
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise _UserError(f"cannot read {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise _UserError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(document, dict) or "trial" not in document:
+    """The ``trial:`` mapping of a sweep YAML file (after its ``extends:`` chain)."""
+    document = read_sweep_yaml(path)
+    if "trial" not in document:
         raise _UserError(f"{path} has no top-level `trial:` section (the trial config this command runs)")
     section = document["trial"]
     if section is not None and not isinstance(section, dict):

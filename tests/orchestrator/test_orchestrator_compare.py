@@ -26,6 +26,8 @@ def test_method_labels_and_target_counts() -> None:
     assert method_label({"search.method": "odbb", "search.budget": 20}) == "odbb k=20"
     assert method_label({"search.method": "odbb", "search.budget": 0.34}) == "odbb ρ=0.34"
     assert method_label({"search.method": ["kxk", "1x1"]}) == "kxk+1x1"
+    assert method_label({"search.method": "odbb", "search.budget": 20, "search.epochs": 14,
+                         "search.arch_lr": 0.01, "optim.lr": 0.2}) == "odbb k=20 arch_lr=0.01 epochs=14"
     assert target_count(_record("a", "odbb", 0.1, 0, 0.9, 0.9, kept=12, budget=0.34)) == 10  # floor(30 * 0.34)
     assert target_count(_record("b", "odbb", 0.1, 0, 0.9, 0.9, kept=6, budget=5)) == 5  # fallbacks kept one more
     assert target_count(_record("c", "dbb", 0.1, 0, 0.9, 0.9, kept=20)) == 20
@@ -68,3 +70,14 @@ def test_tie_within_two_standard_errors() -> None:
                *(_record(f"o{s}", "odbb", 0.1, s, 0.9, t, kept=20, budget=20) for s, t in enumerate([0.91, 0.89, 0.90]))]
     (verdict,) = equal_count_verdicts(select_best(group_records(records, ["test_acc", "val_acc"]), "val_acc"), "test_acc")
     assert verdict.outcome.startswith("tie")
+
+
+def test_every_searched_variant_meets_the_fixed_method_of_its_count() -> None:
+    records = [*(_record(f"d{s}", "dbb", 0.1, s, 0.9, 0.9, kept=20) for s in range(2)),
+               *(_record(f"o{s}", "odbb", 0.1, s, 0.9, 0.8, kept=20, budget=20) for s in range(2))]
+    for s in range(2):
+        records.append(_record(f"f{s}", "odbb", 0.1, s, 0.9, 0.95, kept=20, budget=20))
+        records[-1].config["search.arch_lr"] = 0.01
+    verdicts = equal_count_verdicts(select_best(group_records(records, ["test_acc", "val_acc"]), "val_acc"), "test_acc")
+    assert sorted((v.searched.method, v.fixed.method) for v in verdicts) == [
+        ("odbb k=20", "dbb"), ("odbb k=20 arch_lr=0.01", "dbb")]

@@ -177,7 +177,7 @@ def test_dry_run_prints_samples_without_ray(tmp_path: Path, write_sweep: Any, ki
     path = write_sweep(kit.tiny_sweep(tmp_path))
     assert main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    resolved = yaml.safe_load(out.split("\n# first")[0])
+    resolved = yaml.safe_load(out.split("\n# 3 trials; the first 3")[0])
     assert resolved["name"] == "tiny" and resolved["search"]["num_samples"] == 3
     assert out.count("trial ") >= 3 and "search.budget" in out
     assert not ray.is_initialized() and not (tmp_path / "ray_results").exists()
@@ -194,3 +194,29 @@ def test_shipped_configs_validate(config: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr("os.cpu_count", lambda: 64)
     cfg = load_sweep(config, overrides, env={})
     assert any(p.sampled for p in cfg.space)
+
+
+def test_extends_merges_a_base_sweep_file(tmp_path: Path, write_sweep: Any, kit: Any,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from trainables.search import load_trial_section
+
+    base = kit.tiny_sweep(tmp_path, name="base")
+    base["space"] = {"search.budget": {"choice": [0.2, 0.5]}, "optim.lr": {"loguniform": [0.05, 0.2]}}
+    write_sweep(base, "base.yaml")
+    (tmp_path / "sub").mkdir()
+    child = write_sweep({"extends": "../base.yaml", "name": "child", "search": {"num_samples": 2},
+                         "space": {"optim.lr": {"choice": [0.1]}}, "trial": {"search": {"epochs": 3}}},
+                        "sub/child.yaml")
+    cfg = load_sweep(child, env={})
+    assert (cfg.name, cfg.search.num_samples, cfg.search.algorithm) == ("child", 2, "optuna")  # mappings merge
+    assert {p.key: p.to_spec() for p in cfg.space} == {"search.budget": {"choice": [0.2, 0.5]},  # space: per key
+                                                       "optim.lr": {"choice": [0.1]}}
+    assert cfg.trial["search"] == {**kit.TINY_TRIAL["search"], "epochs": 3} and cfg.trial["seed"] == 0
+    assert load_trial_section(child)["search"]["epochs"] == 3  # the one-search CLI reads the same chain
+    write_sweep({"extends": "b.yaml"}, "a.yaml")
+    write_sweep({"extends": "a.yaml"}, "b.yaml")
+    assert main([str(tmp_path / "a.yaml"), "--dry-run"]) == 2
+    assert "extends" in capsys.readouterr().err
+    write_sweep({"extends": "missing.yaml"}, "c.yaml")
+    assert main([str(tmp_path / "c.yaml"), "--dry-run"]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
