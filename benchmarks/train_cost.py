@@ -2,7 +2,7 @@
 
 Every configuration trains through the real ``SearchEngine`` (supernets in the search
 phase: noise, top-k, straight-through gates, two optimisers; baselines with a fixed mask)
-on synthetic 32x32x3 batches, in its own subprocess so peak memory is not shared:
+on synthetic batches (32x32x3, or 28x28x1 for the Fashion-MNIST host), in its own subprocess so peak memory is not shared:
 
 * CPU: peak memory = growth of the process's max RSS (``resource.getrusage``) from just
   before the model is built to the end of the timed steps, i.e. weights, optimiser state,
@@ -10,7 +10,12 @@ on synthetic 32x32x3 batches, in its own subprocess so peak memory is not shared
 * CUDA: ``torch.cuda.max_memory_allocated`` over the same span (tensors only).
 
     python benchmarks/train_cost.py [--device cpu|cuda] [--batch-size 32] [--steps 10]
-        [--threads N] [--models repvgg_a0 resnet18] [--json out.json]
+        [--threads N] [--models repvgg_a0 resnet18] [--configs plain dbb ...] [--json out.json]
+
+The search-quality host (configs/fashion_mnist.yaml) and all its methods:
+
+    python benchmarks/train_cost.py --models repvgg_tiny_s2 --batch-size 128 --threads 1 \
+        --configs plain repvgg acnet dbb all "odbb k=5" "odbb k=10" "odbb k=15" "odbb k=20"
 """
 
 from __future__ import annotations
@@ -30,14 +35,20 @@ from typing import Any
 CONFIGS: dict[str, dict[str, Any]] = {
     "plain": {"method": "plain"},
     "repvgg": {"method": "repvgg"},
+    "acnet": {"method": "acnet"},
     "dbb": {"method": "dbb"},
+    "all": {"method": "all"},
     "odbb@0.17": {"method": "odbb", "budget": 0.17},
     "odbb@0.34": {"method": "odbb", "budget": 0.34},
     "odbb@1.0": {"method": "odbb", "budget": 1.0},
+    **{f"odbb k={k}": {"method": "odbb", "budget": k} for k in (5, 10, 15, 20)},
 }
-MODELS: dict[str, dict[str, Any]] = {
-    "repvgg_a0": {"name": "repvgg_a0", "options": {}},
-    "resnet18": {"name": "resnet18", "options": {"stem": "small"}},
+DEFAULT_CONFIGS = ("plain", "repvgg", "dbb", "odbb@0.17", "odbb@0.34", "odbb@1.0")
+MODELS: dict[str, dict[str, Any]] = {  # model config and the input shape (C, H, W) it is timed at
+    "repvgg_a0": {"name": "repvgg_a0", "options": {}, "input": (3, 32, 32)},
+    "resnet18": {"name": "resnet18", "options": {"stem": "small"}, "input": (3, 32, 32)},
+    # the host of configs/fashion_mnist.yaml (30 candidates), on Fashion-MNIST-shaped input
+    "repvgg_tiny_s2": {"name": "repvgg_tiny", "options": {"strides": [2, 2, 2]}, "input": (1, 28, 28)},
 }
 
 
@@ -57,9 +68,11 @@ def _worker(model_key: str, config_key: str, device_name: str, batch_size: int, 
     device = torch.device(device_name)
     warmup = 3
     search = {"epochs": 1000, "random_epochs": 0, "search_epochs": 999, **CONFIGS[config_key]}
-    cfg = TrialConfig.from_dict({"model": MODELS[model_key], "search": search})
+    model_cfg = {k: v for k, v in MODELS[model_key].items() if k != "input"}
+    cfg = TrialConfig.from_dict({"model": model_cfg, "search": search})
+    channels, height, width = MODELS[model_key]["input"]
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn((warmup + steps) * batch_size, 3, 32, 32, generator=generator)
+    inputs = torch.randn((warmup + steps) * batch_size, channels, height, width, generator=generator)
     targets = torch.randint(0, 10, (len(inputs),), generator=generator)
     data = TensorDataset(inputs, targets)
     warm_loader = DataLoader(torch.utils.data.Subset(data, range(warmup * batch_size)), batch_size=batch_size)
@@ -68,7 +81,7 @@ def _worker(model_key: str, config_key: str, device_name: str, batch_size: int, 
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     rss_before = _max_rss_bytes()
-    model = build_trial_model(cfg, 10, 3)
+    model = build_trial_model(cfg, 10, channels)
     engine = SearchEngine(model, cfg.search, cfg.optim, steps_per_epoch=warmup + steps, seed=0, device=device)
     engine.train_epoch(warm_loader)
     if device.type == "cuda":
@@ -114,7 +127,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["repvgg_a0", "resnet18"], choices=list(MODELS))
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--repeats", type=int, default=1, help="median step time over this many subprocesses")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
@@ -125,17 +139,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         print(json.dumps(_worker(*args.worker, args.device, args.batch_size, args.steps)))
         return
+    if "plain" not in args.configs:  # the reference of every ratio
+        args.configs.insert(0, "plain")
     results: dict[str, dict[str, dict[str, float]]] = {}
     for model_key in args.models:
         results[model_key] = {}
-        for config_key in CONFIGS:
+        for config_key in args.configs:
             runs = [_measure(model_key, config_key, args) for _ in range(args.repeats)]
             row = dict(runs[0], step_s=statistics.median(r["step_s"] for r in runs),
                        peak_mb=statistics.median(r["peak_mb"] for r in runs))
             results[model_key][config_key] = row
             print(f"{model_key:>10} {config_key:>10}: {row['step_s']:.4f} s/step, {row['peak_mb']:.0f} MB", flush=True)
+    shapes = ", ".join(f"{m} {'x'.join(map(str, MODELS[m]['input']))}" for m in args.models)
     print(f"\n{date.today()} {platform.processor() or platform.machine()}, {args.device}, "
-          f"{args.threads} threads, batch {args.batch_size}, 32x32x3, {args.steps} timed steps\n")
+          f"{args.threads} threads, batch {args.batch_size}, {shapes}, {args.steps} timed steps\n")
     print(_table(results, args))
     if args.json:
         with open(args.json, "w") as f:

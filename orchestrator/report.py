@@ -235,22 +235,28 @@ def plot_report(best: Sequence[GroupStats], metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    variants: dict[str, list[GroupStats]] = {}  # searched groups by their extra search keys
+    for g in best:
+        if g.searched:
+            variants.setdefault(" ".join(g.method.split(" ")[2:]), []).append(g)
+    fixed = [g for g in best if not g.searched]
     for ax, x, xlabel in ((axes[0], "branches_kept", "branches kept"),
                           (axes[1], "epoch_time_mean_s", "training time per epoch (s)")):
-        searched = sorted((g for g in best if g.searched), key=lambda g: g.mean(x))
-        if searched:
-            ax.errorbar([g.mean(x) for g in searched], [g.mean(metric) for g in searched],
-                        yerr=[_zero(g.std(metric)) for g in searched], fmt="-o", color="C3", capsize=3,
-                        label="ODBB (searched)")
-        for i, g in enumerate(g for g in best if not g.searched):
+        for i, (extra, groups) in enumerate(variants.items()):
+            groups = sorted(groups, key=lambda g: g.target_branches)  # the line joins budgets in order
+            ax.errorbar([g.mean(x) for g in groups], [g.mean(metric) for g in groups],
+                        yerr=[_zero(g.std(metric)) for g in groups], fmt="-o", capsize=3, color=f"C{3 + i}",
+                        label=f"ODBB {extra}".rstrip())
+            for g in groups:
+                ax.annotate(g.method.split(" ")[1], (g.mean(x), g.mean(metric)), textcoords="offset points",
+                            xytext=(4, -10), fontsize=7)
+        for i, g in enumerate(fixed):
             ax.errorbar([g.mean(x)], [g.mean(metric)], yerr=[_zero(g.std(metric))], fmt="s", capsize=3,
-                        color=f"C{i if i < 3 else i + 1}", label=g.method)
-        for g in searched:
-            ax.annotate(g.method.split(" ", 1)[-1], (g.mean(x), g.mean(metric)), textcoords="offset points",
-                        xytext=(4, -10), fontsize=8)
+                        color=f"C{i if i < 3 else i + 5}", label=g.method)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{metric} (mean ± std)")
+        ax.set_title(f"{metric} vs {xlabel}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
