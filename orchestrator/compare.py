@@ -130,15 +130,15 @@ class Verdict:
     metric: str
     difference: float  # searched mean - fixed mean
     stderr: float      # of the difference (Welch)
-    p_value: float     # Welch's t-test, two-sided (NaN when undefined)
+    p_value: float     # Welch's t-test, two-sided (NaN when undefined); decides the outcome at 5%
 
     @property
     def outcome(self) -> str:
-        """``better`` / ``worse`` beyond two standard errors, else a tie; undecided below 2 replicates."""
-        if not math.isfinite(self.stderr):
+        """``better`` / ``worse`` when Welch's test rejects equal means at 5%, else no difference."""
+        if not math.isfinite(self.p_value):
             return "undecided (fewer than 2 replicates each)"
-        if abs(self.difference) <= 2 * self.stderr:
-            return "tie (within 2 standard errors)"
+        if self.p_value >= 0.05:
+            return f"not significantly different (p={self.p_value:.2f})"
         return "better" if self.difference > 0 else "worse"
 
     def line(self) -> str:

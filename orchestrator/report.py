@@ -28,10 +28,10 @@ import yaml
 
 from trainables.schema import flatten_overrides
 
-from .compare import GroupStats, equal_count_verdicts, group_records, select_best
+from . import _trial
+from .compare import GroupStats, equal_count_verdicts, group_records, method_label, select_best
 from .config import ConfigError, SweepConfig, load_sweep
 from .pareto import TrialRecord, mark_front
-from . import _trial
 from .tracking import TAG_ERROR, TAG_TRIAL_ID, SweepState, child_runs, log_parent_artifacts
 
 __all__ = ["FusionCheck", "SweepPart", "read_records", "fusion_check", "front_matches", "build_report",
@@ -42,12 +42,10 @@ COLUMNS: tuple[str, ...] = ("branches_kept", "val_acc", "fused_val_acc", "epoch_
 _ALWAYS = ("search.method", "search.budget")
 
 
-def _sampled_keys(cfg: SweepConfig) -> list[str]:
-    """The flat trial keys the space samples (a mapping-valued key: each of its keys)."""
+def _space_keys(cfg: SweepConfig) -> list[str]:
+    """The flat trial keys the space sets, sampled or constant (a mapping-valued key: each of its keys)."""
     keys: list[str] = []
     for p in cfg.space:
-        if not p.sampled:
-            continue
         nested = {k for v in p.values if isinstance(v, dict) for k in v}
         keys += [f"{p.key}.{k}" for k in sorted(nested)] if nested else [p.key]
     return keys
@@ -69,7 +67,7 @@ def read_records(cfg: SweepConfig) -> list[TrialRecord]:
     if state is None:
         raise ConfigError("name", f"no sweep state at {SweepState.path(cfg)}; run the sweep first")
     client = MlflowClient(state.tracking_uri)
-    keys = list(dict.fromkeys([*_ALWAYS, *_sampled_keys(cfg)]))
+    keys = list(dict.fromkeys([*_ALWAYS, *_space_keys(cfg)]))
     base = {k: _typed(str(v)) for k, v in flatten_overrides(_trial.resolve(cfg.base_trial(), {}).to_dict()).items()}
     records = []
     for name, run in sorted(child_runs(state).items()):
@@ -157,8 +155,6 @@ def _table(groups: Sequence[GroupStats], metric: str) -> list[str]:
 
 def _front_table(cfg: SweepConfig, records: Sequence[TrialRecord], metric: str) -> list[str]:
     """The trials on the sweep's Pareto front (recomputed from the child runs' metrics)."""
-    from .compare import method_label
-
     objectives = [o.metric for o in cfg.objectives]
     shown = list(dict.fromkeys([*objectives, metric]))
     keys = sorted({k for r in records for k in r.config if not k.startswith("search.")})
@@ -235,7 +231,7 @@ def plot_report(best: Sequence[GroupStats], metric: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
     variants: dict[str, list[GroupStats]] = {}  # searched groups by their extra search keys
     for g in best:
         if g.searched:
@@ -245,11 +241,12 @@ def plot_report(best: Sequence[GroupStats], metric: str, path: Path) -> Path:
                           (axes[1], "epoch_time_mean_s", "training time per epoch (s)")):
         for i, (extra, groups) in enumerate(variants.items()):
             groups = sorted(groups, key=lambda g: g.target_branches)  # the line joins budgets in order
-            ax.errorbar([g.mean(x) for g in groups], [g.mean(metric) for g in groups],
+            shift = (i - (len(variants) - 1) / 2) * 0.35 if x == "branches_kept" else 0.0  # unhide equal counts
+            ax.errorbar([g.mean(x) + shift for g in groups], [g.mean(metric) for g in groups],
                         yerr=[_zero(g.std(metric)) for g in groups], fmt="-o", capsize=3, color=f"C{3 + i}",
                         label=f"ODBB {extra}".rstrip())
             for g in groups:
-                ax.annotate(g.method.split(" ")[1], (g.mean(x), g.mean(metric)), textcoords="offset points",
+                ax.annotate(g.method.split(" ")[1], (g.mean(x) + shift, g.mean(metric)), textcoords="offset points",
                             xytext=(4, -10), fontsize=7)
         for i, g in enumerate(fixed):
             ax.errorbar([g.mean(x)], [g.mean(metric)], yerr=[_zero(g.std(metric))], fmt="s", capsize=3,
@@ -258,8 +255,9 @@ def plot_report(best: Sequence[GroupStats], metric: str, path: Path) -> Path:
         ax.set_ylabel(f"{metric} (mean ± std)")
         ax.set_title(f"{metric} vs {xlabel}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) - 1) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
