@@ -26,13 +26,11 @@ from typing import Any
 
 import yaml
 
-from trainables.schema import flatten_overrides
-
 from . import _trial
 from .compare import GroupStats, equal_count_verdicts, group_records, method_label, select_best
 from .config import ConfigError, SweepConfig, load_sweep
 from .pareto import TrialRecord, mark_front
-from .tracking import TAG_ERROR, TAG_TRIAL_ID, SweepState, child_runs, log_parent_artifacts
+from .tracking import TAG_ERROR, TAG_TRIAL_ID, SweepState, child_runs, log_parent_artifacts, mlflow_params
 
 __all__ = ["FusionCheck", "SweepPart", "read_records", "fusion_check", "front_matches", "build_report",
            "plot_report", "main"]
@@ -40,6 +38,7 @@ __all__ = ["FusionCheck", "SweepPart", "read_records", "fusion_check", "front_ma
 COLUMNS: tuple[str, ...] = ("branches_kept", "val_acc", "fused_val_acc", "epoch_time_mean_s",
                             "train_time_s", "peak_memory_mb", "params_fused", "latency_fused_ms")
 _ALWAYS = ("search.method", "search.budget")
+_DEFAULT_METRIC = "test_acc"
 
 
 def _space_keys(cfg: SweepConfig) -> list[str]:
@@ -59,16 +58,17 @@ def _typed(value: str) -> Any:
         return value
 
 
-def read_records(cfg: SweepConfig) -> list[TrialRecord]:
-    """One record per child run of the sweep's parent run (configs typed, epoch times added)."""
+def read_records(cfg: SweepConfig, state: SweepState) -> list[TrialRecord]:
+    """One record per child run of the sweep's parent run (configs typed, epoch times added).
+
+    A ``search.*`` key left at the base trial's value is dropped from the config, so a
+    method's label names only what the space changed (``odbb k=20 epochs=14``).
+    """
     from mlflow.tracking import MlflowClient
 
-    state = SweepState.load(cfg)
-    if state is None:
-        raise ConfigError("name", f"no sweep state at {SweepState.path(cfg)}; run the sweep first")
     client = MlflowClient(state.tracking_uri)
     keys = list(dict.fromkeys([*_ALWAYS, *_space_keys(cfg)]))
-    base = {k: _typed(str(v)) for k, v in flatten_overrides(_trial.resolve(cfg.base_trial(), {}).to_dict()).items()}
+    base = {p.key: p.value for p in mlflow_params(_trial.resolve(cfg.base_trial(), {}).to_dict())}
     records = []
     for name, run in sorted(child_runs(state).items()):
         params = run.data.params
@@ -77,9 +77,8 @@ def read_records(cfg: SweepConfig) -> list[TrialRecord]:
         if times:
             metrics["epoch_time_mean_s"] = sum(times) / len(times)
             metrics["train_time_s"] = sum(times)
-        config = {k: _typed(params[k]) for k in keys if k in params}
-        config = {k: v for k, v in config.items()  # a search.* key at its base value is not part of the method
-                  if k in _ALWAYS or not k.startswith("search.") or v != base.get(k)}
+        config = {k: _typed(params[k]) for k in keys if k in params
+                  and (k in _ALWAYS or not k.startswith("search.") or params[k] != base.get(k))}
         records.append(TrialRecord(trial_id=run.data.tags.get(TAG_TRIAL_ID, ""), trial_name=name,
                                    status=run.info.status, config=config, metrics=metrics,
                                    run_id=run.info.run_id, error=run.data.tags.get(TAG_ERROR)))
@@ -116,13 +115,12 @@ def front_matches(cfg: SweepConfig, records: Sequence[TrialRecord], parent_front
     return recomputed == parent_front
 
 
-def _parent_front(cfg: SweepConfig) -> set[str] | None:
+def _parent_front(state: SweepState) -> set[str] | None:
     """Trial names flagged ``pareto`` in the parent run's ``pareto/pareto.json`` (None if absent)."""
     import tempfile
 
     import mlflow.artifacts
 
-    state = SweepState.load(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=state.parent_run_id, artifact_path="pareto/pareto.json",
@@ -173,6 +171,14 @@ class SweepPart:
     cfg: SweepConfig
     records: list[TrialRecord]
     parent_front: set[str] | None = None
+
+    @classmethod
+    def load(cls, cfg: SweepConfig) -> tuple[SweepPart, SweepState]:
+        """Read the sweep's runs from MLflow (``ConfigError`` for a sweep that never started)."""
+        state = SweepState.load(cfg)
+        if state is None:
+            raise ConfigError("name", f"no sweep state at {SweepState.path(cfg)}; run the sweep first")
+        return cls(cfg, read_records(cfg, state), _parent_front(state)), state
 
     @property
     def front_matches(self) -> bool | None:
@@ -243,14 +249,13 @@ def plot_report(best: Sequence[GroupStats], metric: str, path: Path) -> Path:
             groups = sorted(groups, key=lambda g: g.target_branches)  # the line joins budgets in order
             shift = (i - (len(variants) - 1) / 2) * 0.35 if x == "branches_kept" else 0.0  # unhide equal counts
             ax.errorbar([g.mean(x) + shift for g in groups], [g.mean(metric) for g in groups],
-                        yerr=[_zero(g.std(metric)) for g in groups], fmt="-o", capsize=3, color=f"C{3 + i}",
-                        label=f"ODBB {extra}".rstrip())
+                        yerr=[_zero(g.std(metric)) for g in groups], fmt="-o", capsize=3, label=f"ODBB {extra}".rstrip())
             for g in groups:
                 ax.annotate(g.method.split(" ")[1], (g.mean(x) + shift, g.mean(metric)), textcoords="offset points",
                             xytext=(4, -10), fontsize=7)
-        for i, g in enumerate(fixed):
+        for g in fixed:  # same plotting order in both panels: the colour cycle matches them up
             ax.errorbar([g.mean(x)], [g.mean(metric)], yerr=[_zero(g.std(metric))], fmt="s", capsize=3,
-                        color=f"C{i if i < 3 else i + 5}", label=g.method)
+                        label=g.method)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{metric} (mean ± std)")
         ax.set_title(f"{metric} vs {xlabel}", fontsize=10)
@@ -275,26 +280,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="as for orchestrator.run, applied to every SWEEP")
     parser.add_argument("--out", default=None, help="output folder (default: <storage_path>/<name>/report of the first)")
-    parser.add_argument("--metric", default="test_acc", help="the compared metric (default: test_acc)")
+    parser.add_argument("--metric", default=_DEFAULT_METRIC,
+                        help="the compared metric (default: test_acc, or fused_val_acc without a test split)")
     parser.add_argument("--select-by", default="val_acc", help="metric choosing each method's setting")
     parser.add_argument("--replicate-key", default="seed", help="the sampled key that only replicates")
     args = parser.parse_args(argv)
     try:
-        parts = [SweepPart(cfg, read_records(cfg)) for cfg in (load_sweep(s, args.set) for s in args.sweeps)]
+        loaded = [SweepPart.load(load_sweep(s, args.set)) for s in args.sweeps]
     except ConfigError as err:
         print(f"repnas-report: error: {err}", file=sys.stderr)
         return 2
-    for part in parts:
-        part.parent_front = _parent_front(part.cfg)
+    parts = [part for part, _ in loaded]
+    metric = args.metric
+    if not any(metric in r.metrics for p in parts for r in p.records):
+        if metric != _DEFAULT_METRIC:
+            print(f"repnas-report: error: --metric {metric!r} is not a metric of any trial", file=sys.stderr)
+            return 2
+        metric = "fused_val_acc"  # a dataset without a test split (digits): the fused model on validation
     out = Path(args.out or f"{parts[0].cfg.experiment_path}/report")
     out.mkdir(parents=True, exist_ok=True)
-    metric = args.metric if any(args.metric in r.metrics for p in parts for r in p.records) else "fused_val_acc"
     text, payload, best = build_report(parts, metric, args.select_by, args.replicate_key)
     files = [out / "report.md", out / "report.json", plot_report(best, metric, out / "report.png")]
     files[0].write_text(text)
     files[1].write_text(json.dumps(payload, indent=1, default=str))
-    for part in parts:
-        log_parent_artifacts(SweepState.load(part.cfg), files, "report")
+    for _, state in loaded:
+        log_parent_artifacts(state, files, "report")
     print(text)
     print(f"\nwritten: {', '.join(str(f) for f in files)} (also on the MLflow parent run(s), under report/)")
     return 0

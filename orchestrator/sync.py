@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from .config import ConfigError, SweepConfig, load_sweep
 from .redact import redact
-from .tracking import (TAG_ERROR, TAG_PARENT, TAG_TRIAL, TAG_TRIAL_ID, SweepState, batches, child_runs,
+from .tracking import (TAG_ERROR, TAG_PARENT, TAG_TRIAL, TAG_TRIAL_ID, SweepState, child_runs,
                        complete_run, client_defaults, mlflow_params)
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ def load_results(cfg: SweepConfig) -> ResultGrid:
 
 def _epoch_rows(result: Result) -> dict[int, dict[str, float]]:
     """Numeric metrics per completed epoch (the last report of an epoch wins; failure rows skipped)."""
+    from trainables.failures import FAILED_KEY
     from trainables.metrics import EPOCH_METRICS
 
     frame = result.metrics_dataframe
@@ -68,7 +69,7 @@ def _epoch_rows(result: Result) -> dict[int, dict[str, float]]:
     if frame is None or "epoch" not in frame:
         return rows
     for row in frame.to_dict("records"):
-        if row.get("failed") == 1.0 or not _finite(row.get("epoch")):
+        if row.get(FAILED_KEY) == 1.0 or not _finite(row.get("epoch")):
             continue
         rows[int(row["epoch"])] = {k: float(row[k]) for k in EPOCH_METRICS if _finite(row.get(k))}
     return rows
@@ -80,10 +81,11 @@ def _finite(value: Any) -> bool:
 
 def _error_of(result: Result) -> str | None:
     """The reason a trial ended in error: Ray's error, or the ``error`` of a diverged trial."""
+    from trainables.failures import failure_reason
+
     if result.error is not None:
         return f"{type(result.error).__name__}: {result.error}"
-    metrics = result.metrics or {}
-    return str(metrics["error"]) if metrics.get("failed") == 1.0 and metrics.get("error") else None
+    return failure_reason(result.metrics or {})
 
 
 def _export_dir(result: Result) -> Path | None:
@@ -121,14 +123,12 @@ def _sync_trial(client: MlflowClient, state: SweepState, cfg: SweepConfig, resul
         if trial_id:
             tags[TAG_TRIAL_ID] = str(trial_id)
         run_id = client.create_run(state.experiment_id, run_name=name, tags=tags).info.run_id
-        for chunk in batches(mlflow_params(trial_config_from(cfg.base_trial(), result.config or {}).to_dict())):
-            client.log_batch(run_id, params=chunk)
+        client.log_batch(run_id, params=mlflow_params(trial_config_from(cfg.base_trial(), result.config or {}).to_dict()))
         report.created += 1
     else:
         run_id = run.info.run_id
     points = _missing_points(client, run_id, _epoch_rows(result))
-    for chunk in batches(points):
-        client.log_batch(run_id, metrics=chunk)
+    client.log_batch(run_id, metrics=points)  # MLflow splits large batches
     report.steps_logged += len(points)
     error = _error_of(result)
     export = None if error else _export_dir(result)

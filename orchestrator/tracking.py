@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,14 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = ["SweepState", "MLflowTrialHook", "start_parent_run", "finish_parent_run",
            "child_runs", "complete_run", "log_parent_artifacts", "client_defaults", "mlflow_params",
-           "batches", "STATE_FILE"]
+           "numeric_metrics", "STATE_FILE"]
 
 STATE_FILE = "repnas_sweep.json"
 TAG_SWEEP, TAG_TRIAL, TAG_TRIAL_ID = "repnas.sweep", "repnas.trial_name", "repnas.trial_id"
 TAG_MODEL_URI, TAG_ERROR, TAG_PARENT = "repnas.model_uri", "repnas.error", "mlflow.parentRunId"
 TAG_STOPPED = "repnas.stopped_early"
 MODEL_NAME = "fused_model"
-_BATCH = 100
 _CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # the URL may carry credentials
@@ -87,10 +86,10 @@ def client_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def batches(items: list[Any]) -> Iterator[list[Any]]:
-    """``items`` in slices MLflow's ``log_batch`` accepts."""
-    for i in range(0, len(items), _BATCH):
-        yield items[i:i + _BATCH]
+def numeric_metrics(values: Mapping[str, Any], step: int, timestamp_ms: int) -> list[Metric]:
+    """MLflow metrics of the numeric entries of ``values`` (bools and strings skipped)."""
+    return [Metric(k, float(v), timestamp_ms, step) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def _git_commit(where: Path) -> str | None:
@@ -130,8 +129,7 @@ def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     run = client.create_run(experiment_id, run_name=cfg.name, tags=tags)
     resolved = cfg.to_dict()
     resolved.pop("trial")
-    for chunk in batches(mlflow_params(resolved)):
-        client.log_batch(run.info.run_id, params=chunk)
+    client.log_batch(run.info.run_id, params=mlflow_params(resolved))  # MLflow splits large batches
     state = SweepState(cfg.name, cfg.mlflow.tracking_uri, experiment_id, run.info.run_id)
     state.save(cfg)
     _log_sweep_files(client, run.info.run_id, cfg)
@@ -260,8 +258,7 @@ class MLflowTrialHook(TrialHook):
             client.update_run(self.run_id, status="RUNNING")
         run = client.get_run(self.run_id)
         if not run.data.params:
-            for chunk in batches(mlflow_params(config.to_dict())):
-                client.log_batch(self.run_id, params=chunk)
+            client.log_batch(self.run_id, params=mlflow_params(config.to_dict()))
         history = client.get_metric_history(self.run_id, "epoch")
         self._logged_through = max((m.step for m in history), default=0)
         self._opened = True
@@ -281,10 +278,7 @@ class MLflowTrialHook(TrialHook):
 
     def _log(self, metrics: Mapping[str, Any], step: int) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for chunk in batches(items):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        self.client.log_batch(self.run_id, metrics=numeric_metrics(metrics, step, now))
 
     def on_end(self, metrics: dict[str, float], export_dir: Path) -> None:
         self._attempt("the final metrics, artifacts and fused model", lambda: self._end(metrics, Path(export_dir)))
@@ -323,10 +317,8 @@ def complete_run(client: MlflowClient, tracking_uri: str, run_id: str, metrics: 
     if TAG_MODEL_URI not in run.data.tags:
         step = int(metrics.get("epoch", 0) or 0)
         now = int(time.time() * 1000)
-        final = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if k not in run.data.metrics and isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for chunk in batches(final):
-            client.log_batch(run_id, metrics=chunk)
+        client.log_batch(run_id, metrics=numeric_metrics(
+            {k: v for k, v in metrics.items() if k not in run.data.metrics}, step, now))
         from . import _model
 
         for f in _model.artifact_files(export_dir):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainables.failures import failure_reason
 from trainables.schema import flatten_overrides
 
 from . import _storage
@@ -169,8 +170,8 @@ def collect_records(results: ResultGrid, cfg: SweepConfig) -> list[TrialRecord]:
         trial_id = str((result.metrics or {}).get("trial_id") or name.rsplit("_", 1)[-1])
         config = flatten_overrides(result.config or {})
         error = f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300] if result.error else None
-        if error is None and metrics.get("failed") == 1.0:  # a diverged trial ends itself (trainables.failures)
-            error = str((result.metrics or {}).get("error", "failed"))[:300]
+        if error is None:  # a diverged trial ends itself (trainables.failures)
+            error = (failure_reason(result.metrics or {}) or "")[:300] or None
         status = "ERROR" if error else ("TERMINATED" if metrics else "PENDING")
         nan = [k for k in (o.metric for o in cfg.objectives) if k in metrics and math.isnan(metrics[k])]
         if nan and error is None:

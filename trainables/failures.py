@@ -9,12 +9,14 @@ therefore does not hand it to Ray's ``FailureConfig``: it reports one last resul
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from .metrics import EPOCH_METRICS
 
-__all__ = ["NonFiniteLossError", "check_finite", "failure_metrics", "FAILED_KEY", "ERROR_KEY"]
+__all__ = ["NonFiniteLossError", "check_finite", "failure_metrics", "failure_reason", "FAILED_KEY", "ERROR_KEY"]
 
 FAILED_KEY, ERROR_KEY = "failed", "error"
 
@@ -43,3 +45,10 @@ def failure_metrics(error: NonFiniteLossError) -> dict[str, float | str]:
     metrics[FAILED_KEY] = 1.0
     metrics[ERROR_KEY] = f"{type(error).__name__}: {error}"
     return metrics
+
+
+def failure_reason(metrics: Mapping[str, Any]) -> str | None:
+    """The ``error`` of a result that :func:`failure_metrics` made (None for any other result)."""
+    if metrics.get(FAILED_KEY) != 1.0:
+        return None
+    return str(metrics.get(ERROR_KEY) or "failed")

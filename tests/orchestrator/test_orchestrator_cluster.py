@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _servers import free_port
 from mlflow.tracking import MlflowClient
 
 from orchestrator.cluster import check_cluster, check_storage
@@ -72,15 +72,9 @@ def test_local_storage_is_refused_on_several_nodes(path: str, shared: bool, node
         check_storage(path, shared, nodes)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_unreachable_address_is_a_clear_error_before_anything_starts(kit: Any, tmp_path: Path,
                                                                      write_sweep: Callable[..., Path]) -> None:
-    port = _free_port()
+    port = free_port()
     path = write_sweep(kit.tiny_sweep(tmp_path, ray={"address": f"127.0.0.1:{port}", "num_cpus": None}))
     started = time.monotonic()
     out = kit.run_cli([str(path)], cwd=tmp_path, timeout=60)
@@ -145,7 +139,7 @@ class _quiet:
 @pytest.fixture
 def two_node_cluster(kit: Any) -> Iterator[str]:
     """A head (1 CPU) and a second node (1 CPU, resource node2) on 127.0.0.1, own temp dirs."""
-    port = _free_port()
+    port = free_port()
     temp_dirs = [tempfile.mkdtemp(prefix="rh", dir="/tmp"), tempfile.mkdtemp(prefix="rw", dir="/tmp")]
     env = kit.cli_env(RAY_AUTH_MODE="disabled")  # a test cluster on 127.0.0.1 only
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1",

@@ -15,8 +15,8 @@ from orchestrator.lock import LOCK_FILE, SweepLock, SweepLockedError
 from orchestrator.redact import is_secret_key, redact
 from orchestrator.tracking import mlflow_params
 from trainables import CheckpointError, NonFiniteLossError, save_checkpoint
-from trainables.checkpoint import verify_checkpoint
-from trainables.failures import check_finite, failure_metrics
+from trainables.checkpoint import load_checkpoint, verify_checkpoint
+from trainables.failures import check_finite, failure_metrics, failure_reason
 
 pytestmark = pytest.mark.reliability
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,7 @@ def test_nonfinite_loss_error_and_failure_result() -> None:
         check_finite(torch.tensor(float("nan")), epoch=2, step=7)
     result = failure_metrics(info.value)
     assert result["failed"] == 1.0 and result["epoch"] == 2.0 and "NonFiniteLossError" in str(result["error"])
+    assert failure_reason(result) == result["error"] and failure_reason({"val_acc": 0.5}) is None
 
 
 def test_checkpoint_is_atomic_and_verified(tmp_path: Path) -> None:
@@ -57,6 +58,9 @@ def test_checkpoint_is_atomic_and_verified(tmp_path: Path) -> None:
     save_checkpoint(target, {"w": torch.ones(3)}, {"epoch": 1})
     save_checkpoint(target, {"w": torch.zeros(3)}, {"epoch": 2})  # replaced by renames, no temp left over
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    verify_checkpoint(target)  # intact: passes
+    tensors, meta = load_checkpoint(target)
+    assert meta["epoch"] == 2 and torch.equal(tensors["w"], torch.zeros(3))
     state = target / "state.pt"
     state.write_bytes(state.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match=re.escape(str(state))):

@@ -39,10 +39,13 @@ def test_sync_bn_conversion_keeps_classes_and_fusion() -> None:
     model = build_model("repvgg_tiny", num_classes=10, in_channels=1).eval()
     x = torch.randn(2, 1, 8, 8)
     before, keys = model(x), set(model.state_dict())
+    classes = {name: type(m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
     convert_sync_bn(model)
     assert set(model.state_dict()) == keys
-    assert all(type(m).__name__.startswith("Sync") or type(m).__name__ == "_SyncBN"
-               for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    converted = dict(model.named_modules())
+    assert classes and all(isinstance(converted[name], cls) for name, cls in classes.items())
+    assert all(type(converted[name]).__name__.startswith("Sync") or type(converted[name]).__name__ == "_SyncBN"
+               for name in classes)
     torch.testing.assert_close(model(x), before)  # eval mode: plain BN arithmetic
     torch.testing.assert_close(reparameterize(model)(x), before, atol=1e-4, rtol=1e-4)
 
