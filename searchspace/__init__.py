@@ -19,6 +19,17 @@ from .branches import (
 )
 from .models import BasicBlock, ModelSpec, RepVGG, ResNet, build_model, list_models, model_options, register_model
 from .odbb import ODBB, check_branches
+from .online import (
+    REPARAM_FORMS,
+    SCALE_INIT,
+    Online1x1Avg,
+    Online1x1KxK,
+    OnlineConv,
+    OnlineIdentity,
+    OnlineODBB,
+    build_online_branch,
+    odbb_class,
+)
 from .reparam import odbb_layers, reparameterize
 
 __all__ = [
@@ -26,6 +37,15 @@ __all__ = [
     "IDENTITY",
     "ODBB",
     "check_branches",
+    "OnlineODBB",
+    "OnlineConv",
+    "Online1x1KxK",
+    "Online1x1Avg",
+    "OnlineIdentity",
+    "SCALE_INIT",
+    "REPARAM_FORMS",
+    "build_online_branch",
+    "odbb_class",
     "ConvBN",
     "BNAndPad",
     "IdentityBN",

@@ -19,7 +19,7 @@ from torch import nn
 
 from .branches import BRANCH_TYPES
 from .models.registry import ModelSpec, build_model
-from .odbb import ODBB, check_branches
+from .odbb import check_branches
 from .reparam import odbb_layers
 
 __all__ = ["FORMAT", "LayerArch", "Architecture", "architecture_of", "build_from_architecture"]
@@ -148,9 +148,13 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name), attr, module)
 
 
-def build_from_architecture(arch: Architecture) -> nn.Module:
-    """A fresh model whose ODBBs hold exactly the listed branches (all active) and identity flags."""
-    model = build_model(arch.model, arch.num_classes, arch.in_channels, BRANCH_TYPES, **arch.options)
+def build_from_architecture(arch: Architecture, reparam: str = "offline") -> nn.Module:
+    """A fresh model whose ODBBs hold exactly the listed branches (all active) and identity flags.
+
+    ``reparam`` picks the training form of the blocks (``build_model``'s); the architecture
+    itself is the same in both.
+    """
+    model = build_model(arch.model, arch.num_classes, arch.in_channels, BRANCH_TYPES, reparam, **arch.options)
     blocks = odbb_layers(model)
     expected = [name for name, _ in blocks]
     given = [layer.name for layer in arch.layers]
@@ -159,7 +163,7 @@ def build_from_architecture(arch: Architecture) -> nn.Module:
         raise ValueError(f"architecture layers {diff} do not match model {arch.model!r}; allowed layers: {expected}")
     for (name, old), layer in zip(blocks, arch.layers):
         try:
-            block = ODBB(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.groups,
+            block = type(old)(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.groups,
                          branches=layer.branches, identity=layer.identity)
         except ValueError as err:
             raise ValueError(f"layer {name!r}: {err}") from None
@@ -170,5 +174,5 @@ def build_from_architecture(arch: Architecture) -> nn.Module:
                 f"allowed: a subset of {list(old.branch_names)}, identity={old.has_identity}"
             )
         _replace(model, name, block)
-    model.spec = ModelSpec(arch.model, arch.num_classes, arch.in_channels, dict(arch.options), BRANCH_TYPES)
+    model.spec = ModelSpec(arch.model, arch.num_classes, arch.in_channels, dict(arch.options), BRANCH_TYPES, reparam)
     return model

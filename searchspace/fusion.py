@@ -24,6 +24,8 @@ __all__ = [
     "avg_pool_kernel",
     "avg_pool_after_1x1",
     "merge_1x1_kxk",
+    "chain_1x1_kxk",
+    "scale_kernel",
     "pad_kernel_to",
     "sum_kernels",
 ]
@@ -53,7 +55,12 @@ def fold_bn(
     scale, shift = bn_affine(running_mean, running_var, weight, bias, eps)
     if conv_bias is not None:
         shift = shift + scale * conv_bias
-    return kernel * scale.reshape(-1, 1, 1, 1), shift
+    return scale_kernel(kernel, scale), shift
+
+
+def scale_kernel(kernel: Tensor, scale: Tensor) -> Tensor:
+    """Multiply every output channel ``o`` of ``kernel`` by ``scale[o]`` (a per-channel scale after a conv)."""
+    return kernel * scale.reshape(-1, 1, 1, 1)
 
 
 def _grouped_eye(channels: int, groups: int, dtype: torch.dtype | None, device: torch.device | None) -> Tensor:
@@ -104,14 +111,12 @@ def avg_pool_after_1x1(kernel1: Tensor, kernel_size: int) -> Tensor:
     return kernel1.expand(-1, -1, kernel_size, kernel_size) / kernel_size**2
 
 
-def merge_1x1_kxk(
-    kernel1: Tensor, bias1: Tensor, kernel2: Tensor, bias2: Tensor, groups: int = 1
-) -> tuple[Tensor, Tensor]:
-    """T3/T4: a 1x1 conv (``kernel1``, ``bias1``) followed by a KxK conv as one KxK conv.
+def chain_1x1_kxk(kernel1: Tensor, kernel2: Tensor, groups: int = 1) -> Tensor:
+    """T3/T4 without biases: a 1x1 conv then a KxK conv as one KxK kernel, per group.
 
-    Exact only if the intermediate map is padded with ``bias1`` (not zeros) before the
-    KxK conv runs with padding 0, as ``BNAndPad`` does. With groups the merge is done per
-    group: ``kernel1`` is ``[T, C/g, 1, 1]``, ``kernel2`` is ``[O, T/g, K, K]``.
+    ``kernel1`` is ``[T, C/g, 1, 1]``, ``kernel2`` is ``[O, T/g, K, K]``. Exact with zero
+    padding when nothing between the two convs adds a bias (the online blocks); with a
+    bias in between see :func:`merge_1x1_kxk`. Costs ``O * T * C * K^2 / g^2`` multiply-adds.
     """
     mid, in_per_group = kernel1.shape[:2]
     out, mid_per_group, kh, kw = kernel2.shape
@@ -121,7 +126,21 @@ def merge_1x1_kxk(
         )
     k1 = kernel1.reshape(groups, mid_per_group, in_per_group)
     k2 = kernel2.reshape(groups, out // groups, mid_per_group, kh, kw)
-    kernel = torch.einsum("gotyx,gtc->gocyx", k2, k1).reshape(out, in_per_group, kh, kw)
+    return torch.einsum("gotyx,gtc->gocyx", k2, k1).reshape(out, in_per_group, kh, kw)
+
+
+def merge_1x1_kxk(
+    kernel1: Tensor, bias1: Tensor, kernel2: Tensor, bias2: Tensor, groups: int = 1
+) -> tuple[Tensor, Tensor]:
+    """T3/T4: a 1x1 conv (``kernel1``, ``bias1``) followed by a KxK conv as one KxK conv.
+
+    Exact only if the intermediate map is padded with ``bias1`` (not zeros) before the
+    KxK conv runs with padding 0, as ``BNAndPad`` does. With groups the merge is done per
+    group: ``kernel1`` is ``[T, C/g, 1, 1]``, ``kernel2`` is ``[O, T/g, K, K]``.
+    """
+    kernel = chain_1x1_kxk(kernel1, kernel2, groups)
+    out, mid_per_group = kernel2.shape[:2]
+    k2 = kernel2.reshape(groups, out // groups, mid_per_group, *kernel2.shape[2:])
     bias = bias2 + torch.einsum("gotyx,gt->go", k2, bias1.reshape(groups, mid_per_group)).reshape(out)
     return kernel, bias
 

@@ -15,7 +15,7 @@ The identity branch (BN only) is not searchable: it is always on where it exists
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -54,12 +54,18 @@ def check_positive_int(name: str, value: Any) -> None:
 class ODBB(nn.Module):
     """Optimal Diverse Branch Block: ``identity_bn(x) + sum_{i active} gate_i * branch_i(x)``.
 
+    The offline form: every branch runs its own convs and BatchNorms while training. The
+    online form (:class:`searchspace.online.OnlineODBB`) subclasses it and overrides the
+    branch modules, ``forward`` and ``fuse_kernel``; the mask, gates and checks live here.
     No activation inside. ``branch_names`` lists the candidate branches that exist, a subset
     of ``BRANCH_TYPES`` in that order: a depthwise block (``groups == in == out > 1``) has no
     ``1x1`` branch (DBB: it would duplicate the BN), even when the caller lists it.
     ``has_identity`` is true where ``identity`` was asked for, stride is 1 and
     ``in_channels == out_channels``.
     """
+
+    reparam: ClassVar[str] = "offline"
+    """How the block trains: ``offline`` (one module per branch) or ``online`` (one composed conv)."""
 
     def __init__(
         self,
@@ -97,14 +103,20 @@ class ODBB(nn.Module):
                 f"got branches={requested} and no identity; allowed: a non-empty subset of {BRANCH_TYPES}"
             )
         self.branch_names: tuple[str, ...] = names
-        self.branches = nn.ModuleDict(
-            {n: build_branch(n, in_channels, out_channels, kernel_size, stride, groups) for n in names}
-        )
-        self.identity = IdentityBN(out_channels, groups) if self.has_identity else None
+        self.branches = nn.ModuleDict({n: self._make_branch(n) for n in names})
+        self.identity = self._make_identity() if self.has_identity else None
         self.active: Tensor
         self.register_buffer("active", torch.ones(len(names), dtype=torch.bool))
         self._gates: Tensor | None = None
         self._active_cache: tuple[Tensor, int, tuple[bool, ...]] | None = None
+
+    def _make_branch(self, name: str) -> nn.Module:
+        """The module of candidate branch ``name`` (overridden by the online form)."""
+        return build_branch(name, self.in_channels, self.out_channels, self.kernel_size, self.stride, self.groups)
+
+    def _make_identity(self) -> nn.Module:
+        """The identity branch module (overridden by the online form)."""
+        return IdentityBN(self.out_channels, self.groups)
 
     def _active_flags(self) -> tuple[bool, ...]:
         """``active`` as Python bools, read from the device only when the buffer changed.

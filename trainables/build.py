@@ -29,7 +29,7 @@ def num_candidates(model: nn.Module) -> int:
 
 def _build(cfg: TrialConfig, num_classes: int, in_channels: int, branches: list[str] | tuple[str, ...]) -> nn.Module:
     try:
-        return build_model(cfg.model.name, num_classes, in_channels, branches, **cfg.model.options)
+        return build_model(cfg.model.name, num_classes, in_channels, branches, cfg.model.reparam, **cfg.model.options)
     except (TypeError, ValueError) as err:
         raise ConfigError("trial.model.options", str(err)) from None
 
@@ -74,6 +74,6 @@ def build_trial_model(cfg: TrialConfig, num_classes: int, in_channels: int) -> n
         return model
     arch = _fixed_architecture(cfg, num_classes, in_channels)
     try:
-        return build_from_architecture(arch)
+        return build_from_architecture(arch, cfg.model.reparam)
     except ValueError as err:
         raise ConfigError("trial.search.method", str(err)) from None

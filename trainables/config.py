@@ -59,10 +59,16 @@ _Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
 
 @dataclass
 class ModelConfig:
-    """Host network from ``searchspace.list_models()`` and its ``build_model`` options."""
+    """Host network from ``searchspace.list_models()``, its ``build_model`` options and training form.
+
+    ``reparam``: ``offline`` trains every branch as its own convs and BNs (DBB, RepNAS);
+    ``online`` composes each block's one KxK kernel from its branches at every step and
+    runs one conv and one BN (OREPA). Both fuse into the same deploy network.
+    """
 
     name: str = "repvgg_tiny"
     options: dict[str, Any] = field(default_factory=dict)
+    reparam: Literal["offline", "online"] = "offline"
 
     def validate(self, path: str) -> None:
         names = list_models()

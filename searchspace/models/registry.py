@@ -2,7 +2,8 @@
 
 A factory is any callable ``factory(num_classes, in_channels, branches, **options)``
 returning an ``nn.Module`` whose KxK convs are ODBBs. Its keyword parameters are the
-model's options; :func:`build_model` rejects any other option with a clear error.
+model's options; :func:`build_model` rejects any other option with a clear error. A
+factory that also takes ``reparam`` can build its ODBBs in the online form.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from torch import nn
 
 from ..branches import BRANCH_TYPES
 from ..odbb import check_branches, check_positive_int
+from ..online import REPARAM_FORMS
 
 __all__ = ["ModelSpec", "register_model", "build_model", "list_models", "model_options"]
 
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-_FIXED_ARGS = ("num_classes", "in_channels", "branches")
+_FIXED_ARGS = ("num_classes", "in_channels", "branches", "reparam")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class ModelSpec:
     in_channels: int
     options: dict[str, Any] = field(default_factory=dict)
     branches: tuple[str, ...] = BRANCH_TYPES
+    reparam: str = "offline"
 
 
 def register_model(fn: Factory | None = None, *, name: str | None = None) -> Any:
@@ -77,13 +80,22 @@ def build_model(
     num_classes: int,
     in_channels: int = 3,
     branches: Iterable[str] = BRANCH_TYPES,
+    reparam: str = "offline",
     **options: Any,
 ) -> nn.Module:
     """Build a registered host whose every KxK conv is an ODBB with ``branches`` as candidates.
 
-    The model carries ``model.spec`` (a :class:`ModelSpec`) so it can be described and rebuilt.
+    ``reparam`` is how the ODBBs train: ``"offline"`` (a module per branch) or ``"online"``
+    (:class:`searchspace.online.OnlineODBB`, one composed conv per block); both fuse into
+    the same deploy network. The model carries ``model.spec`` (a :class:`ModelSpec`) so it
+    can be described and rebuilt.
     """
     factory = _factory(name)
+    if reparam not in REPARAM_FORMS:
+        raise ValueError(f"reparam={reparam!r} is invalid; allowed: {', '.join(REPARAM_FORMS)}")
+    takes_reparam = "reparam" in inspect.signature(factory).parameters
+    if reparam != "offline" and not takes_reparam:
+        raise ValueError(f"model {name!r} has no online form (its factory takes no 'reparam'); allowed: offline")
     check_positive_int("num_classes", num_classes)
     check_positive_int("in_channels", in_channels)
     names = check_branches(branches)
@@ -92,6 +104,7 @@ def build_model(
     if unknown:
         listing = ", ".join(f"{k}={v!r}" for k, v in allowed.items())
         raise ValueError(f"unknown option {', '.join(map(repr, unknown))} for model {name!r}; allowed: {listing}")
-    model = factory(num_classes=num_classes, in_channels=in_channels, branches=names, **options)
-    model.spec = ModelSpec(name, num_classes, in_channels, dict(options), names)
+    fixed: dict[str, Any] = {"reparam": reparam} if takes_reparam else {}
+    model = factory(num_classes=num_classes, in_channels=in_channels, branches=names, **fixed, **options)
+    model.spec = ModelSpec(name, num_classes, in_channels, dict(options), names, reparam)
     return model

@@ -16,7 +16,7 @@ from functools import partial
 from torch import Tensor, nn
 
 from ..branches import BRANCH_TYPES
-from ..odbb import ODBB
+from ..online import odbb_class
 from .common import classifier_head, stage_plan
 from .registry import register_model
 
@@ -46,16 +46,18 @@ class RepVGG(nn.Module):
         identity: bool = True,
         dropout: float = 0.1,
         kernel_size: int = 3,
+        reparam: str = "offline",
     ) -> None:
         super().__init__()
         branches = tuple(branches)
+        block = odbb_class(reparam)
         plan = stage_plan(widths, depths, strides if strides is not None else [2] * len(depths), width_multiplier)
         stages = []
         channels = in_channels
         for width, depth, stride in plan:
             layers = []
             for i in range(depth):
-                conv = ODBB(channels, width, kernel_size, stride if i == 0 else 1, branches=branches,
+                conv = block(channels, width, kernel_size, stride if i == 0 else 1, branches=branches,
                             identity=identity)
                 layers.append(nn.Sequential(OrderedDict(conv=conv, act=nn.ReLU())))
                 channels = width

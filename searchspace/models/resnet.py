@@ -16,7 +16,7 @@ from functools import partial
 from torch import Tensor, nn
 
 from ..branches import BRANCH_TYPES, ConvBN
-from ..odbb import ODBB
+from ..online import odbb_class
 from .common import classifier_head, stage_plan
 from .registry import register_model
 
@@ -30,12 +30,13 @@ class BasicBlock(nn.Module):
 
     def __init__(
         self, in_channels: int, out_channels: int, stride: int, kernel_size: int,
-        branches: tuple[str, ...], identity: bool,
+        branches: tuple[str, ...], identity: bool, reparam: str = "offline",
     ) -> None:
         super().__init__()
-        self.conv1 = ODBB(in_channels, out_channels, kernel_size, stride, branches=branches, identity=identity)
+        block = odbb_class(reparam)
+        self.conv1 = block(in_channels, out_channels, kernel_size, stride, branches=branches, identity=identity)
         self.act1 = nn.ReLU()
-        self.conv2 = ODBB(out_channels, out_channels, kernel_size, 1, branches=branches, identity=identity)
+        self.conv2 = block(out_channels, out_channels, kernel_size, 1, branches=branches, identity=identity)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = ConvBN(in_channels, out_channels, 1, stride)
@@ -62,9 +63,11 @@ class ResNet(nn.Module):
         identity: bool = False,
         dropout: float = 0.0,
         kernel_size: int = 3,
+        reparam: str = "offline",
     ) -> None:
         super().__init__()
         branches = tuple(branches)
+        block = odbb_class(reparam)
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(STEMS)}")
         plan = stage_plan(widths, depths, strides if strides is not None else [1] + [2] * (len(depths) - 1),
@@ -72,20 +75,20 @@ class ResNet(nn.Module):
         channels = plan[0][0]
         if stem == "imagenet":
             self.stem = nn.Sequential(OrderedDict(
-                conv=ODBB(in_channels, channels, 7, 2, branches=branches, identity=identity),
+                conv=block(in_channels, channels, 7, 2, branches=branches, identity=identity),
                 act=nn.ReLU(),
                 pool=nn.MaxPool2d(3, 2, 1),
             ))
         else:
             self.stem = nn.Sequential(OrderedDict(
-                conv=ODBB(in_channels, channels, kernel_size, 1, branches=branches, identity=identity),
+                conv=block(in_channels, channels, kernel_size, 1, branches=branches, identity=identity),
                 act=nn.ReLU(),
             ))
         stages = []
         for width, depth, stride in plan:
             blocks = []
             for i in range(depth):
-                blocks.append(BasicBlock(channels, width, stride if i == 0 else 1, kernel_size, branches, identity))
+                blocks.append(BasicBlock(channels, width, stride if i == 0 else 1, kernel_size, branches, identity, reparam))
                 channels = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

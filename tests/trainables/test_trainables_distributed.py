@@ -33,10 +33,11 @@ def test_shard_sampler_covers_each_global_batch_once() -> None:
     assert list(samplers[0]) != first  # reshuffled per epoch
 
 
-def test_sync_bn_conversion_keeps_classes_and_fusion() -> None:
+@pytest.mark.parametrize("reparam", ["offline", "online"])
+def test_sync_bn_conversion_keeps_classes_and_fusion(reparam: str) -> None:
     """Synchronised BNs keep their class (padding, fuse_kernel) and state_dict keys."""
     torch.manual_seed(0)
-    model = build_model("repvgg_tiny", num_classes=10, in_channels=1).eval()
+    model = build_model("repvgg_tiny", num_classes=10, in_channels=1, reparam=reparam).eval()
     x = torch.randn(2, 1, 8, 8)
     before, keys = model(x), set(model.state_dict())
     classes = {name: type(m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
@@ -51,10 +52,11 @@ def test_sync_bn_conversion_keeps_classes_and_fusion() -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_workers_agree_on_masks_and_alpha(tmp_path: Path, tiny_dict: dict[str, Any]) -> None:
+@pytest.mark.parametrize("reparam", ["offline", "online"])
+def test_two_gloo_workers_agree_on_masks_and_alpha(tmp_path: Path, tiny_dict: dict[str, Any], reparam: str) -> None:
     """Every step both ranks use the same mask and alpha (though rank 1 draws its own),
     the weights agree, and the run ends with a fused, verified, exported model."""
-    config = TrialConfig.from_dict(apply_overrides(tiny_dict, {"runtime.workers": 2}))
+    config = TrialConfig.from_dict(apply_overrides(tiny_dict, {"runtime.workers": 2, "model.reparam": reparam}))
     reports: list[tuple[dict[str, float], str]] = []
 
     def report(metrics: dict[str, float], checkpoint: Any) -> None:  # as Tune does: copy it out

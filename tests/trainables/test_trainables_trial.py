@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from searchspace import Architecture, build_from_architecture, reparameterize
+from searchspace import Architecture, build_from_architecture, odbb_layers, reparameterize
 from trainables import EPOCH_METRICS, FINAL_METRICS, CheckpointError, TrialHook, load_checkpoint, run_trial
 from trainables.build import build_trial_model
 from trainables.data import build_data, make_loader
@@ -40,8 +40,9 @@ def _strip(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k not in _TIMING}
 
 
-def test_resume_from_middle_checkpoint_is_bit_identical(tmp_path: Path, tiny) -> None:
-    cfg = tiny(**{"search.epochs": 4, "search.random_epochs": 1, "search.search_epochs": 1})
+@pytest.mark.parametrize("reparam", ["offline", "online"])
+def test_resume_from_middle_checkpoint_is_bit_identical(tmp_path: Path, tiny, reparam: str) -> None:
+    cfg = tiny(**{"search.epochs": 4, "search.random_epochs": 1, "search.search_epochs": 1, "model.reparam": reparam})
     saved: dict[int, Path] = {}
 
     def keep(metrics: dict[str, float], checkpoint: Path) -> None:
@@ -81,8 +82,9 @@ def test_corrupt_checkpoint_is_reported_with_its_path(tmp_path: Path, tiny) -> N
         load_checkpoint(tmp_path / "missing")
 
 
-def test_fused_model_matches_supernet_and_exports_load_with_plain_torch(tmp_path: Path, tiny) -> None:
-    cfg = tiny(**{"export.formats": ["state_dict", "torch_export", "torchscript", "onnx"]})
+@pytest.mark.parametrize("reparam", ["offline", "online"])
+def test_fused_model_matches_supernet_and_exports_load_with_plain_torch(tmp_path: Path, tiny, reparam: str) -> None:
+    cfg = tiny(**{"export.formats": ["state_dict", "torch_export", "torchscript", "onnx"], "model.reparam": reparam})
     result = run_trial(cfg, tmp_path / "run")
     m, out = result.metrics, result.export_dir
     assert m["done"] == 1.0 and m["fused_val_acc"] == m["val_acc"] and m["fused_max_logit_diff"] < 1e-4
@@ -99,6 +101,7 @@ def test_fused_model_matches_supernet_and_exports_load_with_plain_torch(tmp_path
     inputs = next(iter(make_loader(data.val, 64, train=False)))[0]
     supernet = build_trial_model(cfg, data.num_classes, data.in_channels)
     supernet.load_state_dict(tensors["model"])  # its ``active`` buffers carry the mask
+    assert all(block.reparam == reparam for _, block in odbb_layers(supernet))
     with torch.no_grad():
         expected = supernet.eval()(inputs)
         fused = reparameterize(supernet)
@@ -106,7 +109,7 @@ def test_fused_model_matches_supernet_and_exports_load_with_plain_torch(tmp_path
         pt2 = torch.export.load(str(out / "model.pt2")).module()
         with pytest.warns(FutureWarning):  # torch.jit is deprecated but still loads
             ts = torch.jit.load(str(out / "model.ts"))
-        rebuilt = reparameterize(build_from_architecture(arch))
+        rebuilt = reparameterize(build_from_architecture(arch))  # the deploy network is the same in both forms
         rebuilt.load_state_dict(torch.load(out / "fused_state_dict.pt", weights_only=True))
         for model in (pt2, ts, rebuilt.eval()):
             assert float((model(inputs) - expected).abs().max()) < 1e-4

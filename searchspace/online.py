@@ -1,0 +1,248 @@
+"""Online re-parameterization of the ODBB block (OREPA, Hu et al., CVPR 2022).
+
+The offline block runs every active branch as its own convs and BatchNorms, so a training
+step costs several convs per layer. Here each branch's BatchNorm is replaced by a learnable
+per-output-channel scale, which makes every branch linear in its weights: at every step
+the block composes ONE KxK kernel from the active branches (differentiably, with the
+pure functions of :mod:`searchspace.fusion`) and runs one conv, then the block's single
+BatchNorm (OREPA puts it there, after the composed conv). Inference folds that BatchNorm
+into the kernel (T1), giving the same plain conv as the offline block.
+
+Sequential branches compose exactly with zero padding because nothing between their two
+convs adds a bias. The one composition that can cost more than the conv it saves is
+1x1 -> KxK (``O * T * C * K^2 / g^2`` multiply-adds, independent of batch and image
+size): on small feature maps that branch runs its two convs directly instead, computing
+the same function (see :meth:`Online1x1KxK.runs_direct`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .branches import BRANCH_TYPES, IDENTITY, IdentityBasedConv1x1, is_depthwise
+from .fusion import (
+    avg_pool_after_1x1,
+    avg_pool_kernel,
+    chain_1x1_kxk,
+    fold_bn,
+    identity_kernel,
+    pad_kernel_to,
+    scale_kernel,
+)
+from .odbb import ODBB
+
+__all__ = [
+    "SCALE_INIT",
+    "OnlineConv",
+    "Online1x1KxK",
+    "Online1x1Avg",
+    "OnlineIdentity",
+    "OnlineODBB",
+    "build_online_branch",
+    "REPARAM_FORMS",
+    "odbb_class",
+]
+
+SCALE_INIT: dict[str, float] = {
+    "kxk": 0.25, "1x1_avg": 0.25, "1x1_kxk": 0.5, "1x1": 1.0, "1xk": 0.5, "kx1": 0.5, IDENTITY: 1.0,
+}
+"""Initial value of each branch's per-channel scale. OREPA's values for the branches it has
+(origin KxK 0.25, 1x1->avg 0.25, 1x1->KxK 0.5, 1x1 1.0); 1xK/Kx1 take 1x1->KxK's 0.5 and the
+identity 1.0 (RepVGG's identity BN starts at gamma = 1)."""
+
+
+def _kaiming(*shape: int) -> nn.Parameter:
+    """A conv weight initialised as OREPA's branch weights (Kaiming uniform, ReLU gain)."""
+    weight = torch.empty(*shape)
+    nn.init.kaiming_uniform_(weight, a=0.0)
+    return nn.Parameter(weight)
+
+
+class _Scaled(nn.Module):
+    """A branch with a learnable per-output-channel scale in place of its BatchNorm."""
+
+    def __init__(self, out_channels: int, init: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((out_channels,), float(init)))
+
+    def kernel(self) -> Tensor:
+        """The branch as one scaled KxK kernel (a pure function of weights and scale)."""
+        raise NotImplementedError
+
+
+class OnlineConv(_Scaled):
+    """``kxk``, ``1x1``, ``1xk`` or ``kx1``: one conv, its kernel centred in KxK (T6)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kh: int, kw: int, kernel_size: int,
+                 groups: int, init: float) -> None:
+        super().__init__(out_channels, init)
+        self.kernel_size = kernel_size
+        self.weight = _kaiming(out_channels, in_channels // groups, kh, kw)
+
+    def kernel(self) -> Tensor:
+        return scale_kernel(pad_kernel_to(self.weight, self.kernel_size), self.scale)
+
+
+class Online1x1KxK(_Scaled):
+    """``1x1_kxk``: identity-initialised 1x1 (2x wide, plain, for depthwise) then KxK, composed (T3/T4)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
+                 init: float) -> None:
+        super().__init__(out_channels, init)
+        self.groups, self.stride, self.kernel_size = groups, stride, kernel_size
+        self.conv1: IdentityBasedConv1x1 | nn.Conv2d
+        if is_depthwise(in_channels, out_channels, groups):
+            mid = 2 * in_channels
+            self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=groups, bias=False)
+        else:
+            mid = in_channels
+            self.conv1 = IdentityBasedConv1x1(in_channels, groups)
+        self.weight2 = _kaiming(out_channels, mid // groups, kernel_size, kernel_size)
+
+    def _kernel1(self) -> Tensor:
+        return self.conv1.kernel() if isinstance(self.conv1, IdentityBasedConv1x1) else self.conv1.weight
+
+    def kernel(self) -> Tensor:
+        return scale_kernel(chain_1x1_kxk(self._kernel1(), self.weight2, self.groups), self.scale)
+
+    def runs_direct(self, x: Tensor) -> bool:
+        """True when running the two convs on ``x`` costs fewer multiply-adds than composing.
+
+        Composing costs ``O * T * C * K^2 / g^2`` whatever the input; running directly costs
+        the 1x1 conv (``B*H*W * T * C/g``) plus the KxK conv (``B*Ho*Wo * O * T/g * K^2``).
+        The composed kernel itself joins the block's one conv at no extra cost.
+        """
+        batch, channels, height, width = x.shape
+        mid, out, k, g = self.weight2.shape[1] * self.groups, self.weight2.shape[0], self.kernel_size, self.groups
+        pad = k // 2
+        out_h = (height + 2 * pad - k) // self.stride + 1
+        out_w = (width + 2 * pad - k) // self.stride + 1
+        compose = out * mid * channels * k * k // (g * g)
+        direct = batch * height * width * mid * channels // g + batch * out_h * out_w * out * mid * k * k // g
+        return direct < compose
+
+    def direct(self, x: Tensor) -> Tensor:
+        """The branch computed conv by conv (zero padding is exact: no bias in between)."""
+        y = F.conv2d(self.conv1(x), self.weight2, stride=self.stride, padding=self.kernel_size // 2,
+                     groups=self.groups)
+        return y * self.scale.reshape(1, -1, 1, 1)
+
+
+class Online1x1Avg(_Scaled):
+    """``1x1_avg``: 1x1 then AvgPool(K) as one kernel (T3+T5); depthwise: the pool alone (T5)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int, init: float) -> None:
+        super().__init__(out_channels, init)
+        self.kernel_size, self.groups = kernel_size, groups
+        self.weight: nn.Parameter | None = None
+        if not is_depthwise(in_channels, out_channels, groups):
+            self.weight = _kaiming(out_channels, in_channels // groups, 1, 1)
+        else:
+            self.register_buffer("avg", avg_pool_kernel(out_channels, kernel_size, groups), persistent=False)
+
+    def kernel(self) -> Tensor:
+        base = self.avg if self.weight is None else avg_pool_after_1x1(self.weight, self.kernel_size)
+        return scale_kernel(base, self.scale)
+
+
+class OnlineIdentity(_Scaled):
+    """``identity``: a scaled (grouped) identity kernel."""
+
+    def __init__(self, channels: int, kernel_size: int, groups: int, init: float = SCALE_INIT[IDENTITY]) -> None:
+        super().__init__(channels, init)
+        self.register_buffer("eye", identity_kernel(channels, kernel_size, groups), persistent=False)
+
+    def kernel(self) -> Tensor:
+        return scale_kernel(self.eye, self.scale)
+
+
+def build_online_branch(
+    name: str, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int
+) -> _Scaled:
+    """The online module of branch ``name`` (one of ``BRANCH_TYPES``) for a KxK conv layer.
+
+    The stride is the block's: every branch yields an un-strided kernel for its one conv.
+    """
+    k = kernel_size
+    shapes = {"1x1": (1, 1), "kxk": (k, k), "1xk": (1, k), "kx1": (k, 1)}
+    if name in shapes:
+        return OnlineConv(in_channels, out_channels, *shapes[name], k, groups, SCALE_INIT[name])
+    if name == "1x1_kxk":
+        return Online1x1KxK(in_channels, out_channels, k, stride, groups, SCALE_INIT[name])
+    if name == "1x1_avg":
+        return Online1x1Avg(in_channels, out_channels, k, groups, SCALE_INIT[name])
+    raise ValueError(f"unknown branch {name!r}; allowed: {', '.join(BRANCH_TYPES)}")
+
+
+class OnlineODBB(ODBB):
+    """ODBB trained online: ``BN(conv(x, sum_{i active} gate_i * kernel_i + kernel_identity))``.
+
+    Same constructor, mask, gates and ``fuse()`` as :class:`ODBB`; the gate of a branch
+    multiplies its kernel, so alpha's gradient is ``<dL/dW, kernel_i>``. Inactive branches
+    are never composed.
+    """
+
+    reparam = "online"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.bn = nn.BatchNorm2d(self.out_channels)
+
+    def _make_branch(self, name: str) -> nn.Module:
+        return build_online_branch(name, self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                                   self.groups)
+
+    def _make_identity(self) -> nn.Module:
+        return OnlineIdentity(self.out_channels, self.kernel_size, self.groups)
+
+    def _conv(self, x: Tensor, kernel: Tensor) -> Tensor:
+        return F.conv2d(x, kernel, stride=self.stride, padding=self.kernel_size // 2, groups=self.groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gates = self._gates
+        kernel = self.identity.kernel() if self.identity is not None else None
+        direct: Tensor | None = None
+        for i, (name, on) in enumerate(zip(self.branch_names, self._active_flags())):
+            if not on:
+                continue
+            branch = self.branches[name]
+            if isinstance(branch, Online1x1KxK) and branch.runs_direct(x):
+                y = branch.direct(x)
+                y = y if gates is None else y * gates[i]
+                direct = y if direct is None else direct + y
+                continue
+            k = branch.kernel()
+            k = k if gates is None else k * gates[i]
+            kernel = k if kernel is None else kernel + k
+        if kernel is None and direct is None:
+            raise self._no_branch_error()
+        out = direct if kernel is None else self._conv(x, kernel)
+        if kernel is not None and direct is not None:
+            out = out + direct
+        return self.bn(out)
+
+    def fuse_kernel(self) -> tuple[Tensor, Tensor]:
+        """(KxK kernel, bias): the composed kernel of the active branches, the block BN folded in (T1)."""
+        modules = [self.branches[n] for n in self.active_branches]
+        if self.identity is not None:
+            modules.append(self.identity)
+        if not modules:
+            raise self._no_branch_error()
+        kernel = sum(m.kernel() for m in modules)
+        bn = self.bn
+        assert bn.running_mean is not None and bn.running_var is not None
+        return fold_bn(kernel, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)  # type: ignore[arg-type]
+
+
+REPARAM_FORMS: tuple[str, ...] = ("offline", "online")
+"""How ODBBs train: ``offline`` (a module per branch, DBB/RepNAS) or ``online`` (one composed conv, OREPA)."""
+
+
+def odbb_class(reparam: str) -> type[ODBB]:
+    """The block class of a re-parameterization form (one of ``REPARAM_FORMS``)."""
+    forms: dict[str, type[ODBB]] = {"offline": ODBB, "online": OnlineODBB}
+    if reparam not in forms:
+        raise ValueError(f"reparam={reparam!r} is invalid; allowed: {', '.join(REPARAM_FORMS)}")
+    return forms[reparam]
