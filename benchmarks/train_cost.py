@@ -2,7 +2,11 @@
 
 Every configuration trains through the real ``SearchEngine`` (supernets in the search
 phase: noise, top-k, straight-through gates, two optimisers; baselines with a fixed mask)
-on synthetic batches (32x32x3, or 28x28x1 for the Fashion-MNIST host), in its own subprocess so peak memory is not shared:
+on synthetic batches, in each re-parameterization form (``offline``: a module per branch;
+``online``: one composed conv per block) and at each input size (``--sizes``; ResNet-18
+takes the ImageNet stem at 64 pixels and up, the small stem below), each in its own
+subprocess so peak memory is not shared. Ratios are to the offline plain network of the
+same host and size (only the KxK conv and its BN per layer):
 
 * CPU: peak memory = growth of the process's max RSS (``resource.getrusage``) from just
   before the model is built to the end of the timed steps, i.e. weights, optimiser state,
@@ -10,7 +14,8 @@ on synthetic batches (32x32x3, or 28x28x1 for the Fashion-MNIST host), in its ow
 * CUDA: ``torch.cuda.max_memory_allocated`` over the same span (tensors only).
 
     python benchmarks/train_cost.py [--device cpu|cuda] [--batch-size 32] [--steps 10]
-        [--threads N] [--models repvgg_a0 resnet18] [--configs plain dbb ...] [--json out.json]
+        [--threads N] [--models repvgg_a0 resnet18] [--configs plain dbb ...]
+        [--reparam offline online] [--sizes 224 32] [--json out.json]
 
 The search-quality host (configs/fashion_mnist.yaml) and all its methods:
 
@@ -43,20 +48,31 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "odbb@1.0": {"method": "odbb", "budget": 1.0},
     **{f"odbb k={k}": {"method": "odbb", "budget": k} for k in (5, 10, 15, 20)},
 }
-DEFAULT_CONFIGS = ("plain", "repvgg", "dbb", "odbb@0.17", "odbb@0.34", "odbb@1.0")
-MODELS: dict[str, dict[str, Any]] = {  # model config and the input shape (C, H, W) it is timed at
-    "repvgg_a0": {"name": "repvgg_a0", "options": {}, "input": (3, 32, 32)},
-    "resnet18": {"name": "resnet18", "options": {"stem": "small"}, "input": (3, 32, 32)},
+DEFAULT_CONFIGS = ("plain", "repvgg", "dbb", "all", "odbb@0.17", "odbb@0.34", "odbb@1.0")
+MODELS: dict[str, dict[str, Any]] = {  # model config, input channels and default input size
+    "repvgg_a0": {"name": "repvgg_a0", "options": {}, "channels": 3, "size": 32},
+    "resnet18": {"name": "resnet18", "options": {}, "channels": 3, "size": 32},
     # the host of configs/fashion_mnist.yaml (30 candidates), on Fashion-MNIST-shaped input
-    "repvgg_tiny_s2": {"name": "repvgg_tiny", "options": {"strides": [2, 2, 2]}, "input": (1, 28, 28)},
+    "repvgg_tiny_s2": {"name": "repvgg_tiny", "options": {"strides": [2, 2, 2]}, "channels": 1, "size": 28},
 }
+REPARAM = ("offline", "online")
+
+
+def _model_config(model_key: str, size: int, reparam: str) -> dict[str, Any]:
+    """The ``trial.model`` section: ResNet-18 with the ImageNet stem from 64 pixels up, the small stem below."""
+    spec = MODELS[model_key]
+    options = dict(spec["options"])
+    if spec["name"].startswith("resnet"):
+        options["stem"] = "imagenet" if size >= 64 else "small"
+    return {"name": spec["name"], "options": options, "reparam": reparam}
 
 
 def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _worker(model_key: str, config_key: str, device_name: str, batch_size: int, steps: int) -> dict[str, float]:
+def _worker(model_key: str, config_key: str, reparam: str, size: int, device_name: str, batch_size: int,
+            steps: int) -> dict[str, float]:
     """Measure one configuration in this process (run via a fresh subprocess)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -68,9 +84,8 @@ def _worker(model_key: str, config_key: str, device_name: str, batch_size: int, 
     device = torch.device(device_name)
     warmup = 3
     search = {"epochs": 1000, "random_epochs": 0, "search_epochs": 999, **CONFIGS[config_key]}
-    model_cfg = {k: v for k, v in MODELS[model_key].items() if k != "input"}
-    cfg = TrialConfig.from_dict({"model": model_cfg, "search": search})
-    channels, height, width = MODELS[model_key]["input"]
+    cfg = TrialConfig.from_dict({"model": _model_config(model_key, size, reparam), "search": search})
+    channels, height, width = MODELS[model_key]["channels"], size, size
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn((warmup + steps) * batch_size, channels, height, width, generator=generator)
     targets = torch.randint(0, 10, (len(inputs),), generator=generator)
@@ -96,28 +111,36 @@ def _worker(model_key: str, config_key: str, device_name: str, batch_size: int, 
             "candidates": float(engine.num_candidates)}
 
 
-def _measure(model_key: str, config_key: str, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--worker", model_key, config_key, "--device", args.device,
+def _measure(model_key: str, config_key: str, reparam: str, size: int, args: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--worker", model_key, config_key, reparam, str(size), "--device", args.device,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--threads", str(args.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"{model_key} {config_key} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{model_key} {config_key} {reparam} {size} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _table(results: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
+Results = dict[str, dict[str, dict[str, dict[str, float]]]]  # "model @size" -> reparam -> config -> row
+
+
+def _table(results: Results, args: argparse.Namespace) -> str:
     memory = "peak alloc MB" if args.device == "cuda" else "peak RSS growth MB"
-    lines = [f"| model | config | branches kept / candidates | step (s) | x plain | {memory} | x plain |",
-             "|---|---|---|---|---|---|---|"]
-    for model_key, rows in results.items():
-        plain = rows["plain"]
-        for config_key, row in rows.items():
-            lines.append(
-                f"| {model_key} | {config_key} | {int(row['branches'])} / {int(row['candidates'])} | "
-                f"{row['step_s']:.4f} | {row['step_s'] / plain['step_s']:.2f} | "
-                f"{row['peak_mb']:.0f} | {row['peak_mb'] / plain['peak_mb']:.2f} |"
-            )
+    lines = [f"| model @ input | config | branches kept / candidates | form | step (s) | x plain | online / offline "
+             f"| {memory} | x plain | online / offline |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, forms in results.items():
+        plain = forms[args.reparam[0]]["plain"]
+        for config_key in args.configs:
+            for reparam in args.reparam:
+                row = forms[reparam][config_key]
+                offline = forms.get("offline", {}).get(config_key)
+                vs = (f"{row['step_s'] / offline['step_s']:.2f}", f"{row['peak_mb'] / offline['peak_mb']:.2f}") \
+                    if reparam == "online" and offline else ("", "")
+                lines.append(
+                    f"| {label} | {config_key} | {int(row['branches'])} / {int(row['candidates'])} | {reparam} | "
+                    f"{row['step_s']:.4f} | {row['step_s'] / plain['step_s']:.2f} | {vs[0]} | "
+                    f"{row['peak_mb']:.0f} | {row['peak_mb'] / plain['peak_mb']:.2f} | {vs[1]} |"
+                )
     return "\n".join(lines)
 
 
@@ -129,30 +152,37 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--models", nargs="+", default=["repvgg_a0", "resnet18"], choices=list(MODELS))
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--reparam", nargs="+", default=list(REPARAM), choices=REPARAM,
+                        help="training forms to time; ratios are to the first form's plain network")
+    parser.add_argument("--sizes", nargs="+", type=int, help="input sizes (default: each model's own)")
     parser.add_argument("--repeats", type=int, default=1, help="median step time over this many subprocesses")
     parser.add_argument("--json", help="also write the raw results here")
-    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("MODEL", "CONFIG", "REPARAM", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(_worker(*args.worker, args.device, args.batch_size, args.steps)))
+        model_key, config_key, reparam, size = args.worker
+        print(json.dumps(_worker(model_key, config_key, reparam, int(size), args.device, args.batch_size, args.steps)))
         return
     if "plain" not in args.configs:  # the reference of every ratio
         args.configs.insert(0, "plain")
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: Results = {}
     for model_key in args.models:
-        results[model_key] = {}
-        for config_key in args.configs:
-            runs = [_measure(model_key, config_key, args) for _ in range(args.repeats)]
-            row = dict(runs[0], step_s=statistics.median(r["step_s"] for r in runs),
-                       peak_mb=statistics.median(r["peak_mb"] for r in runs))
-            results[model_key][config_key] = row
-            print(f"{model_key:>10} {config_key:>10}: {row['step_s']:.4f} s/step, {row['peak_mb']:.0f} MB", flush=True)
-    shapes = ", ".join(f"{m} {'x'.join(map(str, MODELS[m]['input']))}" for m in args.models)
+        for size in args.sizes or [MODELS[model_key]["size"]]:
+            label = f"{model_key} @{size}"
+            results[label] = {reparam: {} for reparam in args.reparam}
+            for config_key in args.configs:
+                for reparam in args.reparam:  # the forms side by side, config by config
+                    runs = [_measure(model_key, config_key, reparam, size, args) for _ in range(args.repeats)]
+                    row = dict(runs[0], step_s=statistics.median(r["step_s"] for r in runs),
+                               peak_mb=statistics.median(r["peak_mb"] for r in runs))
+                    results[label][reparam][config_key] = row
+                    print(f"{label:>16} {config_key:>10} {reparam:>7}: {row['step_s']:.4f} s/step, "
+                          f"{row['peak_mb']:.0f} MB", flush=True)
     print(f"\n{date.today()} {platform.processor() or platform.machine()}, {args.device}, "
-          f"{args.threads} threads, batch {args.batch_size}, {shapes}, {args.steps} timed steps\n")
+          f"{args.threads} threads, batch {args.batch_size}, {args.steps} timed steps\n")
     print(_table(results, args))
     if args.json:
         with open(args.json, "w") as f:
