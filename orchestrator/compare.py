@@ -18,18 +18,20 @@ from typing import Any
 
 from .pareto import TrialRecord
 
-__all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best",
+__all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best", "form_verdicts",
            "equal_count_verdicts"]
 
 SEARCHED = "odbb"
 
 
 _METHOD_KEYS = ("search.method", "search.budget")
+_REPARAM_KEY = "model.reparam"
 
 
 def method_label(config: Mapping[str, Any]) -> str:
     """``plain`` / ``dbb`` / ``odbb k=20`` / ``odbb ρ=0.34`` / ``1x1+kxk`` from flat trial keys,
-    followed by any other ``search.*`` key present (``odbb k=20 arch_lr=0.01``)."""
+    followed by any other ``search.*`` key present (``odbb k=20 arch_lr=0.01``) and by
+    ``online`` for the online training form (``dbb online``)."""
     method = config.get("search.method", SEARCHED)
     budget = config.get("search.budget")
     if isinstance(method, (list, tuple)):
@@ -42,6 +44,8 @@ def method_label(config: Mapping[str, Any]) -> str:
         label = f"{SEARCHED} ρ={budget:g}" if isinstance(budget, float) else SEARCHED
     extras = [f"{k.split('.', 1)[1]}={config[k]}" for k in sorted(config)
               if k.startswith("search.") and k not in _METHOD_KEYS]
+    if config.get(_REPARAM_KEY, "offline") != "offline":
+        extras.append(str(config[_REPARAM_KEY]))
     return " ".join([label, *extras])
 
 
@@ -64,6 +68,7 @@ class GroupStats:
     tuned: dict[str, Any]
     searched: bool
     target_branches: int
+    reparam: str = "offline"  # the training form (``model.reparam``); part of the method, not tuned
     trials: list[str] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=dict)
 
@@ -93,14 +98,14 @@ def group_records(records: Sequence[TrialRecord], metrics: Sequence[str], replic
     finished = [r for r in records if r.error is None and r.value("done") == 1.0]
     if tuned_keys is None:
         tuned_keys = sorted({k for r in finished for k in r.config
-                             if not k.startswith("search.") and k != replicate_key})
+                             if not k.startswith("search.") and k not in (replicate_key, _REPARAM_KEY)})
     groups: dict[tuple[str, tuple[Any, ...]], GroupStats] = {}
     for r in sorted(finished, key=lambda r: r.trial_name):
         tuned = {k: r.config.get(k) for k in tuned_keys}
         label = method_label(r.config)
         key = (label, tuple(repr(v) for v in tuned.values()))
         g = groups.setdefault(key, GroupStats(label, tuned, r.config.get("search.method", SEARCHED) == SEARCHED,
-                                              target_count(r)))
+                                              target_count(r), str(r.config.get(_REPARAM_KEY, "offline"))))
         g.trials.append(r.trial_name)
         for m in metrics:
             if math.isfinite(r.value(m)):
@@ -125,8 +130,8 @@ def select_best(groups: Sequence[GroupStats], by: str, mode: str = "max") -> lis
 class Verdict:
     """The searched method against a fixed one at the same branch count."""
 
-    searched: GroupStats
-    fixed: GroupStats
+    searched: GroupStats  # the method under test (a search; an online form in ``form_verdicts``)
+    fixed: GroupStats     # the reference (a fixed method; the offline form in ``form_verdicts``)
     metric: str
     difference: float  # searched mean - fixed mean
     stderr: float      # of the difference (Welch)
@@ -163,14 +168,26 @@ def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return se, float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def _verdict(a: GroupStats, b: GroupStats, metric: str) -> Verdict:
+    se, p = _welch(a.values[metric], b.values[metric])
+    return Verdict(a, b, metric, statistics.fmean(a.values[metric]) - statistics.fmean(b.values[metric]), se, p)
+
+
 def equal_count_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Verdict]:
-    """Each fixed method against every searched method with the same target branch count."""
+    """Each fixed method against every searched method with the same target branch count and training form."""
+    return [_verdict(match, fixed, metric)
+            for fixed in selected if not fixed.searched and metric in fixed.values
+            for match in selected
+            if match.searched and metric in match.values
+            and (match.target_branches, match.reparam) == (fixed.target_branches, fixed.reparam)]
+
+
+def form_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Verdict]:
+    """Each method trained in another form (``dbb online``) against its offline form (``dbb``)."""
+    offline = {g.method: g for g in selected if g.reparam == "offline" and metric in g.values}
     out = []
-    for fixed in (g for g in selected if not g.searched and metric in g.values):
-        for match in (g for g in selected if g.searched and g.target_branches == fixed.target_branches):
-            if metric not in match.values:
-                continue
-            a, b = match.values[metric], fixed.values[metric]
-            se, p = _welch(a, b)
-            out.append(Verdict(match, fixed, metric, statistics.fmean(a) - statistics.fmean(b), se, p))
+    for g in selected:
+        base = g.method.removesuffix(f" {g.reparam}")
+        if g.reparam != "offline" and metric in g.values and base in offline:
+            out.append(_verdict(g, offline[base], metric))
     return out

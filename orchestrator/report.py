@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from . import _trial
-from .compare import GroupStats, equal_count_verdicts, group_records, method_label, select_best
+from .compare import GroupStats, Verdict, equal_count_verdicts, form_verdicts, group_records, method_label, select_best
 from .config import ConfigError, SweepConfig, load_sweep
 from .pareto import TrialRecord, mark_front
 from .tracking import TAG_ERROR, TAG_TRIAL_ID, SweepState, child_runs, log_parent_artifacts, mlflow_params
@@ -37,7 +37,7 @@ __all__ = ["FusionCheck", "SweepPart", "read_records", "fusion_check", "front_ma
 
 COLUMNS: tuple[str, ...] = ("branches_kept", "val_acc", "fused_val_acc", "epoch_time_mean_s",
                             "train_time_s", "peak_memory_mb", "params_fused", "latency_fused_ms")
-_ALWAYS = ("search.method", "search.budget")
+_ALWAYS = ("search.method", "search.budget", "model.reparam")
 _DEFAULT_METRIC = "test_acc"
 
 
@@ -193,6 +193,7 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str,
     groups = group_records(records, [metric, *COLUMNS], replicate_key)
     best = select_best(groups, select_by, "max")
     verdicts = equal_count_verdicts(best, metric)
+    forms = form_verdicts(best, metric)
     fusion = fusion_check(records)
     names = ", ".join(f"`{p.cfg.name}`" for p in parts)
     lines = [f"# Sweep{'s' if len(parts) > 1 else ''} {names}: methods compared over `{replicate_key}`", "",
@@ -200,6 +201,8 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str,
              f"`{select_by}`; `{metric}` is the fused model's. ± is the sample standard deviation over "
              f"`{replicate_key}`.", "", *_table(best, metric), "", "## Verdicts (equal branch count)", ""]
     lines += [f"- {v.line()}" for v in verdicts] or ["- no searched trial matches a fixed method's branch count"]
+    if forms:
+        lines += ["", "## Verdicts (online vs offline re-parameterization)", "", *[f"- {v.line()}" for v in forms]]
     lines += ["", "## Checks", "",
               f"- fusion: fused val accuracy equals the supernet's in {fusion.equal_accuracy}/{fusion.trials} "
               f"trials (max gap {fusion.max_accuracy_gap:.2e}); max logit difference {fusion.max_logit_diff:.2e}"]
@@ -216,13 +219,17 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str,
     payload = {"sweeps": [p.cfg.name for p in parts], "metric": metric, "select_by": select_by,
                "replicate_key": replicate_key,
                "selected": [_group_json(g) for g in best], "groups": [_group_json(g) for g in groups],
-               "verdicts": [{"searched": v.searched.method, "fixed": v.fixed.method, "branches": v.fixed.target_branches,
-                             "difference": v.difference, "stderr": v.stderr, "p_value": v.p_value,
-                             "outcome": v.outcome} for v in verdicts],
+               "verdicts": [_verdict_json(v) for v in verdicts],
+               "form_verdicts": [_verdict_json(v) for v in forms],
                "fusion": {**asdict(fusion), "ok": fusion.ok},
                "pareto_front_matches": {p.cfg.name: p.front_matches for p in parts},
                "trials": [asdict(r) for r in records]}
     return "\n".join(lines), payload, best
+
+
+def _verdict_json(v: Verdict) -> dict[str, Any]:
+    return {"searched": v.searched.method, "fixed": v.fixed.method, "branches": v.fixed.target_branches,
+            "difference": v.difference, "stderr": v.stderr, "p_value": v.p_value, "outcome": v.outcome}
 
 
 def _group_json(g: GroupStats) -> dict[str, Any]:

@@ -8,7 +8,14 @@ import statistics
 import pytest
 from scipy import stats
 
-from orchestrator.compare import equal_count_verdicts, group_records, method_label, select_best, target_count
+from orchestrator.compare import (
+    equal_count_verdicts,
+    form_verdicts,
+    group_records,
+    method_label,
+    select_best,
+    target_count,
+)
 from orchestrator.pareto import TrialRecord
 
 
@@ -81,3 +88,31 @@ def test_every_searched_variant_meets_the_fixed_method_of_its_count() -> None:
     verdicts = equal_count_verdicts(select_best(group_records(records, ["test_acc", "val_acc"]), "val_acc"), "test_acc")
     assert sorted((v.searched.method, v.fixed.method) for v in verdicts) == [
         ("odbb k=20", "dbb"), ("odbb k=20 arch_lr=0.01", "dbb")]
+
+
+def test_online_form_is_its_own_method_compared_with_its_offline_form() -> None:
+    """``model.reparam: online`` labels a method ``... online`` (never a tuned key); searched and
+    fixed methods meet within one form; each online method meets its offline form (Welch)."""
+    records = []
+    for i, (method, budget, reparam, tests) in enumerate([
+            ("dbb", None, "offline", [0.890, 0.892, 0.894]), ("dbb", None, "online", [0.900, 0.902, 0.903]),
+            ("odbb", 20, "offline", [0.870, 0.875, 0.872]), ("odbb", 20, "online", [0.895, 0.896, 0.899])]):
+        for seed, test in enumerate(tests):
+            r = _record(f"t{i}{seed}", method, 0.2, seed, test, test, 20, budget)
+            if reparam == "online":
+                r.config["model.reparam"] = "online"
+            records.append(r)
+    assert method_label(records[3].config) == "dbb online" and method_label(records[0].config) == "dbb"
+    groups = group_records(records, ["test_acc", "val_acc"])
+    assert all(g.tuned == {"optim.lr": 0.2} for g in groups)
+    best = select_best(groups, "val_acc")
+    assert {(g.method, g.reparam) for g in best} == {("dbb", "offline"), ("dbb online", "online"),
+                                                    ("odbb k=20", "offline"), ("odbb k=20 online", "online")}
+    pairs = {(v.searched.method, v.fixed.method) for v in equal_count_verdicts(best, "test_acc")}
+    assert pairs == {("odbb k=20", "dbb"), ("odbb k=20 online", "dbb online")}
+    forms = {(v.searched.method, v.fixed.method): v for v in form_verdicts(best, "test_acc")}
+    assert set(forms) == {("dbb online", "dbb"), ("odbb k=20 online", "odbb k=20")}
+    v = forms[("dbb online", "dbb")]
+    expected = stats.ttest_ind([0.900, 0.902, 0.903], [0.890, 0.892, 0.894], equal_var=False).pvalue
+    assert v.p_value == pytest.approx(expected) and v.difference == pytest.approx(statistics.fmean([0.900, 0.902, 0.903]) - 0.892)
+    assert v.outcome == "better"
