@@ -86,7 +86,7 @@ def test_unreachable_address_is_a_clear_error_before_anything_starts(kit: Any, t
 
 @pytest.mark.slow
 def test_gpu_request_on_a_cpu_only_ray_exits_2(kit: Any, tmp_path: Path, write_sweep: Callable[..., Path]) -> None:
-    path = write_sweep(kit.tiny_sweep(tmp_path, ray={"num_cpus": 2}, resources={"cpus": 1, "gpus": 1}))
+    path = write_sweep(kit.tiny_sweep(tmp_path, ray={"num_cpus": 2, "num_gpus": 0}, resources={"cpus": 1, "gpus": 1}))
     out = kit.run_cli([str(path)], cwd=tmp_path, timeout=60)
     assert out.returncode == 2 and "resources.gpus" in out.stderr and "Traceback" not in out.stderr
 
