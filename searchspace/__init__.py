@@ -15,6 +15,8 @@ from .branches import (
     OneByOneAvg,
     OneByOneKxK,
     build_branch,
+    first_1x1,
+    first_1x1_kernel,
     is_depthwise,
 )
 from .models import BasicBlock, ModelSpec, RepVGG, ResNet, build_model, list_models, model_options, register_model
@@ -53,6 +55,8 @@ __all__ = [
     "OneByOneKxK",
     "OneByOneAvg",
     "build_branch",
+    "first_1x1",
+    "first_1x1_kernel",
     "is_depthwise",
     "fusion",
     "ModelSpec",

@@ -26,6 +26,8 @@ __all__ = [
     "OneByOneKxK",
     "OneByOneAvg",
     "build_branch",
+    "first_1x1",
+    "first_1x1_kernel",
     "is_depthwise",
 ]
 
@@ -153,6 +155,18 @@ class IdentityBasedConv1x1(nn.Module):
         return F.conv2d(x, self.kernel(), groups=self.groups)
 
 
+def first_1x1(in_channels: int, out_channels: int, groups: int) -> IdentityBasedConv1x1 | nn.Conv2d:
+    """The 1x1 that starts a ``1x1_kxk`` branch: identity-based, width C_in; depthwise: a plain 1x1, 2*C_in wide (DBB)."""
+    if is_depthwise(in_channels, out_channels, groups):
+        return nn.Conv2d(in_channels, 2 * in_channels, 1, groups=groups, bias=False)
+    return IdentityBasedConv1x1(in_channels, groups)
+
+
+def first_1x1_kernel(conv: IdentityBasedConv1x1 | nn.Conv2d) -> Tensor:
+    """The effective ``[T, C/g, 1, 1]`` kernel of a :func:`first_1x1` module."""
+    return conv.kernel() if isinstance(conv, IdentityBasedConv1x1) else conv.weight
+
+
 class OneByOneKxK(nn.Module):
     """``1x1_kxk`` branch: 1x1 -> BNAndPad(K//2) -> KxK (stride s, padding 0) -> BN.
 
@@ -164,13 +178,8 @@ class OneByOneKxK(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> None:
         super().__init__()
         self.groups = groups
-        self.conv1: IdentityBasedConv1x1 | nn.Conv2d
-        if is_depthwise(in_channels, out_channels, groups):
-            mid = 2 * in_channels
-            self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=groups, bias=False)
-        else:
-            mid = in_channels
-            self.conv1 = IdentityBasedConv1x1(in_channels, groups)
+        self.conv1 = first_1x1(in_channels, out_channels, groups)
+        mid = first_1x1_kernel(self.conv1).shape[0]
         self.bn1 = BNAndPad(mid, kernel_size // 2)
         self.conv2 = nn.Conv2d(mid, out_channels, kernel_size, stride, 0, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
@@ -180,8 +189,7 @@ class OneByOneKxK(nn.Module):
 
     def fuse_kernel(self) -> tuple[Tensor, Tensor]:
         """T1 on both convs, then T3/T4 merge into one KxK (kernel, bias)."""
-        k1 = self.conv1.kernel() if isinstance(self.conv1, IdentityBasedConv1x1) else self.conv1.weight
-        k1, b1 = _fold(k1, self.bn1)
+        k1, b1 = _fold(first_1x1_kernel(self.conv1), self.bn1)
         k2, b2 = _fold(self.conv2.weight, self.bn2)
         return merge_1x1_kxk(k1, b1, k2, b2, self.groups)
 

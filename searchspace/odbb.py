@@ -184,12 +184,16 @@ class ODBB(nn.Module):
 
     def fuse_kernel(self) -> tuple[Tensor, Tensor]:
         """(KxK kernel, bias) of the active branches plus identity, in eval semantics (T1-T6)."""
+        return sum_kernels((m.fuse_kernel() for m in self._fused_modules()), self.kernel_size)
+
+    def _fused_modules(self) -> list[nn.Module]:
+        """The active branch modules and the identity: what the deploy conv is made of."""
         modules = [self.branches[n] for n in self.active_branches]
         if self.identity is not None:
             modules.append(self.identity)
         if not modules:
             raise self._no_branch_error()
-        return sum_kernels((m.fuse_kernel() for m in modules), self.kernel_size)
+        return modules
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:

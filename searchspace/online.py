@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .branches import BRANCH_TYPES, IDENTITY, IdentityBasedConv1x1, is_depthwise
+from .branches import BRANCH_TYPES, IDENTITY, first_1x1, first_1x1_kernel, is_depthwise
 from .fusion import (
     avg_pool_after_1x1,
     avg_pool_kernel,
@@ -92,20 +92,12 @@ class Online1x1KxK(_Scaled):
                  init: float) -> None:
         super().__init__(out_channels, init)
         self.groups, self.stride, self.kernel_size = groups, stride, kernel_size
-        self.conv1: IdentityBasedConv1x1 | nn.Conv2d
-        if is_depthwise(in_channels, out_channels, groups):
-            mid = 2 * in_channels
-            self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=groups, bias=False)
-        else:
-            mid = in_channels
-            self.conv1 = IdentityBasedConv1x1(in_channels, groups)
+        self.conv1 = first_1x1(in_channels, out_channels, groups)
+        mid = first_1x1_kernel(self.conv1).shape[0]
         self.weight2 = _kaiming(out_channels, mid // groups, kernel_size, kernel_size)
 
-    def _kernel1(self) -> Tensor:
-        return self.conv1.kernel() if isinstance(self.conv1, IdentityBasedConv1x1) else self.conv1.weight
-
     def kernel(self) -> Tensor:
-        return scale_kernel(chain_1x1_kxk(self._kernel1(), self.weight2, self.groups), self.scale)
+        return scale_kernel(chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.groups), self.scale)
 
     def runs_direct(self, x: Tensor) -> bool:
         """True when running the two convs on ``x`` costs fewer multiply-adds than composing.
@@ -225,12 +217,7 @@ class OnlineODBB(ODBB):
 
     def fuse_kernel(self) -> tuple[Tensor, Tensor]:
         """(KxK kernel, bias): the composed kernel of the active branches, the block BN folded in (T1)."""
-        modules = [self.branches[n] for n in self.active_branches]
-        if self.identity is not None:
-            modules.append(self.identity)
-        if not modules:
-            raise self._no_branch_error()
-        kernel = sum(m.kernel() for m in modules)
+        kernel = sum(m.kernel() for m in self._fused_modules())
         bn = self.bn
         assert bn.running_mean is not None and bn.running_var is not None
         return fold_bn(kernel, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)  # type: ignore[arg-type]
