@@ -38,7 +38,7 @@ from .config import OptimConfig, SearchConfig
 from .failures import check_finite
 from .gates import (apply_fallback, budget_to_k, cosine, fair_mask, fair_update, floored_topk, logistic_noise,
                     min_kept, noise_temperature, random_mask, straight_through)
-from .recipe import arch_lr, lr_lambda, recalibrate_bn, reinitialise, reset_bn_stats
+from .recipe import arch_lr, average_bn_stats, lr_lambda, recalibrate_bn, reinitialise, reset_bn_stats
 from .metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 
 __all__ = ["SearchEngine", "EngineSync", "derive_seed"]
@@ -217,6 +217,7 @@ class SearchEngine:
         elif self.search.fix_bn == "recalibrate" and loader is not None:
             self._reseed(loader, _STREAM_CALIBRATE)
             recalibrate_bn(self.model, loader, self.search.fix_bn_batches, self.device)
+            average_bn_stats(self.model, self.sync.sum, self.sync.world_size)  # all ranks' batches
         else:
             reset_bn_stats(self.model)
 

@@ -18,7 +18,8 @@ from torch import nn
 from .config import SearchConfig
 from .gates import auto_arch_lr, cosine, lr_factor
 
-__all__ = ["arch_lr", "lr_lambda", "fixed_start_step", "reset_bn_stats", "recalibrate_bn", "reinitialise"]
+__all__ = ["arch_lr", "lr_lambda", "fixed_start_step", "reset_bn_stats", "recalibrate_bn", "average_bn_stats",
+           "reinitialise"]
 
 
 def arch_lr(search: SearchConfig, steps_per_epoch: int) -> float:
@@ -88,6 +89,22 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Any], max_batches: int, d
             module.momentum = momentum
         model.train(was_training)
     return used
+
+
+@torch.no_grad()
+def average_bn_stats(model: nn.Module, world_sum: Callable[[torch.Tensor], torch.Tensor], world_size: int) -> None:
+    """Replace every BN's running mean and var by their mean over ``world_size`` ranks.
+
+    After :func:`recalibrate_bn` on each rank's shard (the same number of batches on every
+    rank) this is the single-process estimate over all ranks' batches. ``world_sum`` is
+    the engine sync's ``sum``; a no-op on one process.
+    """
+    if world_size <= 1:
+        return
+    for module in _batch_norms(model):
+        for buffer in (module.running_mean, module.running_var):
+            if buffer is not None:
+                buffer.copy_(world_sum(buffer.clone()) / world_size)
 
 
 def reinitialise(model: nn.Module, build: Callable[[], nn.Module], seed: int) -> None:

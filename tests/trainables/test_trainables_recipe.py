@@ -382,3 +382,62 @@ def test_recipe_trial_resumes_bit_identically(tmp_path: Path, tiny) -> None:
         b, _ = load_checkpoint(resumed.checkpoint_dir)
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
         assert torch.equal(a["fair_counts"], b["fair_counts"]) and torch.equal(a["alpha"], b["alpha"])
+
+
+# ---------------------------------------------------------------- DDP: ranks agree under the new sampling
+def _ddp_worker(rank: int, world: int, port: int, trial: dict[str, Any], out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from trainables.distributed import DDPPlacement
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = TrialConfig.from_dict(trial)
+        placement = DDPPlacement(rank, world, torch.device("cpu"), cfg.seed, trace_dir=Path(out))
+        result = run_trial(cfg, Path(out) / f"rank{rank}", report=lambda *_: placement.verify(), placement=placement)
+        engine = placement.engine
+        torch.save({"params": {k: v.detach() for k, v in engine.model.named_parameters()},
+                    "alpha": engine.alpha.detach(), "fair_counts": engine.fair_counts, "history": result.history},
+                   Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [
+    {"search.fix_bn": "recalibrate", "search.fix_bn_batches": 2, "search.noise_schedule": "cosine"},
+    {"search.two_stage": True, "search.noise_schedule": "linear"},
+])
+def test_two_gloo_ranks_agree_under_the_recipe(tmp_path: Path, tiny_dict: dict[str, Any], recipe: dict[str, Any]) -> None:
+    """Fair + floored masks are rank 0's on both ranks; recalibration and the two-stage rebuild
+    keep the ranks identical (the per-epoch verify raises RankDivergenceError otherwise)."""
+    import json
+    import time
+
+    from _servers import free_port
+
+    from trainables.distributed import TRACE_FILE
+
+    trial = apply_overrides(tiny_dict, {"runtime.workers": 2, "search.epochs": 4, "search.random_epochs": 1,
+                                        "search.search_epochs": 1, "data.limit_train": 128,
+                                        "search.random_sampling": "fair", "search.layer_floor": 1, **recipe})
+    TrialConfig.from_dict(trial)
+    context = torch.multiprocessing.start_processes(_ddp_worker, args=(2, free_port(), trial, str(tmp_path)),
+                                                    nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("DDP workers did not finish in 240 s (a collective out of step?)")
+    rows = [[json.loads(line) for line in (tmp_path / TRACE_FILE.format(rank=r)).read_text().splitlines()] for r in (0, 1)]
+    assert len(rows[0]) == len(rows[1]) > 4
+    assert all((a["step"], a["mask"], a["alpha"]) == (b["step"], b["mask"], b["alpha"]) for a, b in zip(*rows))
+    assert any(r["own_draw_differs"] for r in rows[1])  # rank 1 drew its own; the broadcast won
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert all(torch.equal(ranks[0]["params"][k], ranks[1]["params"][k]) for k in ranks[0]["params"])
+    assert torch.equal(ranks[0]["fair_counts"], ranks[1]["fair_counts"]) and torch.equal(ranks[0]["alpha"], ranks[1]["alpha"])
+    assert ranks[0]["history"][-1]["done"] == 1.0
