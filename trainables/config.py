@@ -167,7 +167,7 @@ class SearchConfig:
         fixed_epochs = self.epochs - (self.random_epochs + self.search_epochs if self.searching else 0)
         if self.fixed_warmup_epochs:
             wpath = join_path(path, "fixed_warmup_epochs")
-            if self.fixed_lr_schedule != "restart" and not self.two_stage:
+            if self.fixed_lr_schedule != "restart" and not (self.two_stage and self.searching):
                 raise ConfigError(wpath, "warms up the restarted schedule only: set fixed_lr_schedule: restart (or two_stage: true)")
             if self.fixed_warmup_epochs > fixed_epochs:
                 raise ConfigError(wpath, f"{self.fixed_warmup_epochs} warmup epochs exceed the {fixed_epochs} epochs of the fixed phase")

@@ -38,8 +38,8 @@ from .config import OptimConfig, SearchConfig
 from .failures import check_finite
 from .gates import (apply_fallback, budget_to_k, cosine, fair_mask, fair_update, floored_topk, logistic_noise,
                     min_kept, noise_temperature, random_mask, straight_through)
-from .recipe import arch_lr, average_bn_stats, lr_lambda, recalibrate_bn, reinitialise, reset_bn_stats
 from .metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from .recipe import arch_lr, average_bn_stats, lr_lambda, recalibrate_bn, reinitialise, reset_bn_stats
 
 __all__ = ["SearchEngine", "EngineSync", "derive_seed"]
 

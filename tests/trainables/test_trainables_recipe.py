@@ -310,7 +310,7 @@ def test_fair_sampling_in_the_engine_and_its_counts_resume(tiny) -> None:
     handle.remove()
     assert all(torch.equal(a["mask"], b["mask"]) for a, b in zip(seen[len(loader):], seen_resumed))
     fresh, _ = _engine(cfg)  # without the counts the same seed draws other masks
-    fresh.load_state_dict({k: v for k, v in tensors.items() if k != "fair_counts"} | {"fair_counts": torch.zeros_like(tensors["fair_counts"])}, meta)
+    fresh.load_state_dict({**tensors, "fair_counts": torch.zeros_like(tensors["fair_counts"])}, meta)
     seen_fresh, handle = _record_steps(fresh)
     fresh.train_epoch(loader)
     handle.remove()
