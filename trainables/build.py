@@ -3,7 +3,8 @@
 ``search.method`` decides: ``odbb`` builds the supernet over ``search.candidates``; a
 baseline name, an explicit branch list or an architecture JSON builds a model whose
 ODBBs hold exactly those branches (all active, trained without alpha). Errors that only
-show once the model exists (budget above the candidate count, bad model options) are
+show once the model exists (budget above the candidate count, a layer floor above the
+budget, bad model options) are
 raised here as ``ConfigError`` naming the key.
 """
 
@@ -16,7 +17,7 @@ from torch import nn
 from searchspace import BRANCH_TYPES, IDENTITY, Architecture, LayerArch, architecture_of, build_from_architecture, build_model, odbb_layers
 
 from .config import BASELINES, TrialConfig
-from .gates import budget_to_k
+from .gates import budget_to_k, min_kept
 from .schema import ConfigError
 
 __all__ = ["build_trial_model", "num_candidates"]
@@ -68,9 +69,14 @@ def build_trial_model(cfg: TrialConfig, num_classes: int, in_channels: int) -> n
     if cfg.search.searching:
         model = _build(cfg, num_classes, in_channels, cfg.search.candidates)
         try:
-            budget_to_k(cfg.search.budget, num_candidates(model))
+            k = budget_to_k(cfg.search.budget, num_candidates(model))
         except ValueError as err:
             raise ConfigError("trial.search.budget", f"{err} ({cfg.model.name} with candidates {cfg.search.candidates})") from None
+        floor = cfg.search.layer_floor
+        forced = min_kept([len(block.branch_names) for _, block in odbb_layers(model)], floor)
+        if forced > k:
+            raise ConfigError("trial.search.layer_floor", f"a floor of {floor} per layer keeps {forced} branches over "
+                                                          f"{len(odbb_layers(model))} layers, more than the budget's {k}")
         return model
     arch = _fixed_architecture(cfg, num_classes, in_channels)
     try:

@@ -99,6 +99,14 @@ class DataConfig:
             raise ConfigError(join_path(path, "root"), "imagefolder needs a root folder holding train/ and val/")
 
 
+_check_arch_lr_value = between(0.0, 10.0, low_open=True)
+
+
+def _arch_lr_check(value: Any) -> str | None:
+    """``auto`` or a number in (0, 10]."""
+    return None if value == "auto" else _check_arch_lr_value(value)
+
+
 @dataclass
 class SearchConfig:
     """The inner one-stage search (or a fixed baseline) and its schedule."""
@@ -109,9 +117,33 @@ class SearchConfig:
     epochs: int = field(default=150, metadata=rule(at_least(1)))
     random_epochs: int = field(default=15, metadata=rule(at_least(0)))
     search_epochs: int = field(default=35, metadata=rule(at_least(0)))
-    arch_lr: float = field(default=1.0e-4, metadata=rule(between(0.0, 10.0, low_open=True)))
+    arch_lr: float | Literal["auto"] = field(default=1.0e-4, metadata=rule(_arch_lr_check))
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = field(default=5.0e-4, metadata=rule(at_least(0.0)))
+    # Recipe options (issue #13); every default is the paper's behaviour. See docs/sweep-config.md.
+    arch_lr_travel: float = field(default=1.0, metadata=rule(between(0.0, 1.0e6, low_open=True)))
+    """With ``arch_lr: auto``: lr = arch_lr_travel * (pi / sqrt(3)) / S, S = search_epochs x
+    steps per epoch, so alpha can move about ``arch_lr_travel`` noise stds over the search."""
+    noise_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Temperature multiplying the logistic noise over the search phase: 1 (constant), or
+    annealed from 1 to ``noise_final`` at the last search step (linear or cosine)."""
+    noise_final: float = field(default=0.0, metadata=rule(at_least(0.0)))
+    fixed_lr_schedule: Literal["continue", "restart"] = "continue"
+    """Weight lr in the fixed phase: the tail of the one cosine (continue), or a fresh cosine
+    from optim.lr over the fixed phase after ``fixed_warmup_epochs`` of linear warmup (restart)."""
+    fixed_warmup_epochs: int = field(default=0, metadata=rule(at_least(0)))
+    fix_bn: Literal["reset", "recalibrate"] = "reset"
+    """At the fix: reset all BN running statistics (reset), or reset them and re-estimate them
+    on ``fix_bn_batches`` training batches, forward only, cumulative average (recalibrate)."""
+    fix_bn_batches: int = field(default=20, metadata=rule(at_least(1)))
+    layer_floor: int = field(default=0, metadata=rule(at_least(0)))
+    """Every layer keeps at least this many conv branches inside the global top-k (0: none)."""
+    random_sampling: Literal["uniform", "fair"] = "uniform"
+    """Random phase: a uniformly random k-subset per step, or the k least-used candidates so
+    far with random tie-breaks (fair: every candidate's count within 1 of the others')."""
+    two_stage: bool = False
+    """After the search phase, re-initialise the network, keep the searched mask, and train it
+    from scratch for the remaining epochs with a restarted lr schedule."""
 
     @property
     def searching(self) -> bool:
@@ -138,6 +170,16 @@ class SearchConfig:
                 join_path(path, "search_epochs"),
                 f"random_epochs + search_epochs ({self.random_epochs} + {self.search_epochs}) exceeds epochs ({self.epochs})",
             )
+        fixed_epochs = self.epochs - (self.random_epochs + self.search_epochs if self.searching else 0)
+        if self.fixed_warmup_epochs:
+            wpath = join_path(path, "fixed_warmup_epochs")
+            if self.fixed_lr_schedule != "restart" and not (self.two_stage and self.searching):
+                raise ConfigError(wpath, "warms up the restarted schedule only: set fixed_lr_schedule: restart (or two_stage: true)")
+            if self.fixed_warmup_epochs > fixed_epochs:
+                raise ConfigError(wpath, f"{self.fixed_warmup_epochs} warmup epochs exceed the {fixed_epochs} epochs of the fixed phase")
+        if self.two_stage and self.searching and fixed_epochs < 1:
+            raise ConfigError(join_path(path, "two_stage"), f"retrains in the epochs after random_epochs + search_epochs, "
+                                                             f"and epochs ({self.epochs}) leaves none")
         for i, beta in enumerate(self.arch_betas):
             if not 0.0 <= beta < 1.0:
                 raise ConfigError(join_path(join_path(path, "arch_betas"), i), f"expected a value in [0, 1), got {beta}")

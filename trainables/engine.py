@@ -4,6 +4,10 @@ Phases by epoch: random (alpha frozen, a uniformly random k-subset every step) -
 (alpha learned through the straight-through gate of noisy top-k) -> fixed (mask :=
 noise-free top-k(alpha), all BN running statistics reset, alpha frozen). A fixed
 architecture (a baseline) runs the same loop in the fixed phase from epoch 0, without alpha.
+The recipe options of ``SearchConfig`` (issue #13; paper behaviour by default) change
+these steps: fair random-phase sampling, a per-layer floor in every top-k, annealed noise,
+an auto-sized alpha lr, a restarted fixed-phase lr, BN recalibration at the fix, or a
+two-stage retrain from scratch (``trainables.recipe``).
 
 Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
 noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is
@@ -19,7 +23,7 @@ makes every rank use rank 0's mask.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -32,12 +36,14 @@ from searchspace import odbb_layers
 
 from .config import OptimConfig, SearchConfig
 from .failures import check_finite
-from .gates import apply_fallback, budget_to_k, cosine, logistic_noise, random_mask, straight_through, topk_mask
+from .gates import (apply_fallback, budget_to_k, cosine, fair_mask, fair_update, floored_topk, logistic_noise,
+                    min_kept, noise_temperature, random_mask, straight_through)
 from .metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from .recipe import arch_lr, average_bn_stats, lr_lambda, recalibrate_bn, reinitialise, reset_bn_stats
 
 __all__ = ["SearchEngine", "EngineSync", "derive_seed"]
 
-_STREAM_DATA, _STREAM_TORCH, _STREAM_MASK = 1, 2, 3
+_STREAM_DATA, _STREAM_TORCH, _STREAM_MASK, _STREAM_CALIBRATE, _STREAM_REBUILD = 1, 2, 3, 4, 5
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -86,7 +92,9 @@ class SearchEngine:
         steps_per_epoch: int,
         seed: int,
         device: torch.device,
+        rebuild: Callable[[], nn.Module] | None = None,
     ) -> None:
+        """``rebuild``: a fresh copy of ``model``'s architecture (needed by ``search.two_stage``)."""
         self.model = model.to(device)
         self.search, self.optim = search, optim
         self.seed, self.device = seed, device
@@ -100,18 +108,27 @@ class SearchEngine:
         self.train_model: nn.Module = self.model  # the training forward (a DDP wrapper under DDP)
         self.rank = 0  # ranks > 0 draw other noise, overridden by rank 0's broadcast
         self.optimizer = torch.optim.SGD(_param_groups(model, optim.weight_decay), lr=optim.lr, momentum=optim.momentum)
-        total = max(1, search.epochs * steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine(s, total, 1.0))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(search, steps_per_epoch))
         self.alpha: nn.Parameter | None = None
         self.arch_optimizer: torch.optim.Adam | None = None
         self.k = self.num_candidates
         self.fixed_mask: Tensor | None = None
+        self.fair_counts: Tensor | None = None  # random_sampling: fair, activations so far minus their minimum
+        self.rebuild = rebuild
         if search.searching:
             self.k = budget_to_k(search.budget, self.num_candidates)
+            if min_kept(self.sizes, search.layer_floor) > self.k:
+                raise ValueError(f"layer_floor {search.layer_floor} keeps {min_kept(self.sizes, search.layer_floor)} "
+                                 f"branches, more than the budget's {self.k}")
+            if search.two_stage and rebuild is None:
+                raise ValueError("search.two_stage needs the engine's rebuild (a fresh model of the same architecture)")
             self.alpha = nn.Parameter(torch.zeros(self.num_candidates, device=device))
             self.arch_optimizer = torch.optim.Adam(
-                [self.alpha], lr=search.arch_lr, betas=tuple(search.arch_betas), weight_decay=search.arch_weight_decay
+                [self.alpha], lr=arch_lr(search, steps_per_epoch), betas=tuple(search.arch_betas),
+                weight_decay=search.arch_weight_decay,
             )
+            if search.random_sampling == "fair":
+                self.fair_counts = torch.zeros(self.num_candidates, dtype=torch.long)
         else:
             self.fixed_mask = torch.cat([block.active.cpu() for _, block in self.layers])
         self.fallback = self._fallback_slots()
@@ -141,7 +158,11 @@ class SearchEngine:
         if self.fixed_mask is not None:
             return self.fixed_mask
         assert self.alpha is not None
-        return self._complete(topk_mask(self.alpha.detach(), self.k))
+        return self._complete(self._topk(self.alpha.detach()))
+
+    def _topk(self, scores: Tensor) -> Tensor:
+        """Global top-k of ``scores`` with the per-layer floor (``search.layer_floor``)."""
+        return floored_topk(scores, self.k, self.sizes, self.search.layer_floor)
 
     def _apply(self, mask: Tensor, gates: Tensor | None = None) -> None:
         """Write the (CPU) mask and the (device) gates into every block; no host sync."""
@@ -154,25 +175,51 @@ class SearchEngine:
 
     def _step_gates(self, phase: int, generator: torch.Generator) -> None:
         """Sample this step's mask (and gates in the search phase) into the model."""
+        floor = self.search.layer_floor
         if phase == PHASE_RANDOM:
-            self._apply(self._complete(random_mask(self.num_candidates, self.k, generator)))
+            if self.fair_counts is not None:  # broadcast first: every rank updates its counts alike
+                pick = self.sync.broadcast(fair_mask(self.fair_counts, self.k, generator, self.sizes, floor))
+                self.fair_counts = fair_update(self.fair_counts, pick)
+            elif floor:
+                pick = self._topk(torch.rand(self.num_candidates, generator=generator))
+            else:
+                pick = random_mask(self.num_candidates, self.k, generator)
+            self._apply(self._complete(pick))
         elif phase == PHASE_SEARCH:
             assert self.alpha is not None
             noise = self.sync.broadcast(logistic_noise(self.num_candidates, generator))
-            logits = self.alpha + noise.to(self.device)
-            mask = self._complete(topk_mask(logits, self.k))
+            start = self.search.random_epochs * self.steps_per_epoch
+            tau = noise_temperature(self.step - start, self.search.search_epochs * self.steps_per_epoch,
+                                    self.search.noise_schedule, self.search.noise_final)
+            logits = self.alpha + (noise if tau == 1.0 else noise * tau).to(self.device)
+            mask = self._complete(self._topk(logits))
             self._apply(mask, straight_through(mask.to(self.device), logits))
 
-    def fix(self, reset_bn: bool = True) -> None:
-        """Freeze the mask at the noise-free top-k of alpha; reset BN statistics (the fix phase)."""
+    def fix(self, reset_bn: bool = True, loader: DataLoader | None = None) -> None:
+        """Freeze the mask at the noise-free top-k of alpha, then (``reset_bn``) the fix recipe.
+
+        ``two_stage``: re-initialise every weight (a fresh seeded ``rebuild``, BN included)
+        and clear the SGD state. Otherwise reset all BN running statistics and, with
+        ``fix_bn: recalibrate``, re-estimate them on batches of ``loader``. ``reset_bn=False``
+        (``finalize``) only freezes the mask.
+        """
         if self.fixed_mask is not None:
             return
         self.fixed_mask = self.eval_mask().clone()
         self._apply(self.fixed_mask)
-        if reset_bn:
-            for module in self.model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.reset_running_stats()
+        if not reset_bn:
+            return
+        if self.search.two_stage:  # same seed on every rank: identical fresh weights under DDP
+            assert self.rebuild is not None
+            reinitialise(self.model, self.rebuild, derive_seed(self.seed, _STREAM_REBUILD))
+            self.optimizer.state.clear()
+            self._apply(self.fixed_mask)
+        elif self.search.fix_bn == "recalibrate" and loader is not None:
+            self._reseed(loader, _STREAM_CALIBRATE)
+            recalibrate_bn(self.model, loader, self.search.fix_bn_batches, self.device)
+            average_bn_stats(self.model, self.sync.sum, self.sync.world_size)  # all ranks' batches
+        else:
+            reset_bn_stats(self.model)
 
     # ----------------------------------------------------------------- loops
     def _parameters(self) -> Iterable[Tensor]:
@@ -180,18 +227,23 @@ class SearchEngine:
         if self.alpha is not None:
             yield self.alpha
 
+    def _reseed(self, loader: DataLoader, torch_stream: int, data_stream: int | None = None) -> None:
+        """Seed torch's global RNG and ``loader``'s order from ``(seed, epoch, stream)``."""
+        rank = (self.rank,) if self.rank else ()
+        torch.manual_seed(derive_seed(self.seed, self.epoch, torch_stream, *rank))
+        if isinstance(loader.generator, torch.Generator):
+            loader.generator.manual_seed(derive_seed(self.seed, self.epoch, data_stream or torch_stream))
+        if callable(getattr(loader.sampler, "set_epoch", None)):
+            loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
+
     def train_epoch(self, loader: DataLoader) -> dict[str, float]:
         """Train one epoch; returns phase_id, train_loss, train_acc, lr (at its first step)."""
         phase = self.phase()
         if phase == PHASE_FIXED:
-            self.fix()
+            self.fix(loader=loader)
             self._apply(self.fixed_mask)  # type: ignore[arg-type]
+        self._reseed(loader, _STREAM_TORCH, _STREAM_DATA)
         rank = (self.rank,) if self.rank else ()
-        torch.manual_seed(derive_seed(self.seed, self.epoch, _STREAM_TORCH, *rank))
-        if isinstance(loader.generator, torch.Generator):
-            loader.generator.manual_seed(derive_seed(self.seed, self.epoch, _STREAM_DATA))
-        if callable(getattr(loader.sampler, "set_epoch", None)):
-            loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
         noise = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _STREAM_MASK, *rank))
         search_start = self.search.random_epochs * self.steps_per_epoch
         search_total = self.search.search_epochs * self.steps_per_epoch
@@ -288,6 +340,8 @@ class SearchEngine:
             tensors["arch_optimizer"] = self.arch_optimizer.state_dict()
         if self.fixed_mask is not None:
             tensors["fixed_mask"] = self.fixed_mask
+        if self.fair_counts is not None:
+            tensors["fair_counts"] = self.fair_counts
         meta = {"epoch": self.epoch, "step": self.step, "phase_id": self.phase(), "k": self.k,
                 "num_candidates": self.num_candidates}
         return tensors, meta
@@ -308,6 +362,10 @@ class SearchEngine:
             self.arch_optimizer.load_state_dict(tensors["arch_optimizer"])
         mask = tensors.get("fixed_mask")
         self.fixed_mask = None if mask is None else mask.bool().cpu()
+        if self.fair_counts is not None:
+            if "fair_counts" not in tensors:
+                raise ValueError("checkpoint has no fair-sampling counts: it was written with another random_sampling")
+            self.fair_counts = tensors["fair_counts"].long().cpu().clone()
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         torch.set_rng_state(tensors["rng_cpu"])
         if "rng_cuda" in tensors and torch.cuda.is_available():

@@ -20,7 +20,18 @@ __all__ = [
     "apply_fallback",
     "cosine",
     "layer_index",
+    "LOGISTIC_STD",
+    "auto_arch_lr",
+    "noise_temperature",
+    "lr_factor",
+    "min_kept",
+    "floored_topk",
+    "fair_mask",
+    "fair_update",
 ]
+
+LOGISTIC_STD = math.pi / math.sqrt(3.0)
+"""Standard deviation of the standard logistic noise ``g1 - g2`` (about 1.814)."""
 
 _EPS = 1e-6
 
@@ -108,3 +119,100 @@ def cosine(step: int, total: int, start: float, end: float = 0.0) -> float:
     if total <= 0 or step >= total:
         return end
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * step / total))
+
+
+# ------------------------------------------------------------------ recipe options (issue #13)
+def auto_arch_lr(search_steps: int, travel: float = 1.0) -> float:
+    """Alpha's Adam lr for ``search.arch_lr: auto``: ``travel * (pi / sqrt(3)) / S``.
+
+    Adam's step is about ``lr`` per step whatever the gradient's scale, so over the ``S``
+    search steps alpha can move by at most about ``lr * S``; this lr lets it move by
+    ``travel`` standard deviations of the logistic noise (pi / sqrt(3) = 1.814). The paper
+    (1e-4 over ~175k ImageNet steps) corresponds to a travel of about 9.6.
+    """
+    return travel * LOGISTIC_STD / max(1, search_steps)
+
+
+def noise_temperature(step: int, total: int, schedule: str, final: float = 0.0) -> float:
+    """Multiplier of the logistic noise at search step ``step`` of ``total`` (0-based).
+
+    ``constant``: 1. ``linear`` / ``cosine``: from 1 at the first search step to ``final``
+    at the last one (``step = total - 1``; progress ``p = step / (total - 1)``, clamped to
+    [0, 1]), linearly or along half a cosine.
+    """
+    if schedule == "constant":
+        return 1.0
+    p = 1.0 if total <= 1 else min(max(step / (total - 1), 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 + (final - 1.0) * p
+    if schedule == "cosine":
+        return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
+    raise ValueError(f"unknown noise schedule {schedule!r}; expected constant, linear or cosine")
+
+
+def lr_factor(step: int, total: int, restart_at: int | None = None, warmup: int = 0) -> float:
+    """Weight-lr multiplier at global ``step`` of ``total``.
+
+    ``restart_at=None``: one cosine from 1 to 0 over all ``total`` steps (the paper).
+    Otherwise that same cosine until ``restart_at``, then a restart: a linear warmup
+    ``(i + 1) / warmup`` over the first ``warmup`` steps ``i`` after ``restart_at``, and a
+    fresh cosine from 1 to 0 over the rest, ending at ``total``.
+    """
+    if restart_at is None or step < restart_at:
+        return cosine(step, total, 1.0)
+    i = step - restart_at
+    if i < warmup:
+        return (i + 1) / warmup
+    return cosine(i - warmup, total - restart_at - warmup, 1.0)
+
+
+def min_kept(sizes: Sequence[int], floor: int) -> int:
+    """Branches a per-layer floor forces: ``sum(min(floor, size))`` over the layers."""
+    return sum(min(floor, size) for size in sizes)
+
+
+def floored_topk(scores: torch.Tensor, k: int, sizes: Sequence[int], floor: int = 0) -> torch.Tensor:
+    """Global top-``k`` of the flat ``scores`` in which every layer keeps its best ``floor`` slots.
+
+    Each layer's ``min(floor, size)`` highest-scoring slots are taken first, then the rest
+    of the budget is filled globally by score; the total is exactly ``k`` (ties: lower
+    index wins). ``floor = 0`` is :func:`topk_mask`. Raises ValueError when the floor alone
+    needs more than ``k`` slots.
+    """
+    if floor <= 0:
+        return topk_mask(scores, k)
+    flat = scores.detach().reshape(-1).float()
+    forced_count = min_kept(sizes, floor)
+    if not forced_count <= k <= flat.numel():
+        raise ValueError(f"cannot keep {k} of {flat.numel()} candidates with a floor of {floor} per layer "
+                         f"(the floor alone keeps {forced_count})")
+    layer = layer_index(sizes).to(flat.device)
+    order = torch.sort(flat, descending=True, stable=True).indices  # best first, ties by index
+    grouped = order[torch.sort(layer[order], stable=True).indices]  # by layer, best first within
+    starts = torch.cumsum(torch.tensor([0, *sizes[:-1]], device=flat.device), 0)
+    rank = torch.empty_like(grouped)
+    rank[grouped] = torch.arange(flat.numel(), device=flat.device) - starts[layer[grouped]]
+    mask = rank < floor
+    rest = order[~mask[order]][: k - forced_count]
+    mask[rest] = True
+    return mask
+
+
+def fair_mask(counts: torch.Tensor, k: int, generator: torch.Generator, sizes: Sequence[int] = (),
+              floor: int = 0) -> torch.Tensor:
+    """The ``k`` slots activated least often so far (``counts``), ties broken uniformly at random.
+
+    FairNAS-style strict fairness: started from equal counts and updated with
+    :func:`fair_update`, every slot's count stays within 1 of every other's after every
+    step (with ``k | N``, each slot is active exactly once in each ``N / k`` steps). A
+    per-layer ``floor`` may override the order (fairness then only approximate).
+    """
+    tie = torch.rand(counts.numel(), generator=generator)
+    scores = 0.5 * tie - counts.to(torch.float64)
+    return floored_topk(scores, k, sizes, floor) if floor > 0 else topk_mask(scores, k)
+
+
+def fair_update(counts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``counts + mask`` shifted so its minimum is 0 (only the differences matter)."""
+    out = counts + mask.to(counts.device, torch.long)
+    return out - out.min()

@@ -134,7 +134,17 @@ def _fail(path: str, tp: Any, value: Any) -> ConfigError:
     hint = ""
     if tp is float and isinstance(value, str):
         hint = " (YAML reads 1e-4 as a string; write 1.0e-4)"
+    elif float in get_args(tp) and isinstance(value, str) and _is_number(value):
+        hint = " (YAML reads 1e-4 as a string; write 1.0e-4)"
     return ConfigError(path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}{hint}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:

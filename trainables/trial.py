@@ -68,8 +68,16 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
 
 
 def _check_resumable(saved: dict[str, Any], config: TrialConfig) -> None:
-    """Refuse to resume a checkpoint written under a different model/data/search/optim config."""
+    """Refuse to resume a checkpoint written under a different model/data/search/optim config.
+
+    The saved config is read through ``TrialConfig`` first, so keys added since it was
+    written (with their defaults, the old behaviour) do not count as a difference.
+    """
     now = config.to_dict()
+    try:
+        saved = TrialConfig.from_dict(saved).to_dict()
+    except ConfigError:
+        pass  # compare as written: the sections that differ are named below
     for section in _RESUME_SECTIONS:
         if saved.get(section) != now[section]:
             raise ConfigError(f"trial.{section}", f"differs from the checkpoint's config ({saved.get(section)!r}); resuming needs the same settings")
@@ -143,7 +151,8 @@ def run_trial(
         loaders = place.loaders(data, config.data)
         train_loader, val_loader = loaders.train, loaders.val
         engine = SearchEngine(model, config.search, config.optim, steps_per_epoch=len(train_loader),
-                              seed=config.seed, device=device)
+                              seed=config.seed, device=device,
+                              rebuild=lambda: build_trial_model(config, data.num_classes, data.in_channels))
         place.attach(engine)
         if saved is not None and resume_from is not None:
             engine.load_state_dict(saved[0], saved[1]["engine"])
