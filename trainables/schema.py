@@ -132,9 +132,7 @@ def _type_name(tp: Any) -> str:
 
 def _fail(path: str, tp: Any, value: Any) -> ConfigError:
     hint = ""
-    if tp is float and isinstance(value, str):
-        hint = " (YAML reads 1e-4 as a string; write 1.0e-4)"
-    elif float in get_args(tp) and isinstance(value, str) and _is_number(value):
+    if isinstance(value, str) and (tp is float or float in get_args(tp) and _is_number(value)):
         hint = " (YAML reads 1e-4 as a string; write 1.0e-4)"
     return ConfigError(path, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}{hint}")
 
