@@ -17,6 +17,8 @@ the same function (see :meth:`Online1x1KxK.runs_direct`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,10 +55,15 @@ SCALE_INIT: dict[str, float] = {
 identity 1.0 (RepVGG's identity BN starts at gamma = 1)."""
 
 
-def _kaiming(*shape: int) -> nn.Parameter:
-    """A conv weight initialised as OREPA's branch weights (Kaiming uniform, ReLU gain)."""
+def _conv_weight(*shape: int) -> nn.Parameter:
+    """A conv weight initialised as ``nn.Conv2d`` initialises it (as the offline branches' convs).
+
+    Not OREPA's Kaiming init with ReLU gain: with one BN after the composed kernel the
+    relative step of a branch is ``lr / |W|^2``, and the 6x larger variance of that init
+    trained visibly slower here (benchmarks/README.md, "Online re-parameterization").
+    """
     weight = torch.empty(*shape)
-    nn.init.kaiming_uniform_(weight, a=0.0)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
     return nn.Parameter(weight)
 
 
@@ -79,7 +86,7 @@ class OnlineConv(_Scaled):
                  groups: int, init: float) -> None:
         super().__init__(out_channels, init)
         self.kernel_size = kernel_size
-        self.weight = _kaiming(out_channels, in_channels // groups, kh, kw)
+        self.weight = _conv_weight(out_channels, in_channels // groups, kh, kw)
 
     def kernel(self) -> Tensor:
         return scale_kernel(pad_kernel_to(self.weight, self.kernel_size), self.scale)
@@ -94,7 +101,7 @@ class Online1x1KxK(_Scaled):
         self.groups, self.stride, self.kernel_size = groups, stride, kernel_size
         self.conv1 = first_1x1(in_channels, out_channels, groups)
         mid = first_1x1_kernel(self.conv1).shape[0]
-        self.weight2 = _kaiming(out_channels, mid // groups, kernel_size, kernel_size)
+        self.weight2 = _conv_weight(out_channels, mid // groups, kernel_size, kernel_size)
 
     def kernel(self) -> Tensor:
         return scale_kernel(chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.groups), self.scale)
@@ -130,13 +137,14 @@ class Online1x1Avg(_Scaled):
         self.kernel_size, self.groups = kernel_size, groups
         self.weight: nn.Parameter | None = None
         if not is_depthwise(in_channels, out_channels, groups):
-            self.weight = _kaiming(out_channels, in_channels // groups, 1, 1)
-        else:
-            self.register_buffer("avg", avg_pool_kernel(out_channels, kernel_size, groups), persistent=False)
+            self.weight = _conv_weight(out_channels, in_channels // groups, 1, 1)
 
     def kernel(self) -> Tensor:
-        base = self.avg if self.weight is None else avg_pool_after_1x1(self.weight, self.kernel_size)
-        return scale_kernel(base, self.scale)
+        if self.weight is not None:
+            return scale_kernel(avg_pool_after_1x1(self.weight, self.kernel_size), self.scale)
+        # made in the scale's dtype, not kept as a buffer: 1/K^2 in float32 is off by 1e-9 in float64
+        s = self.scale
+        return scale_kernel(avg_pool_kernel(s.numel(), self.kernel_size, self.groups, s.dtype, s.device), s)
 
 
 class OnlineIdentity(_Scaled):

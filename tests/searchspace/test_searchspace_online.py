@@ -187,12 +187,12 @@ def test_no_active_branch_without_identity_raises() -> None:
         block(_x(4, 5, 5))
 
 
-def test_scales_start_at_orepa_values_and_weights_are_kaiming() -> None:
+def test_scales_start_at_orepa_values_and_weights_as_nn_conv2d() -> None:
     block = OnlineODBB(8, 8, 3)
     assert {n: float(block.branches[n].scale[0].detach()) for n in block.branch_names} == {
         "1x1": 1.0, "1x1_avg": 0.25, "kxk": 0.25, "1x1_kxk": 0.5, "1xk": 0.5, "kx1": 0.5}
     assert float(block.identity.scale[0].detach()) == 1.0
-    bound = (6 / (8 * 9)) ** 0.5  # kaiming_uniform(a=0): sqrt(6 / fan_in)
+    bound = (1 / (8 * 9)) ** 0.5  # nn.Conv2d's default init: uniform(+-1/sqrt(fan_in))
     assert float(block.branches["kxk"].weight.abs().max()) <= bound
     assert float(block.branches["kxk"].weight.abs().max()) > 0.8 * bound
     assert not any(isinstance(m, nn.BatchNorm2d) for m in block.branches.modules())
