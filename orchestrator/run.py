@@ -64,6 +64,7 @@ def _init_ray(cfg: SweepConfig) -> None:
 def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], None] = _init_ray) -> int:
     """Parent run -> Tuner (new or restored) -> fit -> Pareto, registry, summary."""
     from . import _storage
+    from .repair import set_aside_torn_snapshots
     from .tracking import SweepState
     from .tuner import NothingToResumeError, can_restore, check_fresh
 
@@ -72,6 +73,7 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
             lock.acquire()  # a running driver is reported as such, not as "already exists"
         restorable = False
         if resume:
+            set_aside_torn_snapshots(cfg.experiment_path)  # a kill while Ray copied it
             restorable = can_restore(cfg)
             if not restorable and SweepState.load(cfg) is None:
                 raise NothingToResumeError(f"nothing to resume at {cfg.experiment_path}; run without --resume")

@@ -13,6 +13,7 @@ from trainables.schema import flatten_overrides
 
 from . import _storage
 from .config import SweepConfig
+from .repair import CheckpointRepair
 from .pareto import TrialRecord
 from .space import make_searcher, param_space
 
@@ -53,7 +54,7 @@ def can_restore(cfg: SweepConfig) -> bool:
     space (one empty trial); such a sweep starts its trials afresh instead."""
     from ray import tune
 
-    return tune.Tuner.can_restore(cfg.experiment_path) and _storage.any_file(cfg.experiment_path, "experiment_state-")
+    return tune.Tuner.can_restore(cfg.experiment_path) and _storage.any_file(cfg.experiment_path, "experiment_state-", ".json")
 
 
 def trial_dirname(trial: Any) -> str:
@@ -134,6 +135,7 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
         stop=dict(cfg.stop) or None,
         failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        callbacks=[CheckpointRepair()],  # restored trials continue from a checkpoint that exists
         progress_reporter=_reporter(cfg),
         verbose=1,
     )
