@@ -27,13 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from trainables.failures import failure_reason
 from trainables.restore import checkpoint_number, stored_checkpoints, stored_problem
+from trainables.schema import ConfigError
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
+    from ray.tune import Result
     from ray.tune.experiment import Trial
 
-__all__ = ["CheckpointRepair", "Repair", "plan_repair", "set_aside_torn_snapshots"]
+__all__ = ["CheckpointRepair", "Repair", "plan_repair", "set_aside_torn_snapshots", "error_text", "resume_advice"]
 
 _SNAPSHOT_PREFIX, _TORN = "experiment_state-", ".torn"
 
@@ -55,15 +58,20 @@ def plan_repair(fs: pafs.FileSystem, trial_path: str, named: str | None, num_to_
     problems = {path: stored_problem(fs, path) for _, path in stored}
     intact = [path for _, path in stored if problems[path] is None]
     note = None
-    if named is not None and named.rstrip("/") in intact:
-        latest: str | None = named.rstrip("/")
+    named = named.rstrip("/") if named else None
+    if named is not None and named in intact:
+        latest: str | None = named
     else:
-        latest = intact[-1] if intact else None
+        number = checkpoint_number(named) if named else None
+        older = [p for p in intact if number is not None and checkpoint_number(p) < number]
+        # an older one first (Ray recorded its epochs), else the newest one (#27790 deleted the older)
+        latest = older[-1] if older else (intact[-1] if intact else None)
         if named is not None or latest is not None:
             why = "the experiment snapshot names no checkpoint" if named is None else \
-                f"the experiment snapshot's {_name(named)} is {problems.get(named.rstrip('/')) or 'gone'}"
+                f"skipping {'corrupt' if named in problems else 'missing'} checkpoint {named} " \
+                f"({problems.get(named) or 'deleted'}) named by the experiment snapshot"
             note = f"{why}; continuing from {_name(latest)}" if latest else \
-                f"{why} and no intact checkpoint is left; restarting it from epoch 1"
+                f"{why}; no intact checkpoint is left, restarting the trial from epoch 1"
     upto = [p for p in intact if latest is not None and checkpoint_number(p) <= checkpoint_number(latest)]
     keep = tuple(upto[-num_to_keep:] if num_to_keep else upto)
     delete = tuple(path for _, path in stored if path not in keep)
@@ -80,6 +88,36 @@ def _stored_metrics(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
     with fs.open_input_stream(f"{path}/state.json") as f:
         history = json.loads(f.read().decode("utf-8")).get("history", [])
     return {**(history[-1] if history else {}), "training_iteration": len(history)}
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The trial's own exception inside Ray's wrapper (``RayTaskError.cause``)."""
+    return getattr(error, "cause", None) or error
+
+
+def error_text(error: BaseException) -> str:
+    """One line naming a trial's error: the project exception's type and message when there is one."""
+    cause = _cause(error)
+    text = f"{type(cause).__name__}: {cause}".strip().splitlines()
+    return (text[0] if text else type(cause).__name__)[:300]
+
+
+def resume_advice(result: Result) -> str:
+    """What ``--resume`` will do for this failed trial, in a few words."""
+    if result.error is None and failure_reason(result.metrics or {}):
+        return "--resume does nothing: it diverged, and would diverge again (see the fix in its error)"
+    cause = _cause(result.error) if result.error else None
+    if isinstance(cause, ConfigError):
+        return (f"--resume cannot fix it: the error is in the config ({cause.path or 'the trial section'}); "
+                "fix that (a sampled value needs a new sweep: --set name=...), or make a missing path exist")
+    if not result.path or result.filesystem is None:
+        return "--resume restarts it from epoch 1"
+    fs = result.filesystem
+    plan = plan_repair(fs, result.path, result.checkpoint.path if result.checkpoint else None, num_to_keep=None)
+    if plan.latest is None:
+        return "--resume restarts it from epoch 1 (no intact checkpoint)"
+    epochs = _stored_metrics(fs, plan.latest)["training_iteration"]
+    return f"--resume retries it from {_name(plan.latest)} (after epoch {epochs})"
 
 
 def repair_trial(trial: Trial) -> str | None:

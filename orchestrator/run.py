@@ -112,8 +112,8 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Call
     errors = sum(1 for r in summary.records if r.error)  # Ray errors and diverged (NaN) trials
     finish_parent_run(state, ok=errors == 0)
     if errors:
-        print(f"\n{errors} of {len(results)} trial(s) failed (see the errors above; "
-              f"--resume retries crashed ones from their last checkpoint)", file=sys.stderr)
+        print(f"\n{errors} of {len(results)} trial(s) failed (each error above says what --resume will do "
+              f"about it: python -m orchestrator.run {cfg.source} --resume)", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
