@@ -65,7 +65,6 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
     """Parent run -> Tuner (new or restored) -> fit -> Pareto, registry, summary."""
     from . import _storage
     from .repair import set_aside_torn_snapshots
-    from .tracking import SweepState
     from .tuner import NothingToResumeError, can_restore, check_fresh
 
     with SweepLock(cfg.experiment_path) as lock:
@@ -75,7 +74,8 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
         if resume:
             set_aside_torn_snapshots(cfg.experiment_path)  # a kill while Ray copied it
             restorable = can_restore(cfg)
-            if not restorable and SweepState.load(cfg) is None:
+            # a driver killed before Ray recorded anything leaves only its folder: start the trials
+            if not restorable and not _storage.exists(cfg.experiment_path):
                 raise NothingToResumeError(f"nothing to resume at {cfg.experiment_path}; run without --resume")
         else:
             check_fresh(cfg)
