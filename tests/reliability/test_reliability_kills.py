@@ -84,14 +84,15 @@ def test_random_kills_then_resume(run: int, tmp_path: Path, start_driver: Callab
     exp = tmp_path / "ray_results" / "kills"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     kills: list[dict[str, Any]] = []
-    for session in range(KILLS):
-        driver = start_driver([str(path), *(["--resume"] if session else [])], log_name=f"driver{session}.log")
+    for session in range(KILLS):  # --resume once the sweep folder exists (before, it says: run without)
+        resume = ["--resume"] if exp.exists() else []
+        driver = start_driver([str(path), *resume], log_name=f"driver{session}.log")
         kill = _kill_at_random_instant(driver, exp, rng)
         if kill is None:
             assert driver.proc.returncode == 0, driver.output()[-5000:]
             break
         kills.append(kill)
-    final = cli("orchestrator.run", [str(path), "--resume"], tmp_path, timeout=600)
+    final = cli("orchestrator.run", [str(path), *(["--resume"] if exp.exists() else [])], tmp_path, timeout=600)
     logs = "".join(log.read_text(errors="replace") for log in sorted(tmp_path.glob("driver*.log")))
     out = logs + final.stdout + final.stderr
     repairs = [line for line in out.splitlines() if "resume: trial" in line]
