@@ -11,8 +11,8 @@ restored trial starts and makes each unfinished trial's checkpoint bookkeeping m
 is really stored (DESIGN.md section 10, docs/failure-modes.md):
 
 * the checkpoint the snapshot names is kept when it is intact (the normal case);
-* otherwise the trial continues from the newest intact ``checkpoint_<n>`` of its folder,
-  or, with none left, restarts from epoch 1; one line says which;
+* otherwise the trial continues from the newest intact ``checkpoint_<n>`` older than it,
+  else from the newest intact one left, else it restarts from epoch 1; one line says which;
 * folders nothing continues from (unregistered newer ones, broken ones, ones beyond
   ``num_to_keep``) are deleted and new checkpoints get fresh numbers, so ``num_to_keep``
   still holds.
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback
 
 from trainables.failures import failure_reason
-from trainables.restore import checkpoint_number, stored_checkpoints, stored_problem
+from trainables.restore import checkpoint_number, stored_checkpoints, stored_history, stored_problem
 from trainables.schema import ConfigError
 
 if TYPE_CHECKING:
@@ -84,9 +84,9 @@ def _name(path: str | None) -> str:
 
 
 def _stored_metrics(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
-    """Ray's iteration counter for a checkpoint the snapshot does not know: epochs in its history."""
-    with fs.open_input_stream(f"{path}/state.json") as f:
-        history = json.loads(f.read().decode("utf-8")).get("history", [])
+    """Ray's metrics for a checkpoint the snapshot does not know: its last epoch's, and one
+    training iteration per epoch (a trial reports once an epoch)."""
+    history = stored_history(fs, path)
     return {**(history[-1] if history else {}), "training_iteration": len(history)}
 
 
@@ -120,7 +120,7 @@ def resume_advice(result: Result) -> str:
     return f"--resume retries it from {_name(plan.latest)} (after epoch {epochs})"
 
 
-def repair_trial(trial: Trial) -> str | None:
+def _repair_trial(trial: Trial) -> str | None:
     """Apply :func:`plan_repair` to a restored trial's checkpoint bookkeeping; the note, if any."""
     from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
@@ -160,7 +160,7 @@ class CheckpointRepair(Callback):
         for trial in trials:
             if trial.status == trial.TERMINATED or trial.run_metadata.checkpoint_manager is None:
                 continue
-            note = repair_trial(trial)
+            note = _repair_trial(trial)
             if note:
                 print(f"resume: trial {trial}: {note}", file=sys.stderr, flush=True)
 
@@ -178,12 +178,14 @@ def set_aside_torn_snapshots(experiment_path: str) -> list[str]:
     torn = []
     for name in names:
         with fs.open_input_stream(f"{root}/{name}") as f:
-            try:
-                json.loads(f.read().decode("utf-8"))
-                break
-            except ValueError:
-                torn.append(name)
+            text = f.read()
+        try:
+            json.loads(text)
+            break
+        except ValueError:
+            pass
         fs.move(f"{root}/{name}", f"{root}/{name}{_TORN}")
+        torn.append(name)
         print(f"resume: the experiment snapshot {name} is torn (the driver died while Ray wrote it); "
               f"set aside as {name}{_TORN}, resuming from the previous snapshot if there is one",
               file=sys.stderr, flush=True)

@@ -19,15 +19,16 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .checkpoint import CHECKED_FILES, MANIFEST, CheckpointError, verify_checkpoint
+from .checkpoint import CHECKED_FILES, MANIFEST, META, CheckpointError, verify_checkpoint
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
     from ray.tune import Checkpoint
 
-__all__ = ["restore_checkpoint", "older_checkpoints", "stored_checkpoints", "stored_problem", "checkpoint_number"]
+__all__ = ["restore_checkpoint", "older_checkpoints", "stored_checkpoints", "stored_problem", "stored_history",
+           "checkpoint_number"]
 
 _NUMBERED = re.compile(r"checkpoint_(\d+)$")
 
@@ -68,6 +69,12 @@ def stored_problem(fs: pafs.FileSystem, path: str) -> str | None:
         if info.size != manifest.get(name, {}).get("bytes"):
             return f"{name} is truncated ({info.size} bytes, expected {manifest.get(name, {}).get('bytes')})"
     return None
+
+
+def stored_history(fs: pafs.FileSystem, path: str) -> list[dict[str, Any]]:
+    """The per-epoch metrics a stored checkpoint holds (what ``run_trial`` saved in its meta)."""
+    with fs.open_input_stream(f"{path}/{META}") as f:
+        return list(json.loads(f.read().decode("utf-8")).get("history", []))
 
 
 def older_checkpoints(checkpoint: Checkpoint) -> Iterator[Checkpoint]:

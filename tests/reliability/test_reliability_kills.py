@@ -96,8 +96,9 @@ def test_random_kills_then_resume(run: int, tmp_path: Path, start_driver: Callab
     logs = "".join(log.read_text(errors="replace") for log in sorted(tmp_path.glob("driver*.log")))
     out = logs + final.stdout + final.stderr
     repairs = [line for line in out.splitlines() if "resume: trial" in line]
+    aborts = [line for line in out.splitlines() if "Fatal Python error" in line or "SIGABRT" in line]
     figures = {"run": run, "seed": SEED * 1000 + run, "kills": kills, "survived": final.returncode == 0,
-               "repairs": repairs}
+               "repairs": repairs, "aborts": aborts}
     print(f"\nkill run {run}: {json.dumps(figures)}")
     if os.environ.get("REPNAS_KILL_REPORT"):
         with open(os.environ["REPNAS_KILL_REPORT"], "a", encoding="utf-8") as report:
