@@ -104,9 +104,11 @@ def error_text(error: BaseException) -> str:
 
 def resume_advice(result: Result) -> str:
     """What ``--resume`` will do for this failed trial, in a few words."""
-    if result.error is None and failure_reason(result.metrics or {}):
-        return "--resume does nothing: it diverged, and would diverge again (see the fix in its error)"
-    cause = _cause(result.error) if result.error else None
+    if result.error is None:  # Ray counts it as finished: --resume never reruns it
+        if failure_reason(result.metrics or {}):
+            return "--resume does nothing: it diverged, and would diverge again (see the fix in its error)"
+        return "--resume does nothing: the trial finished, with a non-finite objective"
+    cause = _cause(result.error)
     if isinstance(cause, ConfigError):
         return (f"--resume cannot fix it: the error is in the config ({cause.path or 'the trial section'}); "
                 "fix that (a sampled value needs a new sweep: --set name=...), or make a missing path exist")

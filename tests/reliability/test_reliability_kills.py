@@ -35,8 +35,9 @@ _NUMBER = re.compile(r"checkpoint_(\d+)$")
 _LOST = ("Could not recover from checkpoint", "Error handling checkpoint", "Path not found")
 
 
-def _epochs_done(exp: Path) -> int:
-    """Epochs checkpointed so far over all trials (the newest checkpoint number of each, + 1)."""
+def _checkpoints(exp: Path) -> int:
+    """Progress: the sum over trials of the newest checkpoint number + 1 (epochs checkpointed,
+    counted again after a trial restarts or its numbers skip ahead)."""
     done = 0
     for trial in exp.glob("repnas_trial_*"):
         numbers = [int(m.group(1)) for d in trial.glob("checkpoint_*") if (m := _NUMBER.match(d.name))]
@@ -51,8 +52,8 @@ def _kill_at_random_instant(driver: Driver, exp: Path, rng: random.Random) -> di
     if rng.random() < 0.25:
         mode, target, delay = "start-up", 0, rng.uniform(0.5, 15.0)
     else:
-        mode, target, delay = "after epochs", _epochs_done(exp) + rng.randint(1, 4), rng.uniform(0.0, 0.8)
-    while _epochs_done(exp) < target:
+        mode, target, delay = "after epochs", _checkpoints(exp) + rng.randint(1, 4), rng.uniform(0.0, 0.8)
+    while _checkpoints(exp) < target:
         if driver.proc.poll() is not None:
             return None
         time.sleep(0.02)
@@ -65,7 +66,7 @@ def _kill_at_random_instant(driver: Driver, exp: Path, rng: random.Random) -> di
         return None
     os.killpg(driver.proc.pid, signal.SIGKILL)
     driver.proc.wait()
-    return {"mode": mode, "after_s": round(time.monotonic() - started, 2), "epochs_done": _epochs_done(exp)}
+    return {"mode": mode, "after_s": round(time.monotonic() - started, 2), "checkpoints": _checkpoints(exp)}
 
 
 def _assert_registry(uri: str, name: str, exp: Path) -> None:
