@@ -21,11 +21,12 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def any_file(uri: str, prefix: str) -> bool:
-    """Whether the directory ``uri`` holds a file whose name starts with ``prefix``."""
+def any_file(uri: str, prefix: str, suffix: str = "") -> bool:
+    """Whether the directory ``uri`` holds a file whose name starts with ``prefix`` (and ends with ``suffix``)."""
     fs, path = _resolve(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return any(i.type == pafs.FileType.File and i.base_name.startswith(prefix) for i in infos)
+    return any(i.type == pafs.FileType.File and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)
+               for i in infos)
 
 
 def read_text(uri: str) -> str | None:

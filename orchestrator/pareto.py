@@ -44,6 +44,7 @@ class TrialRecord:
     model_uri: str | None = None
     error: str | None = None
     pareto: bool = False
+    resume: str | None = None  # for a failed trial: what ``--resume`` will do about it
 
     def value(self, metric: str) -> float:
         """The metric as a float (NaN when missing or not numeric)."""

@@ -64,7 +64,7 @@ def _init_ray(cfg: SweepConfig) -> None:
 def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], None] = _init_ray) -> int:
     """Parent run -> Tuner (new or restored) -> fit -> Pareto, registry, summary."""
     from . import _storage
-    from .tracking import SweepState
+    from .repair import set_aside_torn_snapshots
     from .tuner import NothingToResumeError, can_restore, check_fresh
 
     with SweepLock(cfg.experiment_path) as lock:
@@ -72,8 +72,10 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
             lock.acquire()  # a running driver is reported as such, not as "already exists"
         restorable = False
         if resume:
+            set_aside_torn_snapshots(cfg.experiment_path)  # a kill while Ray copied it
             restorable = can_restore(cfg)
-            if not restorable and SweepState.load(cfg) is None:
+            # a driver killed before Ray recorded anything leaves only its folder: start the trials
+            if not restorable and not _storage.exists(cfg.experiment_path):
                 raise NothingToResumeError(f"nothing to resume at {cfg.experiment_path}; run without --resume")
         else:
             check_fresh(cfg)
@@ -110,8 +112,8 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Call
     errors = sum(1 for r in summary.records if r.error)  # Ray errors and diverged (NaN) trials
     finish_parent_run(state, ok=errors == 0)
     if errors:
-        print(f"\n{errors} of {len(results)} trial(s) failed (see the errors above; "
-              f"--resume retries crashed ones from their last checkpoint)", file=sys.stderr)
+        print(f"\n{errors} of {len(results)} trial(s) failed (each error above says what --resume will do "
+              f"about it: python -m orchestrator.run {cfg.source} --resume)", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 

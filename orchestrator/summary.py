@@ -63,6 +63,8 @@ def print_summary(summary: Summary, cfg: SweepConfig, state: SweepState) -> None
     failed = [r for r in summary.records if r.error]
     for r in failed:
         print(f"  ! {r.trial_name}: {r.error}")
+        if r.resume:
+            print(f"    {r.resume}")
     if summary.registered:
         print(f"\nregistered model {cfg.registered_model_name!r}:")
         for reg in summary.registered:

@@ -121,6 +121,12 @@ def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
         client.update_run(state.parent_run_id, status="RUNNING")
         return state
     experiment_id = _experiment_id(client, cfg)
+    orphan = _unsaved_parent(client, experiment_id, cfg) if resume else None
+    if orphan is not None:  # the driver died before it saved the parent run's id: reopen that run
+        client.update_run(orphan, status="RUNNING")
+        state = SweepState(cfg.name, cfg.mlflow.tracking_uri, experiment_id, orphan)
+        state.save(cfg)
+        return state
     tags = {TAG_SWEEP: cfg.name, "repnas.objectives": ",".join(f"{o.metric}:{o.mode}" for o in cfg.objectives),
             "repnas.storage": cfg.experiment_path}
     commit = _git_commit(Path(cfg.source).parent if cfg.source else Path.cwd())
@@ -134,6 +140,15 @@ def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     state.save(cfg)
     _log_sweep_files(client, run.info.run_id, cfg)
     return state
+
+
+def _unsaved_parent(client: MlflowClient, experiment_id: str, cfg: SweepConfig) -> str | None:
+    """The id of this sweep's parent run when a killed driver created it but never saved it."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{cfg.name}'",
+                              order_by=["attributes.start_time ASC"], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags
+               and r.data.tags.get("repnas.storage") == cfg.experiment_path]
+    return parents[0].info.run_id if parents else None
 
 
 def _log_sweep_files(client: MlflowClient, run_id: str, cfg: SweepConfig) -> None:

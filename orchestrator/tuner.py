@@ -53,7 +53,7 @@ def can_restore(cfg: SweepConfig) -> bool:
     space (one empty trial); such a sweep starts its trials afresh instead."""
     from ray import tune
 
-    return tune.Tuner.can_restore(cfg.experiment_path) and _storage.any_file(cfg.experiment_path, "experiment_state-")
+    return tune.Tuner.can_restore(cfg.experiment_path) and _storage.any_file(cfg.experiment_path, "experiment_state-", ".json")
 
 
 def trial_dirname(trial: Any) -> str:
@@ -111,6 +111,8 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     """A new Tuner: resources, param space, searcher, scheduler, stop, failures, checkpoints."""
     from ray import tune
 
+    from .repair import CheckpointRepair
+
     _output_env()
     single = len(cfg.objectives) == 1
     objective = cfg.objectives[0]
@@ -134,6 +136,7 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
         stop=dict(cfg.stop) or None,
         failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        callbacks=[CheckpointRepair()],  # restored trials continue from a checkpoint that exists
         progress_reporter=_reporter(cfg),
         verbose=1,
     )
@@ -161,7 +164,10 @@ def _number(value: Any) -> float | None:
 
 
 def collect_records(results: ResultGrid, cfg: SweepConfig) -> list[TrialRecord]:
-    """One :class:`TrialRecord` per trial (metrics of its last report)."""
+    """One :class:`TrialRecord` per trial (metrics of its last report; for a failed one, what
+    ``--resume`` will do about it)."""
+    from .repair import error_text, resume_advice
+
     base_budget = cfg.base_trial().get("search", {}).get("budget", 0.34)
     records = []
     for result in results:
@@ -169,7 +175,7 @@ def collect_records(results: ResultGrid, cfg: SweepConfig) -> list[TrialRecord]:
         name = Path(result.path).name if result.path else str(metrics.get("trial_id", "?"))
         trial_id = str((result.metrics or {}).get("trial_id") or name.rsplit("_", 1)[-1])
         config = flatten_overrides(result.config or {})
-        error = f"{type(result.error).__name__}: {result.error}".splitlines()[0][:300] if result.error else None
+        error = error_text(result.error) if result.error else None
         if error is None:  # a diverged trial ends itself (trainables.failures)
             error = (failure_reason(result.metrics or {}) or "")[:300] or None
         status = "ERROR" if error else ("TERMINATED" if metrics else "PENDING")
@@ -178,5 +184,5 @@ def collect_records(results: ResultGrid, cfg: SweepConfig) -> list[TrialRecord]:
             error = f"non-finite {', '.join(nan)}"
         records.append(TrialRecord(trial_id=trial_id, trial_name=name, status=status, config=config,
                                    budget=config.get("search.budget", base_budget), metrics=metrics,
-                                   error=error))
+                                   error=error, resume=resume_advice(result) if error else None))
     return sorted(records, key=lambda r: r.trial_name)

@@ -19,9 +19,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "is_checkpoint"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "is_checkpoint",
+           "MANIFEST", "META", "CHECKED_FILES"]
 
 _TENSORS, _META, _MANIFEST = "state.pt", "state.json", "manifest.json"
+MANIFEST, META, CHECKED_FILES = _MANIFEST, _META, (_TENSORS, _META)
+"""The manifest's and the JSON meta's file names, and the files whose size and SHA-256 it records."""
 
 
 class CheckpointError(RuntimeError):

@@ -30,6 +30,10 @@ class NonFiniteLossError(ArithmeticError):
         super().__init__(f"{what} became {value} at {where}; the trial diverged (lower optim.lr or "
                          "optim.weight_decay, or set optim.grad_clip); retrying would fail the same way")
 
+    def __reduce__(self) -> tuple[type[NonFiniteLossError], tuple[float, int, int | None, str]]:
+        """Pickle by the constructor's arguments (Ray ships trial exceptions to the driver)."""
+        return type(self), (self.value, self.epoch, self.step, self.what)
+
 
 def check_finite(loss: torch.Tensor | float, epoch: int, step: int | None = None, what: str = "training loss") -> None:
     """Raise :class:`NonFiniteLossError` unless ``loss`` is finite (one host sync for a tensor)."""

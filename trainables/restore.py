@@ -5,41 +5,88 @@ one is truncated or corrupt (a half-copied upload, a full disk), the trial falls
 the newest older checkpoint Ray still keeps next to it (``checkpoint_<n>`` folders of
 the same trial; ``checkpoint.num_to_keep >= 2``), reporting every skipped path. It never
 silently starts from scratch: with no good checkpoint left it raises ``CheckpointError``.
+
+``stored_checkpoints`` and ``stored_problem`` look at a trial's checkpoints where they
+are stored (any pyarrow filesystem, without downloading tensors); the driver uses them to
+repair what ``Tuner.restore`` is given (``orchestrator.repair``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .checkpoint import CheckpointError, verify_checkpoint
+from .checkpoint import CHECKED_FILES, MANIFEST, META, CheckpointError, verify_checkpoint
 
 if TYPE_CHECKING:
+    import pyarrow.fs as pafs
     from ray.tune import Checkpoint
 
-__all__ = ["restore_checkpoint", "older_checkpoints"]
+__all__ = ["restore_checkpoint", "older_checkpoints", "stored_checkpoints", "stored_problem", "stored_history",
+           "checkpoint_number"]
 
 _NUMBERED = re.compile(r"checkpoint_(\d+)$")
 
 
+def checkpoint_number(path: str) -> int | None:
+    """``n`` of a ``.../checkpoint_<n>`` path (None for any other name)."""
+    match = _NUMBERED.match(path.rstrip("/").rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else None
+
+
+def stored_checkpoints(fs: pafs.FileSystem, trial_path: str) -> list[tuple[int, str]]:
+    """``(n, path)`` of every ``checkpoint_<n>`` folder in a trial folder, oldest first."""
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(trial_path.rstrip("/"), allow_not_found=True))
+    found = [(number, info.path) for info in infos if info.type == pafs.FileType.Directory
+             and (number := checkpoint_number(info.base_name)) is not None]
+    return sorted(found)
+
+
+def stored_problem(fs: pafs.FileSystem, path: str) -> str | None:
+    """Why the stored checkpoint folder ``path`` cannot be used (None when it looks intact).
+
+    Checks that it exists, that its manifest parses and that every file has the recorded
+    size; the SHA-256 is checked by the trial when it loads the checkpoint.
+    """
+    import pyarrow.fs as pafs
+
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST}") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+        sizes = {name: fs.get_file_info(f"{path}/{name}") for name in CHECKED_FILES}
+    except (OSError, ValueError) as err:
+        return f"no readable {MANIFEST} ({type(err).__name__})"
+    for name, info in sizes.items():
+        if info.type != pafs.FileType.File:
+            return f"{name} is missing"
+        if info.size != manifest.get(name, {}).get("bytes"):
+            return f"{name} is truncated ({info.size} bytes, expected {manifest.get(name, {}).get('bytes')})"
+    return None
+
+
+def stored_history(fs: pafs.FileSystem, path: str) -> list[dict[str, Any]]:
+    """The per-epoch metrics a stored checkpoint holds (what ``run_trial`` saved in its meta)."""
+    with fs.open_input_stream(f"{path}/{META}") as f:
+        return list(json.loads(f.read().decode("utf-8")).get("history", []))
+
+
 def older_checkpoints(checkpoint: Checkpoint) -> Iterator[Checkpoint]:
     """Sibling ``checkpoint_<n>`` folders numbered below ``checkpoint``'s, newest first."""
-    import pyarrow.fs as pafs
     from ray.tune import Checkpoint
 
-    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
-    match = _NUMBERED.match(name)
-    if match is None:
+    number = checkpoint_number(checkpoint.path)
+    if number is None:
         return
-    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
-    numbered = [(int(m.group(1)), info.path) for info in infos
-                if info.type == pafs.FileType.Directory and (m := _NUMBERED.match(info.base_name))]
-    for number, path in sorted(numbered, reverse=True):
-        if number < int(match.group(1)):
+    parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    for n, path in reversed(stored_checkpoints(checkpoint.filesystem, parent)):
+        if n < number:
             yield Checkpoint(path, filesystem=checkpoint.filesystem)
 
 

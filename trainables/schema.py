@@ -51,6 +51,10 @@ class ConfigError(ValueError):
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+        """Pickle by (path, message): Ray ships a trial's exception to the driver this way."""
+        return type(self), (self.path, self.message)
+
 
 def join_path(path: str, key: str | int) -> str:
     """Extend a dotted key path (``trial.search`` + ``budget``, or ``[2]`` for list items)."""

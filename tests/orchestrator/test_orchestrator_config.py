@@ -80,6 +80,22 @@ BAD: list[tuple[str, Any, str]] = [
     ("trial-unknown-key", lambda s: _set(s, "trial.optim.lrr", 0.1), "trial.optim.lrr"),
     ("trial-bad-model", lambda s: _set(s, "trial.model.name", "resnet19"), "trial.model.name"),
     ("trial-workers-conflict", lambda s: _set(s, "trial.runtime.workers", 2), "trial.runtime.workers"),
+    # semantic checks: decided from the file alone (the model built on the meta device), before Ray
+    ("budget-above-candidates", lambda s: _set(s, "space.search.budget", {"choice": [0.5, 1000]}),
+     "space.search.budget: value 1000 is invalid: trial.search.budget: 1000 branches requested but the model has only 30"),
+    ("constant-budget-above-candidates", lambda s: _set(s, "space.search.budget", 31),
+     "trial.search.budget: 31 branches requested but the model has only 30 candidates"),
+    ("ratio-budget-keeps-nothing", lambda s: _set(s, "space.search.budget", {"uniform": [0.01, 0.5]}),
+     "space.search.budget: value 0.01 is invalid"),
+    ("phases-longer-than-sampled-epochs", lambda s: _set(_set(_set(s, "trial.search.epochs", 6), "trial.search.random_epochs", 2),
+                                                         "space.search.epochs", {"randint": [2, 6]}),
+     "space.search.epochs: value 2 is invalid: trial.search.search_epochs: random_epochs + search_epochs (2 + 1) exceeds epochs (2)"),
+    ("option-the-host-lacks", lambda s: _set(s, "space.model.options.widht", {"choice": [2]}),
+     "space.model.options.widht: value 2 is invalid: trial.model.options: unknown option 'widht'"),
+    ("budget-only-too-big-for-one-host", lambda s: _set(_set(_set(s, "trial.model.name", "resnet_tiny"), "space.model.name",
+                                                             {"choice": ["resnet_tiny", "repvgg_tiny"]}),
+                                                        "space.search.budget", {"choice": [0.5, 40]}),
+     "value 40 together with {'model.name': 'repvgg_tiny'} is invalid: trial.search.budget: 40 branches"),
 ]
 
 BAD_TEXT: list[tuple[str, str, str]] = [
@@ -103,6 +119,15 @@ def test_bad_sweep_exits_2_naming_the_key(case: str, breaker: Any, needle: str, 
     path = write_sweep(breaker(kit.tiny_sweep(tmp_path)))
     code = main([str(path)])
     _check_error(code, capsys.readouterr().err, needle)
+    assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize("case", ["budget-above-candidates", "budget-only-too-big-for-one-host"])
+def test_semantic_errors_in_dry_run_too(case: str, tmp_path: Path, write_sweep: Any, kit: Any,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    breaker, needle = next((b, n) for c, b, n in BAD if c == case)
+    assert main([str(write_sweep(breaker(kit.tiny_sweep(tmp_path)))), "--dry-run"]) == 2
+    _check_error(2, capsys.readouterr().err, needle)
     assert not (tmp_path / "ray_results").exists()
 
 

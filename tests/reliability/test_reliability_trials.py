@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -63,6 +64,11 @@ def test_nan_and_worker_only_data_error(tmp_path: Path) -> None:
         bad = by_config[(wd, "imagefolder")]
         assert bad.error is not None and str(broken / "train") in str(bad.error)
     assert "NonFiniteLossError" in proc.stdout + proc.stderr
+    advice = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("--resume")]
+    assert advice.count("--resume does nothing: it diverged, and would diverge again (see the fix in its error)") == 1
+    config_errors = [a for a in advice if a.startswith("--resume cannot fix it: the error is in the config (trial.data.root)")]
+    assert len(config_errors) == 2 and len(advice) == 3, advice
+    assert "ConfigError: trial.data.root" in proc.stdout and "TypeError" not in proc.stdout  # survived Ray's pickling
     parent, kids = mlflow_children(f"sqlite:///{tmp_path / 'mlflow.db'}", "faults")
     status = {k.data.tags["repnas.trial_name"]: k for k in kids}
     assert len(kids) == 4 and parent.info.status == "FAILED"
@@ -76,20 +82,24 @@ def test_nan_and_worker_only_data_error(tmp_path: Path) -> None:
     assert [n for n, t in pareto.items() if t["pareto"]] == [Path(ok.path).name]
 
 
-def _latest_known_checkpoint(exp: Path, trials: list[Path]) -> tuple[Path, Path]:
-    """A trial and the checkpoint Ray will restore it from, with an older one next to it: the
-    one to corrupt (Ray's own record, which may lag behind the folders on disk)."""
+def _recorded_checkpoints(exp: Path, trials: list[Path]) -> list[tuple[Path, Path]]:
+    """(trial, the checkpoint Ray will restore it from) for those with an older one next to it:
+    Ray's own record, which may lag behind the folders on disk."""
+    found = []
     for result in result_grid(exp):
         trial = Path(result.path)
         if trial in trials and result.checkpoint is not None:
             latest = Path(result.checkpoint.path)
             if any(d.name < latest.name for d in trial.glob("checkpoint_*")):
-                return trial, latest
-    raise AssertionError(f"no trial with two recorded checkpoints: {trials}")
+                found.append((trial, latest))
+    return sorted(found)
 
 
-def test_corrupted_checkpoint_falls_back(tmp_path: Path, start_driver: Callable[..., Driver],
-                                         baseline: dict[float, dict[str, float]]) -> None:
+def test_corrupt_or_lost_checkpoints_repaired_on_resume(tmp_path: Path, start_driver: Callable[..., Driver],
+                                                        baseline: dict[float, dict[str, float]]) -> None:
+    """One trial's recorded checkpoint truncated (it falls back to the previous one), another's
+    checkpoints all gone (it restarts from epoch 1, one line says so): the sweep still ends as
+    the uninterrupted one did, with one point per epoch in MLflow."""
     path = write(tmp_path, sweep(tmp_path, "corrupt"))
     exp = tmp_path / "ray_results" / "corrupt"
 
@@ -98,16 +108,23 @@ def test_corrupted_checkpoint_falls_back(tmp_path: Path, start_driver: Callable[
                 and (d / "result.json").is_file() and not any("fused_val_acc" in r for r in rows(d))]
 
     driver = start_driver([str(path)])
-    driver.wait_for(lambda: bool(two_checkpoints_unfinished()), "a trial with two checkpoints")
+    driver.wait_for(lambda: len(two_checkpoints_unfinished()) >= 2, "two trials with two checkpoints")
     time.sleep(1.0)  # let the driver record the second checkpoint in its experiment state
     driver.sigkill()
-    trial, newest = _latest_known_checkpoint(exp, two_checkpoints_unfinished())
+    recorded = _recorded_checkpoints(exp, two_checkpoints_unfinished())
+    assert len(recorded) >= 2, recorded
+    (trial, newest), (lost, _) = recorded[:2]
     state = newest / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated, as by a full disk
+    for folder in lost.glob("checkpoint_*"):  # as if num_to_keep had deleted what the snapshot names
+        shutil.rmtree(folder)
     resumed = cli("orchestrator.run", [str(path), "--resume"], tmp_path, timeout=400)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-5000:]
     assert "skipping corrupt checkpoint" in out and str(newest) in out
+    restarted = [line for line in out.splitlines() if lost.name in line and "restarting the trial from epoch 1" in line]
+    assert len(restarted) == 1, out[-5000:]
+    assert "Could not recover from checkpoint" not in out
     got = results(exp)
     assert_same_finals(got, baseline)  # continued from the previous good checkpoint, same result
     epochs = [r["epoch"] for r in rows(trial)]
