@@ -96,6 +96,10 @@ BAD: list[tuple[str, Any, str]] = [
                                                              {"choice": ["resnet_tiny", "repvgg_tiny"]}),
                                                         "space.search.budget", {"choice": [0.5, 40]}),
      "value 40 together with {'model.name': 'repvgg_tiny'} is invalid: trial.search.budget: 40 branches"),
+    ("layer-floor-above-sampled-budget", lambda s: _set(_set(s, "trial.search.layer_floor", 1), "space.search.budget",
+                                                        {"choice": [0.5, 4]}),
+     "space.search.budget: value 4 is invalid: trial.search.layer_floor: a floor of 1 per layer keeps 5 branches"),
+    ("unknown-reparam", lambda s: _set(s, "trial.model.reparam", "onilne"), "trial.model.reparam"),
 ]
 
 BAD_TEXT: list[tuple[str, str, str]] = [
