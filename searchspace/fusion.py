@@ -151,6 +151,8 @@ def pad_kernel_to(kernel: Tensor, kernel_size: int) -> Tensor:
     dh, dw = kernel_size - kh, kernel_size - kw
     if dh < 0 or dw < 0 or dh % 2 or dw % 2:
         raise ValueError(f"cannot centre a {kh}x{kw} kernel in {kernel_size}x{kernel_size}; sizes must be odd")
+    if not dh and not dw:
+        return kernel  # already KxK: no copy (autograd would keep it)
     return F.pad(kernel, [dw // 2, dw // 2, dh // 2, dh // 2])
 
 

@@ -74,9 +74,14 @@ class _Scaled(nn.Module):
         super().__init__()
         self.scale = nn.Parameter(torch.full((out_channels,), float(init)))
 
-    def kernel(self) -> Tensor:
-        """The branch as one scaled KxK kernel (a pure function of weights and scale)."""
+    def kernel(self, gate: Tensor | None = None) -> Tensor:
+        """The branch as one scaled KxK kernel (a pure function of weights, scale and gate)."""
         raise NotImplementedError
+
+    def _scale(self, gate: Tensor | None) -> Tensor:
+        """The per-channel scale with the search gate folded in: one ``[O]`` multiply instead
+        of a pass over (and a saved copy of) the whole ``[O, C, K, K]`` kernel."""
+        return self.scale if gate is None else self.scale * gate
 
 
 class OnlineConv(_Scaled):
@@ -88,8 +93,9 @@ class OnlineConv(_Scaled):
         self.kernel_size = kernel_size
         self.weight = _conv_weight(out_channels, in_channels // groups, kh, kw)
 
-    def kernel(self) -> Tensor:
-        return scale_kernel(pad_kernel_to(self.weight, self.kernel_size), self.scale)
+    def kernel(self, gate: Tensor | None = None) -> Tensor:
+        # scaled before it is embedded: the multiply runs on (and autograd keeps) the small kernel
+        return pad_kernel_to(scale_kernel(self.weight, self._scale(gate)), self.kernel_size)
 
 
 class Online1x1KxK(_Scaled):
@@ -103,8 +109,8 @@ class Online1x1KxK(_Scaled):
         mid = first_1x1_kernel(self.conv1).shape[0]
         self.weight2 = _conv_weight(out_channels, mid // groups, kernel_size, kernel_size)
 
-    def kernel(self) -> Tensor:
-        return scale_kernel(chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.groups), self.scale)
+    def kernel(self, gate: Tensor | None = None) -> Tensor:
+        return scale_kernel(chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.groups), self._scale(gate))
 
     def runs_direct(self, x: Tensor) -> bool:
         """True when running the two convs on ``x`` costs fewer multiply-adds than composing.
@@ -122,11 +128,11 @@ class Online1x1KxK(_Scaled):
         direct = batch * height * width * mid * channels // g + batch * out_h * out_w * out * mid * k * k // g
         return direct < compose
 
-    def direct(self, x: Tensor) -> Tensor:
+    def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
         """The branch computed conv by conv (zero padding is exact: no bias in between)."""
         y = F.conv2d(self.conv1(x), self.weight2, stride=self.stride, padding=self.kernel_size // 2,
                      groups=self.groups)
-        return y * self.scale.reshape(1, -1, 1, 1)
+        return y * self._scale(gate).reshape(1, -1, 1, 1)
 
 
 class Online1x1Avg(_Scaled):
@@ -139,11 +145,11 @@ class Online1x1Avg(_Scaled):
         if not is_depthwise(in_channels, out_channels, groups):
             self.weight = _conv_weight(out_channels, in_channels // groups, 1, 1)
 
-    def kernel(self) -> Tensor:
+    def kernel(self, gate: Tensor | None = None) -> Tensor:
+        s = self._scale(gate)
         if self.weight is not None:
-            return scale_kernel(avg_pool_after_1x1(self.weight, self.kernel_size), self.scale)
+            return avg_pool_after_1x1(scale_kernel(self.weight, s), self.kernel_size)
         # made in the scale's dtype, not kept as a buffer: 1/K^2 in float32 is off by 1e-9 in float64
-        s = self.scale
         return scale_kernel(avg_pool_kernel(s.numel(), self.kernel_size, self.groups, s.dtype, s.device), s)
 
 
@@ -154,8 +160,8 @@ class OnlineIdentity(_Scaled):
         super().__init__(channels, init)
         self.register_buffer("eye", identity_kernel(channels, kernel_size, groups), persistent=False)
 
-    def kernel(self) -> Tensor:
-        return scale_kernel(self.eye, self.scale)
+    def kernel(self, gate: Tensor | None = None) -> Tensor:
+        return scale_kernel(self.eye, self._scale(gate))
 
 
 def build_online_branch(
@@ -208,13 +214,12 @@ class OnlineODBB(ODBB):
             if not on:
                 continue
             branch = self.branches[name]
+            gate = None if gates is None else gates[i]
             if isinstance(branch, Online1x1KxK) and branch.runs_direct(x):
-                y = branch.direct(x)
-                y = y if gates is None else y * gates[i]
+                y = branch.direct(x, gate)
                 direct = y if direct is None else direct + y
                 continue
-            k = branch.kernel()
-            k = k if gates is None else k * gates[i]
+            k = branch.kernel(gate)
             kernel = k if kernel is None else kernel + k
         if kernel is None and direct is None:
             raise self._no_branch_error()

@@ -135,7 +135,7 @@ def test_1x1_kxk_picks_the_cheaper_path_and_both_are_exact(monkeypatch: pytest.M
         assert err <= TOL, err
     calls: list[int] = []
     direct = Online1x1KxK.direct
-    monkeypatch.setattr(Online1x1KxK, "direct", lambda self, x: calls.append(1) or direct(self, x))
+    monkeypatch.setattr(Online1x1KxK, "direct", lambda self, x, gate=None: calls.append(1) or direct(self, x, gate))
     block(small), block(large)
     assert calls == [1]
     block.eval()
