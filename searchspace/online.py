@@ -12,7 +12,9 @@ Sequential branches compose exactly with zero padding because nothing between th
 convs adds a bias. The one composition that can cost more than the conv it saves is
 1x1 -> KxK (``O * T * C * K^2 / g^2`` multiply-adds, independent of batch and image
 size): on small feature maps that branch runs its two convs directly instead, computing
-the same function (see :meth:`Online1x1KxK.runs_direct`).
+the same function (see :meth:`Online1x1KxK.runs_direct`). Likewise the identity is
+``x * scale`` where the map has fewer positions than its kernel has weights
+(:meth:`OnlineIdentity.runs_direct`). The search gate folds into each branch's scale.
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ class _Scaled(nn.Module):
     def kernel(self, gate: Tensor | None = None) -> Tensor:
         """The branch as one scaled KxK kernel (a pure function of weights, scale and gate)."""
         raise NotImplementedError
+
+    def runs_direct(self, x: Tensor) -> bool:
+        """True when computing the branch on ``x`` itself is cheaper than composing its kernel."""
+        return False
+
+    def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+        """The branch computed on ``x`` (only where :meth:`runs_direct` can be true)."""
+        raise NotImplementedError(f"{type(self).__name__} always joins the composed kernel")
 
     def _scale(self, gate: Tensor | None) -> Tensor:
         """The per-channel scale with the search gate folded in: one ``[O]`` multiply instead
@@ -163,6 +173,16 @@ class OnlineIdentity(_Scaled):
     def kernel(self, gate: Tensor | None = None) -> Tensor:
         return scale_kernel(self.eye, self._scale(gate))
 
+    def runs_direct(self, x: Tensor) -> bool:
+        """True when ``x * scale`` (``B*H*W*C``) is cheaper than the scaled identity kernel
+        (``C * C/g * K^2``, and the same again in backward): on small feature maps."""
+        batch, channels, height, width = x.shape
+        per_group, k = self.eye.shape[1], self.eye.shape[-1]
+        return batch * height * width < per_group * k * k
+
+    def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+        return x * self._scale(gate).reshape(1, -1, 1, 1)
+
 
 def build_online_branch(
     name: str, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int
@@ -208,21 +228,21 @@ class OnlineODBB(ODBB):
 
     def forward(self, x: Tensor) -> Tensor:
         gates = self._gates
-        kernel = self.identity.kernel() if self.identity is not None else None
-        direct: Tensor | None = None
+        terms: list[tuple[_Scaled, Tensor | None]] = [] if self.identity is None else [(self.identity, None)]
         for i, (name, on) in enumerate(zip(self.branch_names, self._active_flags())):
-            if not on:
-                continue
-            branch = self.branches[name]
-            gate = None if gates is None else gates[i]
-            if isinstance(branch, Online1x1KxK) and branch.runs_direct(x):
-                y = branch.direct(x, gate)
-                direct = y if direct is None else direct + y
-                continue
-            k = branch.kernel(gate)
-            kernel = k if kernel is None else kernel + k
-        if kernel is None and direct is None:
+            if on:
+                terms.append((self.branches[name], None if gates is None else gates[i]))
+        if not terms:
             raise self._no_branch_error()
+        kernel: Tensor | None = None
+        direct: Tensor | None = None
+        for module, gate in terms:
+            if module.runs_direct(x):
+                y = module.direct(x, gate)
+                direct = y if direct is None else direct + y
+            else:
+                k = module.kernel(gate)
+                kernel = k if kernel is None else kernel + k
         out = direct if kernel is None else self._conv(x, kernel)
         if kernel is not None and direct is not None:
             out = out + direct

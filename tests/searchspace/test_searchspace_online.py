@@ -18,6 +18,7 @@ from searchspace import (
     Online1x1KxK,
     OnlineConv,
     OnlineODBB,
+    OnlineIdentity,
     architecture_of,
     build_from_architecture,
     build_model,
@@ -142,6 +143,27 @@ def test_1x1_kxk_picks_the_cheaper_path_and_both_are_exact(monkeypatch: pytest.M
     fused = block.fuse()
     with torch.no_grad():
         assert (block(small) - fused(small)).abs().max().item() <= TOL
+
+
+def test_identity_picks_the_cheaper_path_and_both_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a map smaller than C/g * K^2 positions the identity is ``x * scale``; else a kernel."""
+    block = _block(16, 16, 3, 1, 2, ("kxk", "1x1"), identity=True).train()
+    with torch.no_grad():
+        block.identity.scale.uniform_(0.5, 1.5)
+    small, large = _x(16, 3, 2, batch=1), _x(16, 9, 9, batch=2)
+    assert block.identity.runs_direct(small) and not block.identity.runs_direct(large)
+    calls: list[int] = []
+    direct = OnlineIdentity.direct
+    monkeypatch.setattr(OnlineIdentity, "direct", lambda self, x, gate=None: calls.append(1) or direct(self, x, gate))
+    for x in (small, large):
+        err = (block(x) - _reference(block, x)).abs().max().item()
+        assert err <= TOL, err
+    assert calls == [1]
+    block.eval()
+    fused = block.fuse()
+    with torch.no_grad():
+        for x in (small, large):
+            assert (block(x) - fused(x)).abs().max().item() <= TOL
 
 
 def test_gate_gradient_is_the_kernel_saliency() -> None:
