@@ -90,8 +90,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: Any, out: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Final metrics and summary fields: fuse, verify, measure, export, test accuracy, alpha plot."""
-    engine.finalize()
+    """Final metrics and summary fields of a finalized engine: fuse, verify, measure, export,
+    test accuracy, alpha plot."""
     fused, result = export_model(
         engine.model, val_loader, data.example_shape, out,
         device=engine.device, formats=list(config.export.formats),
