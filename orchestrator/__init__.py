@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "build_tuner": "tuner",
     "collect_records": "tuner",
     "restore_tuner": "tuner",
+    "validate_trials": "validate",
 }
 
 __all__ = sorted(_EXPORTS)

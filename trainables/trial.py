@@ -1,6 +1,6 @@
 """``run_trial``: one whole trial (data -> model -> epochs with checkpoints -> export).
 
-The single entry that the CLI (``trainables.search``) and the Ray Tune trainable
+The single entry that the CLI (``trainables.cli``) and the Ray Tune trainable
 (``trainables.tune``) both call. Layout of ``workdir``::
 
     metrics.jsonl      one JSON line of flat metrics per epoch
