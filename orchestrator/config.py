@@ -80,8 +80,8 @@ def _default_objectives() -> list[Objective]:
 
 
 @dataclass
-class SearchConfig:
-    """The outer search algorithm and its budget."""
+class SearcherConfig:
+    """The outer search algorithm and its budget: the sweep's ``search:`` section."""
 
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     objectives: list[Objective] = field(default_factory=_default_objectives)
@@ -155,7 +155,7 @@ class SweepConfig:
     storage_shared: bool = False  # the local storage_path is one shared folder on every node
     ray: RayConfig = field(default_factory=RayConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
+    search: SearcherConfig = field(default_factory=SearcherConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     stop: dict[str, int | float] = field(default_factory=dict)
     failure: FailureSettings = field(default_factory=FailureSettings)

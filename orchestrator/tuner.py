@@ -14,7 +14,8 @@ from trainables.schema import flatten_overrides
 from . import _storage
 from .config import SweepConfig
 from .pareto import TrialRecord
-from .space import make_searcher, param_space
+from .searchers import make_searcher
+from .space import param_space
 
 if TYPE_CHECKING:
     from ray import tune

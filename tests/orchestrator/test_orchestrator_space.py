@@ -12,7 +12,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical, Float, Integer
 
 from orchestrator.config import parse_sweep
-from orchestrator.space import make_searcher, param_space, parse_space, sample_overrides
+from orchestrator.searchers import make_searcher
+from orchestrator.space import param_space, parse_space, sample_overrides
 
 
 def test_parse_and_convert_every_distribution() -> None:
