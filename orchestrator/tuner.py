@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -112,9 +113,11 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     """A new Tuner: resources, param space, searcher, scheduler, stop, failures, checkpoints."""
     from ray import tune
 
+    from .cluster import max_concurrent
     from .repair import CheckpointRepair
 
     _output_env()
+    search = dataclasses.replace(cfg.search, max_concurrent=max_concurrent(cfg))  # cfg stays as validated
     single = len(cfg.objectives) == 1
     objective = cfg.objectives[0]
     inherit = single and cfg.scheduler.type == "asha" and cfg.scheduler.metric == objective.metric \
@@ -122,10 +125,10 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     top_metric = single and (cfg.scheduler.type != "asha" or inherit)
     optuna = cfg.search.algorithm == "optuna"
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(cfg.search),
+        search_alg=make_searcher(search),
         scheduler=_scheduler(cfg, inherit_metric=inherit),
         num_samples=cfg.search.num_samples,
-        max_concurrent_trials=cfg.search.max_concurrent if optuna else None,
+        max_concurrent_trials=search.max_concurrent if optuna else None,
         metric=objective.metric if top_metric else None,
         mode=objective.mode if top_metric else None,
         trial_dirname_creator=trial_dirname,
