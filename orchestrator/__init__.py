@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "RayConfig": "config",
     "ResourcesConfig": "config",
     "SchedulerConfig": "config",
-    "SearchConfig": "config",
+    "SearcherConfig": "config",
     "SweepConfig": "config",
     "apply_set": "config",
     "load_sweep": "config",
@@ -45,7 +45,7 @@ _EXPORTS: dict[str, str] = {
     "build_report": "report",
     "read_records": "report",
     "SpaceParam": "space",
-    "make_searcher": "space",
+    "make_searcher": "searchers",
     "param_space": "space",
     "parse_space": "space",
     "trial_count": "space",
@@ -58,20 +58,23 @@ _EXPORTS: dict[str, str] = {
     "build_tuner": "tuner",
     "collect_records": "tuner",
     "restore_tuner": "tuner",
+    "validate_trials": "validate",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .config import CheckpointSettings, ConfigError, FailureSettings, MlflowConfig, Objective, RayConfig, ResourcesConfig, SchedulerConfig, SearchConfig, SweepConfig, apply_set, load_sweep, parse_sweep
+    from .config import CheckpointSettings, ConfigError, FailureSettings, MlflowConfig, Objective, RayConfig, ResourcesConfig, SchedulerConfig, SearcherConfig, SweepConfig, apply_set, load_sweep, parse_sweep
     from .compare import GroupStats, equal_count_verdicts, group_records, select_best
     from .pareto import TrialRecord, dominates, mark_front, non_dominated, plot_fronts, write_table
     from .registry import Registered, register_models
     from .report import build_report, read_records
     from .run import main, run_sweep
-    from .space import SpaceParam, make_searcher, param_space, parse_space, trial_count
+    from .searchers import make_searcher
+    from .space import SpaceParam, param_space, parse_space, trial_count
     from .tracking import MLflowTrialHook, SweepState, finish_parent_run, start_parent_run
     from .tuner import NothingToResumeError, SweepExistsError, build_tuner, collect_records, restore_tuner
+    from .validate import validate_trials
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,7 @@
 error, not minutes of retries. ``check_cluster`` (pure, table-tested) refuses trials that
 cannot fit: GPUs on a cluster without any, more workers than the nodes hold, a local-only
 ``storage_path`` on a multi-node cluster. Every problem is a ``ConfigError`` (exit 2).
+``max_concurrent`` is how many trials may run at once (DDP trials capped at what fits).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from trainables.schema import ConfigError
 
 from .config import SweepConfig
 
-__all__ = ["connect", "check_cluster", "check_storage", "validate_cluster", "ddp_trial_resources",
-           "NETWORK_FILESYSTEMS"]
+__all__ = ["connect", "check_cluster", "check_storage", "validate_cluster", "max_concurrent",
+           "ddp_trial_resources", "NETWORK_FILESYSTEMS"]
 
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
                        "glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.sshfs", "9p")
@@ -133,15 +134,27 @@ def check_cluster(cfg: SweepConfig, nodes: Sequence[Mapping[str, float]], where:
     return slots // r.workers
 
 
-def validate_cluster(cfg: SweepConfig) -> None:
-    """After ``connect``: check the live cluster; cap DDP trials at what fits at once."""
+def _live_nodes() -> list[Mapping[str, float]]:
+    """The resources of every live node of the connected Ray."""
     import ray
 
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def validate_cluster(cfg: SweepConfig) -> None:
+    """After ``connect``: check that the trials fit the live cluster (``check_cluster``)."""
     address, _ = _address(cfg)
-    fit = check_cluster(cfg, nodes, f"the Ray cluster at {address}" if address else "the local Ray")
-    if cfg.resources.workers > 1:  # DDP trials hold no resources themselves: cap them here
-        cfg.search.max_concurrent = min(cfg.search.max_concurrent or fit, fit)
+    check_cluster(cfg, _live_nodes(), f"the Ray cluster at {address}" if address else "the local Ray")
+
+
+def max_concurrent(cfg: SweepConfig, nodes: Sequence[Mapping[str, float]] | None = None) -> int | None:
+    """The trials Tune may run at once: ``search.max_concurrent``, for DDP trials capped at what
+    fits ``nodes`` (default: the live cluster's). DDP trials hold no resources themselves (see
+    ``ddp_trial_resources``), so Tune alone would start more than their workers can run."""
+    if cfg.resources.workers == 1:
+        return cfg.search.max_concurrent
+    fit = check_cluster(cfg, _live_nodes() if nodes is None else nodes)
+    return min(cfg.search.max_concurrent or fit, fit)
 
 
 def ddp_trial_resources() -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
+from trainables.metrics import objective_metric_names, scheduler_metric_names
 from trainables.schema import (
     ConfigError,
     apply_overrides,
@@ -24,15 +24,15 @@ from trainables.schema import (
     join_path,
     load_dataclass,
     parse_override,
-    read_sweep_yaml,
     rule,
 )
+from trainables.sweepfile import read_sweep_yaml
 
-from . import _trial
 from .space import SpaceParam, parse_space
+from .validate import validate_trials
 
 __all__ = [
-    "ConfigError", "Objective", "RayConfig", "ResourcesConfig", "SearchConfig",
+    "ConfigError", "Objective", "RayConfig", "ResourcesConfig", "SearcherConfig",
     "SchedulerConfig", "FailureSettings", "CheckpointSettings", "MlflowConfig",
     "SweepConfig", "load_sweep", "parse_sweep", "apply_set",
 ]
@@ -80,8 +80,8 @@ def _default_objectives() -> list[Objective]:
 
 
 @dataclass
-class SearchConfig:
-    """The outer search algorithm and its budget."""
+class SearcherConfig:
+    """The outer search algorithm and its budget: the sweep's ``search:`` section."""
 
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
     objectives: list[Objective] = field(default_factory=_default_objectives)
@@ -92,7 +92,7 @@ class SearchConfig:
     seed: int | None = 0
 
     def validate(self, path: str) -> None:
-        known = _trial.metric_names()
+        known = objective_metric_names()
         opath = join_path(path, "objectives")
         if not self.objectives:
             raise ConfigError(opath, "expected at least one {metric, mode}")
@@ -155,7 +155,7 @@ class SweepConfig:
     storage_shared: bool = False  # the local storage_path is one shared folder on every node
     ray: RayConfig = field(default_factory=RayConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
+    search: SearcherConfig = field(default_factory=SearcherConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     stop: dict[str, int | float] = field(default_factory=dict)
     failure: FailureSettings = field(default_factory=FailureSettings)
@@ -260,7 +260,7 @@ def _check(cfg: SweepConfig) -> None:
         raise ConfigError("name", f"expected letters, digits, '_', '.', '-' (it names a directory), got {cfg.name!r}")
     if "://" not in cfg.storage_path:
         cfg.storage_path = str(Path(cfg.storage_path).expanduser().resolve())
-    known = _trial.metric_names()
+    known = objective_metric_names()
     for key, value in cfg.stop.items():
         if key not in known + RAY_RESULT_KEYS:
             raise ConfigError(join_path("stop", key), f"unknown stop criterion{did_you_mean(key, known + RAY_RESULT_KEYS)}; "
@@ -271,7 +271,7 @@ def _check(cfg: SweepConfig) -> None:
     workers = cfg.trial.get("runtime", {}).get("workers") if isinstance(cfg.trial.get("runtime"), dict) else None
     if workers not in (None, cfg.resources.workers):
         raise ConfigError("trial.runtime.workers", "set resources.workers instead (the sweep copies it into the trial)")
-    _trial.validate(cfg.base_trial(), [p for p in cfg.space if p.sampled])
+    validate_trials(cfg.base_trial(), [p for p in cfg.space if p.sampled])
 
 
 def _check_space(cfg: SweepConfig) -> None:
@@ -293,7 +293,7 @@ def _check_scheduler(cfg: SweepConfig) -> None:
         return
     s.metric = s.metric or cfg.objectives[0].metric
     s.mode = s.mode or next((o.mode for o in cfg.objectives if o.metric == s.metric), None)
-    per_epoch = _trial.epoch_metric_names()
+    per_epoch = scheduler_metric_names()
     if s.metric not in per_epoch:
         raise ConfigError("scheduler.metric", f"ASHA needs a metric reported every epoch, got {s.metric!r}"
                                               f"{did_you_mean(s.metric, per_epoch)}; expected one of: {', '.join(per_epoch)}")

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from trainables.config import TrialConfig
 
-from . import _trial
 from .compare import GroupStats, Verdict, equal_count_verdicts, form_verdicts, group_records, method_label, select_best
 from .config import ConfigError, SweepConfig, load_sweep
 from .pareto import TrialRecord, mark_front
@@ -68,7 +68,7 @@ def read_records(cfg: SweepConfig, state: SweepState) -> list[TrialRecord]:
 
     client = MlflowClient(state.tracking_uri)
     keys = list(dict.fromkeys([*_ALWAYS, *_space_keys(cfg)]))
-    base = {p.key: p.value for p in mlflow_params(_trial.resolve(cfg.base_trial(), {}).to_dict())}
+    base = {p.key: p.value for p in mlflow_params(TrialConfig.from_dict(cfg.base_trial()).to_dict())}
     records = []
     for name, run in sorted(child_runs(state).items()):
         params = run.data.params

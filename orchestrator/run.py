@@ -11,8 +11,8 @@ import sys
 from collections.abc import Callable
 
 import yaml
+from trainables.config import TrialConfig
 
-from . import _trial
 from .config import ConfigError, SweepConfig, load_sweep
 from .lock import SweepLock, SweepLockedError
 from .preflight import check_tracking
@@ -47,7 +47,7 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     total = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples)
     print(f"\n# {total} trials; the first {min(count, total)} (dotted keys applied on top of trial:)")
     for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)):
-        _trial.resolve(base, override)  # every sample must be a valid trial
+        TrialConfig.from_overrides(base, override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
 
 

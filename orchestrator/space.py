@@ -1,4 +1,4 @@
-"""The outer search space: YAML spec -> :class:`SpaceParam` -> Ray Tune / Optuna objects."""
+"""The outer search space: YAML spec -> :class:`SpaceParam` -> Ray Tune distributions."""
 
 from __future__ import annotations
 
@@ -7,16 +7,11 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from trainables.schema import ConfigError, did_you_mean, join_path
 
-if TYPE_CHECKING:
-    from ray.tune.search import Searcher
-
-    from .config import SearchConfig
-
-__all__ = ["SpaceParam", "parse_space", "param_space", "make_searcher", "sample_overrides", "trial_count"]
+__all__ = ["SpaceParam", "parse_space", "param_space", "sample_overrides", "trial_count"]
 
 Kind = Literal["choice", "grid", "uniform", "loguniform", "randint", "constant"]
 DISTRIBUTIONS: tuple[str, ...] = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -113,32 +108,6 @@ def _domain(p: SpaceParam, grid_choices: bool) -> Any:
 def param_space(params: Sequence[SpaceParam], algorithm: str) -> dict[str, Any]:
     """Tune ``param_space``: only the sampled dotted keys (constants go into the base trial)."""
     return {p.key: _domain(p, algorithm == "grid") for p in params if p.sampled}
-
-
-def _sampler(search: SearchConfig) -> Any:
-    import optuna
-
-    kwargs: dict[str, Any] = {"seed": search.seed}
-    if search.sampler in ("nsgaii", "nsgaiii") and search.population_size is not None:
-        kwargs["population_size"] = search.population_size
-    cls = {"tpe": optuna.samplers.TPESampler, "nsgaii": optuna.samplers.NSGAIISampler,
-           "nsgaiii": optuna.samplers.NSGAIIISampler, "random": optuna.samplers.RandomSampler}
-    return cls[search.sampler](**kwargs)
-
-
-def make_searcher(search: SearchConfig) -> Searcher | Any:
-    """OptunaSearch (objective lists go to the searcher only) or a BasicVariantGenerator."""
-    if search.algorithm == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        metrics = [o.metric for o in search.objectives]
-        modes = [o.mode for o in search.objectives]
-        if len(metrics) == 1:
-            return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=_sampler(search))
-        return OptunaSearch(metric=metrics, mode=modes, sampler=_sampler(search))
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
 
 
 def _grid_params(params: Sequence[SpaceParam], algorithm: str) -> list[SpaceParam]:

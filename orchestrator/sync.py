@@ -114,7 +114,7 @@ def _missing_points(client: MlflowClient, run_id: str, rows: Mapping[int, Mappin
 
 def _sync_trial(client: MlflowClient, state: SweepState, cfg: SweepConfig, result: Result,
                 run: Run | None, report: SyncReport) -> None:
-    from trainables.tune import trial_config_from
+    from trainables.config import TrialConfig
 
     name = Path(result.path).name
     if run is None:
@@ -123,7 +123,7 @@ def _sync_trial(client: MlflowClient, state: SweepState, cfg: SweepConfig, resul
         if trial_id:
             tags[TAG_TRIAL_ID] = str(trial_id)
         run_id = client.create_run(state.experiment_id, run_name=name, tags=tags).info.run_id
-        client.log_batch(run_id, params=mlflow_params(trial_config_from(cfg.base_trial(), result.config or {}).to_dict()))
+        client.log_batch(run_id, params=mlflow_params(TrialConfig.from_overrides(cfg.base_trial(), result.config or {}).to_dict()))
         report.created += 1
     else:
         run_id = run.info.run_id

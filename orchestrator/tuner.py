@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -14,7 +15,8 @@ from trainables.schema import flatten_overrides
 from . import _storage
 from .config import SweepConfig
 from .pareto import TrialRecord
-from .space import make_searcher, param_space
+from .searchers import make_searcher
+from .space import param_space
 
 if TYPE_CHECKING:
     from ray import tune
@@ -111,9 +113,11 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     """A new Tuner: resources, param space, searcher, scheduler, stop, failures, checkpoints."""
     from ray import tune
 
+    from .cluster import max_concurrent
     from .repair import CheckpointRepair
 
     _output_env()
+    search = dataclasses.replace(cfg.search, max_concurrent=max_concurrent(cfg))  # cfg stays as validated
     single = len(cfg.objectives) == 1
     objective = cfg.objectives[0]
     inherit = single and cfg.scheduler.type == "asha" and cfg.scheduler.metric == objective.metric \
@@ -121,10 +125,10 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     top_metric = single and (cfg.scheduler.type != "asha" or inherit)
     optuna = cfg.search.algorithm == "optuna"
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(cfg.search),
+        search_alg=make_searcher(search),
         scheduler=_scheduler(cfg, inherit_metric=inherit),
         num_samples=cfg.search.num_samples,
-        max_concurrent_trials=cfg.search.max_concurrent if optuna else None,
+        max_concurrent_trials=search.max_concurrent if optuna else None,
         metric=objective.metric if top_metric else None,
         mode=objective.mode if top_metric else None,
         trial_dirname_creator=trial_dirname,

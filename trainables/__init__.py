@@ -1,11 +1,11 @@
 """What one trial does: data, the RepNAS one-stage search engine, checkpoints, export.
 
 Runs with Ray Tune (``make_trainable``) or without (``run_trial``,
-``python -m trainables.search``). Tracking is injected through ``TrialHook``s;
+``python -m trainables.cli``). Tracking is injected through ``TrialHook``s;
 nothing here imports MLflow. See docs/architecture.md for the contract.
 """
 
-from . import gates, metrics, schema
+from . import gates, metrics, schema, sweepfile
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import (
     BASELINES,
@@ -18,19 +18,22 @@ from .config import (
     RuntimeConfig,
     SearchConfig,
     TrialConfig,
+    check_trial_key,
 )
 from .data import DataBundle, build_data, make_loader
 from .engine import SearchEngine
 from .export import FusionMismatchError
 from .failures import NonFiniteLossError
 from .hooks import TrialHook
-from .metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS, PHASES
+from .metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS, PHASES, objective_metric_names, scheduler_metric_names
 from .schema import ConfigError, apply_overrides, did_you_mean, flatten_overrides, parse_override
+from .sweepfile import load_trial_section, read_sweep_yaml
 from .trial import TrialResult, run_trial
 from .tune import make_trainable
 
 __all__ = [
     "TrialConfig",
+    "check_trial_key",
     "ModelConfig",
     "DataConfig",
     "SearchConfig",
@@ -46,12 +49,17 @@ __all__ = [
     "parse_override",
     "did_you_mean",
     "schema",
+    "sweepfile",
+    "read_sweep_yaml",
+    "load_trial_section",
     "gates",
     "metrics",
     "EPOCH_METRICS",
     "FINAL_METRICS",
     "OPTIONAL_FINAL_METRICS",
     "PHASES",
+    "objective_metric_names",
+    "scheduler_metric_names",
     "DataBundle",
     "build_data",
     "make_loader",

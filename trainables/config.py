@@ -8,9 +8,10 @@ larger than the candidate count) happen in ``trainables.build``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin, get_type_hints
 
 from searchspace import BRANCH_TYPES, IDENTITY, list_models
 
@@ -21,6 +22,7 @@ from .schema import (
     between,
     did_you_mean,
     dump_dataclass,
+    flatten_overrides,
     join_path,
     load_dataclass,
     rule,
@@ -28,6 +30,7 @@ from .schema import (
 
 __all__ = [
     "TrialConfig",
+    "check_trial_key",
     "ModelConfig",
     "DataConfig",
     "SearchConfig",
@@ -262,6 +265,35 @@ class TrialConfig:
         """Validate a plain mapping (missing keys take defaults); raises ``ConfigError``."""
         return load_dataclass(cls, data, path)
 
+    @classmethod
+    def from_overrides(cls, base: Mapping[str, Any], overrides: Mapping[str, Any], path: str = "trial") -> TrialConfig:
+        """The trial that ``base`` (a ``trial:`` mapping) with dotted ``overrides`` applied describes.
+
+        The one way a sampled or ``--set`` trial becomes a config: a leading ``trial.`` is
+        dropped from each key, and a mapping value sets each of its keys (a space group:
+        ``{"search": {"method": "dbb"}}`` sets ``search.method``, see ``flatten_overrides``).
+        """
+        flat = {key.removeprefix("trial."): value for key, value in flatten_overrides(overrides).items()}
+        return cls.from_dict(apply_overrides(base, flat), path)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form that ``from_dict`` reads back unchanged."""
         return dump_dataclass(self)
+
+
+def check_trial_key(key: str, path: str) -> None:
+    """Raise ``ConfigError`` at ``path`` unless dotted ``key`` names a TrialConfig field (or
+    anything below a free-form mapping field such as ``model.options``)."""
+    node: Any = TrialConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not is_dataclass(node):
+            if node is Any or get_origin(node) is dict:
+                return
+            raise ConfigError(path, f"{key!r} is not a trial key: {'.'.join(parts[:i])} is a value, not a mapping")
+        names = [f.name for f in fields(node)]
+        if part not in names:
+            where = ".".join(parts[:i]) or "trial"
+            raise ConfigError(path, f"{key!r} is not a trial key: {where} has no {part!r}"
+                                    f"{did_you_mean(part, names)}; keys there: {', '.join(names)}")
+        node = get_type_hints(node)[part]

@@ -41,7 +41,9 @@ from .data import DataBundle, make_loader
 from .engine import EngineSync, SearchEngine, derive_seed
 from .hooks import TrialHook
 from .placement import Loaders, Placement
+from .restore import restore_checkpoint
 from .schema import ConfigError
+from .trial import run_trial
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -231,9 +233,6 @@ def _worker_loop(loop: dict[str, Any]) -> None:
     import ray
     import ray.train
     import ray.train.torch
-
-    from .restore import restore_checkpoint
-    from .trial import run_trial
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

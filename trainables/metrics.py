@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["PHASES", "PHASE_RANDOM", "PHASE_SEARCH", "PHASE_FIXED", "EPOCH_METRICS", "FINAL_METRICS", "OPTIONAL_FINAL_METRICS"]
+__all__ = ["PHASES", "PHASE_RANDOM", "PHASE_SEARCH", "PHASE_FIXED", "EPOCH_METRICS", "FINAL_METRICS", "OPTIONAL_FINAL_METRICS",
+           "objective_metric_names", "scheduler_metric_names"]
 
 PHASE_RANDOM, PHASE_SEARCH, PHASE_FIXED = 0, 1, 2
 PHASES = ("random", "search", "fixed")
@@ -39,3 +40,16 @@ FINAL_METRICS = (
 
 OPTIONAL_FINAL_METRICS = ("test_acc",)
 """Added to the last report when the dataset has a test split (fused model's accuracy)."""
+
+_NOT_OBJECTIVES = ("done", "epoch", "phase_id")  # markers and counters, not quantities to optimise
+
+
+def objective_metric_names() -> tuple[str, ...]:
+    """Every metric a trial reports that can be a search objective or a stop criterion."""
+    names = EPOCH_METRICS + FINAL_METRICS + OPTIONAL_FINAL_METRICS
+    return tuple(n for n in names if n not in _NOT_OBJECTIVES) + ("epoch",)
+
+
+def scheduler_metric_names() -> tuple[str, ...]:
+    """Metrics reported after every epoch: what a trial scheduler such as ASHA can compare."""
+    return tuple(n for n in EPOCH_METRICS if n not in _NOT_OBJECTIVES)

@@ -7,19 +7,27 @@ the engine, so the same loop runs on one process or on every rank of a DDP group
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
 
+from .config import DataConfig, RuntimeConfig
 from .data import DataBundle, make_loader
+from .engine import SearchEngine
+from .schema import ConfigError
 
-if TYPE_CHECKING:
-    from .config import DataConfig, RuntimeConfig
-    from .engine import SearchEngine
+__all__ = ["Placement", "Loaders", "resolve_device"]
 
-__all__ = ["Placement", "Loaders"]
+
+def resolve_device(runtime: RuntimeConfig) -> torch.device:
+    """CUDA when asked for or available (``auto``), else CPU; limits torch's CPU threads."""
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trial.runtime.device", "cuda requested but torch sees no GPU; use auto or cpu")
+    use_cuda = runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available())
+    torch.set_num_threads(runtime.num_threads or len(os.sched_getaffinity(0)))
+    return torch.device("cuda" if use_cuda else "cpu")
 
 
 @dataclass(frozen=True)
@@ -44,8 +52,6 @@ class Placement:
 
     def device(self, runtime: RuntimeConfig) -> torch.device:
         """The device to train on (and the CPU threads to use)."""
-        from .trial import resolve_device  # trial imports this module
-
         return resolve_device(runtime)
 
     def loaders(self, data: DataBundle, cfg: DataConfig) -> Loaders:

@@ -1,6 +1,6 @@
 """``run_trial``: one whole trial (data -> model -> epochs with checkpoints -> export).
 
-The single entry that the CLI (``trainables.search``) and the Ray Tune trainable
+The single entry that the CLI (``trainables.cli``) and the Ray Tune trainable
 (``trainables.tune``) both call. Layout of ``workdir``::
 
     metrics.jsonl      one JSON line of flat metrics per epoch
@@ -13,7 +13,6 @@ The single entry that the CLI (``trainables.search``) and the Ray Tune trainable
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ import torch
 from .alpha import alpha_table, plot_alpha, save_alpha
 from .build import build_trial_model
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RuntimeConfig, TrialConfig
+from .config import TrialConfig
 from .data import build_data, make_loader
 from .engine import SearchEngine, derive_seed
 from .export import export_model
@@ -37,7 +36,7 @@ from .metrics import EPOCH_METRICS
 from .placement import Placement
 from .schema import ConfigError
 
-__all__ = ["run_trial", "TrialResult", "ReportFn", "resolve_device", "CHECKPOINT_DIR", "EXPORT_DIR"]
+__all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
 
 CHECKPOINT_DIR, EXPORT_DIR = "checkpoint", "export"
 ReportFn = Callable[[dict[str, float], Path], None]
@@ -56,15 +55,6 @@ class TrialResult:
     export_dir: Path
     checkpoint_dir: Path
     summary: dict[str, Any]
-
-
-def resolve_device(runtime: RuntimeConfig) -> torch.device:
-    """CUDA when asked for or available (``auto``), else CPU; limits torch's CPU threads."""
-    if runtime.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trial.runtime.device", "cuda requested but torch sees no GPU; use auto or cpu")
-    use_cuda = runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available())
-    torch.set_num_threads(runtime.num_threads or len(os.sched_getaffinity(0)))
-    return torch.device("cuda" if use_cuda else "cpu")
 
 
 def _check_resumable(saved: dict[str, Any], config: TrialConfig) -> None:
@@ -90,8 +80,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: Any, out: Path) -> tuple[dict[str, float], dict[str, Any]]:
-    """Final metrics and summary fields: fuse, verify, measure, export, test accuracy, alpha plot."""
-    engine.finalize()
+    """Final metrics and summary fields of a finalized engine: fuse, verify, measure, export,
+    test accuracy, alpha plot."""
     fused, result = export_model(
         engine.model, val_loader, data.example_shape, out,
         device=engine.device, formats=list(config.export.formats),

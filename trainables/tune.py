@@ -15,6 +15,7 @@ re-reports rank 0's results (``trainables.distributed``). Every result carries
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -27,17 +28,9 @@ from .distributed import NODE_KEY, WorkerResources, run_distributed
 from .failures import NonFiniteLossError, failure_metrics
 from .hooks import TrialHook
 from .restore import restore_checkpoint
-from .schema import apply_overrides, flatten_overrides
 from .trial import run_trial
 
-__all__ = ["make_trainable", "trial_config_from"]
-
-
-def trial_config_from(base_trial: Mapping[str, Any], config: Mapping[str, Any]) -> TrialConfig:
-    """The TrialConfig of one Tune trial: ``base_trial`` with the dotted ``config`` keys applied
-    (a mapping value sets each of its keys: ``{"search": {"method": "dbb"}}``)."""
-    overrides = {key.removeprefix("trial."): value for key, value in flatten_overrides(config).items()}
-    return TrialConfig.from_dict(apply_overrides(base_trial, overrides))
+__all__ = ["make_trainable"]
 
 
 def _trial_cpus() -> int | None:
@@ -49,6 +42,15 @@ def _trial_cpus() -> int | None:
     except Exception:  # noqa: BLE001 - outside a Tune session
         return None
     return max(1, int(cpus)) if cpus else None
+
+
+def _with_threads(cfg: TrialConfig, workers: WorkerResources) -> TrialConfig:
+    """``cfg`` with ``runtime.num_threads: null`` set to the CPUs this trial (or each of its DDP
+    workers) was given; a new config, the validated one is left as it is."""
+    if cfg.runtime.num_threads is not None:
+        return cfg
+    threads = max(1, int(workers.cpus)) if cfg.runtime.workers > 1 else _trial_cpus()
+    return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, num_threads=threads))
 
 
 def _run_ddp(cfg: TrialConfig, workers: WorkerResources, hooks: list[TrialHook], trial_name: str) -> None:
@@ -81,10 +83,8 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
         import ray
         from ray import tune
 
-        cfg = trial_config_from(base, config)
         per_worker = workers or WorkerResources()
-        if cfg.runtime.num_threads is None:
-            cfg.runtime.num_threads = max(1, int(per_worker.cpus)) if cfg.runtime.workers > 1 else _trial_cpus()
+        cfg = _with_threads(TrialConfig.from_overrides(base, config), per_worker)
         context = tune.get_context()
         workdir = Path(tempfile.mkdtemp(prefix=f"repnas-{context.get_trial_id()}-"))
         try:

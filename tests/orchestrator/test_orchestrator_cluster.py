@@ -18,7 +18,7 @@ import pytest
 from _servers import free_port
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cluster import check_cluster, check_storage
+from orchestrator.cluster import check_cluster, check_storage, max_concurrent
 from orchestrator.config import ConfigError, parse_sweep
 
 CPU2 = [{"CPU": 2.0}]
@@ -58,6 +58,16 @@ def test_trials_that_fit_report_how_many_run_at_once(kit: Any, tmp_path: Path, r
     cfg = _cfg(kit, tmp_path, **resources)
     cfg.storage_shared = True
     assert check_cluster(cfg, nodes) == fit
+
+
+@pytest.mark.parametrize("workers, asked, want", [(1, None, None), (1, 8, 8), (2, None, 2), (2, 1, 1), (2, 8, 2)])
+def test_ddp_trials_at_once_are_capped_at_what_fits_and_the_config_is_kept(kit: Any, tmp_path: Path, workers: int,
+                                                                            asked: int | None, want: int | None) -> None:
+    sweep = kit.tiny_sweep(tmp_path, ray={"address": "auto", "num_cpus": None}, resources={"cpus": 1, "workers": workers},
+                           search={"max_concurrent": asked})
+    cfg = parse_sweep(sweep)
+    assert max_concurrent(cfg, [{"CPU": 4.0}]) == want
+    assert cfg.search.max_concurrent == asked  # computed, never written back into the validated config
 
 
 @pytest.mark.parametrize("path, shared, nodes, ok", [

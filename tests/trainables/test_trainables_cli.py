@@ -1,4 +1,4 @@
-"""``python -m trainables.search``: a tiny run, resume, and user errors (exit 2, no traceback)."""
+"""``python -m trainables.cli``: a tiny run, resume, and user errors (exit 2, no traceback)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainables.search import main
+from trainables.cli import main
 
 
 def _sweep(tmp_path: Path, trial: dict[str, Any]) -> Path:
@@ -23,7 +23,8 @@ def _sweep(tmp_path: Path, trial: dict[str, Any]) -> Path:
 def test_cli_runs_resumes_and_writes_outputs(tmp_path: Path, tiny_dict: dict[str, Any], capsys) -> None:
     sweep = _sweep(tmp_path, tiny_dict)
     out = tmp_path / "out"
-    assert main([str(sweep), "--output", str(out), "--set", "search.epochs=2", "--set", "trial.search.search_epochs=1"]) == 0
+    # a mapping value sets its keys, as a space group does (random_epochs stays the trial's 1)
+    assert main([str(sweep), "--output", str(out), "--set", "search.epochs=2", "--set", "trial.search={search_epochs: 1}"]) == 0
     printed = capsys.readouterr().out
     assert "epoch   2/2" in printed and "fused: val acc" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -55,7 +56,7 @@ def test_cli_user_errors_return_2(tmp_path: Path, tiny_dict: dict[str, Any], arg
 @pytest.mark.parametrize(("args", "fragment"), [_USER_ERRORS[1], _USER_ERRORS[3]])
 def test_cli_user_errors_exit_2_without_traceback(tmp_path: Path, tiny_dict: dict[str, Any], args: list[str], fragment: str) -> None:
     sweep = _sweep(tmp_path, tiny_dict)
-    proc = subprocess.run([sys.executable, "-m", "trainables.search", str(sweep), "--output", str(tmp_path / "o"), *args],
+    proc = subprocess.run([sys.executable, "-m", "trainables.cli", str(sweep), "--output", str(tmp_path / "o"), *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr and "Traceback" not in proc.stderr

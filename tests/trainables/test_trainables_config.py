@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from trainables import ConfigError, TrialConfig, apply_overrides, parse_override
+from trainables import ConfigError, TrialConfig, apply_overrides, check_trial_key, parse_override
 from trainables.build import build_trial_model
 from trainables.data import build_data
 
@@ -47,6 +47,29 @@ def test_bad_values_name_the_key(overrides: dict[str, Any], path: str, fragment:
         TrialConfig.from_dict(apply_overrides(tiny_dict, overrides))
     assert info.value.path == path
     assert fragment in str(info.value)
+
+
+def test_from_overrides_applies_dotted_keys_groups_and_a_trial_prefix(tiny_dict: dict[str, Any]) -> None:
+    cfg = TrialConfig.from_overrides(tiny_dict, {"search.budget": 5, "trial.optim.lr": 0.05,
+                                                 "trial.search": {"method": "dbb"}})
+    assert (cfg.search.budget, cfg.optim.lr, cfg.search.method) == (5, 0.05, "dbb")
+    assert cfg.search.epochs == tiny_dict["search"]["epochs"]  # a group sets its keys, the rest stay
+    assert TrialConfig.from_overrides(tiny_dict, {}) == TrialConfig.from_dict(tiny_dict)
+    with pytest.raises(ConfigError) as info:
+        TrialConfig.from_overrides(tiny_dict, {"search": {"bugdet": 1}})
+    assert info.value.path == "trial.search.bugdet"
+
+
+@pytest.mark.parametrize(("key", "fragment"), [
+    ("search.bugdet", "search has no 'bugdet' (did you mean 'budget'?)"),
+    ("optim.lr.x", "optim.lr is a value, not a mapping"),
+    ("trial.seed", "trial has no 'trial'"),
+])
+def test_check_trial_key_names_what_is_wrong(key: str, fragment: str) -> None:
+    check_trial_key("model.options.width_multiplier", "space.x")  # below a free-form mapping
+    with pytest.raises(ConfigError) as info:
+        check_trial_key(key, "space.k")
+    assert info.value.path == "space.k" and fragment in str(info.value)
 
 
 def test_int_budget_stays_absolute_and_float_is_a_ratio(tiny_dict: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from searchspace import Architecture, build_from_architecture, odbb_layers, reparameterize
-from trainables import EPOCH_METRICS, FINAL_METRICS, CheckpointError, TrialHook, load_checkpoint, run_trial
+from trainables import EPOCH_METRICS, FINAL_METRICS, CheckpointError, SearchEngine, TrialHook, load_checkpoint, run_trial
 from trainables.build import build_trial_model
 from trainables.data import build_data, make_loader
 
@@ -70,6 +70,19 @@ def test_same_seed_same_run_different_seed_different_run(tmp_path: Path, tiny) -
     c = run_trial(tiny(**{"seed": 1, "search.epochs": 1, "search.random_epochs": 1, "search.search_epochs": 0,
                           "data.limit_train": 128}), tmp_path / "c").history
     assert [_strip(m) for m in a] == [_strip(m) for m in b] != [_strip(m) for m in c]
+
+
+def test_the_architecture_is_finalized_once_at_the_end(tmp_path: Path, tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    finalized: list[int] = []
+
+    class _Spy(SearchEngine):  # the real engine, counting its finalize calls
+        def finalize(self) -> None:
+            finalized.append(self.epoch)
+            super().finalize()
+
+    monkeypatch.setattr("trainables.trial.SearchEngine", _Spy)
+    result = run_trial(tiny(**{"search.epochs": 2, "search.random_epochs": 1, "search.search_epochs": 0}), tmp_path / "run")
+    assert finalized == [2] and result.metrics["done"] == 1.0
 
 
 def test_corrupt_checkpoint_is_reported_with_its_path(tmp_path: Path, tiny) -> None:

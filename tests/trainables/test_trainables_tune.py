@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from trainables import FINAL_METRICS, TrialHook, make_trainable
-from trainables.tune import trial_config_from
 
 ray = pytest.importorskip("ray")
 tune = pytest.importorskip("ray.tune")
@@ -39,11 +38,6 @@ class _Recorder(TrialHook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epochs = state["epochs"]
-
-
-def test_trial_config_from_applies_dotted_outer_keys(tiny_dict: dict[str, Any]) -> None:
-    cfg = trial_config_from(tiny_dict, {"search.budget": 5, "trial.optim.lr": 0.05})
-    assert cfg.search.budget == 5 and cfg.optim.lr == 0.05
 
 
 @pytest.mark.slow

@@ -1,10 +1,11 @@
 """One RepNAS search without Ray, configured by the ``trial:`` section of a sweep file.
 
-    python -m trainables.search SWEEP.yaml --output DIR [--resume] [--set KEY=VALUE ...]
+    python -m trainables.cli SWEEP.yaml --output DIR [--resume] [--set KEY=VALUE ...]
 
 ``--set`` keys are dotted paths inside ``trial:`` (``search.budget=0.5``; a leading
-``trial.`` is accepted). Writes DIR/summary.json, DIR/architecture.json, DIR/metrics.jsonl,
-DIR/export/ (fused model in every format) and DIR/checkpoint/ (for ``--resume``).
+``trial.`` is accepted; a mapping value sets each of its keys, as a space group does).
+Writes DIR/summary.json, DIR/architecture.json, DIR/metrics.jsonl, DIR/export/ (fused
+model in every format) and DIR/checkpoint/ (for ``--resume``).
 User errors print one message to stderr and exit with status 2.
 """
 
@@ -20,27 +21,17 @@ from typing import Any
 from .checkpoint import CheckpointError, is_checkpoint
 from .config import TrialConfig
 from .metrics import PHASES
-from .schema import ConfigError, apply_overrides, parse_override, read_sweep_yaml
+from .schema import ConfigError, parse_override
+from .sweepfile import load_trial_section
 from .trial import CHECKPOINT_DIR, run_trial
 
-__all__ = ["main", "load_trial_section"]
+__all__ = ["main"]
 
 _EXIT_USER_ERROR = 2
 
 
 class _UserError(Exception):
     """A problem the user fixes (file, flag, config); printed without a traceback."""
-
-
-def load_trial_section(path: Path) -> dict[str, Any]:
-    """The ``trial:`` mapping of a sweep YAML file (after its ``extends:`` chain)."""
-    document = read_sweep_yaml(path)
-    if "trial" not in document:
-        raise _UserError(f"{path} has no top-level `trial:` section (the trial config this command runs)")
-    section = document["trial"]
-    if section is not None and not isinstance(section, dict):
-        raise ConfigError("trial", f"expected a mapping, got {type(section).__name__}")
-    return section or {}
 
 
 def _progress(total: int) -> Any:
@@ -68,17 +59,15 @@ def _progress(total: int) -> Any:
 
 
 def _run(args: argparse.Namespace) -> None:
-    trial = load_trial_section(Path(args.sweep))
-    overrides = dict(parse_override(text) for text in args.set)
-    overrides = {key.removeprefix("trial."): value for key, value in overrides.items()}
-    config = TrialConfig.from_dict(apply_overrides(trial, overrides))
+    trial = load_trial_section(args.sweep)
+    config = TrialConfig.from_overrides(trial, dict(parse_override(text) for text in args.set))
     output = Path(args.output)
     checkpoint = output / CHECKPOINT_DIR
     if args.resume and not is_checkpoint(checkpoint):
         raise _UserError(f"--resume: no checkpoint in {checkpoint}; run without --resume to start")
     if not args.resume and is_checkpoint(checkpoint):
         raise _UserError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
-    print(f"trainables.search: {config.model.name} on {config.data.dataset}, method {config.search.method}, "
+    print(f"trainables.cli: {config.model.name} on {config.data.dataset}, method {config.search.method}, "
           f"budget {config.search.budget}, {config.search.epochs} epochs -> {output}", flush=True)
     result = run_trial(config, output, resume_from=checkpoint if args.resume else None,
                        report=_progress(config.search.epochs), trial_name=output.name)
@@ -92,7 +81,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m trainables.search", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainables.cli", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="sweep YAML file; its trial: section is the config")
     parser.add_argument("--output", required=True, help="run folder (created)")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint")
