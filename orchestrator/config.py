@@ -34,7 +34,7 @@ from .space import SpaceParam, parse_space
 __all__ = [
     "ConfigError", "Objective", "RayConfig", "ResourcesConfig", "SearchConfig",
     "SchedulerConfig", "FailureSettings", "CheckpointSettings", "MlflowConfig",
-    "SweepConfig", "load_sweep", "parse_sweep", "apply_set",
+    "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "sqlite_path",
 ]
 
 Mode = Literal["min", "max"]
@@ -331,17 +331,23 @@ def local_gpu_count() -> int:
 
 
 _URI_SCHEMES = ("http", "https", "file", "databricks", "postgresql", "mysql", "mssql")
+_SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The database path of a ``sqlite:///PATH[?query]`` tracking URI; None for any other URI."""
+    return uri[len(_SQLITE):].split("?", 1)[0] if uri.startswith(_SQLITE) else None
 
 
 def _resolve_tracking_uri(uri: str, path: str) -> str:
     """Make local sqlite paths absolute (trials run in other working directories)."""
     scheme = uri.split(":", 1)[0] if ":" in uri else ""
     if scheme == "sqlite":
-        prefix = "sqlite:///"
-        if not uri.startswith(prefix) or len(uri) == len(prefix):
+        db = sqlite_path(uri)
+        if not db:
             raise ConfigError(path, f"expected sqlite:///path/to/file.db, got {uri!r}")
-        db = uri[len(prefix):]
-        return uri if db.startswith("/") else prefix + str(Path(db).expanduser().resolve())
+        query = uri[len(_SQLITE) + len(db):]
+        return uri if db.startswith("/") else _SQLITE + str(Path(db).expanduser().resolve()) + query
     if scheme.split("+")[0] in _URI_SCHEMES:
         return uri
     raise ConfigError(path, f"expected a tracking URI such as sqlite:///mlflow.db or http://127.0.0.1:5000, "

@@ -16,7 +16,7 @@ from . import _trial
 from .config import ConfigError, SweepConfig, load_sweep
 from .lock import SweepLock, SweepLockedError
 from .preflight import check_tracking
-from .redact import redact
+from .redact import error_line, redact
 from .space import sample_overrides, trial_count
 
 __all__ = ["main", "parse_args", "run_sweep", "dry_run"]
@@ -101,7 +101,7 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Call
         summary = summarize(results, cfg, state)
     except Exception as err:  # noqa: BLE001 - any tracking failure: Ray's results are complete anyway
         _error(f"MLflow at {redact(state.tracking_uri)} failed after the trials ran "
-               f"({redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}). Ray's results are "
+               f"({error_line(err)}). Ray's results are "
                f"complete in {cfg.experiment_path}; when MLflow is back run: python -m orchestrator.sync {cfg.source}")
         return EXIT_FAILED
     print_summary(summary, cfg, state)

@@ -23,7 +23,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from .config import ConfigError, SweepConfig, load_sweep
-from .redact import redact
+from .redact import error_line, redact
 from .tracking import (TAG_ERROR, TAG_PARENT, TAG_TRIAL, TAG_TRIAL_ID, SweepState, child_runs,
                        complete_run, client_defaults, mlflow_params)
 
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow sync of {cfg.name!r}: {sync_mlflow(cfg, state, results)}")
         summary = summarize(results, cfg, state)
     except Exception as err:  # noqa: BLE001 - report any tracking failure in one line
-        print(f"repnas-sync: error: MLflow at {redact(state.tracking_uri)} failed: "
-              f"{redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}", file=sys.stderr)
+        print(f"repnas-sync: error: MLflow at {redact(state.tracking_uri)} failed: {error_line(err)}",
+              file=sys.stderr)
         return 1
     print_summary(summary, cfg, state)
     return 0

@@ -25,7 +25,8 @@ from trainables.hooks import TrialHook
 from trainables.schema import flatten_overrides
 
 from . import _storage
-from .redact import public_items, redact
+from .config import sqlite_path
+from .redact import error_line, public_items, redact
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -105,10 +106,8 @@ def _experiment_id(client: MlflowClient, cfg: SweepConfig) -> str:
     experiment = client.get_experiment_by_name(cfg.experiment_name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None
-    uri = cfg.mlflow.tracking_uri
-    if uri.startswith("sqlite:///"):  # artifacts next to the database, not in the cwd
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    db = sqlite_path(cfg.mlflow.tracking_uri)  # artifacts next to the database, not in the cwd
+    location = (Path(db).parent / "mlartifacts").as_uri() if db else None
     return client.create_experiment(cfg.experiment_name, artifact_location=location)
 
 
@@ -146,7 +145,7 @@ def _unsaved_parent(client: MlflowClient, experiment_id: str, cfg: SweepConfig) 
     """The id of this sweep's parent run when a killed driver created it but never saved it."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{cfg.name}'",
                               order_by=["attributes.start_time ASC"], max_results=100)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags
+    parents = [r for r in runs if TAG_PARENT not in r.data.tags
                and r.data.tags.get("repnas.storage") == cfg.experiment_path]
     return parents[0].info.run_id if parents else None
 
@@ -241,8 +240,7 @@ class MLflowTrialHook(TrialHook):
             action()
         except Exception as err:  # noqa: BLE001 - any tracking failure must not end the trial
             self.unlogged.append(what)
-            reason = redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
-            print(f"MLflow at {redact(self.tracking_uri)} failed while logging {what} ({reason}); training "
+            print(f"MLflow at {redact(self.tracking_uri)} failed while logging {what} ({error_line(err)}); training "
                   "continues. Fill it in later with `python -m orchestrator.sync SWEEP.yaml`.", file=sys.stderr)
 
     def _find(self, trial_name: str) -> str | None:
