@@ -32,7 +32,6 @@ _EXPORTS: dict[str, str] = {
     "equal_count_verdicts": "compare",
     "group_records": "compare",
     "select_best": "compare",
-    "TrialRecord": "pareto",
     "dominates": "pareto",
     "mark_front": "pareto",
     "non_dominated": "pareto",
@@ -43,7 +42,10 @@ _EXPORTS: dict[str, str] = {
     "main": "run",
     "run_sweep": "run",
     "build_report": "report",
-    "read_records": "report",
+    "TrialRecord": "records",
+    "TrialStatus": "records",
+    "records_from_mlflow": "records",
+    "records_from_results": "records",
     "SpaceParam": "space",
     "make_searcher": "space",
     "param_space": "space",
@@ -56,7 +58,6 @@ _EXPORTS: dict[str, str] = {
     "NothingToResumeError": "tuner",
     "SweepExistsError": "tuner",
     "build_tuner": "tuner",
-    "collect_records": "tuner",
     "restore_tuner": "tuner",
 }
 
@@ -65,13 +66,14 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .config import CheckpointSettings, ConfigError, FailureSettings, MlflowConfig, Objective, RayConfig, ResourcesConfig, SchedulerConfig, SearchConfig, SweepConfig, apply_set, load_sweep, parse_sweep
     from .compare import GroupStats, equal_count_verdicts, group_records, select_best
-    from .pareto import TrialRecord, dominates, mark_front, non_dominated, plot_fronts, write_table
+    from .pareto import dominates, mark_front, non_dominated, plot_fronts, write_table
+    from .records import TrialRecord, TrialStatus, records_from_mlflow, records_from_results
     from .registry import Registered, register_models
-    from .report import build_report, read_records
+    from .report import build_report
     from .run import main, run_sweep
     from .space import SpaceParam, make_searcher, param_space, parse_space, trial_count
     from .tracking import MLflowTrialHook, SweepState, finish_parent_run, start_parent_run
-    from .tuner import NothingToResumeError, SweepExistsError, build_tuner, collect_records, restore_tuner
+    from .tuner import NothingToResumeError, SweepExistsError, build_tuner, restore_tuner
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from .config import Objective
-from .pareto import TrialRecord, best_by, front
+from .pareto import best_by, front
+from .records import TrialRecord
 from .tracking import TAG_TRIAL
 
 __all__ = ["Registered", "register_models"]
