@@ -51,7 +51,9 @@ _EXPORTS: dict[str, str] = {
     "param_space": "space",
     "parse_space": "space",
     "trial_count": "space",
-    "MLflowTrialHook": "tracking",
+    "MLflowTrialHook": "child_run",
+    "TrialLog": "child_run",
+    "reconcile": "child_run",
     "SweepState": "tracking",
     "finish_parent_run": "tracking",
     "start_parent_run": "tracking",
@@ -64,6 +66,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from .child_run import MLflowTrialHook, TrialLog, reconcile
     from .config import CheckpointSettings, ConfigError, FailureSettings, MlflowConfig, Objective, RayConfig, ResourcesConfig, SchedulerConfig, SearchConfig, SweepConfig, apply_set, load_sweep, parse_sweep
     from .compare import GroupStats, equal_count_verdicts, group_records, select_best
     from .pareto import dominates, mark_front, non_dominated, plot_fronts, write_table
@@ -72,7 +75,7 @@ if TYPE_CHECKING:
     from .report import build_report
     from .run import main, run_sweep
     from .space import SpaceParam, make_searcher, param_space, parse_space, trial_count
-    from .tracking import MLflowTrialHook, SweepState, finish_parent_run, start_parent_run
+    from .tracking import SweepState, finish_parent_run, start_parent_run
     from .tuner import NothingToResumeError, SweepExistsError, build_tuner, restore_tuner
 
 

@@ -186,10 +186,14 @@ class SweepConfig:
         return self.mlflow.registered_model_name or f"repnas-{self.name}"
 
     def base_trial(self) -> dict[str, Any]:
-        """The ``trial:`` dict with the space's constants and ``resources.workers`` applied."""
+        """The ``trial:`` dict with the space's constants and ``resources`` applied: ``runtime.workers``,
+        and an unset ``runtime.num_threads`` as the CPUs each trial (or DDP worker) is given, so the
+        config a trial runs is known on the driver too (MLflow params from the trial or from ``sync``)."""
         fixed = {p.key: p.values[0] for p in self.space if not p.sampled}
         if self.resources.workers > 1:
             fixed["runtime.workers"] = self.resources.workers
+        if (self.trial.get("runtime") or {}).get("num_threads") is None:
+            fixed.setdefault("runtime.num_threads", max(1, int(self.resources.cpus)))
         return apply_overrides(self.trial, fixed)
 
     def to_dict(self) -> dict[str, Any]:

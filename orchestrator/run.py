@@ -85,9 +85,10 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
 
 def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Callable[[SweepConfig], None]) -> int:
     """The sweep proper, while this driver holds the sweep's lock."""
+    from .child_run import MLflowTrialHook
     from .summary import print_summary, summarize
     from .sync import sync_mlflow
-    from .tracking import MLflowTrialHook, finish_parent_run, start_parent_run
+    from .tracking import finish_parent_run, start_parent_run
     from .tuner import build_tuner, restore_tuner
 
     init_ray(cfg)  # first: a cluster that cannot hold the trials is refused before MLflow sees the sweep

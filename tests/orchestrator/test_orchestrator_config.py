@@ -10,7 +10,7 @@ import pytest
 import ray
 import yaml
 
-from orchestrator.config import apply_set, load_sweep, sqlite_path
+from orchestrator.config import apply_set, load_sweep, parse_sweep, sqlite_path
 from orchestrator.run import main
 
 
@@ -194,14 +194,21 @@ def test_sqlite_path() -> None:
 
 
 def test_space_constants_go_into_the_base_trial(tmp_path: Path, kit: Any) -> None:
-    from orchestrator.config import parse_sweep
-
     raw = kit.tiny_sweep(tmp_path)
     raw["space"]["optim.momentum"] = 0.8
     cfg = parse_sweep(raw)
     assert cfg.base_trial()["optim"]["momentum"] == 0.8
     assert [p.key for p in cfg.space if p.sampled] == ["search.budget", "optim.lr"]
 
+
+@pytest.mark.parametrize(("runtime", "cpus", "threads"), [({}, 3, 3), ({"num_threads": None}, 0.5, 1),
+                                                         ({"num_threads": 2}, 4, 2)])
+def test_unset_threads_are_the_trials_cpus(tmp_path: Path, kit: Any, runtime: dict[str, Any], cpus: float,
+                                           threads: int) -> None:
+    """The config a trial runs is known on the driver (its MLflow params are the same from the hook or sync)."""
+    raw = kit.tiny_sweep(tmp_path, resources={"cpus": cpus}, ray={"num_cpus": 4})
+    raw["trial"]["runtime"] = {"device": "cpu", **runtime}
+    assert parse_sweep(raw).base_trial()["runtime"]["num_threads"] == threads
 
 
 def test_apply_set_creates_sections() -> None:
