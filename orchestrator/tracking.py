@@ -2,7 +2,7 @@
 
 The parent run id is kept in ``<storage>/<name>/repnas_sweep.json`` so a restarted driver
 reuses it. Each trial's child run is written by ``orchestrator.child_run`` (its id is kept in
-the trial checkpoint and, failing that, found again by its ``repnas.trial_name`` tag, so a
+the trial checkpoint and, failing that, found again by its trial-name tag ``TAG_TRIAL``, so a
 trial never gets two runs).
 """
 
