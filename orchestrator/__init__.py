@@ -32,7 +32,6 @@ _EXPORTS: dict[str, str] = {
     "equal_count_verdicts": "compare",
     "group_records": "compare",
     "select_best": "compare",
-    "TrialRecord": "pareto",
     "dominates": "pareto",
     "mark_front": "pareto",
     "non_dominated": "pareto",
@@ -43,20 +42,24 @@ _EXPORTS: dict[str, str] = {
     "main": "run",
     "run_sweep": "run",
     "build_report": "report",
-    "read_records": "report",
+    "TrialRecord": "records",
+    "TrialStatus": "records",
+    "records_from_mlflow": "records",
+    "records_from_results": "records",
     "SpaceParam": "space",
     "make_searcher": "searchers",
     "param_space": "space",
     "parse_space": "space",
     "trial_count": "space",
-    "MLflowTrialHook": "tracking",
+    "MLflowTrialHook": "child_run",
+    "TrialLog": "child_run",
+    "reconcile": "child_run",
     "SweepState": "tracking",
     "finish_parent_run": "tracking",
     "start_parent_run": "tracking",
     "NothingToResumeError": "tuner",
     "SweepExistsError": "tuner",
     "build_tuner": "tuner",
-    "collect_records": "tuner",
     "restore_tuner": "tuner",
     "validate_trials": "validate",
 }
@@ -64,16 +67,18 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from .child_run import MLflowTrialHook, TrialLog, reconcile
     from .config import CheckpointSettings, ConfigError, FailureSettings, MlflowConfig, Objective, RayConfig, ResourcesConfig, SchedulerConfig, SearcherConfig, SweepConfig, apply_set, load_sweep, parse_sweep
     from .compare import GroupStats, equal_count_verdicts, group_records, select_best
-    from .pareto import TrialRecord, dominates, mark_front, non_dominated, plot_fronts, write_table
+    from .pareto import dominates, mark_front, non_dominated, plot_fronts, write_table
+    from .records import TrialRecord, TrialStatus, records_from_mlflow, records_from_results
     from .registry import Registered, register_models
-    from .report import build_report, read_records
+    from .report import build_report
     from .run import main, run_sweep
     from .searchers import make_searcher
     from .space import SpaceParam, param_space, parse_space, trial_count
-    from .tracking import MLflowTrialHook, SweepState, finish_parent_run, start_parent_run
-    from .tuner import NothingToResumeError, SweepExistsError, build_tuner, collect_records, restore_tuner
+    from .tracking import SweepState, finish_parent_run, start_parent_run
+    from .tuner import NothingToResumeError, SweepExistsError, build_tuner, restore_tuner
     from .validate import validate_trials
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .pareto import TrialRecord
+from .records import TrialRecord
 
 __all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best", "form_verdicts",
            "equal_count_verdicts"]

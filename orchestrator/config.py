@@ -34,7 +34,7 @@ from .validate import validate_trials
 __all__ = [
     "ConfigError", "Objective", "RayConfig", "ResourcesConfig", "SearcherConfig",
     "SchedulerConfig", "FailureSettings", "CheckpointSettings", "MlflowConfig",
-    "SweepConfig", "load_sweep", "parse_sweep", "apply_set",
+    "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "sqlite_path",
 ]
 
 Mode = Literal["min", "max"]
@@ -186,10 +186,14 @@ class SweepConfig:
         return self.mlflow.registered_model_name or f"repnas-{self.name}"
 
     def base_trial(self) -> dict[str, Any]:
-        """The ``trial:`` dict with the space's constants and ``resources.workers`` applied."""
+        """The ``trial:`` dict with the space's constants and ``resources`` applied: ``runtime.workers``,
+        and an unset ``runtime.num_threads`` as the CPUs each trial (or DDP worker) is given, so the
+        config a trial runs is known on the driver too (MLflow params from the trial or from ``sync``)."""
         fixed = {p.key: p.values[0] for p in self.space if not p.sampled}
         if self.resources.workers > 1:
             fixed["runtime.workers"] = self.resources.workers
+        if (self.trial.get("runtime") or {}).get("num_threads") is None:
+            fixed.setdefault("runtime.num_threads", max(1, int(self.resources.cpus)))
         return apply_overrides(self.trial, fixed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,17 +335,23 @@ def local_gpu_count() -> int:
 
 
 _URI_SCHEMES = ("http", "https", "file", "databricks", "postgresql", "mysql", "mssql")
+_SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> str | None:
+    """The database path of a ``sqlite:///PATH[?query]`` tracking URI; None for any other URI."""
+    return uri[len(_SQLITE):].split("?", 1)[0] if uri.startswith(_SQLITE) else None
 
 
 def _resolve_tracking_uri(uri: str, path: str) -> str:
     """Make local sqlite paths absolute (trials run in other working directories)."""
     scheme = uri.split(":", 1)[0] if ":" in uri else ""
     if scheme == "sqlite":
-        prefix = "sqlite:///"
-        if not uri.startswith(prefix) or len(uri) == len(prefix):
+        db = sqlite_path(uri)
+        if not db:
             raise ConfigError(path, f"expected sqlite:///path/to/file.db, got {uri!r}")
-        db = uri[len(prefix):]
-        return uri if db.startswith("/") else prefix + str(Path(db).expanduser().resolve())
+        query = uri[len(_SQLITE) + len(db):]
+        return uri if db.startswith("/") else _SQLITE + str(Path(db).expanduser().resolve()) + query
     if scheme.split("+")[0] in _URI_SCHEMES:
         return uri
     raise ConfigError(path, f"expected a tracking URI such as sqlite:///mlflow.db or http://127.0.0.1:5000, "

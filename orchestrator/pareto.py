@@ -1,6 +1,6 @@
 """Pareto front over any number of objectives: non-dominated sort, table, plot.
 
-Pure functions over :class:`TrialRecord` lists; no Ray, no MLflow.
+Pure functions over :class:`~orchestrator.records.TrialRecord` lists; no Ray, no MLflow.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+from .records import TrialRecord, TrialStatus
+
 __all__ = [
-    "TrialRecord", "dominates", "non_dominated", "is_valid", "mark_front", "front",
+    "dominates", "non_dominated", "is_valid", "mark_front", "front",
     "best_by", "write_table", "plot_fronts", "format_table", "TABLE_METRICS",
 ]
 
@@ -28,30 +30,6 @@ _EXTRA_X: tuple[str, ...] = ("branches_kept", "latency_fused_ms", "params_fused"
 class _Objective(Protocol):
     metric: str
     mode: str
-
-
-@dataclass
-class TrialRecord:
-    """One trial's outcome as the Pareto table sees it."""
-
-    trial_id: str
-    trial_name: str
-    status: str
-    config: dict[str, Any] = field(default_factory=dict)  # the sampled dotted keys
-    budget: Any = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    run_id: str | None = None
-    model_uri: str | None = None
-    error: str | None = None
-    pareto: bool = False
-    resume: str | None = None  # for a failed trial: what ``--resume`` will do about it
-
-    def value(self, metric: str) -> float:
-        """The metric as a float (NaN when missing or not numeric)."""
-        try:
-            return float(self.metrics[metric])
-        except (KeyError, TypeError, ValueError):
-            return math.nan
 
 
 def _better_or_equal(a: float, b: float, mode: str) -> bool:
@@ -72,7 +50,7 @@ def non_dominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> li
 
 def is_valid(record: TrialRecord, metrics: Sequence[str]) -> bool:
     """Finished without error and every metric present and finite."""
-    return record.status != "ERROR" and record.error is None and all(
+    return record.status != TrialStatus.FAILED and record.error is None and all(
         math.isfinite(record.value(m)) for m in metrics)
 
 

@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from .config import sqlite_path
 from .redact import redact
 
 __all__ = ["check_tracking"]
@@ -34,8 +35,7 @@ def _check_http(uri: str, timeout: float) -> str | None:
         return f"MLflow tracking server {redact(uri)} is unreachable ({getattr(err, 'reason', err)})"
 
 
-def _check_sqlite(uri: str) -> str | None:
-    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+def _check_sqlite(uri: str, path: Path) -> str | None:
     where = f"MLflow tracking database {redact(uri)}"
     try:
         if path.exists():
@@ -55,6 +55,7 @@ def check_tracking(uri: str, timeout: float = 8.0) -> str | None:
     """Why the tracking store at ``uri`` cannot be used (None when fine or not checkable)."""
     if uri.startswith(("http://", "https://")):
         return _check_http(uri, timeout)
-    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        return _check_sqlite(uri)
+    db = sqlite_path(uri)
+    if db not in (None, ":memory:"):
+        return _check_sqlite(uri, Path(db))
     return None

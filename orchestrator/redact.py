@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["redact", "is_secret_key", "public_items", "REDACTED"]
+__all__ = ["redact", "error_line", "is_secret_key", "public_items", "REDACTED"]
 
 REDACTED = "***"
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
@@ -24,6 +24,13 @@ def redact(text: str) -> str:
     (``https://user:pw@host/?token=x`` -> ``https://***@host/?token=***``)."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
     return _QUERY_SECRET.sub(lambda m: f"{m.group('key')}{REDACTED}", text)
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type name when it has none), redacted: what a
+    one-line report of a failure shows."""
+    text = str(error).strip()
+    return redact(text.splitlines()[0] if text else type(error).__name__)
 
 
 def is_secret_key(key: str) -> bool:

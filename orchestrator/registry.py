@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from mlflow.tracking import MlflowClient
 
 from .config import Objective
-from .pareto import TrialRecord, best_by, front
+from .pareto import best_by, front
+from .records import TrialRecord
+from .tracking import TAG_TRIAL
 
 __all__ = ["Registered", "register_models"]
 
@@ -27,9 +29,9 @@ def _version_for(client: MlflowClient, name: str, record: TrialRecord) -> str:
     import mlflow
 
     for mv in client.search_model_versions(f"name = '{name}'"):
-        if mv.run_id == record.run_id or mv.tags.get("repnas.trial_name") == record.trial_name:
+        if mv.run_id == record.run_id or mv.tags.get(TAG_TRIAL) == record.trial_name:
             return mv.version
-    mv = mlflow.register_model(record.model_uri, name, tags={"repnas.trial_name": record.trial_name})
+    mv = mlflow.register_model(record.model_uri, name, tags={TAG_TRIAL: record.trial_name})
     return mv.version
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ray.tune import Result
     from ray.tune.experiment import Trial
 
-__all__ = ["CheckpointRepair", "Repair", "plan_repair", "set_aside_torn_snapshots", "error_text", "resume_advice"]
+__all__ = ["CheckpointRepair", "Repair", "plan_repair", "set_aside_torn_snapshots", "error_message", "resume_advice"]
 
 _SNAPSHOT_PREFIX, _TORN = "experiment_state-", ".torn"
 
@@ -95,11 +95,10 @@ def _cause(error: BaseException) -> BaseException:
     return getattr(error, "cause", None) or error
 
 
-def error_text(error: BaseException) -> str:
-    """One line naming a trial's error: the project exception's type and message when there is one."""
+def error_message(error: BaseException) -> str:
+    """A trial's error as ``Type: message``: the project exception's when Ray wrapped one."""
     cause = _cause(error)
-    text = f"{type(cause).__name__}: {cause}".strip().splitlines()
-    return (text[0] if text else type(cause).__name__)[:300]
+    return f"{type(cause).__name__}: {cause}"
 
 
 def resume_advice(result: Result) -> str:

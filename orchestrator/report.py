@@ -24,65 +24,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from trainables.config import TrialConfig
-
 from .compare import GroupStats, Verdict, equal_count_verdicts, form_verdicts, group_records, method_label, select_best
 from .config import ConfigError, SweepConfig, load_sweep
-from .pareto import TrialRecord, mark_front
-from .tracking import TAG_ERROR, TAG_TRIAL_ID, SweepState, child_runs, log_parent_artifacts, mlflow_params
+from .pareto import mark_front
+from .records import TrialRecord, records_from_mlflow
+from .tracking import SweepState, log_parent_artifacts
 
-__all__ = ["FusionCheck", "SweepPart", "read_records", "fusion_check", "front_matches", "build_report",
+__all__ = ["FusionCheck", "SweepPart", "fusion_check", "front_matches", "build_report",
            "plot_report", "main"]
 
 COLUMNS: tuple[str, ...] = ("branches_kept", "val_acc", "fused_val_acc", "epoch_time_mean_s",
                             "train_time_s", "peak_memory_mb", "params_fused", "latency_fused_ms")
-_ALWAYS = ("search.method", "search.budget", "model.reparam")
 _DEFAULT_METRIC = "test_acc"
-
-
-def _space_keys(cfg: SweepConfig) -> list[str]:
-    """The flat trial keys the space sets, sampled or constant (a mapping-valued key: each of its keys)."""
-    keys: list[str] = []
-    for p in cfg.space:
-        nested = {k for v in p.values if isinstance(v, dict) for k in v}
-        keys += [f"{p.key}.{k}" for k in sorted(nested)] if nested else [p.key]
-    return keys
-
-
-def _typed(value: str) -> Any:
-    """An MLflow param (a string) back to its YAML value."""
-    try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
-
-
-def read_records(cfg: SweepConfig, state: SweepState) -> list[TrialRecord]:
-    """One record per child run of the sweep's parent run (configs typed, epoch times added).
-
-    A ``search.*`` key left at the base trial's value is dropped from the config, so a
-    method's label names only what the space changed (``odbb k=20 epochs=14``).
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(state.tracking_uri)
-    keys = list(dict.fromkeys([*_ALWAYS, *_space_keys(cfg)]))
-    base = {p.key: p.value for p in mlflow_params(TrialConfig.from_dict(cfg.base_trial()).to_dict())}
-    records = []
-    for name, run in sorted(child_runs(state).items()):
-        params = run.data.params
-        metrics = dict(run.data.metrics)
-        times = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
-        if times:
-            metrics["epoch_time_mean_s"] = sum(times) / len(times)
-            metrics["train_time_s"] = sum(times)
-        config = {k: _typed(params[k]) for k in keys if k in params
-                  and (k in _ALWAYS or not k.startswith("search.") or params[k] != base.get(k))}
-        records.append(TrialRecord(trial_id=run.data.tags.get(TAG_TRIAL_ID, ""), trial_name=name,
-                                   status=run.info.status, config=config, metrics=metrics,
-                                   run_id=run.info.run_id, error=run.data.tags.get(TAG_ERROR)))
-    return records
 
 
 @dataclass
@@ -178,7 +131,7 @@ class SweepPart:
         state = SweepState.load(cfg)
         if state is None:
             raise ConfigError("name", f"no sweep state at {SweepState.path(cfg)}; run the sweep first")
-        return cls(cfg, read_records(cfg, state), _parent_front(state)), state
+        return cls(cfg, records_from_mlflow(cfg, state), _parent_front(state)), state
 
     @property
     def front_matches(self) -> bool | None:

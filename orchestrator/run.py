@@ -16,7 +16,7 @@ from trainables.config import TrialConfig
 from .config import ConfigError, SweepConfig, load_sweep
 from .lock import SweepLock, SweepLockedError
 from .preflight import check_tracking
-from .redact import redact
+from .redact import error_line, redact
 from .space import sample_overrides, trial_count
 
 __all__ = ["main", "parse_args", "run_sweep", "dry_run"]
@@ -85,9 +85,10 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
 
 def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Callable[[SweepConfig], None]) -> int:
     """The sweep proper, while this driver holds the sweep's lock."""
+    from .child_run import MLflowTrialHook
     from .summary import print_summary, summarize
     from .sync import sync_mlflow
-    from .tracking import MLflowTrialHook, finish_parent_run, start_parent_run
+    from .tracking import finish_parent_run, start_parent_run
     from .tuner import build_tuner, restore_tuner
 
     init_ray(cfg)  # first: a cluster that cannot hold the trials is refused before MLflow sees the sweep
@@ -101,7 +102,7 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Call
         summary = summarize(results, cfg, state)
     except Exception as err:  # noqa: BLE001 - any tracking failure: Ray's results are complete anyway
         _error(f"MLflow at {redact(state.tracking_uri)} failed after the trials ran "
-               f"({redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}). Ray's results are "
+               f"({error_line(err)}). Ray's results are "
                f"complete in {cfg.experiment_path}; when MLflow is back run: python -m orchestrator.sync {cfg.source}")
         return EXIT_FAILED
     print_summary(summary, cfg, state)

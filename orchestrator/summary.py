@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .pareto import TrialRecord, format_table, mark_front, plot_fronts, write_table
+from .pareto import format_table, mark_front, plot_fronts, write_table
+from .records import TrialRecord, records_from_results
 from .redact import redact
 from .registry import Registered, register_models
 from .tracking import TAG_MODEL_URI, SweepState, child_runs, log_parent_artifacts
@@ -41,9 +42,7 @@ def _attach_runs(records: list[TrialRecord], state: SweepState) -> None:
 def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState) -> Summary:
     """Pareto over the objectives -> ``pareto.csv/json/png`` on the parent run (``pareto/``)
     and in ``<storage>/<name>/pareto/`` when local; then register the chosen models."""
-    from .tuner import collect_records
-
-    records = collect_records(results, cfg)
+    records = records_from_results(results, cfg)
     _attach_runs(records, state)
     mark_front(records, cfg.objectives)
     local = "://" not in cfg.experiment_path

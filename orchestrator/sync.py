@@ -1,10 +1,11 @@
 """Fill MLflow in from what Ray Tune recorded: ``python -m orchestrator.sync SWEEP.yaml``.
 
 Ray's results in ``<storage_path>/<name>`` (each trial's progress, latest checkpoint with
-``export/``, error) are the record of a sweep; MLflow is a view of it. When the tracking
-server was unreachable for part of a sweep, this command creates or completes each child
-run (found by its ``repnas.trial_name`` tag, so re-running it never duplicates), logs the
-missing metric steps, the exports and the fused model, sets the end status, and then
+its config, metric history and ``export/``, error) are the record of a sweep; MLflow is a
+view of it. When the tracking server was unreachable for part of a sweep, this command
+creates or completes each child run (found by its trial-name tag, so re-running it never
+duplicates) with the writer the trials' hook uses (``orchestrator.child_run.reconcile``):
+the missing metric steps, the exports and the fused model, the end status. Then it
 recomputes the Pareto front and the registry aliases. The driver runs the same
 reconciliation at the end of every sweep.
 """
@@ -19,19 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from .child_run import TrialLog, reconcile
 from .config import ConfigError, SweepConfig, load_sweep
-from .redact import redact
-from .tracking import (TAG_ERROR, TAG_PARENT, TAG_TRIAL, TAG_TRIAL_ID, SweepState, child_runs,
-                       complete_run, client_defaults, mlflow_params)
+from .records import TrialStatus, status_from_ray, trial_error, trial_id, trial_name
+from .redact import error_line, redact
+from .tracking import SweepState, child_runs, client_defaults
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from ray.tune import Result, ResultGrid
 
-__all__ = ["SyncReport", "load_results", "sync_mlflow", "main"]
+__all__ = ["SyncReport", "load_results", "trial_log", "sync_mlflow", "main"]
 
 TAG_ORPHANED = "repnas.orphaned"
 
@@ -59,33 +60,55 @@ def load_results(cfg: SweepConfig) -> ResultGrid:
     return ResultGrid(ExperimentAnalysis(cfg.experiment_path))
 
 
+def trial_log(result: Result, cfg: SweepConfig) -> TrialLog:
+    """What the trial's child run must show, from Ray's results: the config and per-epoch metrics
+    the trial saved in its latest checkpoint (what its hook was given); without one, the base
+    trial with Ray's sampled config and Ray's progress rows. Status and error as the records read them."""
+    meta = _checkpoint_meta(result)
+    if meta is not None:
+        config, epochs = meta["config"], {int(row["epoch"]): row for row in meta.get("history", [])}
+    else:
+        from trainables.config import TrialConfig
+
+        config, epochs = TrialConfig.from_overrides(cfg.base_trial(), result.config or {}).to_dict(), _epoch_rows(result)
+    status = status_from_ray(result)
+    export = _export_dir(result) if status is TrialStatus.FINISHED else None
+    return TrialLog(trial_name(result), config, trial_id(result), epochs, status, trial_error(result), export)
+
+
+def _checkpoint_meta(result: Result) -> dict[str, Any] | None:
+    """The trial's own record in its latest checkpoint (``run_trial``'s meta), None if unreadable."""
+    if result.checkpoint is None:
+        return None
+    from trainables.restore import stored_meta
+
+    try:
+        meta = stored_meta(result.checkpoint.filesystem, result.checkpoint.path)
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta.get("config"), dict) else None
+
+
 def _epoch_rows(result: Result) -> dict[int, dict[str, float]]:
-    """Numeric metrics per completed epoch (the last report of an epoch wins; failure rows skipped)."""
+    """The trial's metrics per completed epoch from Ray's progress (the last report of an epoch
+    wins; failure rows and Ray's own keys skipped)."""
     from trainables.failures import FAILED_KEY
-    from trainables.metrics import EPOCH_METRICS
+    from trainables.metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS
 
     frame = result.metrics_dataframe
     rows: dict[int, dict[str, float]] = {}
     if frame is None or "epoch" not in frame:
         return rows
+    names = EPOCH_METRICS + FINAL_METRICS + OPTIONAL_FINAL_METRICS
     for row in frame.to_dict("records"):
         if row.get(FAILED_KEY) == 1.0 or not _finite(row.get("epoch")):
             continue
-        rows[int(row["epoch"])] = {k: float(row[k]) for k in EPOCH_METRICS if _finite(row.get(k))}
+        rows[int(row["epoch"])] = {k: float(row[k]) for k in names if _finite(row.get(k))}
     return rows
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _error_of(result: Result) -> str | None:
-    """The reason a trial ended in error: Ray's error, or the ``error`` of a diverged trial."""
-    from trainables.failures import failure_reason
-
-    if result.error is not None:
-        return f"{type(result.error).__name__}: {result.error}"
-    return failure_reason(result.metrics or {})
 
 
 def _export_dir(result: Result) -> Path | None:
@@ -99,51 +122,6 @@ def _export_dir(result: Result) -> Path | None:
         return None
     local = Path(result.checkpoint.to_directory()) if not isinstance(fs, pafs.LocalFileSystem) else Path(path)
     return local / "export"
-
-
-def _missing_points(client: MlflowClient, run_id: str, rows: Mapping[int, Mapping[str, float]]) -> list[Metric]:
-    """Metric points Ray has and the run lacks (by metric name and step)."""
-    names = {name for values in rows.values() for name in values}
-    points = []
-    for name in sorted(names):
-        have = {m.step for m in client.get_metric_history(run_id, name)}
-        points += [Metric(name, values[name], 0, step) for step, values in sorted(rows.items())
-                   if name in values and step not in have]
-    return points
-
-
-def _sync_trial(client: MlflowClient, state: SweepState, cfg: SweepConfig, result: Result,
-                run: Run | None, report: SyncReport) -> None:
-    from trainables.config import TrialConfig
-
-    name = Path(result.path).name
-    if run is None:
-        tags = {TAG_PARENT: state.parent_run_id, TAG_TRIAL: name}
-        trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id:
-            tags[TAG_TRIAL_ID] = str(trial_id)
-        run_id = client.create_run(state.experiment_id, run_name=name, tags=tags).info.run_id
-        client.log_batch(run_id, params=mlflow_params(TrialConfig.from_overrides(cfg.base_trial(), result.config or {}).to_dict()))
-        report.created += 1
-    else:
-        run_id = run.info.run_id
-    points = _missing_points(client, run_id, _epoch_rows(result))
-    client.log_batch(run_id, metrics=points)  # MLflow splits large batches
-    report.steps_logged += len(points)
-    error = _error_of(result)
-    export = None if error else _export_dir(result)
-    if error:
-        if run is None or run.info.status != "FAILED" or TAG_ERROR not in run.data.tags:
-            client.set_tag(run_id, TAG_ERROR, redact(error)[:5000])
-            client.set_terminated(run_id, "FAILED")
-            report.failed += 1
-    elif export is not None and (run is None or run.info.status != "FINISHED"):
-        from trainables.metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS
-
-        names = set(EPOCH_METRICS + FINAL_METRICS + OPTIONAL_FINAL_METRICS)
-        final = {k: v for k, v in (result.metrics or {}).items() if k in names and _finite(v)}
-        complete_run(client, state.tracking_uri, run_id, final, export)
-        report.completed += 1
 
 
 def _clean_orphans(client: MlflowClient, runs: Mapping[str, Run], trial_names: set[str], report: SyncReport) -> None:
@@ -166,12 +144,19 @@ def sync_mlflow(cfg: SweepConfig, state: SweepState, results: ResultGrid) -> Syn
     client = MlflowClient(state.tracking_uri)
     runs = child_runs(state)
     report = SyncReport()
-    names = set()
+    names: set[str] = set()
     for result in results:
         if not result.path:
             continue
-        names.add(Path(result.path).name)
-        _sync_trial(client, state, cfg, result, runs.get(Path(result.path).name), report)
+        log = trial_log(result, cfg)
+        names.add(log.name)
+        run = runs.get(log.name)
+        done = reconcile(client, state.tracking_uri, state.experiment_id, state.parent_run_id, log,
+                         run.info.run_id if run else None)
+        report.created += done.created
+        report.steps_logged += done.points
+        report.completed += done.ended is TrialStatus.FINISHED
+        report.failed += done.ended is TrialStatus.FAILED
     _clean_orphans(client, runs, names, report)
     return report
 
@@ -200,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MLflow sync of {cfg.name!r}: {sync_mlflow(cfg, state, results)}")
         summary = summarize(results, cfg, state)
     except Exception as err:  # noqa: BLE001 - report any tracking failure in one line
-        print(f"repnas-sync: error: MLflow at {redact(state.tracking_uri)} failed: "
-              f"{redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}", file=sys.stderr)
+        print(f"repnas-sync: error: MLflow at {redact(state.tracking_uri)} failed: {error_line(err)}",
+              file=sys.stderr)
         return 1
     print_summary(summary, cfg, state)
     return 0

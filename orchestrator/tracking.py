@@ -1,8 +1,9 @@
-"""MLflow tracking: one parent run per sweep (driver), one child run per trial (hook).
+"""MLflow tracking: the sweep's parent run, its child runs' tags and params, client settings.
 
 The parent run id is kept in ``<storage>/<name>/repnas_sweep.json`` so a restarted driver
-reuses it; each child run id is kept in the trial checkpoint (hook state) and, failing
-that, found again by its ``repnas.trial_name`` tag, so a trial never gets two runs.
+reuses it. Each trial's child run is written by ``orchestrator.child_run`` (its id is kept in
+the trial checkpoint and, failing that, found again by its trial-name tag ``TAG_TRIAL``, so a
+trial never gets two runs).
 """
 
 from __future__ import annotations
@@ -10,32 +11,29 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
-from trainables.hooks import TrialHook
 from trainables.schema import flatten_overrides
 
 from . import _storage
+from .config import sqlite_path
 from .redact import public_items, redact
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
-    from trainables.config import TrialConfig
 
     from .config import SweepConfig
 
-__all__ = ["SweepState", "MLflowTrialHook", "start_parent_run", "finish_parent_run",
-           "child_runs", "complete_run", "log_parent_artifacts", "client_defaults", "mlflow_params",
-           "numeric_metrics", "STATE_FILE"]
+__all__ = ["SweepState", "start_parent_run", "finish_parent_run", "child_runs", "log_parent_artifacts",
+           "client_defaults", "mlflow_params", "STATE_FILE", "MODEL_NAME", "TAG_SWEEP", "TAG_TRIAL",
+           "TAG_TRIAL_ID", "TAG_MODEL_URI", "TAG_ERROR", "TAG_PARENT", "TAG_STOPPED"]
 
 STATE_FILE = "repnas_sweep.json"
 TAG_SWEEP, TAG_TRIAL, TAG_TRIAL_ID = "repnas.sweep", "repnas.trial_name", "repnas.trial_id"
@@ -86,12 +84,6 @@ def client_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def numeric_metrics(values: Mapping[str, Any], step: int, timestamp_ms: int) -> list[Metric]:
-    """MLflow metrics of the numeric entries of ``values`` (bools and strings skipped)."""
-    return [Metric(k, float(v), timestamp_ms, step) for k, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)]
-
-
 def _git_commit(where: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
@@ -105,10 +97,8 @@ def _experiment_id(client: MlflowClient, cfg: SweepConfig) -> str:
     experiment = client.get_experiment_by_name(cfg.experiment_name)
     if experiment is not None:
         return experiment.experiment_id
-    location = None
-    uri = cfg.mlflow.tracking_uri
-    if uri.startswith("sqlite:///"):  # artifacts next to the database, not in the cwd
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    db = sqlite_path(cfg.mlflow.tracking_uri)  # artifacts next to the database, not in the cwd
+    location = (Path(db).parent / "mlartifacts").as_uri() if db else None
     return client.create_experiment(cfg.experiment_name, artifact_location=location)
 
 
@@ -146,7 +136,7 @@ def _unsaved_parent(client: MlflowClient, experiment_id: str, cfg: SweepConfig) 
     """The id of this sweep's parent run when a killed driver created it but never saved it."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{cfg.name}'",
                               order_by=["attributes.start_time ASC"], max_results=100)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags
+    parents = [r for r in runs if TAG_PARENT not in r.data.tags
                and r.data.tags.get("repnas.storage") == cfg.experiment_path]
     return parents[0].info.run_id if parents else None
 
@@ -179,165 +169,3 @@ def child_runs(state: SweepState) -> dict[str, Run]:
     runs = client.search_runs([state.experiment_id], f"tags.{TAG_PARENT} = '{state.parent_run_id}'",
                               max_results=50000)
     return {r.data.tags.get(TAG_TRIAL, r.info.run_name): r for r in runs}
-
-
-def _current_trial_id() -> str | None:
-    try:
-        import warnings
-
-        from ray import tune
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "only meant to be called inside a Tuner"
-            return tune.get_context().get_trial_id()
-    except Exception:  # noqa: BLE001 - outside a Tune session there is no trial id
-        return None
-
-
-class MLflowTrialHook(TrialHook):
-    """Child run per trial: params, per-epoch metrics (step = epoch), exports, fused model.
-
-    Idempotent across restores: the run id is part of the checkpointed state; without
-    state an existing child with the same trial name is reused; epochs already logged
-    are skipped, so the metric history stays continuous with one point per step.
-
-    Never fails the trial: an MLflow error is logged as a warning, the epoch's metrics
-    stay buffered (``pending``, also in the checkpoint) and are sent with the next epoch
-    that gets through; ``unlogged`` lists what failed at the time. Whatever is still
-    missing is filled in from Ray's results at the end of the sweep or by
-    ``python -m orchestrator.sync SWEEP.yaml``.
-    """
-
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 model_name: str = MODEL_NAME) -> None:
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.model_name = model_name
-        self.run_id: str | None = None
-        self.pending: dict[int, dict[str, float]] = {}
-        self.unlogged: list[str] = []
-        self._trial: tuple[TrialConfig, str] | None = None
-        self._opened = False
-        self._logged_through = 0
-
-    @property
-    def client(self) -> MlflowClient:
-        """A client for the tracking URI (cheap; not pickled)."""
-        return MlflowClient(self.tracking_uri)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "pending": {str(k): v for k, v in self.pending.items()},
-                "unlogged": self.unlogged}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.run_id = state.get("run_id") or self.run_id
-        self.pending = {int(k): v for k, v in state.get("pending", {}).items()}
-        self.unlogged = list(state.get("unlogged", []))
-
-    def _attempt(self, what: str, action: Callable[[], None]) -> None:
-        """Run an MLflow action; on failure warn, remember ``what`` and let training go on."""
-        try:
-            action()
-        except Exception as err:  # noqa: BLE001 - any tracking failure must not end the trial
-            self.unlogged.append(what)
-            reason = redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
-            print(f"MLflow at {redact(self.tracking_uri)} failed while logging {what} ({reason}); training "
-                  "continues. Fill it in later with `python -m orchestrator.sync SWEEP.yaml`.", file=sys.stderr)
-
-    def _find(self, trial_name: str) -> str | None:
-        query = f"tags.{TAG_PARENT} = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_name}'"
-        runs = self.client.search_runs([self.experiment_id], query, max_results=1,
-                                       order_by=["attributes.start_time ASC"])
-        return runs[0].info.run_id if runs else None
-
-    def on_start(self, config: TrialConfig, trial_name: str, resumed: bool) -> None:
-        client_defaults()
-        self._trial = (config, trial_name)
-        self._attempt("the child run", self._open)
-
-    def _open(self) -> None:
-        """Create or reopen the child run (params once), learn which epochs it already has."""
-        if self._opened or self._trial is None:
-            return
-        config, trial_name = self._trial
-        client = self.client
-        self.run_id = self.run_id or self._find(trial_name)
-        if self.run_id is None:
-            tags = {TAG_PARENT: self.parent_run_id, TAG_TRIAL: trial_name}
-            trial_id = _current_trial_id()
-            if trial_id:
-                tags[TAG_TRIAL_ID] = trial_id
-            self.run_id = client.create_run(self.experiment_id, run_name=trial_name, tags=tags).info.run_id
-        else:
-            client.update_run(self.run_id, status="RUNNING")
-        run = client.get_run(self.run_id)
-        if not run.data.params:
-            client.log_batch(self.run_id, params=mlflow_params(config.to_dict()))
-        history = client.get_metric_history(self.run_id, "epoch")
-        self._logged_through = max((m.step for m in history), default=0)
-        self._opened = True
-
-    def on_epoch(self, metrics: dict[str, float], epoch: int) -> None:
-        self.pending[epoch] = dict(metrics)
-        self._attempt(f"epoch {epoch} metrics", self._flush)
-
-    def _flush(self) -> None:
-        """Send the buffered epochs in order (those MLflow already has are dropped)."""
-        self._open()
-        for step in sorted(self.pending):
-            if step > self._logged_through:
-                self._log(self.pending[step], step)
-                self._logged_through = step
-            del self.pending[step]
-
-    def _log(self, metrics: Mapping[str, Any], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=numeric_metrics(metrics, step, now))
-
-    def on_end(self, metrics: dict[str, float], export_dir: Path) -> None:
-        self._attempt("the final metrics, artifacts and fused model", lambda: self._end(metrics, Path(export_dir)))
-
-    def _end(self, metrics: dict[str, float], export_dir: Path) -> None:
-        self._flush()
-        assert self.run_id is not None
-        complete_run(self.client, self.tracking_uri, self.run_id, metrics, export_dir, self.model_name)
-
-    def on_error(self, error: BaseException) -> None:
-        self._attempt("the trial's end status", lambda: self._fail(error))
-
-    def _fail(self, error: BaseException) -> None:
-        self._open()
-        if self.run_id is None:
-            return
-        client = self.client
-        if isinstance(error, SystemExit) and error.code in (0, None):
-            # Ray Tune stops a trial (scheduler, stop criteria) with sys.exit(0)
-            client.set_tag(self.run_id, TAG_STOPPED, "true")
-            client.set_terminated(self.run_id, "FINISHED")
-            return
-        if isinstance(error, KeyboardInterrupt):
-            client.set_terminated(self.run_id, "KILLED")
-            return
-        client.set_tag(self.run_id, TAG_ERROR, redact(f"{type(error).__name__}: {error}")[:5000])
-        client.set_terminated(self.run_id, "FAILED")
-
-
-def complete_run(client: MlflowClient, tracking_uri: str, run_id: str, metrics: Mapping[str, Any],
-                 export_dir: Path, model_name: str = MODEL_NAME) -> None:
-    """Finish a trial's child run: final metrics, export artifacts, fused model, FINISHED.
-
-    Idempotent: a run that already has its model only gets its status set."""
-    run = client.get_run(run_id)
-    if TAG_MODEL_URI not in run.data.tags:
-        step = int(metrics.get("epoch", 0) or 0)
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=numeric_metrics(
-            {k: v for k, v in metrics.items() if k not in run.data.metrics}, step, now))
-        from . import _model
-
-        for f in _model.artifact_files(export_dir):
-            client.log_artifact(run_id, str(f))
-        model_uri = _model.log_fused_model(tracking_uri, run_id, export_dir, model_name, step)
-        client.log_batch(run_id, tags=[RunTag(TAG_MODEL_URI, model_uri)])
-    client.set_terminated(run_id, "FINISHED")

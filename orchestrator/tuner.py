@@ -1,4 +1,4 @@
-"""Build (or restore) the Ray Tune ``Tuner`` for a sweep, and read its results back."""
+"""Build (or restore) the Ray Tune ``Tuner`` for a sweep."""
 
 from __future__ import annotations
 
@@ -6,25 +6,19 @@ import dataclasses
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from trainables.failures import failure_reason
-from trainables.schema import flatten_overrides
 
 from . import _storage
 from .config import SweepConfig
-from .pareto import TrialRecord
 from .searchers import make_searcher
 from .space import param_space
 
 if TYPE_CHECKING:
     from ray import tune
-    from ray.tune import ResultGrid
     from trainables.hooks import TrialHook
 
 __all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "can_restore", "build_tuner",
-           "restore_tuner", "collect_records"]
+           "restore_tuner"]
 
 # Columns of the live progress table (shown when reported).
 PROGRESS_METRICS: tuple[str, ...] = ("epoch", "train_loss", "val_acc", "branches_kept",
@@ -159,34 +153,3 @@ def restore_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
             f"nothing to resume at {cfg.experiment_path} (no Ray Tune experiment state there); "
             "run without --resume to start the sweep")
     return tune.Tuner.restore(cfg.experiment_path, trainable=_trainable(cfg, hooks), resume_errored=True)
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def collect_records(results: ResultGrid, cfg: SweepConfig) -> list[TrialRecord]:
-    """One :class:`TrialRecord` per trial (metrics of its last report; for a failed one, what
-    ``--resume`` will do about it)."""
-    from .repair import error_text, resume_advice
-
-    base_budget = cfg.base_trial().get("search", {}).get("budget", 0.34)
-    records = []
-    for result in results:
-        metrics = {k: v for k, v in (result.metrics or {}).items() if _number(v) is not None}
-        name = Path(result.path).name if result.path else str(metrics.get("trial_id", "?"))
-        trial_id = str((result.metrics or {}).get("trial_id") or name.rsplit("_", 1)[-1])
-        config = flatten_overrides(result.config or {})
-        error = error_text(result.error) if result.error else None
-        if error is None:  # a diverged trial ends itself (trainables.failures)
-            error = (failure_reason(result.metrics or {}) or "")[:300] or None
-        status = "ERROR" if error else ("TERMINATED" if metrics else "PENDING")
-        nan = [k for k in (o.metric for o in cfg.objectives) if k in metrics and math.isnan(metrics[k])]
-        if nan and error is None:
-            error = f"non-finite {', '.join(nan)}"
-        records.append(TrialRecord(trial_id=trial_id, trial_name=name, status=status, config=config,
-                                   budget=config.get("search.budget", base_budget), metrics=metrics,
-                                   error=error, resume=resume_advice(result) if error else None))
-    return sorted(records, key=lambda r: r.trial_name)

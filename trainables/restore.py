@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
     from ray.tune import Checkpoint
 
-__all__ = ["restore_checkpoint", "older_checkpoints", "stored_checkpoints", "stored_problem", "stored_history",
-           "checkpoint_number"]
+__all__ = ["restore_checkpoint", "older_checkpoints", "stored_checkpoints", "stored_problem", "stored_meta",
+           "stored_history", "checkpoint_number"]
 
 _NUMBERED = re.compile(r"checkpoint_(\d+)$")
 
@@ -71,10 +71,16 @@ def stored_problem(fs: pafs.FileSystem, path: str) -> str | None:
     return None
 
 
+def stored_meta(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+    """What ``run_trial`` saved beside a stored checkpoint's tensors: its config, per-epoch
+    metrics (``history``), hook states and trial name."""
+    with fs.open_input_stream(f"{path}/{META}") as f:
+        return dict(json.loads(f.read().decode("utf-8")))
+
+
 def stored_history(fs: pafs.FileSystem, path: str) -> list[dict[str, Any]]:
     """The per-epoch metrics a stored checkpoint holds (what ``run_trial`` saved in its meta)."""
-    with fs.open_input_stream(f"{path}/{META}") as f:
-        return list(json.loads(f.read().decode("utf-8")).get("history", []))
+    return list(stored_meta(fs, path).get("history", []))
 
 
 def older_checkpoints(checkpoint: Checkpoint) -> Iterator[Checkpoint]:

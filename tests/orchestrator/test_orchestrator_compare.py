@@ -16,7 +16,7 @@ from orchestrator.compare import (
     select_best,
     target_count,
 )
-from orchestrator.pareto import TrialRecord
+from orchestrator.records import TrialRecord, TrialStatus
 
 
 def _record(name: str, method: str, lr: float, seed: int, val: float, test: float, kept: int,
@@ -25,7 +25,7 @@ def _record(name: str, method: str, lr: float, seed: int, val: float, test: floa
     if budget is not None:
         config["search.budget"] = budget
     metrics = {"val_acc": val, "test_acc": test, "branches_kept": kept, "branches_total": 30.0, "done": 1.0, **extra}
-    return TrialRecord(trial_id=name, trial_name=name, status="TERMINATED", config=config, metrics=metrics)
+    return TrialRecord(trial_id=name, trial_name=name, status=TrialStatus.FINISHED, config=config, metrics=metrics)
 
 
 def test_method_labels_and_target_counts() -> None:

@@ -10,7 +10,7 @@ import pytest
 import ray
 import yaml
 
-from orchestrator.config import apply_set, load_sweep
+from orchestrator.config import apply_set, load_sweep, parse_sweep, sqlite_path
 from orchestrator.run import main
 
 
@@ -183,16 +183,32 @@ def test_resolved_defaults_and_overrides(tmp_path: Path, write_sweep: Any, kit: 
     assert env_cfg.mlflow.tracking_uri == "http://127.0.0.1:5999"
     both = load_sweep(path, ["mlflow.tracking_uri=sqlite:////x/y.db"], env={"MLFLOW_TRACKING_URI": "http://h:1"})
     assert both.mlflow.tracking_uri == "sqlite:////x/y.db"  # --set beats the environment
+    query = load_sweep(path, ["mlflow.tracking_uri=sqlite:///rel.db?timeout=30"], env={})
+    assert query.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'rel.db'}?timeout=30"
+
+
+def test_sqlite_path() -> None:
+    assert sqlite_path("sqlite:////abs/m.db?timeout=30") == "/abs/m.db"
+    assert sqlite_path("sqlite:///rel.db") == "rel.db" and sqlite_path("sqlite:///:memory:") == ":memory:"
+    assert sqlite_path("http://h:5000") is None and sqlite_path("postgresql://h/db") is None
 
 
 def test_space_constants_go_into_the_base_trial(tmp_path: Path, kit: Any) -> None:
-    from orchestrator.config import parse_sweep
-
     raw = kit.tiny_sweep(tmp_path)
     raw["space"]["optim.momentum"] = 0.8
     cfg = parse_sweep(raw)
     assert cfg.base_trial()["optim"]["momentum"] == 0.8
     assert [p.key for p in cfg.space if p.sampled] == ["search.budget", "optim.lr"]
+
+
+@pytest.mark.parametrize(("runtime", "cpus", "threads"), [({}, 3, 3), ({"num_threads": None}, 0.5, 1),
+                                                         ({"num_threads": 2}, 4, 2)])
+def test_unset_threads_are_the_trials_cpus(tmp_path: Path, kit: Any, runtime: dict[str, Any], cpus: float,
+                                           threads: int) -> None:
+    """The config a trial runs is known on the driver (its MLflow params are the same from the hook or sync)."""
+    raw = kit.tiny_sweep(tmp_path, resources={"cpus": cpus}, ray={"num_cpus": 4})
+    raw["trial"]["runtime"] = {"device": "cpu", **runtime}
+    assert parse_sweep(raw).base_trial()["runtime"]["num_threads"] == threads
 
 
 def test_apply_set_creates_sections() -> None:

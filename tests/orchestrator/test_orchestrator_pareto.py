@@ -13,7 +13,6 @@ import pytest
 
 from orchestrator.config import Objective
 from orchestrator.pareto import (
-    TrialRecord,
     best_by,
     dominates,
     format_table,
@@ -23,11 +22,12 @@ from orchestrator.pareto import (
     plot_fronts,
     write_table,
 )
+from orchestrator.records import TrialRecord, TrialStatus
 
 ACC_BRANCHES = [Objective("val_acc", "max"), Objective("branches_kept", "min")]
 
 
-def _rec(name: str, status: str = "TERMINATED", error: str | None = None, budget: float = 0.5,
+def _rec(name: str, status: TrialStatus = TrialStatus.FINISHED, error: str | None = None, budget: float = 0.5,
          **metrics: float) -> TrialRecord:
     return TrialRecord(trial_id=name, trial_name=name, status=status, metrics=metrics, budget=budget, error=error)
 
@@ -69,7 +69,8 @@ def test_errored_missing_and_nan_trials_are_excluded() -> None:
         _rec("good", val_acc=0.8, branches_kept=10),
         _rec("nan", val_acc=math.nan, branches_kept=1),
         _rec("inf", val_acc=0.99, branches_kept=math.inf),
-        _rec("err", status="ERROR", error="boom", val_acc=1.0, branches_kept=1),
+        _rec("err", status=TrialStatus.FAILED, error="boom", val_acc=1.0, branches_kept=1),
+        _rec("failed", status=TrialStatus.FAILED, val_acc=1.0, branches_kept=1),
         _rec("missing", val_acc=1.0),
     ]
     mark_front(records, ACC_BRANCHES)
@@ -89,20 +90,22 @@ def test_table_and_plot_files(tmp_path: Path) -> None:
     records = [_rec(f"t{i}", budget=b, val_acc=a, branches_kept=k, latency_fused_ms=l, params_fused=p)
                for i, (b, a, k, l, p) in enumerate([(0.2, 0.8, 6, 0.3, 7e4), (0.5, 0.9, 15, 0.4, 7e4),
                                                     (0.75, 0.85, 22, 0.2, 7e4)])]
-    records.append(_rec("bad", status="ERROR", error="NaN loss"))
+    records.append(_rec("bad", status=TrialStatus.FAILED, error="NaN loss"))
     records[0].config = {"search.budget": 0.2}
     mark_front(records, ACC_BRANCHES)
     csv_path, json_path = write_table(records, ACC_BRANCHES, tmp_path)
     rows = list(csv.DictReader(csv_path.open()))
     assert [r["trial_name"] for r in rows if r["pareto"] == "True"] == ["t0", "t1"]
+    assert [r["status"] for r in rows] == ["finished"] * 3 + ["failed"]
     assert {"search.budget", "val_acc", "branches_kept", "latency_fused_ms", "run_id"} <= set(rows[0])
     payload = json.loads(json_path.read_text())
     assert payload["objectives"][0] == {"metric": "val_acc", "mode": "max"}
-    assert len(payload["trials"]) == 4
+    assert len(payload["trials"]) == 4 and payload["trials"][3]["status"] == "failed"
     png = plot_fronts(records, ACC_BRANCHES, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = format_table(records, ACC_BRANCHES)
     assert text.splitlines()[1].startswith("*") and "bad" in text
+    assert text.splitlines()[1].split()[2] == "finished" and "failed" in text.splitlines()[-1]
 
 
 @pytest.mark.parametrize("objectives", [[Objective("val_acc", "max")],
