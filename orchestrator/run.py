@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 configuration / usage error (reported before Ray starts
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -59,6 +60,9 @@ def _init_ray(cfg: SweepConfig) -> None:
     Then check that the trials fit the cluster and its storage (``ConfigError`` otherwise)."""
     from .cluster import connect, validate_cluster
 
+    # A local Ray prestarts a default worker per CPU for its first driver and ray.init waits for
+    # them; Tune's trial actors carry a runtime_env, so they never run in those (~1.5 s saved).
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     connect(cfg, runtime_env=console.worker_runtime_env())
     validate_cluster(cfg)
 
