@@ -77,7 +77,7 @@ class SweepReporter(ProgressReporter):
         total = max(self._total or 0, len(trials))
         parts = [f"{counts.get('TERMINATED', 0)}/{total} trials finished"]
         parts += [f"{counts[s]} {s.lower()}" for s in ("RUNNING", "PENDING", "PAUSED", "ERROR") if counts.get(s)]
-        epochs = [_number((t.last_result or {}).get("epoch", 0)) for t in trials if t.status == "RUNNING"]
+        epochs = [_number(t.last_result["epoch"]) for t in trials if t.status == "RUNNING" and "epoch" in (t.last_result or {})]
         print(f"[{elapsed}] {', '.join(parts)}" + (f" (at epoch {', '.join(epochs)})" if epochs else ""), flush=True)
 
 
