@@ -2,17 +2,20 @@
 MLflow on sqlite + Pareto + registry) versus the same trials back to back in one process
 through ``trainables.run_trial`` (no Ray, no MLflow).
 
-    python benchmarks/sweep_overhead.py [--trials 4] [--epochs 3] [--concurrency 1 2]
+    python benchmarks/sweep_overhead.py [--trials 4] [--epochs 3] [--concurrency 1 2] [--breakdown]
 
 Both sides run identical trial configs (grid over ``search.budget``) with one CPU thread per
 trial. With concurrency 1 the ratio is pure overhead (Ray start, workers, checkpoints to
 storage, MLflow logging and model registration); with 2 on a 2-CPU machine, parallelism
-pays some of it back.
+pays some of it back. ``--breakdown`` times named steps in every process of both sides
+(``benchmarks/timing/sitecustomize.py``) and prints where the first sweep's overhead goes,
+in seconds per trial.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+TIMING = Path(__file__).resolve().parent / "timing"
 BUDGETS = (0.2, 0.34, 0.5, 0.75, 0.25, 0.4, 0.6, 0.9)
 
 
@@ -33,7 +37,16 @@ def _trial(epochs: int) -> dict:
             "export": {"formats": ["state_dict", "torch_export"]}}
 
 
-def run_sweep(workdir: Path, trials: int, epochs: int, concurrency: int) -> float:
+def _env(timing: Path | None) -> dict[str, str]:
+    """The subprocess environment: no inherited Ray/MLflow addresses; the timing hook if asked."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    if timing is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TIMING), env.get("PYTHONPATH")) if p)
+        env["REPNAS_TIMING"] = str(timing)
+    return env
+
+
+def run_sweep(workdir: Path, trials: int, epochs: int, concurrency: int, timing: Path | None = None) -> float:
     """Wall seconds of ``python -m orchestrator.run`` for the sweep (process start to exit)."""
     sweep = {
         "name": f"overhead-c{concurrency}", "storage_path": str(workdir / "ray_results"),
@@ -45,9 +58,8 @@ def run_sweep(workdir: Path, trials: int, epochs: int, concurrency: int) -> floa
     }
     path = workdir / f"sweep-c{concurrency}.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.run", str(path)], cwd=workdir, env=env,
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.run", str(path)], cwd=workdir, env=_env(timing),
                           capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -55,7 +67,7 @@ def run_sweep(workdir: Path, trials: int, epochs: int, concurrency: int) -> floa
     return wall
 
 
-def run_back_to_back(workdir: Path, trials: int, epochs: int) -> float:
+def run_back_to_back(workdir: Path, trials: int, epochs: int, timing: Path | None = None) -> float:
     """Wall seconds of a fresh process running the same trials with ``run_trial``, in sequence
     (process start included, like the sweep)."""
     code = (
@@ -65,12 +77,73 @@ def run_back_to_back(workdir: Path, trials: int, epochs: int) -> float:
         "for i, b in enumerate(budgets):\n"
         "    run_trial(TrialConfig.from_dict(apply_overrides(base, {'search.budget': b})), out / f't{i}')\n"
     )
-    import json
-
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, json.dumps(_trial(epochs)), json.dumps(list(BUDGETS[:trials])),
-                    str(workdir / "plain")], check=True, capture_output=True)
+                    str(workdir / "plain")], check=True, capture_output=True, env=_env(timing))
     return time.perf_counter() - start
+
+
+def _spans(path: Path) -> dict[int, list[dict]]:
+    by_pid: dict[int, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        span = json.loads(line)
+        by_pid.setdefault(span["pid"], []).append(span)
+    return by_pid
+
+
+def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float) -> list[tuple[str, float]]:
+    """(step, seconds per trial) of a concurrency-1 sweep's ``overhead`` (wall seconds over the
+    plain run), from the timing spans of both sides; the last rows are trial work both sides do."""
+    (plain,) = [s for s in _spans(plain_spans).values() if any(x["f"] == "trainables.trial.run_trial" for x in s)]
+    by_pid = _spans(sweep_spans)
+    (driver,) = [s for s in by_pid.values() if any(x["f"] == "ray.tune.tuner.Tuner.fit" for x in s)]
+    workers = [x for s in by_pid.values() if s is not driver for x in s]
+
+    def first(spans: list[dict], name: str) -> dict:
+        return min((x for x in spans if x["f"] == name), key=lambda x: x["s"])
+
+    def total(spans: list[dict], name: str) -> float:
+        return sum(x["d"] for x in spans if x["f"] == name)
+
+    def end(span: dict) -> float:
+        return span["s"] + span["d"]
+
+    p0, d0 = first(plain, "process")["s"], first(driver, "process")["s"]
+    fit, connect, parent = (first(driver, n) for n in ("ray.tune.tuner.Tuner.fit", "orchestrator.cluster.connect",
+                                                      "orchestrator.tracking.start_parent_run"))
+    trial = "trainables.trial.run_trial"
+    hooks = ["orchestrator.tracking.MLflowTrialHook." + h for h in ("on_start", "on_epoch", "on_end")]
+    worker_trial = total(workers, trial) - sum(total(workers, h) for h in hooks) - total(workers, "ray.tune.report") \
+        - total(workers, "trainables.checkpoint.save_checkpoint")
+    plain_trial = total(plain, trial) - total(plain, "trainables.checkpoint.save_checkpoint")
+    rows = [
+        ("driver start to Ray: imports, sweep validation, lock (over the plain run's start)",
+         (connect["s"] - d0) - (first(plain, trial)["s"] - p0)),
+        ("Ray start (ray.init)", connect["d"]),
+        ("MLflow: database and parent run", parent["d"]),
+        ("other driver steps before the trials (Tuner)", fit["s"] - end(parent)),
+        ("trial worker start (process, imports) until its first trial", first(workers, trial)["s"] - fit["s"]),
+        ("MLflow child run opened (on_start)", total(workers, hooks[0])),
+        ("MLflow per-epoch metrics (on_epoch)", total(workers, hooks[1])),
+        ("MLflow final metrics, artifacts, fused model (on_end)", total(workers, hooks[2])),
+        ("  of which mlflow.pytorch.log_model of the fused model", total(workers, "orchestrator._model.log_fused_model")),
+        ("checkpoint persisted to Ray storage (tune.report)", total(workers, "ray.tune.report")),
+        ("checkpoint writing (over the plain run's)", total(workers, "trainables.checkpoint.save_checkpoint")
+         - total(plain, "trainables.checkpoint.save_checkpoint")),
+        ("training and export itself (over the plain run's: noise)", worker_trial - plain_trial),
+        ("Tune between trials", end(fit) - first(workers, trial)["s"] - total(workers, trial)),
+        ("after the trials: MLflow sync, Pareto table and plot, registry, summary",
+         end(first(driver, "orchestrator.summary.print_summary")) - end(fit)),
+        ("exit: Ray shutdown, interpreter teardown",
+         first(driver, "exit")["s"] - end(first(driver, "orchestrator.summary.print_summary"))),
+    ]
+    rows.append(("rest: interpreter start and exit of both sides",
+                 overhead - sum(seconds for name, seconds in rows if not name.startswith(" "))))
+    rows += [
+        ("in both: export formats (state_dict, torch_export)", total(plain, "trainables.export._write_formats")),
+        ("in both: latency measurement (fused, unfused)", total(plain, "trainables.export.measure_latency")),
+    ]
+    return [(name, seconds / trials) for name, seconds in rows]
 
 
 def main() -> None:
@@ -78,18 +151,27 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time named steps of both sides; table of the first sweep (use --concurrency 1 first)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="repnas-overhead-") as tmp:
         work = Path(tmp)
-        plain = run_back_to_back(work, args.trials, args.epochs)
-        rows = [(c, run_sweep(work, args.trials, args.epochs, c)) for c in args.concurrency]
+        spans = [work / "plain.jsonl", work / "sweep.jsonl"] if args.breakdown else [None, None]
+        plain = run_back_to_back(work, args.trials, args.epochs, spans[0])
+        rows = [(c, run_sweep(work, args.trials, args.epochs, c, spans[1] if i == 0 else None))
+                for i, c in enumerate(args.concurrency)]
+        steps = breakdown(spans[0], spans[1], args.trials, rows[0][1] - plain) if args.breakdown else []
     print(f"{args.trials} trials x {args.epochs} epochs (digits, repvgg_tiny, 1 thread per trial), "
           f"{os.cpu_count()} CPUs")
     print(f"{'':32}{'wall s':>8}{'ratio':>8}{'per trial s':>13}")
     print(f"{'back to back, one process':32}{plain:8.1f}{1.0:8.2f}{plain / args.trials:13.1f}")
     for c, wall in rows:
         print(f"{f'sweep driver, {c} concurrent':32}{wall:8.1f}{wall / plain:8.2f}{wall / args.trials:13.1f}")
-    print(f"overhead per trial at concurrency 1: {(rows[0][1] - plain) / args.trials:.1f} s")
+    print(f"overhead per trial at concurrency {rows[0][0]}: {(rows[0][1] - plain) / args.trials:.1f} s")
+    if steps:
+        print(f"\n{'where it goes, concurrency ' + str(rows[0][0]):80}{'s per trial':>12}")
+        for name, seconds in steps:
+            print(f"{name:80}{seconds:12.2f}")
 
 
 if __name__ == "__main__":

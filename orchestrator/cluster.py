@@ -50,20 +50,22 @@ def _probe(address: str, key: str) -> None:
                                f"`ray start --head --port {port}` or fix the address") from None
 
 
-def connect(cfg: SweepConfig) -> None:
-    """``ray.init``: join the cluster at the configured address, else start a local Ray."""
+def connect(cfg: SweepConfig, runtime_env: Mapping[str, Any] | None = None) -> None:
+    """``ray.init``: join the cluster at the configured address, else start a local Ray
+    (``runtime_env``: the job's, e.g. a ``worker_process_setup_hook``)."""
     import ray
 
     if ray.is_initialized():
         return
     address, key = _address(cfg)
+    env = dict(runtime_env) if runtime_env else None
     if address is None:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus or os.cpu_count(), num_gpus=cfg.ray.num_gpus,
-                 include_dashboard=cfg.ray.dashboard, dashboard_host="127.0.0.1")
+                 include_dashboard=cfg.ray.dashboard, dashboard_host="127.0.0.1", runtime_env=env)
         return
     _probe(address, key)
     try:
-        ray.init(address=address, include_dashboard=cfg.ray.dashboard or None)
+        ray.init(address=address, include_dashboard=cfg.ray.dashboard or None, runtime_env=env)
     except (ConnectionError, RuntimeError, TimeoutError) as err:
         raise ConfigError(key, f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0]}") from None
 

@@ -24,6 +24,7 @@ from trainables.schema import flatten_overrides
 
 from . import _storage
 from .config import sqlite_path
+from ._sqlite import use_wal
 from .redact import public_items, redact
 
 if TYPE_CHECKING:
@@ -79,9 +80,10 @@ def mlflow_params(data: Mapping[str, Any]) -> list[Param]:
 def client_defaults() -> None:
     """MLflow client settings unless set in the environment: short HTTP retries (an unreachable
     server costs seconds, not minutes per call; the hook buffers instead) and no run URLs
-    printed (a tracking URI may carry credentials)."""
+    printed (a tracking URI may carry credentials); SQLite stores in WAL mode (``_sqlite``)."""
     for key, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    use_wal()
 
 
 def _git_commit(where: Path) -> str | None:

@@ -17,10 +17,12 @@ if TYPE_CHECKING:
     from ray import tune
     from trainables.hooks import TrialHook
 
+    from .progress import SweepReporter, TrialLines
+
 __all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "can_restore", "build_tuner",
            "restore_tuner"]
 
-# Columns of the live progress table (shown when reported).
+# Columns of Ray's progress table (``--verbose``).
 PROGRESS_METRICS: tuple[str, ...] = ("epoch", "train_loss", "val_acc", "branches_kept",
                                      "fused_val_acc", "latency_fused_ms")
 
@@ -87,13 +89,15 @@ def _scheduler(cfg: SweepConfig, inherit_metric: bool) -> Any:
     return FIFOScheduler()
 
 
-def _reporter(cfg: SweepConfig) -> Any:
-    from ray.tune import CLIReporter
+def _console(cfg: SweepConfig) -> tuple[SweepReporter, TrialLines]:
+    """The progress reporter (status line, or Ray's table with ``--verbose``) and the
+    one-line-per-trial callback."""
+    from .progress import SweepReporter, TrialLines
 
-    metrics = list(dict.fromkeys([o.metric for o in cfg.objectives] + list(PROGRESS_METRICS)))
+    objectives = [o.metric for o in cfg.objectives]
     params = [p.key for p in cfg.space if p.sampled]
-    return CLIReporter(metric_columns=metrics, parameter_columns=params, max_report_frequency=15,
-                       max_progress_rows=50)
+    return (SweepReporter(list(dict.fromkeys(objectives + list(PROGRESS_METRICS))), params),
+            TrialLines(objectives, params))
 
 
 def _output_env() -> None:
@@ -118,6 +122,7 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
         and cfg.scheduler.mode == objective.mode
     top_metric = single and (cfg.scheduler.type != "asha" or inherit)
     optuna = cfg.search.algorithm == "optuna"
+    reporter, trial_lines = _console(cfg)
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(search),
         scheduler=_scheduler(cfg, inherit_metric=inherit),
@@ -134,8 +139,8 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
         stop=dict(cfg.stop) or None,
         failure_config=tune.FailureConfig(max_failures=cfg.failure.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-        callbacks=[CheckpointRepair()],  # restored trials continue from a checkpoint that exists
-        progress_reporter=_reporter(cfg),
+        callbacks=[CheckpointRepair(), trial_lines],  # restored trials continue from a checkpoint that exists
+        progress_reporter=reporter,
         verbose=1,
     )
     return tune.Tuner(_trainable(cfg, hooks), param_space=param_space(cfg.space, cfg.search.algorithm),

@@ -52,10 +52,13 @@ def save_checkpoint(
     tensors: Mapping[str, Any],
     meta: Mapping[str, Any],
     extra: Mapping[str, Path] | None = None,
+    durable: bool = True,
 ) -> Path:
     """Atomically write a checkpoint folder at ``directory`` (replacing any previous one).
 
-    ``extra`` maps names to folders copied into the checkpoint (e.g. ``export``).
+    ``extra`` maps names to folders copied into the checkpoint (e.g. ``export``). ``durable``
+    fsyncs the files and the parent folder, so the checkpoint also survives an OS crash; a
+    caller that copies the folder to its storage right away (Ray) can skip that.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -69,14 +72,16 @@ def save_checkpoint(
         shutil.copytree(source, tmp / name)
     files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _digest(tmp / name)} for name in (_TENSORS, _META)}
     (tmp / _MANIFEST).write_text(json.dumps(files, indent=1))
-    for name in (_TENSORS, _META, _MANIFEST):
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
+    if durable:
+        for name in (_TENSORS, _META, _MANIFEST):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         os.rename(directory, old)
     os.rename(tmp, directory)
-    _fsync_dir(directory.parent)
+    if durable:
+        _fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
     return directory
 

@@ -15,13 +15,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import datasets, transforms
 
 from .config import DataConfig
 from .schema import ConfigError
+
+if TYPE_CHECKING:  # torchvision is imported where a dataset needs it (~1.3 s; digits does not)
+    from torchvision import datasets
 
 __all__ = ["DataBundle", "build_data", "make_loader", "TensorImages", "FASHION_MNIST_ROOT", "cache_dir"]
 
@@ -127,6 +130,8 @@ def _mnist_root(root: Path, folder: str, download: bool, fix: str) -> Path:
 
 def _imagefolder_transform(cfg: DataConfig, train: bool) -> Transform:
     """PIL pipeline of an ImageNet-style folder: (random-)resized crop, ToTensor, normalise."""
+    from torchvision import transforms
+
     side = cfg.image_size or 224
     crop = ([transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip()] if train and cfg.augment
             else [transforms.Resize(int(side * 256 / 224)), transforms.CenterCrop(side)])
@@ -137,6 +142,8 @@ def _augment(cfg: DataConfig, size: int) -> Transform | None:
     """Per-item training augmentation of a decoded tensor (None without ``augment``)."""
     if not cfg.augment:
         return None
+    from torchvision import transforms
+
     steps: list[Callable] = [transforms.RandomCrop(size, padding=max(1, size // 8))]
     if cfg.dataset in ("cifar10", "cifar100"):
         steps.append(transforms.RandomHorizontalFlip())
@@ -144,10 +151,14 @@ def _augment(cfg: DataConfig, size: int) -> Transform | None:
 
 
 def _prepared(cfg: DataConfig, images: TensorImages) -> TensorImages:
-    """Resize (``image_size``) and normalise the whole tensor once."""
-    steps: list[Callable] = [transforms.Resize(cfg.image_size, antialias=True)] if cfg.image_size else []
-    steps.append(transforms.Normalize(*_STATS[cfg.dataset]))
-    images.images = transforms.Compose(steps)(images.images)
+    """Resize (``image_size``) and normalise the whole tensor once (what torchvision's
+    ``Normalize`` computes: ``(x - mean) / std`` per channel)."""
+    if cfg.image_size:
+        from torchvision import transforms
+
+        images.images = transforms.Resize(cfg.image_size, antialias=True)(images.images)
+    mean, std = (torch.tensor(v, dtype=images.images.dtype).view(-1, 1, 1) for v in _STATS[cfg.dataset])
+    images.images = images.images.sub(mean).div_(std)
     return images
 
 
@@ -157,6 +168,8 @@ def _open(cfg: DataConfig, train: bool) -> Dataset:
     name = cfg.dataset
     if name == "digits":
         return _prepared(cfg, _digits())
+    from torchvision import datasets
+
     if name == "imagefolder":
         folder = Path(cfg.root or "").expanduser() / ("train" if train else "val")
         if not folder.is_dir():
@@ -183,6 +196,8 @@ def _train_view(cfg: DataConfig, eval_full: Dataset, size: int | None) -> Datase
         augment = _augment(cfg, size) if size is not None else None
         return TensorImages(eval_full.images, eval_full.targets, eval_full.classes, augment)
     if cfg.augment:
+        from torchvision import datasets
+
         return datasets.ImageFolder(eval_full.root, transform=_imagefolder_transform(cfg, True))
     return eval_full
 

@@ -253,7 +253,7 @@ def _worker_loop(loop: dict[str, Any]) -> None:
                 ray.train.report({}, checkpoint=None)
 
         run_trial(cfg, workdir, hooks=loop["hooks"] if placement.is_main else (), resume_from=resume_from,
-                  report=report, trial_name=loop["trial_name"], placement=placement)
+                  report=report, trial_name=loop["trial_name"], placement=placement, durable_checkpoints=False)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -114,6 +113,8 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
 @torch.no_grad()
 def measure_latency(model: nn.Module, example: torch.Tensor, min_run_time: float) -> float:
     """Median forward latency in ms (torch.utils.benchmark, CUDA-synchronised on GPU)."""
+    from torch.utils import benchmark  # imported here: it imports cpp_extension, which warns on CPU-only hosts
+
     model.eval()
     timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example},
                             num_threads=torch.get_num_threads())

@@ -108,11 +108,14 @@ def run_trial(
     report: ReportFn | None = None,
     trial_name: str = "trial",
     placement: Placement | None = None,
+    durable_checkpoints: bool = True,
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
 
     ``placement``: one process by default; a ``trainables.distributed.DDPPlacement`` runs
     this on every rank of a DDP group, where only rank 0 exports and writes checkpoints.
+    ``durable_checkpoints``: fsync every checkpoint; off when ``report`` copies it to the
+    run's storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
 
     Raises ``ConfigError`` for user errors (bad data path, budget above the candidate
     count, ...), ``CheckpointError`` for an unreadable ``resume_from``.
@@ -182,7 +185,7 @@ def run_trial(
             meta = {"engine": engine_meta, "history": history, "config": config.to_dict(),
                     "hooks": [hook.state_dict() for hook in hooks], "trial_name": trial_name}
             if place.is_main:
-                save_checkpoint(ckpt_dir, tensors, meta, extra)
+                save_checkpoint(ckpt_dir, tensors, meta, extra, durable=durable_checkpoints)
             if report is not None:
                 report(metrics, ckpt_dir)
     except BaseException as err:

@@ -97,7 +97,7 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
                 else:
                     resume_from = restore_checkpoint(tune.get_checkpoint(), workdir / "restored")
                     run_trial(cfg, workdir, hooks=copy.deepcopy(list(hooks)), resume_from=resume_from,
-                              report=report, trial_name=context.get_trial_name())
+                              report=report, trial_name=context.get_trial_name(), durable_checkpoints=False)
             except NonFiniteLossError as err:  # deterministic: end the trial now, no FailureConfig retry
                 print(f"trial {context.get_trial_name()} failed: {err}", file=sys.stderr)
                 tune.report(failure_metrics(err))

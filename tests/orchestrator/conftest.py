@@ -81,7 +81,7 @@ def children(client: MlflowClient, experiment: str) -> tuple[Any, list[Any]]:
     return parents[0], kids
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def kit() -> Any:
     """The helpers above, for tests (conftest modules are not importable by name)."""
     from types import SimpleNamespace
