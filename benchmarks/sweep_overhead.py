@@ -117,7 +117,7 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
         - total(workers, "trainables.checkpoint.save_checkpoint")
     plain_trial = total(plain, trial) - total(plain, "trainables.checkpoint.save_checkpoint")
     rows = [
-        ("driver start to Ray: imports, sweep validation, lock (over the plain run's start)",
+        ("driver start to ray.init: imports, validation, lock (over the plain run's)",
          (connect["s"] - d0) - (first(plain, trial)["s"] - p0)),
         ("Ray start (ray.init)", connect["d"]),
         ("MLflow: database and parent run", parent["d"]),

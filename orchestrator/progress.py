@@ -73,11 +73,13 @@ class SweepReporter(ProgressReporter):
         counts: dict[str, int] = {}
         for trial in trials:
             counts[trial.status] = counts.get(trial.status, 0) + 1
-        elapsed = time.strftime("%H:%M:%S", time.gmtime(self._last - self._start))
+        minutes, seconds = divmod(int(self._last - self._start), 60)
+        elapsed = f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
         total = max(self._total or 0, len(trials))
         parts = [f"{counts.get('TERMINATED', 0)}/{total} trials finished"]
         parts += [f"{counts[s]} {s.lower()}" for s in ("RUNNING", "PENDING", "PAUSED", "ERROR") if counts.get(s)]
-        epochs = [_number(t.last_result["epoch"]) for t in trials if t.status == "RUNNING" and "epoch" in (t.last_result or {})]
+        epochs = [_number(t.last_result["epoch"]) for t in trials
+                  if t.status == "RUNNING" and "epoch" in (t.last_result or {})]
         print(f"[{elapsed}] {', '.join(parts)}" + (f" (at epoch {', '.join(epochs)})" if epochs else ""), flush=True)
 
 
