@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .tracking import fluent_tracking_uri
+
 __all__ = ["artifact_files", "load_fused", "log_fused_model"]
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,7 @@ def log_fused_model(tracking_uri: str, run_id: str, export_dir: Path, name: str,
     model, example = load_fused(export_dir)
     # explicit requirements: MLflow's inference re-imports the model in a subprocess (~7 s)
     kwargs = {"name": name, "input_example": example, "step": step, "pip_requirements": _requirements()}
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+    with fluent_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
         try:
             info = mlflow.pytorch.log_model(model, **kwargs)
         except Exception as err:  # noqa: BLE001 - pt2 export can fail for exotic graphs

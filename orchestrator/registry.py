@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from .config import Objective
 from .pareto import best_by, front
 from .records import TrialRecord
-from .tracking import TAG_TRIAL
+from .tracking import TAG_TRIAL, fluent_tracking_uri
 
 __all__ = ["Registered", "register_models"]
 
@@ -41,9 +41,6 @@ def register_models(tracking_uri: str, name: str, records: Sequence[TrialRecord]
     order, best first objective first) and ``best-<metric>`` per objective."""
     if which == "none":
         return []
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     with_model = [r for r in records if r.model_uri and r.run_id]
     chosen = front(with_model, objectives)
@@ -57,9 +54,10 @@ def register_models(tracking_uri: str, name: str, records: Sequence[TrialRecord]
         if best is not None and best.trial_name in aliases:
             aliases[best.trial_name].append(f"best-{obj.metric}")
     out = []
-    for r in chosen:
-        version = _version_for(client, name, r)
-        for alias in aliases[r.trial_name]:
-            client.set_registered_model_alias(name, alias, version)
-        out.append(Registered(r.trial_name, version, aliases[r.trial_name]))
+    with fluent_tracking_uri(tracking_uri):  # mlflow.register_model is fluent
+        for r in chosen:
+            version = _version_for(client, name, r)
+            for alias in aliases[r.trial_name]:
+                client.set_registered_model_alias(name, alias, version)
+            out.append(Registered(r.trial_name, version, aliases[r.trial_name]))
     return out

@@ -12,7 +12,8 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from .config import SweepConfig
 
-__all__ = ["SweepState", "start_parent_run", "finish_parent_run", "child_runs", "log_parent_artifacts",
+__all__ = ["fluent_tracking_uri", "SweepState", "start_parent_run", "finish_parent_run", "child_runs", "log_parent_artifacts",
            "client_defaults", "mlflow_params", "STATE_FILE", "MODEL_NAME", "TAG_SWEEP", "TAG_TRIAL",
            "TAG_TRIAL_ID", "TAG_MODEL_URI", "TAG_ERROR", "TAG_PARENT", "TAG_STOPPED"]
 
@@ -84,6 +85,25 @@ def client_defaults() -> None:
     for key, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     use_wal()
+
+
+@contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``mlflow.start_run``, ``log_model``, ``register_model``) pointed at
+    ``uri`` for the block only. ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in
+    this process's environment, which would outlive the call and override the next sweep
+    file's ``mlflow.tracking_uri`` read in the same process."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _git_commit(where: Path) -> str | None:
