@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,8 +107,15 @@ def test_corrupt_or_lost_checkpoints_repaired_on_resume(tmp_path: Path, start_dr
                 and (d / "result.json").is_file() and not any("fused_val_acc" in r for r in rows(d))]
 
     driver = start_driver([str(path)])
-    driver.wait_for(lambda: len(two_checkpoints_unfinished()) >= 2, "two trials with two checkpoints")
-    time.sleep(1.0)  # let the driver record the second checkpoint in its experiment state
+    # killed once the driver's experiment state names a checkpoint of two unfinished trials that
+    # each have two on disk (a fixed sleep here was too short under load)
+    def recorded_twice() -> bool:
+        try:
+            return len(_recorded_checkpoints(exp, two_checkpoints_unfinished())) >= 2
+        except Exception:  # noqa: BLE001 - the snapshot being written as we read it
+            return False
+
+    driver.wait_for(recorded_twice, "two trials with two checkpoints, recorded in the experiment state")
     driver.sigkill()
     recorded = _recorded_checkpoints(exp, two_checkpoints_unfinished())
     assert len(recorded) >= 2, recorded
