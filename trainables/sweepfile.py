@@ -26,7 +26,8 @@ def read_sweep_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     With ``extends: base.yaml`` (relative to this file) the base is read first and this
     file's keys merged on top: mappings merge key by key, other values (lists too)
-    replace, and each ``space`` entry replaces the base's entry of that key whole.
+    replace, and each ``space`` entry replaces the base's entry of that key whole; a
+    ``space`` entry set to null removes the base's entry (the key then comes from ``trial:``).
     """
     return _read_extended(Path(path), ())
 
@@ -54,6 +55,7 @@ def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(EXTENDS, f"expected the path of a sweep file (relative to {str(path)!r}), got {base_name!r}")
     base = _read_extended(path.parent / base_name, (*seen, path.resolve()))
     space = {**(base.pop("space", None) or {}), **(data.pop("space", None) or {})}
+    space = {key: value for key, value in space.items() if value is not None}
     merged = _merge(base, data)
     if space:
         merged["space"] = space

@@ -259,6 +259,10 @@ def test_extends_merges_a_base_sweep_file(tmp_path: Path, write_sweep: Any, kit:
                                                        "optim.lr": {"choice": [0.1]}}
     assert cfg.trial["search"] == {**kit.TINY_TRIAL["search"], "epochs": 3} and cfg.trial["seed"] == 0
     assert load_trial_section(child)["search"]["epochs"] == 3  # the one-search CLI reads the same chain
+    fixed = write_sweep({"extends": "base.yaml", "name": "fixed", "space": {"search.budget": None},
+                         "trial": {"search": {"budget": 0.3}}}, "fixed.yaml")
+    cfg = load_sweep(fixed, env={})  # a null space entry removes the base's: the trial value holds
+    assert [p.key for p in cfg.space] == ["optim.lr"] and cfg.trial["search"]["budget"] == 0.3
     write_sweep({"extends": "b.yaml"}, "a.yaml")
     write_sweep({"extends": "a.yaml"}, "b.yaml")
     assert main([str(tmp_path / "a.yaml"), "--dry-run"]) == 2
