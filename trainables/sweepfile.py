@@ -54,8 +54,10 @@ def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base_name, str) or not base_name:
         raise ConfigError(EXTENDS, f"expected the path of a sweep file (relative to {str(path)!r}), got {base_name!r}")
     base = _read_extended(path.parent / base_name, (*seen, path.resolve()))
-    space = {**(base.pop("space", None) or {}), **(data.pop("space", None) or {})}
-    space = {key: value for key, value in space.items() if value is not None}
+    top_space = data.pop("space", None) or {}
+    space = {**(base.pop("space", None) or {}), **top_space}
+    for key in [key for key, value in top_space.items() if value is None]:
+        del space[key]  # null removes the base's entry; only this file's nulls do
     merged = _merge(base, data)
     if space:
         merged["space"] = space
