@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "BASELINES",
+    "RECIPE_PRESETS",
     "DATASETS",
     "EXPORT_FORMATS",
 ]
@@ -55,6 +56,18 @@ BASELINES: dict[str, tuple[tuple[str, ...], bool]] = {
     "all": (tuple(BRANCH_TYPES), True),
 }
 """Fixed-architecture baselines: method -> (branch types, identity where shapes allow)."""
+
+RECIPE_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "short": {"random_epochs": 0, "search_epochs": 1, "arch_lr": "auto", "noise_schedule": "cosine",
+              "two_stage": True},
+}
+"""Named search recipes for ``trial.search.preset``: the ``trial.search`` keys each one sets
+where the trial does not set them itself. ``paper`` is the defaults (the RepNAS schedule);
+``short`` is what the outer sweep ``configs/fashion_mnist_deep_recipe.yaml`` chose on
+validation for a 10-epoch schedule: no random phase, one search epoch with alpha's step
+sized to it and the noise annealed to 0, then the searched mask retrained from scratch for
+the remaining epochs (benchmarks/README.md, "Tuned recipe")."""
 
 _Dataset = Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
 _Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
@@ -115,6 +128,8 @@ class SearchConfig:
     """The inner one-stage search (or a fixed baseline) and its schedule."""
 
     method: str | list[str] = "odbb"
+    preset: str = "paper"
+    """A named recipe (``RECIPE_PRESETS``) filling the keys below that the trial leaves unset."""
     candidates: list[str] = field(default_factory=lambda: list(BRANCH_TYPES))
     budget: int | float = 0.34
     epochs: int = field(default=150, metadata=rule(at_least(1)))
@@ -155,6 +170,7 @@ class SearchConfig:
 
     def validate(self, path: str) -> None:
         self._validate_method(join_path(path, "method"))
+        _check_preset(self.preset, join_path(path, "preset"))
         cpath = join_path(path, "candidates")
         for i, name in enumerate(self.candidates):
             if name not in BRANCH_TYPES:
@@ -263,7 +279,7 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, path: str = "trial") -> TrialConfig:
         """Validate a plain mapping (missing keys take defaults); raises ``ConfigError``."""
-        return load_dataclass(cls, data, path)
+        return load_dataclass(cls, _with_preset(data, path), path)
 
     @classmethod
     def from_overrides(cls, base: Mapping[str, Any], overrides: Mapping[str, Any], path: str = "trial") -> TrialConfig:
@@ -279,6 +295,22 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form that ``from_dict`` reads back unchanged."""
         return dump_dataclass(self)
+
+
+def _with_preset(data: Any, path: str) -> Any:
+    """``data`` with ``search.preset``'s keys (``RECIPE_PRESETS``) added where it does not set them."""
+    search = data.get("search") if isinstance(data, Mapping) else None
+    if not isinstance(search, Mapping) or "preset" not in search:
+        return data
+    name = search["preset"]
+    _check_preset(name, join_path(join_path(path, "search"), "preset"))
+    return {**data, "search": {**RECIPE_PRESETS[name], **search}}
+
+
+def _check_preset(name: Any, path: str) -> None:
+    if not isinstance(name, str) or name not in RECIPE_PRESETS:
+        raise ConfigError(path, f"unknown preset {name!r}{did_you_mean(str(name), RECIPE_PRESETS)}; "
+                                f"expected one of: {', '.join(RECIPE_PRESETS)}")
 
 
 def check_trial_key(key: str, path: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import fields
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from trainables import ConfigError, TrialConfig, apply_overrides, load_checkpoint, run_trial
+from trainables import RECIPE_PRESETS, ConfigError, SearchConfig, TrialConfig, apply_overrides, load_checkpoint, run_trial
 from trainables.build import build_trial_model
 from trainables.data import build_data, make_loader
 from trainables.engine import _STREAM_REBUILD, SearchEngine, derive_seed
@@ -441,3 +442,25 @@ def test_two_gloo_ranks_agree_under_the_recipe(tmp_path: Path, tiny_dict: dict[s
     assert all(torch.equal(ranks[0]["params"][k], ranks[1]["params"][k]) for k in ranks[0]["params"])
     assert torch.equal(ranks[0]["fair_counts"], ranks[1]["fair_counts"]) and torch.equal(ranks[0]["alpha"], ranks[1]["alpha"])
     assert ranks[0]["history"][-1]["done"] == 1.0
+
+
+# ---------------------------------------------------------------- presets
+def test_short_preset_sets_its_keys_and_explicit_keys_win(tiny, tiny_dict: dict[str, Any]) -> None:
+    short = RECIPE_PRESETS["short"]
+    assert short and set(short) <= {f.name for f in fields(SearchConfig)}
+    for key in short:
+        tiny_dict["search"].pop(key, None)
+    tiny_dict["search"]["preset"] = "short"
+    cfg = TrialConfig.from_dict(tiny_dict)
+    assert {k: getattr(cfg.search, k) for k in short} == short
+    assert all(getattr(SearchConfig(), k) != v for k, v in short.items())  # each one changes the paper recipe
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg
+    explicit = tiny(**{"search.preset": "short"})  # tiny sets random_epochs: 1 and search_epochs: 1 itself
+    assert (explicit.search.random_epochs, explicit.search.arch_lr, explicit.search.two_stage) == (1, "auto", True)
+    assert tiny(**{"search.preset": "paper"}) == tiny()
+
+
+def test_unknown_preset_names_the_key(tiny_dict: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as info:
+        TrialConfig.from_dict(apply_overrides(tiny_dict, {"search.preset": "shrot"}))
+    assert info.value.path == "trial.search.preset" and "did you mean 'short'" in str(info.value)
