@@ -21,6 +21,11 @@ The search-quality host (configs/fashion_mnist.yaml) and all its methods:
 
     python benchmarks/train_cost.py --models repvgg_tiny_s2 --batch-size 128 --threads 1 \
         --configs plain repvgg acnet dbb all "odbb k=5" "odbb k=10" "odbb k=15" "odbb k=20"
+
+The headroom host (configs/fashion_mnist_deep.yaml, trained online):
+
+    python benchmarks/train_cost.py --models repvgg_tiny_deep --batch-size 128 --threads 1 --reparam online \
+        --configs plain repvgg acnet dbb all "odbb k=48" "odbb k=96"
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "odbb@0.17": {"method": "odbb", "budget": 0.17},
     "odbb@0.34": {"method": "odbb", "budget": 0.34},
     "odbb@1.0": {"method": "odbb", "budget": 1.0},
-    **{f"odbb k={k}": {"method": "odbb", "budget": k} for k in (5, 10, 15, 20)},
+    **{f"odbb k={k}": {"method": "odbb", "budget": k} for k in (5, 10, 15, 20, 48, 96)},
 }
 DEFAULT_CONFIGS = ("plain", "repvgg", "dbb", "all", "odbb@0.17", "odbb@0.34", "odbb@1.0")
 MODELS: dict[str, dict[str, Any]] = {  # model config, input channels and default input size
@@ -54,6 +59,9 @@ MODELS: dict[str, dict[str, Any]] = {  # model config, input channels and defaul
     "resnet18": {"name": "resnet18", "options": {}, "channels": 3, "size": 32},
     # the host of configs/fashion_mnist.yaml (30 candidates), on Fashion-MNIST-shaped input
     "repvgg_tiny_s2": {"name": "repvgg_tiny", "options": {"strides": [2, 2, 2]}, "channels": 1, "size": 28},
+    # the 24-layer host of configs/fashion_mnist_deep.yaml (144 candidates)
+    "repvgg_tiny_deep": {"name": "repvgg_tiny", "options": {"depths": [8, 8, 8], "strides": [2, 2, 2]},
+                         "channels": 1, "size": 28},
 }
 REPARAM = ("offline", "online")
 

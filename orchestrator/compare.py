@@ -19,7 +19,7 @@ from typing import Any
 from .records import TrialRecord
 
 __all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best", "form_verdicts",
-           "equal_count_verdicts"]
+           "equal_count_verdicts", "reference_verdicts"]
 
 SEARCHED = "odbb"
 
@@ -149,7 +149,9 @@ class Verdict:
     def line(self) -> str:
         """One sentence for the report."""
         s, f = self.searched, self.fixed
-        return (f"{s.method} vs {f.method} at {f.target_branches} branches: {self.metric} "
+        counts = (f"{f.target_branches}" if s.target_branches == f.target_branches
+                  else f"{s.target_branches} vs {f.target_branches}")
+        return (f"{s.method} vs {f.method} at {counts} branches: {self.metric} "
                 f"{s.mean(self.metric):.4f} ± {s.std(self.metric):.4f} vs {f.mean(self.metric):.4f} ± "
                 f"{f.std(self.metric):.4f} (n={s.n}/{f.n}), difference {self.difference:+.4f} ± {self.stderr:.4f} "
                 f"(Welch p={self.p_value:.2f}): {s.method} is {self.outcome}")
@@ -182,12 +184,21 @@ def equal_count_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Ve
             and (match.target_branches, match.reparam) == (fixed.target_branches, fixed.reparam)]
 
 
+def _base_method(g: GroupStats) -> str:
+    """The method without its training form (``dbb online`` -> ``dbb``)."""
+    return g.method.removesuffix(f" {g.reparam}")
+
+
+def reference_verdicts(selected: Sequence[GroupStats], metric: str, reference: str) -> list[Verdict]:
+    """Every searched method against the fixed method ``reference`` (``plain``, ``dbb``) trained
+    in the same form, whatever the two branch counts (ODBB at RepVGG's count vs DBB)."""
+    fixed = {g.reparam: g for g in selected if not g.searched and _base_method(g) == reference and metric in g.values}
+    return [_verdict(g, fixed[g.reparam], metric)
+            for g in selected if g.searched and metric in g.values and g.reparam in fixed]
+
+
 def form_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Verdict]:
     """Each method trained in another form (``dbb online``) against its offline form (``dbb``)."""
     offline = {g.method: g for g in selected if g.reparam == "offline" and metric in g.values}
-    out = []
-    for g in selected:
-        base = g.method.removesuffix(f" {g.reparam}")
-        if g.reparam != "offline" and metric in g.values and base in offline:
-            out.append(_verdict(g, offline[base], metric))
-    return out
+    return [_verdict(g, offline[_base_method(g)], metric)
+            for g in selected if g.reparam != "offline" and metric in g.values and _base_method(g) in offline]

@@ -1,13 +1,13 @@
 """Method comparison of a finished sweep, read back from MLflow.
 
     python -m orchestrator.report SWEEP.yaml [SWEEP2.yaml ...] [--set KEY=VALUE ...] [--out DIR]
-        [--metric test_acc] [--select-by val_acc] [--replicate-key seed]
+        [--metric test_acc] [--select-by val_acc] [--replicate-key seed] [--versus plain ...]
 
 For every method (the ``search.*`` keys of a trial) and setting of the other sampled keys:
 mean ± std of ``--metric`` over the replicates (``seed``); per method the setting with
 the best mean ``--select-by`` (validation); equal-branch-count verdicts (ODBB vs each
-fixed method); the fusion check of every trial (fused accuracy = supernet accuracy);
-and a check that the parent run's Pareto front is the front of the child runs' metrics.
+fixed method) and, with ``--versus``, ODBB vs a named fixed method at any count; the
+fusion check of every trial (fused accuracy = supernet accuracy); and a check that the parent run's Pareto front is the front of the child runs' metrics.
 Several sweeps (e.g. a follow-up that ``extends:`` the first) are pooled into one
 comparison. Writes DIR/report.md, report.json, report.png and attaches them to each sweep's
 parent run under ``report/``.
@@ -24,7 +24,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .compare import GroupStats, Verdict, equal_count_verdicts, form_verdicts, group_records, method_label, select_best
+from .compare import (
+    GroupStats,
+    Verdict,
+    equal_count_verdicts,
+    form_verdicts,
+    group_records,
+    method_label,
+    reference_verdicts,
+    select_best,
+)
 from .config import ConfigError, SweepConfig, load_sweep
 from .pareto import mark_front
 from .records import TrialRecord, records_from_mlflow
@@ -139,14 +148,23 @@ class SweepPart:
         return None if self.parent_front is None else front_matches(self.cfg, self.records, self.parent_front)
 
 
-def build_report(parts: Sequence[SweepPart], metric: str, select_by: str,
-                 replicate_key: str) -> tuple[str, dict[str, Any], list[GroupStats]]:
-    """The markdown report over one or more sweeps, its JSON payload and each method's selected group."""
+def build_report(parts: Sequence[SweepPart], metric: str, select_by: str, replicate_key: str,
+                 versus: Sequence[str] = ()) -> tuple[str, dict[str, Any], list[GroupStats]]:
+    """The markdown report over one or more sweeps, its JSON payload and each method's selected group.
+
+    ``versus``: fixed methods (``plain``, ``dbb``) every searched method is also compared with,
+    whatever the branch counts; ``ConfigError`` for one the sweeps do not have.
+    """
     records = [r for part in parts for r in part.records]
     groups = group_records(records, [metric, *COLUMNS], replicate_key)
     best = select_best(groups, select_by, "max")
     verdicts = equal_count_verdicts(best, metric)
     forms = form_verdicts(best, metric)
+    fixed = sorted({g.method.removesuffix(f" {g.reparam}") for g in best if not g.searched})
+    for ref in versus:
+        if ref not in fixed:
+            raise ConfigError("--versus", f"no fixed method {ref!r} in these sweeps; expected one of: {', '.join(fixed)}")
+    against = {ref: reference_verdicts(best, metric, ref) for ref in versus}
     fusion = fusion_check(records)
     names = ", ".join(f"`{p.cfg.name}`" for p in parts)
     lines = [f"# Sweep{'s' if len(parts) > 1 else ''} {names}: methods compared over `{replicate_key}`", "",
@@ -154,6 +172,8 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str,
              f"`{select_by}`; `{metric}` is the fused model's. ± is the sample standard deviation over "
              f"`{replicate_key}`.", "", *_table(best, metric), "", "## Verdicts (equal branch count)", ""]
     lines += [f"- {v.line()}" for v in verdicts] or ["- no searched trial matches a fixed method's branch count"]
+    for ref, vs in against.items():
+        lines += ["", f"## Verdicts (against {ref}, any branch count)", "", *[f"- {v.line()}" for v in vs]]
     if forms:
         lines += ["", "## Verdicts (online vs offline re-parameterization)", "", *[f"- {v.line()}" for v in forms]]
     lines += ["", "## Checks", "",
@@ -174,6 +194,7 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str,
                "selected": [_group_json(g) for g in best], "groups": [_group_json(g) for g in groups],
                "verdicts": [_verdict_json(v) for v in verdicts],
                "form_verdicts": [_verdict_json(v) for v in forms],
+               "reference_verdicts": {ref: [_verdict_json(v) for v in vs] for ref, vs in against.items()},
                "fusion": {**asdict(fusion), "ok": fusion.ok},
                "pareto_front_matches": {p.cfg.name: p.front_matches for p in parts},
                "trials": [asdict(r) for r in records]}
@@ -182,6 +203,7 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str,
 
 def _verdict_json(v: Verdict) -> dict[str, Any]:
     return {"searched": v.searched.method, "fixed": v.fixed.method, "branches": v.fixed.target_branches,
+            "searched_branches": v.searched.target_branches,
             "difference": v.difference, "stderr": v.stderr, "p_value": v.p_value, "outcome": v.outcome}
 
 
@@ -244,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the compared metric (default: test_acc, or fused_val_acc without a test split)")
     parser.add_argument("--select-by", default="val_acc", help="metric choosing each method's setting")
     parser.add_argument("--replicate-key", default="seed", help="the sampled key that only replicates")
+    parser.add_argument("--versus", action="append", default=[], metavar="METHOD",
+                        help="also compare every searched method with this fixed one (plain, dbb) at any branch "
+                             "count; repeatable")
     args = parser.parse_args(argv)
     try:
         loaded = [SweepPart.load(load_sweep(s, args.set)) for s in args.sweeps]
@@ -259,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         metric = "fused_val_acc"  # a dataset without a test split (digits): the fused model on validation
     out = Path(args.out or f"{parts[0].cfg.experiment_path}/report")
     out.mkdir(parents=True, exist_ok=True)
-    text, payload, best = build_report(parts, metric, args.select_by, args.replicate_key)
+    try:
+        text, payload, best = build_report(parts, metric, args.select_by, args.replicate_key, args.versus)
+    except ConfigError as err:
+        print(f"repnas-report: error: {err}", file=sys.stderr)
+        return 2
     files = [out / "report.md", out / "report.json", plot_report(best, metric, out / "report.png")]
     files[0].write_text(text)
     files[1].write_text(json.dumps(payload, indent=1, default=str))

@@ -13,6 +13,7 @@ from orchestrator.compare import (
     form_verdicts,
     group_records,
     method_label,
+    reference_verdicts,
     select_best,
     target_count,
 )
@@ -116,3 +117,21 @@ def test_online_form_is_its_own_method_compared_with_its_offline_form() -> None:
     expected = stats.ttest_ind([0.900, 0.902, 0.903], [0.890, 0.892, 0.894], equal_var=False).pvalue
     assert v.p_value == pytest.approx(expected) and v.difference == pytest.approx(statistics.fmean([0.900, 0.902, 0.903]) - 0.892)
     assert v.outcome == "better"
+
+
+def test_reference_verdicts_meet_a_named_method_at_any_branch_count() -> None:
+    """``--versus dbb``: ODBB at RepVGG's count against DBB, in the same training form only."""
+    odbb_test, dbb_test = [0.90, 0.91, 0.92], [0.88, 0.89, 0.885]
+    records = [*(_record(f"d{s}", "dbb", 0.1, s, 0.9, t, kept=20) for s, t in enumerate(dbb_test)),
+               *(_record(f"o{s}", "odbb", 0.1, s, 0.9, t, kept=10, budget=10) for s, t in enumerate(odbb_test)),
+               *(_record(f"p{s}", "plain", 0.1, s, 0.9, 0.8, kept=5) for s in range(3))]
+    online = _record("on", "odbb", 0.1, 0, 0.9, 0.9, kept=10, budget=10)
+    online.config["model.reparam"] = "online"  # no online dbb to meet
+    best = select_best(group_records([*records, online], ["test_acc", "val_acc"]), "val_acc")
+    assert not [v for v in equal_count_verdicts(best, "test_acc") if v.fixed.method == "dbb"]
+    (v,) = reference_verdicts(best, "test_acc", "dbb")
+    assert (v.searched.method, v.fixed.method) == ("odbb k=10", "dbb")
+    assert v.difference == pytest.approx(statistics.fmean(odbb_test) - statistics.fmean(dbb_test))
+    assert v.p_value == pytest.approx(stats.ttest_ind(odbb_test, dbb_test, equal_var=False).pvalue)
+    assert "at 10 vs 20 branches" in v.line() and v.outcome == "better"
+    assert reference_verdicts(best, "test_acc", "acnet") == []

@@ -154,9 +154,15 @@ def test_grid_of_methods_over_seeds_then_report(tmp_path: Path, write_sweep: Any
     path = write_sweep(sweep)
     proc = kit.run_cli([str(path)], cwd=tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    report = subprocess.run([sys.executable, "-m", "orchestrator.report", str(path), "--out", str(tmp_path / "report")],
-                            cwd=tmp_path, env=kit.cli_env(), capture_output=True, text=True, timeout=300, check=False)
-    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-5000:]
+    def report(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "orchestrator.report", str(path), "--out", str(tmp_path / "report"),
+                               *extra], cwd=tmp_path, env=kit.cli_env(), capture_output=True, text=True, timeout=300,
+                              check=False)
+
+    bad = report("--versus", "dbb")
+    assert bad.returncode == 2 and "--versus" in bad.stderr and "expected one of: plain" in bad.stderr
+    done = report("--versus", "plain")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     payload = json.loads((tmp_path / "report" / "report.json").read_text())
     assert payload["metric"] == "fused_val_acc"  # digits has no test split
     assert {(g["method"], g["n"], g["target_branches"]) for g in payload["selected"]} == {("plain", 2, 5), ("odbb k=5", 2, 5)}
@@ -167,6 +173,7 @@ def test_grid_of_methods_over_seeds_then_report(tmp_path: Path, write_sweep: Any
     odbb = next(g for g in payload["selected"] if g["method"] == "odbb k=5")
     plain = next(g for g in payload["selected"] if g["method"] == "plain")
     assert verdict["difference"] == pytest.approx(odbb["mean"]["fused_val_acc"] - plain["mean"]["fused_val_acc"])
+    assert payload["reference_verdicts"] == {"plain": [verdict]}
     assert payload["fusion"]["ok"] and payload["fusion"]["max_logit_diff"] < 1e-4
     assert payload["pareto_front_matches"] == {"methods": True}
     assert "odbb k=5 vs plain at 5 branches" in (tmp_path / "report" / "report.md").read_text()
