@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also compare every searched method with this fixed one (plain, dbb) at any branch "
                              "count; repeatable")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small download per sweep
     try:
         loaded = [SweepPart.load(load_sweep(s, args.set)) for s in args.sweeps]
     except ConfigError as err:
