@@ -9,10 +9,12 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from trainables.config import under_preset
 from trainables.metrics import objective_metric_names, scheduler_metric_names
 from trainables.schema import (
     ConfigError,
@@ -221,6 +223,8 @@ def apply_set(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"--set {key}", "space is not a mapping")
             space[rest] = value
         else:
+            if key == "trial.search.preset" and isinstance(out.get("trial"), Mapping):
+                out["trial"] = under_preset(out["trial"], value, f"--set {key}")  # replaces the file's values
             try:
                 out = apply_overrides(out, {key: value})
             except ConfigError as err:

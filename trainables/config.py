@@ -31,6 +31,7 @@ from .schema import (
 __all__ = [
     "TrialConfig",
     "check_trial_key",
+    "under_preset",
     "ModelConfig",
     "DataConfig",
     "SearchConfig",
@@ -290,6 +291,8 @@ class TrialConfig:
         ``{"search": {"method": "dbb"}}`` sets ``search.method``, see ``flatten_overrides``).
         """
         flat = {key.removeprefix("trial."): value for key, value in flatten_overrides(overrides).items()}
+        if "search.preset" in flat:  # the preset replaces base's values; keys set beside it win
+            base = under_preset(base, flat["search.preset"], join_path(path, "search.preset"))
         return cls.from_dict(apply_overrides(base, flat), path)
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,8 +300,22 @@ class TrialConfig:
         return dump_dataclass(self)
 
 
+def under_preset(trial: Mapping[str, Any], preset: Any, path: str = "trial.search.preset") -> dict[str, Any]:
+    """``trial`` (a ``trial:`` mapping) without its ``search`` values of the keys ``preset`` sets.
+
+    A preset written in a later layer (an extending sweep file, a sampled or ``--set``
+    value) so replaces an earlier layer's values (the base file's ``search_epochs: 3``)
+    instead of being shadowed by them; keys written beside the preset still win.
+    """
+    _check_preset(preset, path)
+    search = trial.get("search")
+    if not isinstance(search, Mapping):
+        return dict(trial)
+    return {**trial, "search": {k: v for k, v in search.items() if k not in RECIPE_PRESETS[preset]}}
+
+
 def _with_preset(data: Any, path: str) -> Any:
-    """``data`` with ``search.preset``'s keys (``RECIPE_PRESETS``) added where it does not set them."""
+    """``data`` with ``search.preset``'s keys (``RECIPE_PRESETS``) added where the same mapping does not set them."""
     search = data.get("search") if isinstance(data, Mapping) else None
     if not isinstance(search, Mapping) or "preset" not in search:
         return data

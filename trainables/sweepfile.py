@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .config import under_preset
 from .schema import ConfigError
 
 __all__ = ["EXTENDS", "read_sweep_yaml", "load_trial_section"]
@@ -54,6 +55,9 @@ def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base_name, str) or not base_name:
         raise ConfigError(EXTENDS, f"expected the path of a sweep file (relative to {str(path)!r}), got {base_name!r}")
     base = _read_extended(path.parent / base_name, (*seen, path.resolve()))
+    search = (data.get("trial") or {}).get("search") if isinstance(data.get("trial"), Mapping) else None
+    if isinstance(search, Mapping) and "preset" in search and isinstance(base.get("trial"), Mapping):
+        base["trial"] = under_preset(base["trial"], search["preset"])  # this file's preset replaces the base's values
     top_space = data.pop("space", None) or {}
     space = {**(base.pop("space", None) or {}), **top_space}
     for key in [key for key, value in top_space.items() if value is None]:
