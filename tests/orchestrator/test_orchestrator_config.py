@@ -11,6 +11,7 @@ import ray
 import yaml
 
 from orchestrator.config import apply_set, load_sweep, parse_sweep, sqlite_path
+from trainables import ConfigError
 from orchestrator.run import main
 
 
@@ -270,3 +271,33 @@ def test_extends_merges_a_base_sweep_file(tmp_path: Path, write_sweep: Any, kit:
     write_sweep({"extends": "missing.yaml"}, "c.yaml")
     assert main([str(tmp_path / "c.yaml"), "--dry-run"]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_a_preset_replaces_the_values_of_an_earlier_layer(tmp_path: Path, write_sweep: Any, kit: Any) -> None:
+    """``search.preset`` written in an extending file, a sample or ``--set`` replaces the base
+    file's values of its keys (the tiny trial's ``random_epochs: 1``); keys written beside it win.
+    (An error would be silent otherwise: the preset applied by halves.)"""
+    from trainables import TrialConfig
+
+    base = kit.tiny_sweep(tmp_path, name="base")
+    base["space"] = {"optim.lr": {"choice": [0.05, 0.1]}}
+    path = write_sweep(base, "base.yaml")
+
+    def search(cfg: Any, overrides: dict[str, Any] | None = None) -> Any:
+        return TrialConfig.from_overrides(cfg.base_trial(), overrides or {}).search
+
+    cfg = load_sweep(path, env={})
+    assert (search(cfg).random_epochs, search(cfg).two_stage) == (1, False)
+    sampled = search(cfg, {"search": {"method": "odbb", "preset": "short"}})
+    assert (sampled.random_epochs, sampled.search_epochs, sampled.arch_lr, sampled.two_stage) == (0, 1, "auto", True)
+    assert search(cfg, {"search": {"preset": "short", "noise_schedule": "linear"}}).noise_schedule == "linear"
+    top = write_sweep({"extends": "base.yaml", "name": "top", "trial": {"search": {"preset": "short"}}}, "top.yaml")
+    assert (search(load_sweep(top, env={})).random_epochs, search(load_sweep(top, env={})).two_stage) == (0, True)
+    beside = write_sweep({"extends": "base.yaml", "name": "beside",
+                          "trial": {"search": {"preset": "short", "noise_schedule": "linear"}}}, "beside.yaml")
+    beside_search = search(load_sweep(beside, env={}))
+    assert (beside_search.random_epochs, beside_search.noise_schedule) == (0, "linear")
+    assert search(load_sweep(path, ["trial.search.preset=short"], env={})).random_epochs == 0
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path, ["trial.search.preset=shrot"], env={})
+    assert info.value.path == "--set trial.search.preset" and "did you mean 'short'" in str(info.value)
