@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.config import RECIPE_PRESETS
+
 from .records import TrialRecord
 
 __all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best", "form_verdicts",
@@ -30,7 +32,8 @@ _REPARAM_KEY = "model.reparam"
 
 def method_label(config: Mapping[str, Any]) -> str:
     """``plain`` / ``dbb`` / ``odbb k=20`` / ``odbb ρ=0.34`` / ``1x1+kxk`` from flat trial keys,
-    followed by any other ``search.*`` key present (``odbb k=20 arch_lr=0.01``) and by
+    followed by any other ``search.*`` key present (``odbb k=20 arch_lr=0.01``; a key at the
+    value its ``search.preset`` gives it is left out: ``odbb k=48 preset=short``) and by
     ``online`` for the online training form (``dbb online``)."""
     method = config.get("search.method", SEARCHED)
     budget = config.get("search.budget")
@@ -42,8 +45,10 @@ def method_label(config: Mapping[str, Any]) -> str:
         label = f"{SEARCHED} k={budget}"
     else:
         label = f"{SEARCHED} ρ={budget:g}" if isinstance(budget, float) else SEARCHED
+    implied = RECIPE_PRESETS.get(str(config.get("search.preset")), {})
     extras = [f"{k.split('.', 1)[1]}={config[k]}" for k in sorted(config)
-              if k.startswith("search.") and k not in _METHOD_KEYS]
+              if k.startswith("search.") and k not in _METHOD_KEYS
+              and not (k.split(".", 1)[1] in implied and implied[k.split(".", 1)[1]] == config[k])]
     if config.get(_REPARAM_KEY, "offline") != "offline":
         extras.append(str(config[_REPARAM_KEY]))
     return " ".join([label, *extras])

@@ -36,6 +36,9 @@ def test_method_labels_and_target_counts() -> None:
     assert method_label({"search.method": ["kxk", "1x1"]}) == "kxk+1x1"
     assert method_label({"search.method": "odbb", "search.budget": 20, "search.epochs": 14,
                          "search.arch_lr": 0.01, "optim.lr": 0.2}) == "odbb k=20 arch_lr=0.01 epochs=14"
+    short = {"search.method": "odbb", "search.budget": 48, "search.preset": "short", "search.two_stage": True,
+             "search.arch_lr": "auto", "search.search_epochs": 2}  # the preset's values are implied, not listed
+    assert method_label(short) == "odbb k=48 preset=short search_epochs=2"
     assert target_count(_record("a", "odbb", 0.1, 0, 0.9, 0.9, kept=12, budget=0.34)) == 10  # floor(30 * 0.34)
     assert target_count(_record("b", "odbb", 0.1, 0, 0.9, 0.9, kept=6, budget=5)) == 5  # fallbacks kept one more
     assert target_count(_record("c", "dbb", 0.1, 0, 0.9, 0.9, kept=20)) == 20
