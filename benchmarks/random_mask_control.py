@@ -4,7 +4,8 @@ For each seed, draws a uniformly random ``k``-subset of the host's candidate bra
 random phase's draw: ``trainables.gates.random_mask``; a layer without identity that drew
 nothing keeps ``kxk``, as the search's fallback does), writes it as an architecture JSON and
 trains it as a fixed architecture with ``python -m trainables.cli`` (no Ray) for the sweep
-file's full schedule. Prints fused test and validation accuracy per seed and their mean.
+file's full schedule. Prints fused test and validation accuracy per seed and their mean;
+writes the masks and results.json to ``--out`` (the runs under ``--out/runs``).
 
     python benchmarks/random_mask_control.py configs/fashion_mnist_deep.yaml --budget 48 \\
         --seeds 0 1 2 --set optim.lr=0.1 --out benchmarks/results/random_mask_control
@@ -64,13 +65,15 @@ def main() -> None:
         path = (args.out / f"k{args.budget}_seed{seed}.json").resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         arch.save(path)
-        run = args.out / f"k{args.budget}_seed{seed}"
+        run = args.out / "runs" / f"k{args.budget}_seed{seed}"  # checkpoints and exports (git-ignored)
         cmd = [sys.executable, "-m", "trainables.cli", args.sweep, "--output", str(run), "--set", f"seed={seed}",
                "--set", f"search.method={path}", *(x for s in args.set for x in ("--set", s))]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        final = json.loads((run / "export" / "summary.json").read_text())["final"]
+        summary = json.loads((run / "export" / "summary.json").read_text())
+        final = summary["final"]
         rows.append({"seed": seed, "branches": arch.num_branches, "test_acc": final["test_acc"],
-                     "val_acc": final["val_acc"], "epoch_time_mean_s": final.get("epoch_time_mean_s")})
+                     "val_acc": final["val_acc"], "fused_val_acc": final["fused_val_acc"],
+                     "elapsed_s": summary["elapsed_s"]})
         print(json.dumps(rows[-1]), flush=True)
     tests = [r["test_acc"] for r in rows]
     spread = f" ± {statistics.stdev(tests):.4f}" if len(tests) > 1 else ""

@@ -1,0 +1,38 @@
+"""The benchmark scripts' own logic (their figures come from running them, see benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from searchspace import Architecture
+from trainables import TrialConfig
+from trainables.build import build_trial_model
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, _ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_mask_control_draws_a_seeded_k_branch_architecture(tmp_path: Path) -> None:
+    control = _script("random_mask_control")
+    cfg = TrialConfig.from_dict({"model": {"name": "repvgg_tiny"}, "data": {"dataset": "digits"},
+                                 "search": {"epochs": 2, "random_epochs": 1, "search_epochs": 1}})
+    first, again, other = (control.random_architecture(cfg, 12, s) for s in (0, 0, 1))
+    assert first == again and first != other  # seeded: one mask per seed
+    for arch in (first, other):
+        with_identity = [layer for layer in arch.layers if layer.identity]
+        fallbacks = sum(layer.branches == ["kxk"] for layer in arch.layers if not layer.identity)
+        assert 12 <= arch.num_branches <= 12 + fallbacks and with_identity
+        assert all(layer.branches or layer.identity for layer in arch.layers)  # no layer left empty
+    path = tmp_path / "arch.json"
+    first.save(path)
+    fixed = TrialConfig.from_dict({**cfg.to_dict(), "search": {**cfg.to_dict()["search"], "method": str(path)}})
+    model = build_trial_model(fixed, 10, 1)  # the trial builds exactly the drawn architecture
+    assert Architecture.load(path).layers == first.layers
+    assert sum(len(b.active_branches) for b in model.modules() if hasattr(b, "active_branches")) == first.num_branches
