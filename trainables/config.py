@@ -64,8 +64,8 @@ RECIPE_PRESETS: dict[str, dict[str, Any]] = {
               "two_stage": True},
 }
 """Named search recipes for ``trial.search.preset``: the ``trial.search`` keys each one sets
-where the trial does not set them itself. ``paper`` is the defaults (the RepNAS schedule);
-``short`` is what the outer sweep ``configs/fashion_mnist_deep_recipe.yaml`` chose on
+(over an earlier layer's values, see ``under_preset``; keys written beside it win).
+``paper`` is the defaults (the RepNAS schedule); ``short`` is what the outer sweep ``configs/fashion_mnist_deep_recipe.yaml`` chose on
 validation for a 10-epoch schedule: no random phase, one search epoch with alpha's step
 sized to it and the noise annealed to 0, then the searched mask retrained from scratch for
 the remaining epochs (benchmarks/README.md, "Tuned recipe")."""
