@@ -65,10 +65,11 @@ RECIPE_PRESETS: dict[str, dict[str, Any]] = {
 }
 """Named search recipes for ``trial.search.preset``: the ``trial.search`` keys each one sets
 (over an earlier layer's values, see ``under_preset``; keys written beside it win).
-``paper`` is the defaults (the RepNAS schedule); ``short`` is what the outer sweep ``configs/fashion_mnist_deep_recipe.yaml`` chose on
-validation for a 10-epoch schedule: no random phase, one search epoch with alpha's step
-sized to it and the noise annealed to 0, then the searched mask retrained from scratch for
-the remaining epochs (benchmarks/README.md, "Tuned recipe")."""
+``paper`` is the defaults (the RepNAS schedule). ``short`` is what the outer sweep
+``configs/fashion_mnist_deep_recipe.yaml`` chose on validation for a 10-epoch schedule: no
+random phase, one search epoch with alpha's step sized to it and the noise annealed to 0,
+then the searched mask retrained from scratch for the remaining epochs (benchmarks/README.md,
+"Tuned recipe")."""
 
 _Dataset = Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
 _Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
