@@ -21,7 +21,7 @@ from trainables.config import RECIPE_PRESETS
 from .records import TrialRecord
 
 __all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best", "form_verdicts",
-           "equal_count_verdicts", "reference_verdicts"]
+           "equal_count_verdicts", "fixed_methods", "reference_verdicts"]
 
 SEARCHED = "odbb"
 
@@ -45,10 +45,9 @@ def method_label(config: Mapping[str, Any]) -> str:
         label = f"{SEARCHED} k={budget}"
     else:
         label = f"{SEARCHED} ρ={budget:g}" if isinstance(budget, float) else SEARCHED
-    implied = RECIPE_PRESETS.get(str(config.get("search.preset")), {})
+    implied = {f"search.{k}": v for k, v in RECIPE_PRESETS.get(str(config.get("search.preset")), {}).items()}
     extras = [f"{k.split('.', 1)[1]}={config[k]}" for k in sorted(config)
-              if k.startswith("search.") and k not in _METHOD_KEYS
-              and not (k.split(".", 1)[1] in implied and implied[k.split(".", 1)[1]] == config[k])]
+              if k.startswith("search.") and k not in _METHOD_KEYS and (k not in implied or implied[k] != config[k])]
     if config.get(_REPARAM_KEY, "offline") != "offline":
         extras.append(str(config[_REPARAM_KEY]))
     return " ".join([label, *extras])
@@ -192,6 +191,11 @@ def equal_count_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Ve
 def _base_method(g: GroupStats) -> str:
     """The method without its training form (``dbb online`` -> ``dbb``)."""
     return g.method.removesuffix(f" {g.reparam}")
+
+
+def fixed_methods(groups: Sequence[GroupStats]) -> list[str]:
+    """The fixed methods among ``groups``, without their training form: what ``reference_verdicts`` takes."""
+    return sorted({_base_method(g) for g in groups if not g.searched})
 
 
 def reference_verdicts(selected: Sequence[GroupStats], metric: str, reference: str) -> list[Verdict]:

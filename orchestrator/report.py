@@ -29,6 +29,7 @@ from .compare import (
     GroupStats,
     Verdict,
     equal_count_verdicts,
+    fixed_methods,
     form_verdicts,
     group_records,
     method_label,
@@ -161,7 +162,7 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str, replic
     best = select_best(groups, select_by, "max")
     verdicts = equal_count_verdicts(best, metric)
     forms = form_verdicts(best, metric)
-    fixed = sorted({g.method.removesuffix(f" {g.reparam}") for g in best if not g.searched})
+    fixed = fixed_methods(best)
     for ref in versus:
         if ref not in fixed:
             raise ConfigError("--versus", f"no fixed method {ref!r} in these sweeps; expected one of: {', '.join(fixed)}")

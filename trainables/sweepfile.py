@@ -55,7 +55,8 @@ def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base_name, str) or not base_name:
         raise ConfigError(EXTENDS, f"expected the path of a sweep file (relative to {str(path)!r}), got {base_name!r}")
     base = _read_extended(path.parent / base_name, (*seen, path.resolve()))
-    search = (data.get("trial") or {}).get("search") if isinstance(data.get("trial"), Mapping) else None
+    trial = data.get("trial")
+    search = trial.get("search") if isinstance(trial, Mapping) else None
     if isinstance(search, Mapping) and "preset" in search and isinstance(base.get("trial"), Mapping):
         base["trial"] = under_preset(base["trial"], search["preset"])  # this file's preset replaces the base's values
     top_space = data.pop("space", None) or {}
