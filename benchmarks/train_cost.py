@@ -8,10 +8,13 @@ takes the ImageNet stem at 64 pixels and up, the small stem below), each in its 
 subprocess so peak memory is not shared. Ratios are to the offline plain network of the
 same host and size (only the KxK conv and its BN per layer):
 
-* CPU: peak memory = growth of the process's max RSS (``resource.getrusage``) from just
-  before the model is built to the end of the timed steps, i.e. weights, optimiser state,
-  activations and allocator overhead of training (not the torch libraries).
-* CUDA: ``torch.cuda.max_memory_allocated`` over the same span (tensors only).
+* Peak memory = the most bytes of tensors alive at once, from just before the model is
+  built to the end of the warm-up steps: weights, gradients, optimiser state, activations
+  and everything autograd keeps (not the torch libraries, not allocator caches). On CUDA
+  ``torch.cuda.max_memory_allocated``; on CPU the same sum, from the allocation events of
+  ``torch.profiler`` (``profile_memory=True``) around the build and the warm-up, while the
+  timed steps run unprofiled. (A process's max RSS growth, used before, moved by 5-10%
+  between identical runs with glibc's heap; the tensor peak is the same every run.)
 
     python benchmarks/train_cost.py [--device cpu|cuda] [--batch-size 32] [--steps 10]
         [--threads N] [--models repvgg_a0 resnet18] [--configs plain dbb ...]
@@ -34,11 +37,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -75,8 +78,19 @@ def _model_config(model_key: str, size: int, reparam: str) -> dict[str, Any]:
     return {"name": spec["name"], "options": options, "reparam": reparam}
 
 
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def _cpu_tensor_peak(run: Callable[[], None]) -> int:
+    """The most bytes of CPU tensors alive at once while ``run()`` runs (tensors made before it
+    are not counted), summed from the profiler's allocation and free events in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = prof.profiler.kineto_results.events()  # FunctionEvents drop some "[memory]" events
+    live = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
 
 def _worker(model_key: str, config_key: str, reparam: str, size: int, device_name: str, batch_size: int,
@@ -100,21 +114,28 @@ def _worker(model_key: str, config_key: str, reparam: str, size: int, device_nam
     data = TensorDataset(inputs, targets)
     warm_loader = DataLoader(torch.utils.data.Subset(data, range(warmup * batch_size)), batch_size=batch_size)
     loader = DataLoader(torch.utils.data.Subset(data, range(warmup * batch_size, len(data))), batch_size=batch_size)
+    engines: list[SearchEngine] = []
+
+    def build_and_warm_up() -> None:
+        model = build_trial_model(cfg, 10, channels)
+        engines.append(SearchEngine(model, cfg.search, cfg.optim, steps_per_epoch=warmup + steps, seed=0,
+                                    device=device))
+        engines[0].train_epoch(warm_loader)
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss_before = _max_rss_bytes()
-    model = build_trial_model(cfg, 10, channels)
-    engine = SearchEngine(model, cfg.search, cfg.optim, steps_per_epoch=warmup + steps, seed=0, device=device)
-    engine.train_epoch(warm_loader)
-    if device.type == "cuda":
+        build_and_warm_up()
         torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _cpu_tensor_peak(build_and_warm_up)
+    engine = engines[0]
     start = time.perf_counter()
     engine.train_epoch(loader)
     if device.type == "cuda":
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else _max_rss_bytes() - rss_before
     return {"step_s": step_s, "peak_mb": peak / 2**20, "branches": float(engine.eval_mask().sum()),
             "candidates": float(engine.num_candidates)}
 
@@ -133,7 +154,7 @@ Results = dict[str, dict[str, dict[str, dict[str, float]]]]  # "model @size" -> 
 
 
 def _table(results: Results, args: argparse.Namespace) -> str:
-    memory = "peak alloc MB" if args.device == "cuda" else "peak RSS growth MB"
+    memory = "peak tensor MB"
     lines = [f"| model @ input | config | branches kept / candidates | form | step (s) | x plain | online / offline "
              f"| {memory} | x plain | online / offline |", "|---|---|---|---|---|---|---|---|---|---|"]
     for label, forms in results.items():

@@ -25,6 +25,7 @@ __all__ = [
     "avg_pool_after_1x1",
     "merge_1x1_kxk",
     "chain_1x1_kxk",
+    "scaled_chain_1x1_kxk",
     "scale_kernel",
     "pad_kernel_to",
     "sum_kernels",
@@ -129,6 +130,51 @@ def chain_1x1_kxk(kernel1: Tensor, kernel2: Tensor, groups: int = 1) -> Tensor:
     return torch.einsum("gotyx,gtc->gocyx", k2, k1).reshape(out, in_per_group, kh, kw)
 
 
+class _ScaledChain(torch.autograd.Function):
+    """``scale_kernel(chain_1x1_kxk(k1, k2, g), s)`` that saves only its inputs for backward.
+
+    Autograd of the two-step form keeps the ``[O, C/g, K, K]`` chained kernel until backward
+    (for the scale's gradient), one kernel per block of every training step. All three
+    gradients follow from ``M = dL/dK . k1`` (the contraction over C), which backward needs
+    anyway: ``dk2 = s * M``, ``ds = <M, k2>`` per output channel, ``dk1 = <s * dL/dK, k2>``.
+    """
+
+    @staticmethod
+    def forward(ctx, kernel1: Tensor, kernel2: Tensor, scale: Tensor, groups: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(kernel1, kernel2, scale)
+        ctx.groups = groups
+        return scale_kernel(chain_1x1_kxk(kernel1, kernel2, groups), scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        kernel1, kernel2, scale = ctx.saved_tensors
+        g = ctx.groups
+        (mid, in_per_group), (out, mid_per_group, kh, kw) = kernel1.shape[:2], kernel2.shape
+        k1 = kernel1.reshape(g, mid_per_group, in_per_group)
+        k2 = kernel2.reshape(g, out // g, mid_per_group, kh, kw)
+        s = scale.reshape(g, out // g, 1, 1, 1)
+        grad_r = grad.reshape(g, out // g, in_per_group, kh, kw)
+        need1, need2, need_s = ctx.needs_input_grad[:3]
+        grad1 = grad2 = grad_s = None
+        if need2 or need_s:
+            m = torch.einsum("gocyx,gtc->gotyx", grad_r, k1)
+            grad2 = (m * s).reshape(kernel2.shape) if need2 else None
+            grad_s = (m * k2).sum((2, 3, 4)).reshape(out) if need_s else None
+        if need1:
+            grad1 = torch.einsum("gocyx,gotyx->gtc", grad_r * s, k2).reshape(kernel1.shape)
+        return grad1, grad2, grad_s, None
+
+
+def scaled_chain_1x1_kxk(kernel1: Tensor, kernel2: Tensor, scale: Tensor, groups: int = 1) -> Tensor:
+    """:func:`chain_1x1_kxk` with every output channel ``o`` multiplied by ``scale[o]``.
+
+    Differentiable in all three tensors, and keeps no ``[O, C/g, K, K]`` intermediate for
+    backward (the online 1x1->KxK branch's kernel, composed at every training step).
+    """
+    return _ScaledChain.apply(kernel1, kernel2, scale, groups)
+
+
 def merge_1x1_kxk(
     kernel1: Tensor, bias1: Tensor, kernel2: Tensor, bias2: Tensor, groups: int = 1
 ) -> tuple[Tensor, Tensor]:
@@ -145,14 +191,15 @@ def merge_1x1_kxk(
     return kernel, bias
 
 
-def pad_kernel_to(kernel: Tensor, kernel_size: int) -> Tensor:
-    """T6: embed a centred ``kh x kw`` kernel (odd sizes) into ``kernel_size x kernel_size``."""
+def pad_kernel_to(kernel: Tensor, kernel_size: int | tuple[int, int]) -> Tensor:
+    """T6: embed a centred ``kh x kw`` kernel (odd sizes) into ``kernel_size`` (``K`` or ``(KH, KW)``)."""
     kh, kw = kernel.shape[-2:]
-    dh, dw = kernel_size - kh, kernel_size - kw
+    th, tw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    dh, dw = th - kh, tw - kw
     if dh < 0 or dw < 0 or dh % 2 or dw % 2:
-        raise ValueError(f"cannot centre a {kh}x{kw} kernel in {kernel_size}x{kernel_size}; sizes must be odd")
+        raise ValueError(f"cannot centre a {kh}x{kw} kernel in {th}x{tw}; sizes must be odd")
     if not dh and not dw:
-        return kernel  # already KxK: no copy (autograd would keep it)
+        return kernel  # already that size: no copy (autograd would keep it)
     return F.pad(kernel, [dw // 2, dw // 2, dh // 2, dh // 2])
 
 

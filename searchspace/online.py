@@ -29,11 +29,11 @@ from .branches import BRANCH_TYPES, IDENTITY, first_1x1, first_1x1_kernel, is_de
 from .fusion import (
     avg_pool_after_1x1,
     avg_pool_kernel,
-    chain_1x1_kxk,
     fold_bn,
     identity_kernel,
     pad_kernel_to,
     scale_kernel,
+    scaled_chain_1x1_kxk,
 )
 from .odbb import ODBB
 
@@ -70,14 +70,24 @@ def _conv_weight(*shape: int) -> nn.Parameter:
 
 
 class _Scaled(nn.Module):
-    """A branch with a learnable per-output-channel scale in place of its BatchNorm."""
+    """A branch with a learnable per-output-channel scale in place of its BatchNorm.
 
-    def __init__(self, out_channels: int, init: float) -> None:
+    ``footprint`` is the smallest centred ``(kh, kw)`` kernel that holds the branch: a block
+    whose active branches all fit in less than KxK composes and runs that smaller conv.
+    """
+
+    def __init__(self, out_channels: int, init: float, kernel_size: int, footprint: tuple[int, int]) -> None:
         super().__init__()
+        self.kernel_size, self.footprint = kernel_size, footprint
         self.scale = nn.Parameter(torch.full((out_channels,), float(init)))
 
-    def kernel(self, gate: Tensor | None = None) -> Tensor:
-        """The branch as one scaled KxK kernel (a pure function of weights, scale and gate)."""
+    def kernel(self, gate: Tensor | None = None, size: tuple[int, int] | None = None) -> Tensor:
+        """The branch as one scaled kernel centred in ``size`` (default KxK): a pure function
+        of its weights, scale and gate."""
+        return pad_kernel_to(self._kernel(gate), size or self.kernel_size)
+
+    def _kernel(self, gate: Tensor | None) -> Tensor:
+        """The scaled kernel at its footprint."""
         raise NotImplementedError
 
     def runs_direct(self, x: Tensor) -> bool:
@@ -99,13 +109,12 @@ class OnlineConv(_Scaled):
 
     def __init__(self, in_channels: int, out_channels: int, kh: int, kw: int, kernel_size: int,
                  groups: int, init: float) -> None:
-        super().__init__(out_channels, init)
-        self.kernel_size = kernel_size
+        super().__init__(out_channels, init, kernel_size, (kh, kw))
         self.weight = _conv_weight(out_channels, in_channels // groups, kh, kw)
 
-    def kernel(self, gate: Tensor | None = None) -> Tensor:
+    def _kernel(self, gate: Tensor | None) -> Tensor:
         # scaled before it is embedded: the multiply runs on (and autograd keeps) the small kernel
-        return pad_kernel_to(scale_kernel(self.weight, self._scale(gate)), self.kernel_size)
+        return scale_kernel(self.weight, self._scale(gate))
 
 
 class Online1x1KxK(_Scaled):
@@ -113,14 +122,14 @@ class Online1x1KxK(_Scaled):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
                  init: float) -> None:
-        super().__init__(out_channels, init)
-        self.groups, self.stride, self.kernel_size = groups, stride, kernel_size
+        super().__init__(out_channels, init, kernel_size, (kernel_size, kernel_size))
+        self.groups, self.stride = groups, stride
         self.conv1 = first_1x1(in_channels, out_channels, groups)
         mid = first_1x1_kernel(self.conv1).shape[0]
         self.weight2 = _conv_weight(out_channels, mid // groups, kernel_size, kernel_size)
 
-    def kernel(self, gate: Tensor | None = None) -> Tensor:
-        return scale_kernel(chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.groups), self._scale(gate))
+    def _kernel(self, gate: Tensor | None) -> Tensor:
+        return scaled_chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self._scale(gate), self.groups)
 
     def runs_direct(self, x: Tensor) -> bool:
         """True when running the two convs on ``x`` costs fewer multiply-adds than composing.
@@ -149,13 +158,13 @@ class Online1x1Avg(_Scaled):
     """``1x1_avg``: 1x1 then AvgPool(K) as one kernel (T3+T5); depthwise: the pool alone (T5)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int, init: float) -> None:
-        super().__init__(out_channels, init)
-        self.kernel_size, self.groups = kernel_size, groups
+        super().__init__(out_channels, init, kernel_size, (kernel_size, kernel_size))
+        self.groups = groups
         self.weight: nn.Parameter | None = None
         if not is_depthwise(in_channels, out_channels, groups):
             self.weight = _conv_weight(out_channels, in_channels // groups, 1, 1)
 
-    def kernel(self, gate: Tensor | None = None) -> Tensor:
+    def _kernel(self, gate: Tensor | None) -> Tensor:
         s = self._scale(gate)
         if self.weight is not None:
             return avg_pool_after_1x1(scale_kernel(self.weight, s), self.kernel_size)
@@ -164,21 +173,20 @@ class Online1x1Avg(_Scaled):
 
 
 class OnlineIdentity(_Scaled):
-    """``identity``: a scaled (grouped) identity kernel."""
+    """``identity``: a scaled (grouped) identity kernel, 1x1 until embedded."""
 
     def __init__(self, channels: int, kernel_size: int, groups: int, init: float = SCALE_INIT[IDENTITY]) -> None:
-        super().__init__(channels, init)
-        self.register_buffer("eye", identity_kernel(channels, kernel_size, groups), persistent=False)
+        super().__init__(channels, init, kernel_size, (1, 1))
+        self.register_buffer("eye", identity_kernel(channels, 1, groups), persistent=False)
 
-    def kernel(self, gate: Tensor | None = None) -> Tensor:
+    def _kernel(self, gate: Tensor | None) -> Tensor:
         return scale_kernel(self.eye, self._scale(gate))
 
     def runs_direct(self, x: Tensor) -> bool:
         """True when ``x * scale`` (``B*H*W*C``) is cheaper than the scaled identity kernel
-        (``C * C/g * K^2``, and the same again in backward): on small feature maps."""
+        (up to ``C * C/g * K^2``, and the same again in backward): on small feature maps."""
         batch, channels, height, width = x.shape
-        per_group, k = self.eye.shape[1], self.eye.shape[-1]
-        return batch * height * width < per_group * k * k
+        return batch * height * width < self.eye.shape[1] * self.kernel_size**2
 
     def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
         return x * self._scale(gate).reshape(1, -1, 1, 1)
@@ -207,7 +215,9 @@ class OnlineODBB(ODBB):
 
     Same constructor, mask, gates and ``fuse()`` as :class:`ODBB`; the gate of a branch
     multiplies its kernel, so alpha's gradient is ``<dL/dW, kernel_i>``. Inactive branches
-    are never composed.
+    are never composed, and the composed kernel is only as large as the active branches'
+    footprints need (a block whose only branch is the 1x1 runs a 1x1 conv while it trains;
+    ``fuse()`` always gives the KxK deploy conv).
     """
 
     reparam = "online"
@@ -224,7 +234,9 @@ class OnlineODBB(ODBB):
         return OnlineIdentity(self.out_channels, self.kernel_size, self.groups)
 
     def _conv(self, x: Tensor, kernel: Tensor) -> Tensor:
-        return F.conv2d(x, kernel, stride=self.stride, padding=self.kernel_size // 2, groups=self.groups)
+        """The block's conv with ``kernel`` centred (zero padding of a smaller kernel is exact)."""
+        kh, kw = kernel.shape[-2:]
+        return F.conv2d(x, kernel, stride=self.stride, padding=(kh // 2, kw // 2), groups=self.groups)
 
     def forward(self, x: Tensor) -> Tensor:
         gates = self._gates
@@ -234,14 +246,19 @@ class OnlineODBB(ODBB):
                 terms.append((self.branches[name], None if gates is None else gates[i]))
         if not terms:
             raise self._no_branch_error()
-        kernel: Tensor | None = None
+        composed: list[tuple[_Scaled, Tensor | None]] = []
         direct: Tensor | None = None
         for module, gate in terms:
             if module.runs_direct(x):
                 y = module.direct(x, gate)
                 direct = y if direct is None else direct + y
             else:
-                k = module.kernel(gate)
+                composed.append((module, gate))
+        kernel: Tensor | None = None
+        if composed:
+            size = (max(m.footprint[0] for m, _ in composed), max(m.footprint[1] for m, _ in composed))
+            for module, gate in composed:
+                k = module.kernel(gate, size)
                 kernel = k if kernel is None else kernel + k
         out = direct if kernel is None else self._conv(x, kernel)
         if kernel is not None and direct is not None:

@@ -36,3 +36,22 @@ def test_random_mask_control_draws_a_seeded_k_branch_architecture(tmp_path: Path
     model = build_trial_model(fixed, 10, 1)  # the trial builds exactly the drawn architecture
     assert Architecture.load(path).layers == first.layers
     assert sum(len(b.active_branches) for b in model.modules() if hasattr(b, "active_branches")) == first.num_branches
+
+
+def test_train_cost_cpu_tensor_peak_counts_live_tensors_only() -> None:
+    """Peak = the most bytes alive at once during the call: freed tensors do not add up, kept ones count."""
+    import torch
+
+    cost = _script("train_cost")
+    kept: list[torch.Tensor] = []
+
+    def run() -> None:
+        for _ in range(3):
+            scratch = torch.ones(2**20)  # 4 MiB, freed each round
+            del scratch
+        kept.append(torch.ones(2**19))  # 2 MiB, alive at the end
+        torch.ones(2**18).sum()  # 1 MiB temporary beside it
+
+    peak = cost._cpu_tensor_peak(run)
+    assert 4 * 2**20 <= peak < 4 * 2**20 + 2**16
+    assert cost._cpu_tensor_peak(lambda: None) == 0

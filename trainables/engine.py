@@ -252,6 +252,11 @@ class SearchEngine:
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
         for inputs, targets in loader:
             inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            # set to None before the forward, not before the backward: the last step's gradients
+            # would otherwise stay resident beside this step's activations (the peak of a step)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.arch_optimizer is not None:
+                self.arch_optimizer.zero_grad(set_to_none=True)
             self._step_gates(phase, noise)
             logits = self.train_model(inputs)
             loss = F.cross_entropy(logits, targets)
@@ -259,9 +264,6 @@ class SearchEngine:
             # nor across ranks (one rank raising before the gradient all-reduce hangs the others).
             if self.device.type == "cpu" and self.sync.world_size == 1:
                 check_finite(loss, self.epoch + 1, self.step + 1)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.arch_optimizer is not None:
-                self.arch_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.alpha is not None and self.alpha.grad is not None:
                 self.sync.average_grad(self.alpha.grad)

@@ -13,10 +13,13 @@ from searchspace.fusion import (
     avg_pool_after_1x1,
     avg_pool_kernel,
     bn_affine,
+    chain_1x1_kxk,
     fold_bn,
     identity_kernel,
     merge_1x1_kxk,
     pad_kernel_to,
+    scale_kernel,
+    scaled_chain_1x1_kxk,
     sum_kernels,
 )
 
@@ -110,6 +113,49 @@ def test_pad_kernel_to_embeds_centred_kernel(shape: tuple[int, int], padding: tu
     w = torch.randn(4, 3, *shape, generator=g, dtype=F64)
     ref = F.conv2d(x, w, stride=stride, padding=padding)
     assert (F.conv2d(x, pad_kernel_to(w, 5), stride=stride, padding=2) - ref).abs().max() <= TOL
+
+
+def test_pad_kernel_to_a_rectangle() -> None:
+    w = torch.randn(4, 3, 1, 1, generator=_gen(7), dtype=F64)
+    padded = pad_kernel_to(w, (1, 5))
+    assert padded.shape == (4, 3, 1, 5) and torch.equal(padded[..., 2:3], w) and padded.count_nonzero() == w.numel()
+    with pytest.raises(ValueError, match="1x5 kernel in 3x3"):
+        pad_kernel_to(torch.zeros(1, 1, 1, 5), (3, 3))
+
+
+@pytest.mark.parametrize(("mid", "cin", "cout", "groups"), [(5, 3, 4, 1), (6, 4, 8, 2), (8, 1, 4, 4)])
+def test_scaled_chain_equals_the_two_steps_and_its_gradients_are_exact(mid: int, cin: int, cout: int,
+                                                                       groups: int) -> None:
+    """Same value as ``scale_kernel(chain_1x1_kxk(...))``; gradients checked numerically (float64)."""
+    g = _gen(8)
+    k1 = torch.randn(mid, cin // groups if groups == 1 else cin, 1, 1, generator=g, dtype=F64, requires_grad=True)
+    k2 = torch.randn(cout, mid // groups, 3, 3, generator=g, dtype=F64, requires_grad=True)
+    s = torch.randn(cout, generator=g, dtype=F64, requires_grad=True)
+    two_steps = scale_kernel(chain_1x1_kxk(k1, k2, groups), s)
+    assert (scaled_chain_1x1_kxk(k1, k2, s, groups) - two_steps).abs().max() <= TOL
+    assert torch.autograd.gradcheck(lambda a, b, c: scaled_chain_1x1_kxk(a, b, c, groups), (k1, k2, s))
+    frozen = k1.detach()  # a plain 1x1 kernel that needs no gradient: the others still get theirs
+    grads = torch.autograd.grad(scaled_chain_1x1_kxk(frozen, k2, s, groups).pow(2).sum(), (k2, s))
+    ref = torch.autograd.grad(scale_kernel(chain_1x1_kxk(frozen, k2, groups), s).pow(2).sum(), (k2, s))
+    assert all((a - b).abs().max() <= TOL for a, b in zip(grads, ref))
+
+
+def test_scaled_chain_keeps_no_kernel_for_backward() -> None:
+    """Autograd of the two-step form saves the chained kernel; the fused form saves only its inputs."""
+    k1 = torch.randn(16, 16, 1, 1, requires_grad=True)
+    k2 = torch.randn(16, 16, 3, 3, requires_grad=True)
+    s = torch.randn(16, requires_grad=True)
+    inputs = {t.data_ptr() for t in (k1, k2, s)}
+
+    def new_saved_bytes(fn) -> int:
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fn()
+        return sum(t.numel() * t.element_size() for t in saved if t.data_ptr() not in inputs)
+
+    kernel_bytes = 16 * 16 * 9 * 4
+    assert new_saved_bytes(lambda: scale_kernel(chain_1x1_kxk(k1, k2), s)) >= kernel_bytes
+    assert new_saved_bytes(lambda: scaled_chain_1x1_kxk(k1, k2, s)) == 0
 
 
 def test_pure_function_errors() -> None:

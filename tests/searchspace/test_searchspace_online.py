@@ -125,6 +125,41 @@ def test_train_output_is_the_branch_by_branch_sum(geometry: tuple[int, ...]) -> 
         assert err <= TOL, (mask, err)
 
 
+SMALL_FOOTPRINTS = [  # active branches -> the (kh, kw) kernel the block's one conv runs with, as a function of K
+    (("1x1",), lambda k: (1, 1)), (("1xk",), lambda k: (1, k)), (("kx1",), lambda k: (k, 1)),
+    (("1x1", "1xk"), lambda k: (1, k)), (("1x1", "kx1"), lambda k: (k, 1)), (("1xk", "kx1"), lambda k: (k, k)),
+    (("1x1", "kxk"), lambda k: (k, k)),
+]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:7], ids=lambda g: "c{}-{}_k{}_s{}_g{}_{}x{}".format(*g))
+@pytest.mark.parametrize(("active", "footprint"), SMALL_FOOTPRINTS,
+                         ids=lambda a: "+".join(a) if isinstance(a, tuple) else "")
+def test_small_footprints_run_a_smaller_conv_and_stay_exact(
+    monkeypatch: pytest.MonkeyPatch, geometry: tuple[int, ...], active: tuple[str, ...], footprint: object
+) -> None:
+    """Active branches that fit in less than KxK compose and run that smaller conv, computing the same function."""
+    cin, cout, k, stride, groups, h, w = geometry
+    block = _block(cin, cout, k, stride, groups).train()
+    block.set_active([name in active for name in block.branch_names])
+    shapes: list[tuple[int, ...]] = []
+    conv = OnlineODBB._conv
+    monkeypatch.setattr(OnlineODBB, "_conv",
+                        lambda self, x, kernel: shapes.append(kernel.shape[-2:]) or conv(self, x, kernel))
+    x = _x(cin, h, w)
+    gates = torch.rand(len(block.branch_names), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    block.set_gates(gates)
+    err = (block(x) - _reference(block, x, gates)).abs().max().item()
+    assert err <= TOL, err
+    assert shapes == [footprint(k)]  # type: ignore[operator]
+    block.set_gates(None)
+    block.eval()
+    fused = block.fuse()
+    with torch.no_grad():
+        assert (block(x) - fused(x)).abs().max().item() <= TOL
+    assert fused.weight.shape[-2:] == (k, k)  # the deploy conv stays KxK
+
+
 def test_1x1_kxk_picks_the_cheaper_path_and_both_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a tiny map with many channels 1x1->KxK runs conv by conv; on a large map it is composed."""
     block = _block(64, 64, 3, 1, 1, ("kxk", "1x1_kxk"), identity=False).train()
