@@ -29,6 +29,7 @@ from .branches import BRANCH_TYPES, IDENTITY, first_1x1, first_1x1_kernel, is_de
 from .fusion import (
     avg_pool_after_1x1,
     avg_pool_kernel,
+    chain_1x1_kxk,
     fold_bn,
     identity_kernel,
     pad_kernel_to,
@@ -86,9 +87,14 @@ class _Scaled(nn.Module):
         of its weights, scale and gate."""
         return pad_kernel_to(self._kernel(gate), size or self.kernel_size)
 
+    def unscaled_kernel(self) -> Tensor:
+        """The branch's kernel at its footprint, before its scale: what a block scales the conv
+        output of instead, where that is cheaper (:meth:`OnlineODBB.forward`)."""
+        raise NotImplementedError
+
     def _kernel(self, gate: Tensor | None) -> Tensor:
         """The scaled kernel at its footprint."""
-        raise NotImplementedError
+        return scale_kernel(self.unscaled_kernel(), self.channel_scale(gate))
 
     def runs_direct(self, x: Tensor) -> bool:
         """True when computing the branch on ``x`` itself is cheaper than composing its kernel."""
@@ -98,7 +104,7 @@ class _Scaled(nn.Module):
         """The branch computed on ``x`` (only where :meth:`runs_direct` can be true)."""
         raise NotImplementedError(f"{type(self).__name__} always joins the composed kernel")
 
-    def _scale(self, gate: Tensor | None) -> Tensor:
+    def channel_scale(self, gate: Tensor | None) -> Tensor:
         """The per-channel scale with the search gate folded in: one ``[O]`` multiply instead
         of a pass over (and a saved copy of) the whole ``[O, C, K, K]`` kernel."""
         return self.scale if gate is None else self.scale * gate
@@ -112,9 +118,8 @@ class OnlineConv(_Scaled):
         super().__init__(out_channels, init, kernel_size, (kh, kw))
         self.weight = _conv_weight(out_channels, in_channels // groups, kh, kw)
 
-    def _kernel(self, gate: Tensor | None) -> Tensor:
-        # scaled before it is embedded: the multiply runs on (and autograd keeps) the small kernel
-        return scale_kernel(self.weight, self._scale(gate))
+    def unscaled_kernel(self) -> Tensor:
+        return self.weight  # scaled before it is embedded: the multiply runs on the small kernel
 
 
 class Online1x1KxK(_Scaled):
@@ -128,8 +133,11 @@ class Online1x1KxK(_Scaled):
         mid = first_1x1_kernel(self.conv1).shape[0]
         self.weight2 = _conv_weight(out_channels, mid // groups, kernel_size, kernel_size)
 
+    def unscaled_kernel(self) -> Tensor:
+        return chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.groups)
+
     def _kernel(self, gate: Tensor | None) -> Tensor:
-        return scaled_chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self._scale(gate), self.groups)
+        return scaled_chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.channel_scale(gate), self.groups)
 
     def runs_direct(self, x: Tensor) -> bool:
         """True when running the two convs on ``x`` costs fewer multiply-adds than composing.
@@ -151,7 +159,7 @@ class Online1x1KxK(_Scaled):
         """The branch computed conv by conv (zero padding is exact: no bias in between)."""
         y = F.conv2d(self.conv1(x), self.weight2, stride=self.stride, padding=self.kernel_size // 2,
                      groups=self.groups)
-        return y * self._scale(gate).reshape(1, -1, 1, 1)
+        return y * self.channel_scale(gate).reshape(1, -1, 1, 1)
 
 
 class Online1x1Avg(_Scaled):
@@ -164,8 +172,13 @@ class Online1x1Avg(_Scaled):
         if not is_depthwise(in_channels, out_channels, groups):
             self.weight = _conv_weight(out_channels, in_channels // groups, 1, 1)
 
+    def unscaled_kernel(self) -> Tensor:
+        if self.weight is not None:
+            return avg_pool_after_1x1(self.weight, self.kernel_size)
+        return avg_pool_kernel(self.scale.numel(), self.kernel_size, self.groups, self.scale.dtype, self.scale.device)
+
     def _kernel(self, gate: Tensor | None) -> Tensor:
-        s = self._scale(gate)
+        s = self.channel_scale(gate)
         if self.weight is not None:
             return avg_pool_after_1x1(scale_kernel(self.weight, s), self.kernel_size)
         # made in the scale's dtype, not kept as a buffer: 1/K^2 in float32 is off by 1e-9 in float64
@@ -179,8 +192,8 @@ class OnlineIdentity(_Scaled):
         super().__init__(channels, init, kernel_size, (1, 1))
         self.register_buffer("eye", identity_kernel(channels, 1, groups), persistent=False)
 
-    def _kernel(self, gate: Tensor | None) -> Tensor:
-        return scale_kernel(self.eye, self._scale(gate))
+    def unscaled_kernel(self) -> Tensor:
+        return self.eye
 
     def runs_direct(self, x: Tensor) -> bool:
         """True when ``x * scale`` (``B*H*W*C``) is cheaper than the scaled identity kernel
@@ -189,7 +202,7 @@ class OnlineIdentity(_Scaled):
         return batch * height * width < self.eye.shape[1] * self.kernel_size**2
 
     def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
-        return x * self._scale(gate).reshape(1, -1, 1, 1)
+        return x * self.channel_scale(gate).reshape(1, -1, 1, 1)
 
 
 def build_online_branch(
@@ -254,16 +267,31 @@ class OnlineODBB(ODBB):
                 direct = y if direct is None else direct + y
             else:
                 composed.append((module, gate))
-        kernel: Tensor | None = None
+        out = direct
         if composed:
-            size = (max(m.footprint[0] for m, _ in composed), max(m.footprint[1] for m, _ in composed))
-            for module, gate in composed:
-                k = module.kernel(gate, size)
-                kernel = k if kernel is None else kernel + k
-        out = direct if kernel is None else self._conv(x, kernel)
-        if kernel is not None and direct is not None:
-            out = out + direct
+            y = self._composed_conv(x, composed)
+            out = y if out is None else y + out
         return self.bn(out)
+
+    def _composed_conv(self, x: Tensor, composed: list[tuple[_Scaled, Tensor | None]]) -> Tensor:
+        """The one conv of the composed branches, with a kernel as small as their footprints allow.
+
+        A lone branch scales the conv's output instead of its kernel where the output has fewer
+        positions (``B * Ho * Wo``) than each output channel has weights (``C/g * kh * kw``): the
+        same function, with the elementwise passes (forward and backward) on the smaller tensor.
+        """
+        size = (max(m.footprint[0] for m, _ in composed), max(m.footprint[1] for m, _ in composed))
+        if len(composed) == 1:
+            module, gate = composed[0]
+            batch, channels, height, width = x.shape
+            positions = batch * ((height - 1) // self.stride + 1) * ((width - 1) // self.stride + 1)
+            if positions < channels // self.groups * size[0] * size[1]:
+                y = self._conv(x, module.unscaled_kernel())
+                return y * module.channel_scale(gate).reshape(1, -1, 1, 1)
+        kernel = composed[0][0].kernel(composed[0][1], size)
+        for module, gate in composed[1:]:
+            kernel = kernel + module.kernel(gate, size)
+        return self._conv(x, kernel)
 
     def fuse_kernel(self) -> tuple[Tensor, Tensor]:
         """(KxK kernel, bias): the composed kernel of the active branches, the block BN folded in (T1)."""

@@ -160,6 +160,33 @@ def test_small_footprints_run_a_smaller_conv_and_stay_exact(
     assert fused.weight.shape[-2:] == (k, k)  # the deploy conv stays KxK
 
 
+@pytest.mark.parametrize("branch", ["kxk", "1x1_avg", "1xk"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_lone_branch_scales_the_output_on_small_maps_and_stays_exact(
+    monkeypatch: pytest.MonkeyPatch, branch: str, stride: int
+) -> None:
+    """One composed branch on a map with fewer positions than weights per channel: conv, then scale."""
+    block = _block(16, 16, 3, stride, 1, identity=False).train()
+    block.set_active([name == branch for name in block.branch_names])
+    kernels: list[Tensor] = []
+    conv = OnlineODBB._conv
+    monkeypatch.setattr(OnlineODBB, "_conv", lambda self, x, kernel: kernels.append(kernel) or conv(self, x, kernel))
+    gates = torch.rand(len(block.branch_names), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    block.set_gates(gates)
+    small, large = _x(16, 3, 3, batch=1), _x(16, 13, 13, batch=4)  # 4-9 vs 196-676 positions; 48-144 weights
+    for x in (small, large):
+        err = (block(x) - _reference(block, x, gates)).abs().max().item()
+        assert err <= TOL, err
+    unscaled = block.branches[branch].unscaled_kernel()
+    assert [torch.equal(k, unscaled) for k in kernels] == [True, False]  # the small map's conv is unscaled
+    block.set_gates(None)
+    block.eval()
+    fused = block.fuse()
+    with torch.no_grad():
+        for x in (small, large):
+            assert (block(x) - fused(x)).abs().max().item() <= TOL
+
+
 def test_1x1_kxk_picks_the_cheaper_path_and_both_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a tiny map with many channels 1x1->KxK runs conv by conv; on a large map it is composed."""
     block = _block(64, 64, 3, 1, 1, ("kxk", "1x1_kxk"), identity=False).train()
