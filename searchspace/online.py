@@ -14,7 +14,10 @@ convs adds a bias. The one composition that can cost more than the conv it saves
 size): on small feature maps that branch runs its two convs directly instead, computing
 the same function (see :meth:`Online1x1KxK.runs_direct`). Likewise the identity is
 ``x * scale`` where the map has fewer positions than its kernel has weights
-(:meth:`OnlineIdentity.runs_direct`). The search gate folds into each branch's scale.
+(:meth:`OnlineIdentity.runs_direct`). The search gate folds into each branch's scale. The
+composed kernel is only as large as the active branches' footprints (a block left with its
+1x1 runs a 1x1 conv), and a lone branch scales the conv's output rather than its kernel
+where the output is the smaller tensor.
 """
 
 from __future__ import annotations
