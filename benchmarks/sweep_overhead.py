@@ -112,7 +112,7 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
     fit, connect, parent = (first(driver, n) for n in ("ray.tune.tuner.Tuner.fit", "orchestrator.cluster.connect",
                                                       "orchestrator.tracking.start_parent_run"))
     trial = "trainables.trial.run_trial"
-    hooks = ["orchestrator.tracking.MLflowTrialHook." + h for h in ("on_start", "on_epoch", "on_end")]
+    hooks = ["orchestrator.child_run.MLflowTrialHook." + h for h in ("on_start", "on_epoch", "on_end")]
     worker_trial = total(workers, trial) - sum(total(workers, h) for h in hooks) - total(workers, "ray.tune.report") \
         - total(workers, "trainables.checkpoint.save_checkpoint")
     plain_trial = total(plain, trial) - total(plain, "trainables.checkpoint.save_checkpoint")

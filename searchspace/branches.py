@@ -179,7 +179,7 @@ class OneByOneKxK(nn.Module):
         super().__init__()
         self.groups = groups
         self.conv1 = first_1x1(in_channels, out_channels, groups)
-        mid = first_1x1_kernel(self.conv1).shape[0]
+        mid = self.conv1.weight.shape[0]  # the kernel's width, without computing it
         self.bn1 = BNAndPad(mid, kernel_size // 2)
         self.conv2 = nn.Conv2d(mid, out_channels, kernel_size, stride, 0, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)

@@ -69,10 +69,14 @@ def _grouped_eye(channels: int, groups: int, dtype: torch.dtype | None, device: 
     if groups < 1 or channels % groups:
         raise ValueError(f"groups={groups} must divide channels={channels}")
     per_group = channels // groups
-    out_index = torch.arange(channels, device=device)
-    eye = torch.zeros(channels, per_group, dtype=dtype, device=device)
+    # made on the CPU, then moved: on the meta device (where trials are validated) the indexing
+    # runs a Python decomposition that imports torch._dynamo, about 1 s per process
+    target = torch.empty(0, device=device).device  # the ambient device when device is None
+    cpu = torch.device("cpu")
+    out_index = torch.arange(channels, device=cpu)
+    eye = torch.zeros(channels, per_group, dtype=dtype, device=cpu)
     eye[out_index, out_index % per_group] = 1
-    return eye
+    return eye.to(target)
 
 
 def identity_kernel(

@@ -133,7 +133,7 @@ class Online1x1KxK(_Scaled):
         super().__init__(out_channels, init, kernel_size, (kernel_size, kernel_size))
         self.groups, self.stride = groups, stride
         self.conv1 = first_1x1(in_channels, out_channels, groups)
-        mid = first_1x1_kernel(self.conv1).shape[0]
+        mid = self.conv1.weight.shape[0]  # the kernel's width, without computing it
         self.weight2 = _conv_weight(out_channels, mid // groups, kernel_size, kernel_size)
 
     def unscaled_kernel(self) -> Tensor:

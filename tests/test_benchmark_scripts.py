@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 from searchspace import Architecture
@@ -55,3 +56,28 @@ def test_train_cost_cpu_tensor_peak_counts_live_tensors_only() -> None:
     peak = cost._cpu_tensor_peak(run)
     assert 4 * 2**20 <= peak < 4 * 2**20 + 2**16
     assert cost._cpu_tensor_peak(lambda: None) == 0
+
+
+def test_sweep_overhead_breakdown_spans_name_functions_that_exist() -> None:
+    """Every function the --breakdown timing wraps still exists (a rename would break the benchmark)."""
+    import importlib
+    import os
+
+    os.environ.pop("REPNAS_TIMING", None)  # load the span table without installing the import hook
+    spec = importlib.util.spec_from_file_location("_timing", _ROOT / "benchmarks" / "timing" / "sitecustomize.py")
+    timing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timing)
+    for module_name, qualnames in timing.SPANS.items():
+        module = importlib.import_module(module_name)
+        for qualname in qualnames:
+            owner = module
+            for part in qualname.split("."):
+                owner = getattr(owner, part)
+            assert callable(owner), f"{module_name}.{qualname}"
+    wrapped = {f"{m}.{q}" for m, qs in timing.SPANS.items() for q in qs}
+    overhead = (_ROOT / "benchmarks" / "sweep_overhead.py").read_text()
+    read = set(re.findall(r'"((?:orchestrator|trainables|ray)\.[\w.]+[^.])"', overhead))
+    read |= {prefix + h for prefix in re.findall(r'"((?:orchestrator|trainables)\.[\w.]+\.)" \+', overhead)
+             for h in ("on_start", "on_epoch", "on_end")}
+    read.discard("orchestrator.run")  # the driver it starts (python -m orchestrator.run), not a span
+    assert "orchestrator.child_run.MLflowTrialHook.on_end" in read and read <= wrapped, read - wrapped

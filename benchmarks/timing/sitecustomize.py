@@ -22,8 +22,8 @@ from typing import Any
 
 SPANS: dict[str, tuple[str, ...]] = {
     "orchestrator.cluster": ("connect",),
-    "orchestrator.tracking": ("start_parent_run", "finish_parent_run", "MLflowTrialHook.on_start",
-                              "MLflowTrialHook.on_epoch", "MLflowTrialHook.on_end"),
+    "orchestrator.tracking": ("start_parent_run", "finish_parent_run"),
+    "orchestrator.child_run": ("MLflowTrialHook.on_start", "MLflowTrialHook.on_epoch", "MLflowTrialHook.on_end"),
     "orchestrator._model": ("log_fused_model",),
     "orchestrator.sync": ("sync_mlflow",),
     "orchestrator.summary": ("summarize", "print_summary"),

@@ -301,3 +301,18 @@ def test_a_preset_replaces_the_values_of_an_earlier_layer(tmp_path: Path, write_
     with pytest.raises(ConfigError) as info:
         load_sweep(path, ["trial.search.preset=shrot"], env={})
     assert info.value.path == "--set trial.search.preset" and "did you mean 'short'" in str(info.value)
+
+
+def test_validating_a_sweep_builds_its_models_without_importing_torch_dynamo(tmp_path: Path) -> None:
+    """The driver validates every trial's model on the meta device before Ray starts; arithmetic on
+    meta tensors runs Python decompositions that import torch._dynamo (about 1 s per driver)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys; from orchestrator.config import load_sweep; "
+            f"load_sweep({str(root / 'configs' / 'fashion_mnist_deep_tuned.yaml')!r}); "
+            "load_sweep(" + repr(str(root / "configs" / "quickstart.yaml")) + "); "
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
