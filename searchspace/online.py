@@ -16,8 +16,8 @@ the same function (see :meth:`Online1x1KxK.runs_direct`). Likewise the identity 
 ``x * scale`` where the map has fewer positions than its kernel has weights
 (:meth:`OnlineIdentity.runs_direct`). The search gate folds into each branch's scale. The
 composed kernel is only as large as the active branches' footprints (a block left with its
-1x1 runs a 1x1 conv), and a lone branch scales the conv's output rather than its kernel
-where the output is the smaller tensor.
+1x1 runs a 1x1 conv); on the smallest maps each branch runs on its own and scales its output
+instead (:meth:`_Scaled.runs_direct`).
 """
 
 from __future__ import annotations
@@ -78,11 +78,13 @@ class _Scaled(nn.Module):
 
     ``footprint`` is the smallest centred ``(kh, kw)`` kernel that holds the branch: a block
     whose active branches all fit in less than KxK composes and runs that smaller conv.
+    ``stride`` and ``groups`` are the block's (the branch's own conv, where it runs directly).
     """
 
-    def __init__(self, out_channels: int, init: float, kernel_size: int, footprint: tuple[int, int]) -> None:
+    def __init__(self, out_channels: int, init: float, kernel_size: int, footprint: tuple[int, int],
+                 stride: int = 1, groups: int = 1) -> None:
         super().__init__()
-        self.kernel_size, self.footprint = kernel_size, footprint
+        self.kernel_size, self.footprint, self.stride, self.groups = kernel_size, footprint, stride, groups
         self.scale = nn.Parameter(torch.full((out_channels,), float(init)))
 
     def kernel(self, gate: Tensor | None = None, size: tuple[int, int] | None = None) -> Tensor:
@@ -91,21 +93,38 @@ class _Scaled(nn.Module):
         return pad_kernel_to(self._kernel(gate), size or self.kernel_size)
 
     def unscaled_kernel(self) -> Tensor:
-        """The branch's kernel at its footprint, before its scale: what a block scales the conv
-        output of instead, where that is cheaper (:meth:`OnlineODBB.forward`)."""
+        """The branch's kernel at its footprint, before its scale (what :meth:`direct` runs)."""
         raise NotImplementedError
 
     def _kernel(self, gate: Tensor | None) -> Tensor:
         """The scaled kernel at its footprint."""
         return scale_kernel(self.unscaled_kernel(), self.channel_scale(gate))
 
-    def runs_direct(self, x: Tensor) -> bool:
-        """True when computing the branch on ``x`` itself is cheaper than composing its kernel."""
-        return False
+    def _positions(self, x: Tensor) -> int:
+        """``B * Ho * Wo``: the output positions of a conv on ``x`` (odd kernels, centred padding)."""
+        batch, _, height, width = x.shape
+        return batch * ((height - 1) // self.stride + 1) * ((width - 1) // self.stride + 1)
+
+    def runs_direct(self, x: Tensor, alone: bool = False) -> bool:
+        """True when computing the branch on ``x`` itself is cheaper than composing its kernel.
+
+        ``alone`` (the block's only active term): the branch's conv is the block's conv either
+        way, and running it on ``x`` moves the scale's passes (forward and backward) from the
+        kernel (``C/g * kh * kw`` weights per output channel) to the output (``B*Ho*Wo``
+        positions). Among other branches running directly also costs the branch's own conv,
+        ``B*Ho*Wo * C/g * kh*kw`` multiply-adds per output channel, against passes over its
+        kernel that cost tens of multiply-adds per element on a CPU: that pays off on maps with
+        fewer positions than ``C/g`` (the late stages of a 32x32 network).
+        """
+        per_group = x.shape[1] // self.groups
+        return self._positions(x) < per_group * (self.footprint[0] * self.footprint[1] if alone else 1)
 
     def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
-        """The branch computed on ``x`` (only where :meth:`runs_direct` can be true)."""
-        raise NotImplementedError(f"{type(self).__name__} always joins the composed kernel")
+        """The branch computed on ``x``: its own conv, then its scale (zero padding is exact)."""
+        kernel = self.unscaled_kernel()
+        kh, kw = kernel.shape[-2:]
+        y = F.conv2d(x, kernel, stride=self.stride, padding=(kh // 2, kw // 2), groups=self.groups)
+        return y * self.channel_scale(gate).reshape(1, -1, 1, 1)
 
     def channel_scale(self, gate: Tensor | None) -> Tensor:
         """The per-channel scale with the search gate folded in: one ``[O]`` multiply instead
@@ -116,9 +135,9 @@ class _Scaled(nn.Module):
 class OnlineConv(_Scaled):
     """``kxk``, ``1x1``, ``1xk`` or ``kx1``: one conv, its kernel centred in KxK (T6)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kh: int, kw: int, kernel_size: int,
+    def __init__(self, in_channels: int, out_channels: int, kh: int, kw: int, kernel_size: int, stride: int,
                  groups: int, init: float) -> None:
-        super().__init__(out_channels, init, kernel_size, (kh, kw))
+        super().__init__(out_channels, init, kernel_size, (kh, kw), stride, groups)
         self.weight = _conv_weight(out_channels, in_channels // groups, kh, kw)
 
     def unscaled_kernel(self) -> Tensor:
@@ -130,8 +149,7 @@ class Online1x1KxK(_Scaled):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
                  init: float) -> None:
-        super().__init__(out_channels, init, kernel_size, (kernel_size, kernel_size))
-        self.groups, self.stride = groups, stride
+        super().__init__(out_channels, init, kernel_size, (kernel_size, kernel_size), stride, groups)
         self.conv1 = first_1x1(in_channels, out_channels, groups)
         mid = self.conv1.weight.shape[0]  # the kernel's width, without computing it
         self.weight2 = _conv_weight(out_channels, mid // groups, kernel_size, kernel_size)
@@ -142,8 +160,9 @@ class Online1x1KxK(_Scaled):
     def _kernel(self, gate: Tensor | None) -> Tensor:
         return scaled_chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.channel_scale(gate), self.groups)
 
-    def runs_direct(self, x: Tensor) -> bool:
-        """True when running the two convs on ``x`` costs fewer multiply-adds than composing.
+    def runs_direct(self, x: Tensor, alone: bool = False) -> bool:
+        """True when running the two convs on ``x`` costs fewer multiply-adds than composing
+        (or on the small maps of :meth:`_Scaled.runs_direct`).
 
         Composing costs ``O * T * C * K^2 / g^2`` whatever the input; running directly costs
         the 1x1 conv (``B*H*W * T * C/g``) plus the KxK conv (``B*Ho*Wo * O * T/g * K^2``).
@@ -151,12 +170,9 @@ class Online1x1KxK(_Scaled):
         """
         batch, channels, height, width = x.shape
         mid, out, k, g = self.weight2.shape[1] * self.groups, self.weight2.shape[0], self.kernel_size, self.groups
-        pad = k // 2
-        out_h = (height + 2 * pad - k) // self.stride + 1
-        out_w = (width + 2 * pad - k) // self.stride + 1
         compose = out * mid * channels * k * k // (g * g)
-        direct = batch * height * width * mid * channels // g + batch * out_h * out_w * out * mid * k * k // g
-        return direct < compose
+        direct = batch * height * width * mid * channels // g + self._positions(x) * out * mid * k * k // g
+        return direct < compose or super().runs_direct(x, alone)
 
     def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
         """The branch computed conv by conv (zero padding is exact: no bias in between)."""
@@ -168,9 +184,9 @@ class Online1x1KxK(_Scaled):
 class Online1x1Avg(_Scaled):
     """``1x1_avg``: 1x1 then AvgPool(K) as one kernel (T3+T5); depthwise: the pool alone (T5)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int, init: float) -> None:
-        super().__init__(out_channels, init, kernel_size, (kernel_size, kernel_size))
-        self.groups = groups
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
+                 init: float) -> None:
+        super().__init__(out_channels, init, kernel_size, (kernel_size, kernel_size), stride, groups)
         self.weight: nn.Parameter | None = None
         if not is_depthwise(in_channels, out_channels, groups):
             self.weight = _conv_weight(out_channels, in_channels // groups, 1, 1)
@@ -187,22 +203,28 @@ class Online1x1Avg(_Scaled):
         # made in the scale's dtype, not kept as a buffer: 1/K^2 in float32 is off by 1e-9 in float64
         return scale_kernel(avg_pool_kernel(s.numel(), self.kernel_size, self.groups, s.dtype, s.device), s)
 
+    def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+        """The 1x1 conv, then the pool (``count_include_pad``, as the kernel counts the padding)."""
+        z = x if self.weight is None else F.conv2d(x, self.weight, groups=self.groups)
+        k = self.kernel_size
+        y = F.avg_pool2d(z, k, self.stride, k // 2, count_include_pad=True)
+        return y * self.channel_scale(gate).reshape(1, -1, 1, 1)
+
 
 class OnlineIdentity(_Scaled):
     """``identity``: a scaled (grouped) identity kernel, 1x1 until embedded."""
 
     def __init__(self, channels: int, kernel_size: int, groups: int, init: float = SCALE_INIT[IDENTITY]) -> None:
-        super().__init__(channels, init, kernel_size, (1, 1))
+        super().__init__(channels, init, kernel_size, (1, 1), 1, groups)
         self.register_buffer("eye", identity_kernel(channels, 1, groups), persistent=False)
 
     def unscaled_kernel(self) -> Tensor:
         return self.eye
 
-    def runs_direct(self, x: Tensor) -> bool:
+    def runs_direct(self, x: Tensor, alone: bool = False) -> bool:
         """True when ``x * scale`` (``B*H*W*C``) is cheaper than the scaled identity kernel
         (up to ``C * C/g * K^2``, and the same again in backward): on small feature maps."""
-        batch, channels, height, width = x.shape
-        return batch * height * width < self.eye.shape[1] * self.kernel_size**2
+        return self._positions(x) < self.eye.shape[1] * self.kernel_size**2
 
     def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
         return x * self.channel_scale(gate).reshape(1, -1, 1, 1)
@@ -218,11 +240,11 @@ def build_online_branch(
     k = kernel_size
     shapes = {"1x1": (1, 1), "kxk": (k, k), "1xk": (1, k), "kx1": (k, 1)}
     if name in shapes:
-        return OnlineConv(in_channels, out_channels, *shapes[name], k, groups, SCALE_INIT[name])
+        return OnlineConv(in_channels, out_channels, *shapes[name], k, stride, groups, SCALE_INIT[name])
     if name == "1x1_kxk":
         return Online1x1KxK(in_channels, out_channels, k, stride, groups, SCALE_INIT[name])
     if name == "1x1_avg":
-        return Online1x1Avg(in_channels, out_channels, k, groups, SCALE_INIT[name])
+        return Online1x1Avg(in_channels, out_channels, k, stride, groups, SCALE_INIT[name])
     raise ValueError(f"unknown branch {name!r}; allowed: {', '.join(BRANCH_TYPES)}")
 
 
@@ -265,7 +287,7 @@ class OnlineODBB(ODBB):
         composed: list[tuple[_Scaled, Tensor | None]] = []
         direct: Tensor | None = None
         for module, gate in terms:
-            if module.runs_direct(x):
+            if module.runs_direct(x, alone=len(terms) == 1):
                 y = module.direct(x, gate)
                 direct = y if direct is None else direct + y
             else:
@@ -277,20 +299,8 @@ class OnlineODBB(ODBB):
         return self.bn(out)
 
     def _composed_conv(self, x: Tensor, composed: list[tuple[_Scaled, Tensor | None]]) -> Tensor:
-        """The one conv of the composed branches, with a kernel as small as their footprints allow.
-
-        A lone branch scales the conv's output instead of its kernel where the output has fewer
-        positions (``B * Ho * Wo``) than each output channel has weights (``C/g * kh * kw``): the
-        same function, with the elementwise passes (forward and backward) on the smaller tensor.
-        """
+        """The one conv of the composed branches, with a kernel as small as their footprints allow."""
         size = (max(m.footprint[0] for m, _ in composed), max(m.footprint[1] for m, _ in composed))
-        if len(composed) == 1:
-            module, gate = composed[0]
-            batch, channels, height, width = x.shape
-            positions = batch * ((height - 1) // self.stride + 1) * ((width - 1) // self.stride + 1)
-            if positions < channels // self.groups * size[0] * size[1]:
-                y = self._conv(x, module.unscaled_kernel())
-                return y * module.channel_scale(gate).reshape(1, -1, 1, 1)
         kernel = composed[0][0].kernel(composed[0][1], size)
         for module, gate in composed[1:]:
             kernel = kernel + module.kernel(gate, size)

@@ -160,31 +160,46 @@ def test_small_footprints_run_a_smaller_conv_and_stay_exact(
     assert fused.weight.shape[-2:] == (k, k)  # the deploy conv stays KxK
 
 
-@pytest.mark.parametrize("branch", ["kxk", "1x1_avg", "1xk"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_a_lone_branch_scales_the_output_on_small_maps_and_stays_exact(
-    monkeypatch: pytest.MonkeyPatch, branch: str, stride: int
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("active", [("kxk",), ("1x1_avg",), ("1xk",), BRANCH_TYPES])
+def test_small_maps_run_branches_directly_and_stay_exact(
+    monkeypatch: pytest.MonkeyPatch, stride: int, groups: int, active: tuple[str, ...]
 ) -> None:
-    """One composed branch on a map with fewer positions than weights per channel: conv, then scale."""
-    block = _block(16, 16, 3, stride, 1, identity=False).train()
-    block.set_active([name == branch for name in block.branch_names])
-    kernels: list[Tensor] = []
-    conv = OnlineODBB._conv
-    monkeypatch.setattr(OnlineODBB, "_conv", lambda self, x, kernel: kernels.append(kernel) or conv(self, x, kernel))
+    """Fewer output positions than C/g: every branch runs its own conv; fewer than a lone branch's
+    weights per channel (C/g * kh * kw): that branch alone; else the composed conv. All exact."""
+    block = _block(16, 16, 3, stride, groups, identity=False).train()
+    block.set_active([name in active for name in block.branch_names])
+    ran: list[str] = []
+    for name in active:
+        branch = block.branches[name]
+        monkeypatch.setattr(branch, "direct", lambda x, gate=None, b=branch, n=name: ran.append(n) or
+                            type(b).direct(b, x, gate))
     gates = torch.rand(len(block.branch_names), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    block.set_gates(gates)
-    small, large = _x(16, 3, 3, batch=1), _x(16, 13, 13, batch=4)  # 4-9 vs 196-676 positions; 48-144 weights
-    for x in (small, large):
+    per_group = 16 // groups
+    tiny = _x(16, 3, 3, batch=1) if stride == 2 else _x(16, 2, 2, batch=1)  # 4 positions
+    maps = {"tiny": tiny, "mid": _x(16, 5, 5, batch=2), "large": _x(16, 13, 13, batch=4)}
+    for where, x in maps.items():
+        ran.clear()
+        block.set_gates(gates)
         err = (block(x) - _reference(block, x, gates)).abs().max().item()
-        assert err <= TOL, err
-    unscaled = block.branches[branch].unscaled_kernel()
-    assert [torch.equal(k, unscaled) for k in kernels] == [True, False]  # the small map's conv is unscaled
-    block.set_gates(None)
-    block.eval()
-    fused = block.fuse()
-    with torch.no_grad():
-        for x in (small, large):
+        assert err <= TOL, (where, err)
+        positions = x.shape[0] * ((x.shape[2] - 1) // stride + 1) * ((x.shape[3] - 1) // stride + 1)
+        lone_weights = per_group * (3 if active == ("1xk",) else 9)
+        if positions < per_group:
+            expected = list(active)  # 1x1_kxk also by its own multiply-add count; all on the tiny map
+        elif len(active) == 1 and positions < lone_weights:
+            expected = list(active)
+        else:
+            expected = [n for n in active if n == "1x1_kxk" and block.branches[n].runs_direct(x)]
+        assert ran == expected, (where, positions, ran)
+        block.set_gates(None)
+        block.eval()
+        fused = block.fuse()
+        with torch.no_grad():
             assert (block(x) - fused(x)).abs().max().item() <= TOL
+        block.train()
+    assert 4 < per_group  # the tiny map is tiny at every stride and groups
 
 
 def test_1x1_kxk_picks_the_cheaper_path_and_both_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
