@@ -13,10 +13,12 @@ kept in the file: ``mlflow ui`` and later sweeps open it as it is.
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
+from pathlib import Path
 from typing import Any
 
-__all__ = ["use_wal"]
+__all__ = ["use_wal", "create_database"]
 
 
 def _wal(connection: Any, _record: Any) -> None:
@@ -36,3 +38,44 @@ def use_wal() -> None:
     from sqlalchemy.engine import Engine
 
     event.listen(Engine, "connect", _wal)
+
+
+def create_database(path: Path) -> None:
+    """Create MLflow's database at ``path`` whole or not at all (nothing to do if it exists).
+
+    MLflow creates a SQLite store in place through ~60 schema migrations, and SQLite runs each
+    ``ALTER TABLE`` outside the migration's transaction: a driver killed in those seconds left
+    a half-migrated file that every later open fails on ("duplicate column name"). Here the
+    migrations run on a private file beside it, which is then linked into place; a link never
+    replaces a database another driver made meanwhile. Leftovers of killed drivers are removed.
+    """
+    if path.exists():
+        return
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    for stale in path.parent.glob(f".{path.name}.creating-*"):
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            stale.unlink(missing_ok=True)
+    private = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    try:
+        # the store MlflowClient would make (same default artifact root), on the private file
+        store = _get_sqlalchemy_store(f"sqlite:///{private}", None)
+        store.engine.dispose()  # closes its connections: the write-ahead log is folded in
+        try:
+            os.link(private, path)
+        except FileExistsError:
+            pass
+    finally:
+        for leftover in (private, private.with_name(private.name + "-wal"), private.with_name(private.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: str) -> bool:
+    """Whether process ``pid`` (of this host) still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
