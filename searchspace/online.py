@@ -32,7 +32,6 @@ from .branches import BRANCH_TYPES, IDENTITY, first_1x1, first_1x1_kernel, is_de
 from .fusion import (
     avg_pool_after_1x1,
     avg_pool_kernel,
-    chain_1x1_kxk,
     fold_bn,
     identity_kernel,
     pad_kernel_to,
@@ -93,7 +92,8 @@ class _Scaled(nn.Module):
         return pad_kernel_to(self._kernel(gate), size or self.kernel_size)
 
     def unscaled_kernel(self) -> Tensor:
-        """The branch's kernel at its footprint, before its scale (what :meth:`direct` runs)."""
+        """The branch's kernel at its footprint, before its scale (what the default :meth:`_kernel`
+        scales and :meth:`direct` runs; branches that override both need none)."""
         raise NotImplementedError
 
     def _kernel(self, gate: Tensor | None) -> Tensor:
@@ -154,9 +154,6 @@ class Online1x1KxK(_Scaled):
         mid = self.conv1.weight.shape[0]  # the kernel's width, without computing it
         self.weight2 = _conv_weight(out_channels, mid // groups, kernel_size, kernel_size)
 
-    def unscaled_kernel(self) -> Tensor:
-        return chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.groups)
-
     def _kernel(self, gate: Tensor | None) -> Tensor:
         return scaled_chain_1x1_kxk(first_1x1_kernel(self.conv1), self.weight2, self.channel_scale(gate), self.groups)
 
@@ -190,11 +187,6 @@ class Online1x1Avg(_Scaled):
         self.weight: nn.Parameter | None = None
         if not is_depthwise(in_channels, out_channels, groups):
             self.weight = _conv_weight(out_channels, in_channels // groups, 1, 1)
-
-    def unscaled_kernel(self) -> Tensor:
-        if self.weight is not None:
-            return avg_pool_after_1x1(self.weight, self.kernel_size)
-        return avg_pool_kernel(self.scale.numel(), self.kernel_size, self.groups, self.scale.dtype, self.scale.device)
 
     def _kernel(self, gate: Tensor | None) -> Tensor:
         s = self.channel_scale(gate)
