@@ -18,6 +18,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from .lock import pid_alive
+
 __all__ = ["use_wal", "create_database"]
 
 
@@ -54,7 +56,8 @@ def create_database(path: Path) -> None:
     from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
 
     for stale in path.parent.glob(f".{path.name}.creating-*"):
-        if not _alive(stale.name.rsplit("-", 1)[-1]):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and pid_alive(int(pid))):
             stale.unlink(missing_ok=True)
     private = path.with_name(f".{path.name}.creating-{os.getpid()}")
     try:
@@ -69,13 +72,3 @@ def create_database(path: Path) -> None:
         for leftover in (private, private.with_name(private.name + "-wal"), private.with_name(private.name + "-shm")):
             leftover.unlink(missing_ok=True)
 
-
-def _alive(pid: str) -> bool:
-    """Whether process ``pid`` (of this host) still runs."""
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True

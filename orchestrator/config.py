@@ -36,7 +36,7 @@ from .validate import validate_trials
 __all__ = [
     "ConfigError", "Objective", "RayConfig", "ResourcesConfig", "SearcherConfig",
     "SchedulerConfig", "FailureSettings", "CheckpointSettings", "MlflowConfig",
-    "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "sqlite_path",
+    "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "sqlite_path", "sqlite_file",
 ]
 
 Mode = Literal["min", "max"]
@@ -345,6 +345,12 @@ _SQLITE = "sqlite:///"
 def sqlite_path(uri: str) -> str | None:
     """The database path of a ``sqlite:///PATH[?query]`` tracking URI; None for any other URI."""
     return uri[len(_SQLITE):].split("?", 1)[0] if uri.startswith(_SQLITE) else None
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for other URIs and ``:memory:``."""
+    db = sqlite_path(uri)
+    return None if db in (None, "", ":memory:") else Path(db)
 
 
 def _resolve_tracking_uri(uri: str, path: str) -> str:

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["SweepLockedError", "SweepLock", "LOCK_FILE"]
+__all__ = ["SweepLockedError", "SweepLock", "LOCK_FILE", "pid_alive"]
 
 LOCK_FILE = "repnas_sweep.lock"
 
@@ -26,7 +26,8 @@ class SweepLockedError(RuntimeError):
     """Another driver is running this sweep."""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -72,7 +73,8 @@ class SweepLock:
                 raise
             holder = _holder(self.path)
             same_host = holder.get("host") == socket.gethostname()
-            if holder.get("pid") and (not same_host or _alive(int(holder["pid"]))) and holder.get("pid") != os.getpid():
+            live = bool(holder.get("pid")) and (not same_host or pid_alive(int(holder["pid"])))
+            if live and holder.get("pid") != os.getpid():
                 handle.close()
                 raise self._refuse(holder) from None
         handle.seek(0)

@@ -14,7 +14,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .config import sqlite_path
+from .config import sqlite_file
 from .redact import redact
 
 __all__ = ["check_tracking"]
@@ -55,7 +55,5 @@ def check_tracking(uri: str, timeout: float = 8.0) -> str | None:
     """Why the tracking store at ``uri`` cannot be used (None when fine or not checkable)."""
     if uri.startswith(("http://", "https://")):
         return _check_http(uri, timeout)
-    db = sqlite_path(uri)
-    if db not in (None, ":memory:"):
-        return _check_sqlite(uri, Path(db))
-    return None
+    db = sqlite_file(uri)
+    return None if db is None else _check_sqlite(uri, db)

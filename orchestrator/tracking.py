@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from trainables.schema import flatten_overrides
 
 from . import _storage
-from .config import sqlite_path
+from .config import sqlite_file, sqlite_path
 from ._sqlite import create_database, use_wal
 from .redact import public_items, redact
 
@@ -127,9 +127,9 @@ def _experiment_id(client: MlflowClient, cfg: SweepConfig) -> str:
 def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     """Create the sweep's parent run (or reopen it on resume) and persist its id."""
     client_defaults()
-    db = sqlite_path(cfg.mlflow.tracking_uri)
-    if db not in (None, ":memory:"):
-        create_database(Path(db))
+    db = sqlite_file(cfg.mlflow.tracking_uri)
+    if db is not None:
+        create_database(db)
     client = MlflowClient(cfg.mlflow.tracking_uri)
     state = SweepState.load(cfg) if resume else None
     if state is not None:

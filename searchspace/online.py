@@ -93,7 +93,7 @@ class _Scaled(nn.Module):
 
     def unscaled_kernel(self) -> Tensor:
         """The branch's kernel at its footprint, before its scale (what the default :meth:`_kernel`
-        scales and :meth:`direct` runs; branches that override both need none)."""
+        scales and :meth:`_unscaled_direct` runs; branches that override both need none)."""
         raise NotImplementedError
 
     def _kernel(self, gate: Tensor | None) -> Tensor:
@@ -120,11 +120,14 @@ class _Scaled(nn.Module):
         return self._positions(x) < per_group * (self.footprint[0] * self.footprint[1] if alone else 1)
 
     def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
-        """The branch computed on ``x``: its own conv, then its scale (zero padding is exact)."""
+        """The branch computed on ``x``, then its scale."""
+        return self._unscaled_direct(x) * self.channel_scale(gate).reshape(1, -1, 1, 1)
+
+    def _unscaled_direct(self, x: Tensor) -> Tensor:
+        """The branch's own conv on ``x``, before its scale (zero padding is exact)."""
         kernel = self.unscaled_kernel()
         kh, kw = kernel.shape[-2:]
-        y = F.conv2d(x, kernel, stride=self.stride, padding=(kh // 2, kw // 2), groups=self.groups)
-        return y * self.channel_scale(gate).reshape(1, -1, 1, 1)
+        return F.conv2d(x, kernel, stride=self.stride, padding=(kh // 2, kw // 2), groups=self.groups)
 
     def channel_scale(self, gate: Tensor | None) -> Tensor:
         """The per-channel scale with the search gate folded in: one ``[O]`` multiply instead
@@ -171,11 +174,10 @@ class Online1x1KxK(_Scaled):
         direct = batch * height * width * mid * channels // g + self._positions(x) * out * mid * k * k // g
         return direct < compose or super().runs_direct(x, alone)
 
-    def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+    def _unscaled_direct(self, x: Tensor) -> Tensor:
         """The branch computed conv by conv (zero padding is exact: no bias in between)."""
-        y = F.conv2d(self.conv1(x), self.weight2, stride=self.stride, padding=self.kernel_size // 2,
-                     groups=self.groups)
-        return y * self.channel_scale(gate).reshape(1, -1, 1, 1)
+        return F.conv2d(self.conv1(x), self.weight2, stride=self.stride, padding=self.kernel_size // 2,
+                        groups=self.groups)
 
 
 class Online1x1Avg(_Scaled):
@@ -195,12 +197,10 @@ class Online1x1Avg(_Scaled):
         # made in the scale's dtype, not kept as a buffer: 1/K^2 in float32 is off by 1e-9 in float64
         return scale_kernel(avg_pool_kernel(s.numel(), self.kernel_size, self.groups, s.dtype, s.device), s)
 
-    def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
+    def _unscaled_direct(self, x: Tensor) -> Tensor:
         """The 1x1 conv, then the pool (``count_include_pad``, as the kernel counts the padding)."""
         z = x if self.weight is None else F.conv2d(x, self.weight, groups=self.groups)
-        k = self.kernel_size
-        y = F.avg_pool2d(z, k, self.stride, k // 2, count_include_pad=True)
-        return y * self.channel_scale(gate).reshape(1, -1, 1, 1)
+        return F.avg_pool2d(z, self.kernel_size, self.stride, self.kernel_size // 2, count_include_pad=True)
 
 
 class OnlineIdentity(_Scaled):
@@ -218,8 +218,8 @@ class OnlineIdentity(_Scaled):
         (up to ``C * C/g * K^2``, and the same again in backward): on small feature maps."""
         return self._positions(x) < self.eye.shape[1] * self.kernel_size**2
 
-    def direct(self, x: Tensor, gate: Tensor | None = None) -> Tensor:
-        return x * self.channel_scale(gate).reshape(1, -1, 1, 1)
+    def _unscaled_direct(self, x: Tensor) -> Tensor:
+        return x
 
 
 def build_online_branch(
