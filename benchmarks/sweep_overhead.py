@@ -109,10 +109,10 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
         return span["s"] + span["d"]
 
     p0, d0 = first(plain, "process")["s"], first(driver, "process")["s"]
-    fit, connect, parent = (first(driver, n) for n in ("ray.tune.tuner.Tuner.fit", "orchestrator.cluster.connect",
-                                                      "orchestrator.tracking.start_parent_run"))
+    fit, connect, parent = (first(driver, n) for n in ("ray.tune.tuner.Tuner.fit", "orchestrator.ray_tune.cluster.connect",
+                                                      "orchestrator.tracking.parent_run.start_parent_run"))
     trial = "trainables.trial.run_trial"
-    hooks = ["orchestrator.child_run.MLflowTrialHook." + h for h in ("on_start", "on_epoch", "on_end")]
+    hooks = ["orchestrator.tracking.child_run.MLflowTrialHook." + h for h in ("on_start", "on_epoch", "on_end")]
     worker_trial = total(workers, trial) - sum(total(workers, h) for h in hooks) - total(workers, "ray.tune.report") \
         - total(workers, "trainables.checkpoint.save_checkpoint")
     plain_trial = total(plain, trial) - total(plain, "trainables.checkpoint.save_checkpoint")
@@ -126,16 +126,16 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
         ("MLflow child run opened (on_start)", total(workers, hooks[0])),
         ("MLflow per-epoch metrics (on_epoch)", total(workers, hooks[1])),
         ("MLflow final metrics, artifacts, fused model (on_end)", total(workers, hooks[2])),
-        ("  of which mlflow.pytorch.log_model of the fused model", total(workers, "orchestrator._model.log_fused_model")),
+        ("  of which mlflow.pytorch.log_model of the fused model", total(workers, "orchestrator.tracking.fused_model.log_fused_model")),
         ("checkpoint persisted to Ray storage (tune.report)", total(workers, "ray.tune.report")),
         ("checkpoint writing (over the plain run's)", total(workers, "trainables.checkpoint.save_checkpoint")
          - total(plain, "trainables.checkpoint.save_checkpoint")),
         ("training and export itself (over the plain run's: noise)", worker_trial - plain_trial),
         ("Tune between trials", end(fit) - first(workers, trial)["s"] - total(workers, trial)),
         ("after the trials: MLflow sync, Pareto table and plot, registry, summary",
-         end(first(driver, "orchestrator.summary.print_summary")) - end(fit)),
+         end(first(driver, "orchestrator.results.sweep_summary.print_summary")) - end(fit)),
         ("exit: Ray shutdown, interpreter teardown",
-         first(driver, "exit")["s"] - end(first(driver, "orchestrator.summary.print_summary"))),
+         first(driver, "exit")["s"] - end(first(driver, "orchestrator.results.sweep_summary.print_summary"))),
     ]
     rows.append(("rest: interpreter start and exit of both sides",
                  overhead - sum(seconds for name, seconds in rows if not name.startswith(" "))))

@@ -1,94 +1,32 @@
 """The sweep driver: sweep-file schema, Ray Tune wiring, MLflow tracking, Pareto front.
 
+Commands (each a module here, exit codes from ``trainables.errors``):
 ``python -m orchestrator.run SWEEP.yaml [--resume] [--dry-run] [--set KEY=VALUE ...]``
-(console script ``repnas-sweep``); ``python -m orchestrator.report SWEEP.yaml`` compares
-the methods of a finished sweep over seeds; ``python -m orchestrator.sync SWEEP.yaml``
-fills MLflow in from Ray's results. See docs/sweep-config.md for every sweep key and
-docs/architecture.md for the contract with ``trainables``.
+(console script ``repnas-sweep``) runs a sweep; ``python -m orchestrator.report SWEEP.yaml``
+compares the methods of finished sweeps over seeds; ``python -m orchestrator.sync SWEEP.yaml``
+fills MLflow in from Ray's results.
+
+Subpackages, by job: ``sweep`` (the file, its space, its trials, fit, storage, lock),
+``ray_tune`` (Tuner, searcher, scheduler, cluster, checkpoint repair, progress, Ray's
+results), ``tracking`` (MLflow parent and child runs, fused models, registry, SQLite),
+``results`` (Pareto, per-method statistics, the report, the summary). ``records`` is the one
+trial record and status vocabulary they share. See docs/sweep-config.md for every sweep key
+and docs/architecture.md for the contract with ``trainables``.
 """
 
-from __future__ import annotations
+from ._lazy import lazy_exports
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-# Public name -> submodule. Imported lazily (PEP 562) so that ``--dry-run`` and config
-# errors do not pay for importing MLflow and Ray.
-_EXPORTS: dict[str, str] = {
-    "CheckpointSettings": "config",
-    "ConfigError": "config",
-    "FailureSettings": "config",
-    "MlflowConfig": "config",
-    "Objective": "config",
-    "RayConfig": "config",
-    "ResourcesConfig": "config",
-    "SchedulerConfig": "config",
-    "SearcherConfig": "config",
-    "SweepConfig": "config",
-    "apply_set": "config",
-    "load_sweep": "config",
-    "parse_sweep": "config",
-    "GroupStats": "compare",
-    "equal_count_verdicts": "compare",
-    "group_records": "compare",
-    "select_best": "compare",
-    "dominates": "pareto",
-    "mark_front": "pareto",
-    "non_dominated": "pareto",
-    "plot_fronts": "pareto",
-    "write_table": "pareto",
-    "Registered": "registry",
-    "register_models": "registry",
-    "main": "run",
-    "run_sweep": "run",
-    "build_report": "report",
-    "TrialRecord": "records",
-    "TrialStatus": "records",
-    "records_from_mlflow": "records",
-    "records_from_results": "records",
-    "SpaceParam": "space",
-    "make_searcher": "searchers",
-    "param_space": "space",
-    "parse_space": "space",
-    "trial_count": "space",
-    "MLflowTrialHook": "child_run",
-    "TrialLog": "child_run",
-    "reconcile": "child_run",
-    "SweepState": "tracking",
-    "finish_parent_run": "tracking",
-    "start_parent_run": "tracking",
-    "NothingToResumeError": "tuner",
-    "SweepExistsError": "tuner",
-    "build_tuner": "tuner",
-    "restore_tuner": "tuner",
-    "validate_trials": "validate",
-}
-
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
-    from .child_run import MLflowTrialHook, TrialLog, reconcile
-    from .config import CheckpointSettings, ConfigError, FailureSettings, MlflowConfig, Objective, RayConfig, ResourcesConfig, SchedulerConfig, SearcherConfig, SweepConfig, apply_set, load_sweep, parse_sweep
-    from .compare import GroupStats, equal_count_verdicts, group_records, select_best
-    from .pareto import dominates, mark_front, non_dominated, plot_fronts, write_table
-    from .records import TrialRecord, TrialStatus, records_from_mlflow, records_from_results
-    from .registry import Registered, register_models
-    from .report import build_report
-    from .run import main, run_sweep
-    from .searchers import make_searcher
-    from .space import SpaceParam, param_space, parse_space, trial_count
-    from .tracking import SweepState, finish_parent_run, start_parent_run
-    from .tuner import NothingToResumeError, SweepExistsError, build_tuner, restore_tuner
-    from .validate import validate_trials
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "SweepConfig": "sweep", "Objective": "sweep", "load_sweep": "sweep", "parse_sweep": "sweep", "apply_set": "sweep",
+    "SpaceParam": "sweep", "param_space": "sweep", "parse_space": "sweep", "trial_count": "sweep",
+    "validate_trials": "sweep",
+    "TrialRecord": "records", "TrialStatus": "records",
+    "build_tuner": "ray_tune", "restore_tuner": "ray_tune", "make_searcher": "ray_tune",
+    "SweepExistsError": "ray_tune", "NothingToResumeError": "ray_tune", "records_from_results": "ray_tune",
+    "MLflowTrialHook": "tracking", "reconcile": "tracking", "SweepState": "tracking", "start_parent_run": "tracking",
+    "finish_parent_run": "tracking", "records_from_mlflow": "tracking", "register_models": "tracking",
+    "sync_mlflow": "tracking",
+    "mark_front": "results", "non_dominated": "results", "dominates": "results", "group_records": "results",
+    "select_best": "results", "equal_count_verdicts": "results", "build_report": "results",
+    "main": "run", "run_sweep": "run",
+})

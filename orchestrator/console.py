@@ -6,29 +6,33 @@ token-authentication notice and Tune's end-of-run INFO lines, Ray's per-checkpoi
 (``torch.utils.benchmark`` on a CPU-only host), MLflow's database-creation INFO lines and
 registry chatter ("Created version ..."), Optuna's "A new study created". Warnings and
 errors of every library, tracebacks, error-file paths and what trials print stay visible.
-What Tune itself shows (status line or table, one line per trial) is ``orchestrator.progress``.
+What Tune itself shows (status line or table, one line per trial) is ``orchestrator.ray_tune.progress``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["configure", "is_verbose", "quiet_optuna", "quiet_worker", "worker_runtime_env", "quiet_mlflow"]
+__all__ = ["configure", "is_verbose", "quiet_optuna", "quiet_worker", "worker_runtime_env", "quiet_mlflow",
+           "warn_untested_versions"]
 
-DRIVER_LEVELS: Mapping[str, int] = {
-    "ray._private.worker": logging.WARNING,  # "Started a local Ray instance."
-    "ray._private.authentication.authentication_token_setup": logging.ERROR,  # token auth on by default
-    "ray.tune.tune": logging.WARNING,  # "Wrote the latest version of all result files", "Total run time"
-    "mlflow.store.db.utils": logging.WARNING,  # "Creating initial MLflow database tables..."
-    "torch.utils.cpp_extension": logging.ERROR,  # "No CUDA runtime is found, using CUDA_HOME=..."
-}
-WORKER_LEVELS: Mapping[str, int] = {
-    "ray.train": logging.WARNING,  # "Checkpoint successfully created at: ..." once per epoch
-    "torch.utils.cpp_extension": logging.ERROR,
-}
+
+def _levels(where: str) -> dict[str, int]:
+    """Logger -> level of the notices hidden in the driver or in the trial workers."""
+    from trainables import ray_adapter
+
+    from . import mlflow_adapter
+
+    quiet = {**ray_adapter.QUIET_LOGGERS, **mlflow_adapter.QUIET_LOGGERS}
+    levels = {name: level for name, (place, level) in quiet.items() if place == where}
+    levels["torch.utils.cpp_extension"] = logging.ERROR  # "No CUDA runtime is found, using CUDA_HOME=..."
+    return levels
+
+
 _verbose = True
 
 
@@ -37,7 +41,7 @@ def configure(verbose: bool) -> None:
     global _verbose
     _verbose = verbose
     if not verbose:
-        for name, level in DRIVER_LEVELS.items():
+        for name, level in _levels("driver").items():
             logging.getLogger(name).setLevel(level)
 
 
@@ -56,7 +60,7 @@ def quiet_optuna() -> None:
 
 def quiet_worker() -> None:
     """Ray ``worker_process_setup_hook`` of a quiet sweep: runs first in every worker process."""
-    for name, level in WORKER_LEVELS.items():
+    for name, level in _levels("worker").items():
         logging.getLogger(name).setLevel(level)
 
 
@@ -72,10 +76,31 @@ def quiet_mlflow() -> Iterator[None]:
     if _verbose:
         yield
         return
-    from mlflow.utils.logging_utils import disable_logging, enable_logging
+    from .mlflow_adapter import suppressed_event_logs
 
-    disable_logging()
-    try:
+    with suppressed_event_logs():
         yield
-    finally:
-        enable_logging()
+
+
+def warn_untested_versions(prog: str) -> list[str]:
+    """One line on stderr per installed Ray or MLflow outside the range this project is tested
+    with (``TESTED`` of ``trainables.ray_adapter`` and ``orchestrator.mlflow_adapter``); the lines."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.specifiers import SpecifierSet
+    from trainables import ray_adapter
+
+    from . import mlflow_adapter
+
+    lines = []
+    for dist, tested in (("ray", ray_adapter.TESTED), ("mlflow", mlflow_adapter.TESTED)):
+        try:
+            installed = version(dist)
+        except PackageNotFoundError:
+            continue
+        if installed not in SpecifierSet(tested):
+            lines.append(f"{prog}: warning: {dist} {installed} is untested here; this project is tested with "
+                         f"{dist}{tested} (README, \"Supported versions\")")
+    for line in lines:
+        print(line, file=sys.stderr)
+    return lines

@@ -1,31 +1,39 @@
-"""One trial's outcome, :class:`TrialRecord`, built from Ray's results or from MLflow's runs.
+"""One trial's outcome, :class:`TrialRecord`, and the one status vocabulary, :class:`TrialStatus`.
 
-Both builders speak one status vocabulary, :class:`TrialStatus`; Ray's and MLflow's own
-words are mapped onto it here and nowhere else (``status_from_ray``, ``status_from_mlflow``,
-and :attr:`TrialStatus.mlflow` for the child run's writer). Importing this module is cheap:
-Ray, MLflow and ``trainables`` are imported by the functions that need them.
+A record means the same whichever source it is read from (Ray's results, in
+``ray_tune.results``, or the sweep's MLflow child runs, in ``tracking.runs``): both build it
+with :func:`make_record` from the trial's whole config and its last metrics. Ray's and
+MLflow's own status words are mapped onto :class:`TrialStatus` here and nowhere else.
+Importing this module is cheap: no Ray, no MLflow.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainables.failures import failure_reason
+from trainables.metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS
+from trainables.schema import flatten_overrides
+
 if TYPE_CHECKING:
-    from ray.tune import Result
+    from ray.tune.experiment import Trial
 
-    from .config import Objective, SweepConfig
-    from .tracking import SweepState
+    from .sweep import Objective, SweepConfig
 
-__all__ = ["TrialStatus", "TrialRecord", "status_from_ray", "status_from_mlflow", "trial_name", "trial_id",
-           "trial_error", "records_from_results", "records_from_mlflow"]
+__all__ = ["TrialStatus", "TrialRecord", "make_record", "numeric_metrics", "error_message", "record_keys", "status_from_result",
+           "status_from_mlflow", "status_of_ray_trial", "ray_terminated", "TRIAL_METRICS", "RunLink"]
 
-_ALWAYS = ("search.method", "search.budget", "model.reparam")  # in every MLflow record's config
-_RAY_DONE = "done"  # Ray sets it to True once it ended a trial, replacing the trial's own "done"
+RunLink = tuple[str | None, str | None]
+"""(MLflow child run id, fused model URI) of a trial, where known."""
+_DONE = "done"  # Ray sets it to True once it ended a trial, replacing the trial's own "done"
+TRIAL_METRICS: tuple[str, ...] = tuple(n for n in EPOCH_METRICS + FINAL_METRICS + OPTIONAL_FINAL_METRICS if n != _DONE)
+"""Every metric a trial reports but its ``done`` marker (its status says that): what a record's
+``metrics`` and a child run's metric rows hold (others are Ray's own)."""
+_ALWAYS = ("search.method", "search.budget", "model.reparam")  # in every record's config
 
 
 class TrialStatus(str, Enum):
@@ -48,51 +56,24 @@ class TrialStatus(str, Enum):
 
     @property
     def mlflow(self) -> str:
-        """The MLflow run status of a child run in this state (a stopped trial's run is FINISHED
-        with tag ``repnas.stopped_early``)."""
+        """The MLflow run status of a run in this state (a stopped trial's run is FINISHED with
+        tag ``repnas.stopped_early``; a sweep's parent run takes RUNNING, FINISHED or FAILED)."""
         return {TrialStatus.FINISHED: "FINISHED", TrialStatus.STOPPED: "FINISHED", TrialStatus.FAILED: "FAILED",
                 TrialStatus.KILLED: "KILLED"}.get(self, "RUNNING")
 
 
-@dataclass
-class TrialRecord:
-    """One trial's outcome as the Pareto table, the registry and the report see it."""
-
-    trial_id: str
-    trial_name: str
-    status: TrialStatus
-    config: dict[str, Any] = field(default_factory=dict)  # the sampled dotted keys
-    budget: Any = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    run_id: str | None = None
-    model_uri: str | None = None
-    error: str | None = None
-    pareto: bool = False
-    resume: str | None = None  # for a failed trial: what ``--resume`` will do about it
-
-    def value(self, metric: str) -> float:
-        """The metric as a float (NaN when missing or not numeric)."""
-        try:
-            return float(self.metrics[metric])
-        except (KeyError, TypeError, ValueError):
-            return math.nan
-
-
-def status_from_ray(result: Result) -> TrialStatus:
-    """The status of a Ray Tune result: failed (Ray's error, or the trial reported that it
-    diverged), pending (never reported), finished or stopped (Ray ended it after or before the
-    final metrics), else running."""
-    from trainables.failures import failure_reason
-    from trainables.metrics import FINAL_METRICS
-
-    metrics = result.metrics or {}
-    if result.error is not None or failure_reason(metrics):
+def status_from_result(metrics: Mapping[str, Any], errored: bool) -> TrialStatus:
+    """The status of a trial from its last result (Ray's, with Ray's own keys) and whether Ray
+    recorded an error: failed (Ray's error, or the trial reported that it diverged), pending
+    (never reported), finished or stopped (Ray ended it after or before the final metrics),
+    else running."""
+    if errored or failure_reason(metrics):
         return TrialStatus.FAILED
     if "training_iteration" not in metrics:
         return TrialStatus.PENDING
-    if not metrics.get(_RAY_DONE):
+    if not metrics.get(_DONE):
         return TrialStatus.RUNNING
-    final = all(k in metrics for k in FINAL_METRICS if k != _RAY_DONE)
+    final = all(k in metrics for k in FINAL_METRICS if k != _DONE)
     return TrialStatus.FINISHED if final else TrialStatus.STOPPED
 
 
@@ -103,32 +84,96 @@ def status_from_mlflow(status: str, stopped_early: bool = False) -> TrialStatus:
     return {"FAILED": TrialStatus.FAILED, "KILLED": TrialStatus.KILLED}.get(status, TrialStatus.RUNNING)
 
 
-def trial_name(result: Result) -> str:
-    """The trial's name: its folder's (``repnas_trial_<id>``)."""
-    return Path(result.path).name if result.path else str((result.metrics or {}).get("trial_id", "?"))
+def ray_terminated(trial: Trial) -> bool:
+    """Whether Ray Tune ended a live trial for good (``TERMINATED``: a restore never reruns it)."""
+    return trial.status == "TERMINATED"
 
 
-def trial_id(result: Result) -> str:
-    """Ray's id of the trial."""
-    return str((result.metrics or {}).get("trial_id") or trial_name(result).rsplit("_", 1)[-1])
+def status_of_ray_trial(trial: Trial) -> TrialStatus:
+    """The status of a live Tune trial (``Trial.status`` and its last result)."""
+    if trial.status in ("PENDING", "PAUSED"):
+        return TrialStatus.PENDING
+    if trial.status == "RUNNING":
+        return TrialStatus.RUNNING
+    return status_from_result(trial.last_result or {}, errored=trial.status == "ERROR")
 
 
-def trial_error(result: Result) -> str | None:
-    """Why a trial failed, ``Type: message`` (Ray's error or the diverged trial's report); None if it did not."""
-    from trainables.failures import failure_reason
+def error_message(error: BaseException) -> str:
+    """A trial's error as ``Type: message``: the project's own exception when Ray wrapped one
+    (``RayTaskError.cause``)."""
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {cause}"
 
-    from .repair import error_message
 
-    return error_message(result.error) if result.error is not None else failure_reason(result.metrics or {})
+def numeric_metrics(values: Mapping[str, Any], names: Sequence[str] | None = None) -> dict[str, float]:
+    """The int and float values of ``values`` (not bools, strings or None), as floats; only
+    ``names`` when given. The one filter of what is a metric (records, MLflow rows)."""
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and (names is None or k in names)}
+
+
+@dataclass
+class TrialRecord:
+    """One trial's outcome as the summary, the Pareto table, the registry and the report see it.
+
+    ``config``: the trial's values of the space's keys, sampled or constant, and of
+    ``search.method``, ``search.budget``, ``model.reparam`` (a ``search.*`` key at the base
+    trial's value left out, so a method's label names only what the space changed).
+    ``metrics``: the trial's own metrics (``TRIAL_METRICS``) of its last report, plus
+    ``epoch_time_mean_s`` (``train_seconds / epoch``). ``run_id``/``model_uri``: its MLflow
+    child run and fused model, where known.
+    """
+
+    trial_id: str
+    trial_name: str
+    status: TrialStatus
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    model_uri: str | None = None
+    error: str | None = None
+    pareto: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """Every epoch ran and the fused model exists (what comparisons and the registry use)."""
+        return self.status is TrialStatus.FINISHED
+
+    def value(self, metric: str) -> float:
+        """The metric as a float (NaN when missing)."""
+        return self.metrics.get(metric, math.nan)
+
+
+def record_keys(cfg: SweepConfig) -> list[str]:
+    """The flat trial keys a record's config holds: the always-shown ones and every key the space
+    sets, sampled or constant (a mapping-valued key: each of its keys)."""
+    keys: list[str] = list(_ALWAYS)
+    for p in cfg.space:
+        nested = {k for v in p.values if isinstance(v, Mapping) for k in flatten_overrides(v)}
+        keys += [f"{p.key}.{k}" for k in sorted(nested)] if nested else [p.key]
+    return list(dict.fromkeys(key.removeprefix("trial.") for key in keys))
+
+
+def make_record(cfg: SweepConfig, trial_id: str, trial_name: str, status: TrialStatus, config: Mapping[str, Any],
+                metrics: Mapping[str, Any], error: str | None = None, run_id: str | None = None,
+                model_uri: str | None = None) -> TrialRecord:
+    """A record from any source: ``config`` is the trial's whole config, flat (dotted keys),
+    ``metrics`` its last report. A finite-looking record whose objective is not finite fails
+    (it cannot be ranked)."""
+    base = flatten_overrides(cfg.base.to_dict())
+    shown = {k: config[k] for k in record_keys(cfg) if k in config
+             and (k in _ALWAYS or not k.startswith("search.") or config[k] != base.get(k))}
+    values = numeric_metrics(metrics, TRIAL_METRICS)
+    if values.get("epoch"):
+        values["epoch_time_mean_s"] = values.get("train_seconds", math.nan) / values["epoch"]
+    record = TrialRecord(trial_id, trial_name, status, shown, values, run_id, model_uri,
+                         _first_line(error) if error else None)
+    return _judge(record, cfg.objectives)
 
 
 def _first_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[0][:300] if lines else text
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _judge(record: TrialRecord, objectives: Sequence[Objective]) -> TrialRecord:
@@ -137,76 +182,3 @@ def _judge(record: TrialRecord, objectives: Sequence[Objective]) -> TrialRecord:
     if bad and record.error is None:
         record.error, record.status = f"non-finite {', '.join(bad)}", TrialStatus.FAILED
     return record
-
-
-def records_from_results(results: Iterable[Result], cfg: SweepConfig) -> list[TrialRecord]:
-    """One record per trial of a Ray ``ResultGrid``, by name (metrics of its last report; for a
-    failed one, the first line of its error and what ``--resume`` will do about it)."""
-    from trainables.schema import flatten_overrides
-
-    from .repair import resume_advice
-
-    base_budget = cfg.base_trial().get("search", {}).get("budget", 0.34)
-    records = []
-    for result in results:
-        config = flatten_overrides(result.config or {})
-        error = trial_error(result)
-        record = _judge(TrialRecord(
-            trial_id=trial_id(result), trial_name=trial_name(result), status=status_from_ray(result),
-            config=config, budget=config.get("search.budget", base_budget),
-            metrics={k: v for k, v in (result.metrics or {}).items() if _number(v)},
-            error=_first_line(error) if error else None), cfg.objectives)
-        record.resume = resume_advice(result) if record.error else None
-        records.append(record)
-    return sorted(records, key=lambda r: r.trial_name)
-
-
-def _space_keys(cfg: SweepConfig) -> list[str]:
-    """The flat trial keys the space sets, sampled or constant (a mapping-valued key: each of its keys)."""
-    keys: list[str] = []
-    for p in cfg.space:
-        nested = {k for v in p.values if isinstance(v, dict) for k in v}
-        keys += [f"{p.key}.{k}" for k in sorted(nested)] if nested else [p.key]
-    return keys
-
-
-def _typed(value: str) -> Any:
-    """An MLflow param (a string) back to its YAML value."""
-    import yaml
-
-    try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
-
-
-def records_from_mlflow(cfg: SweepConfig, state: SweepState) -> list[TrialRecord]:
-    """One record per child run of the sweep's parent run, by name (configs typed, epoch times added).
-
-    A ``search.*`` key left at the base trial's value is dropped from the config, so a
-    method's label names only what the space changed (``odbb k=20 epochs=14``).
-    """
-    from mlflow.tracking import MlflowClient
-    from trainables.config import TrialConfig
-
-    from .tracking import TAG_ERROR, TAG_STOPPED, TAG_TRIAL_ID, child_runs, mlflow_params
-
-    client = MlflowClient(state.tracking_uri)
-    keys = list(dict.fromkeys([*_ALWAYS, *_space_keys(cfg)]))
-    base = {p.key: p.value for p in mlflow_params(TrialConfig.from_dict(cfg.base_trial()).to_dict())}
-    records = []
-    for name, run in sorted(child_runs(state).items()):
-        params, tags = run.data.params, run.data.tags
-        metrics = dict(run.data.metrics)
-        times = [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
-        if times:
-            metrics["epoch_time_mean_s"] = sum(times) / len(times)
-            metrics["train_time_s"] = sum(times)
-        config = {k: _typed(params[k]) for k in keys if k in params
-                  and (k in _ALWAYS or not k.startswith("search.") or params[k] != base.get(k))}
-        records.append(_judge(TrialRecord(
-            trial_id=tags.get(TAG_TRIAL_ID, ""), trial_name=name,
-            status=status_from_mlflow(run.info.status, tags.get(TAG_STOPPED) == "true"), config=config,
-            metrics=metrics, run_id=run.info.run_id, error=tags.get(TAG_ERROR)),
-            cfg.objectives))
-    return records

@@ -1,34 +1,32 @@
 """CLI: ``python -m orchestrator.run SWEEP.yaml [--resume] [--dry-run] [--verbose] [--set KEY=VALUE ...]``.
 
-Exit codes: 0 success, 2 configuration / usage error (reported before Ray starts),
-1 the sweep failed (a trial errored, MLflow unreachable, interrupted).
+Exit codes (``trainables.errors``): 0 success, 2 configuration / usage error (reported
+before Ray starts), 1 the sweep failed (a trial errored, MLflow unreachable, interrupted).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 
 import yaml
-from trainables.config import TrialConfig
+from trainables.errors import EXIT_FAILED, EXIT_OK, run_command
+from trainables.schema import ConfigError
 
 from . import console
-from .config import ConfigError, SweepConfig, load_sweep
-from .lock import SweepLock, SweepLockedError
-from .preflight import check_tracking
 from .redact import error_line, redact
-from .space import sample_overrides, trial_count
+from .sweep import SweepConfig, SweepLock, load_sweep, sample_overrides, storage, trial_count
+from .tracking.preflight import check_tracking
 
 __all__ = ["main", "parse_args", "run_sweep", "dry_run"]
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+PROG = "repnas-sweep"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    parser = argparse.ArgumentParser(prog="repnas-sweep", description="Run a RepNAS sweep on Ray Tune.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Run a RepNAS sweep on Ray Tune.")
     parser.add_argument("sweep", help="sweep YAML file (see docs/sweep-config.md)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved sweep and sample trials; no Ray")
@@ -40,18 +38,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _error(message: str) -> None:
-    print(f"repnas-sweep: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     """Print the resolved sweep and the first ``count`` sampled trial overrides."""
     print(f"# resolved sweep {cfg.name!r} (from {cfg.source})")
     print(redact(yaml.safe_dump(cfg.to_dict(), sort_keys=False)).rstrip())
-    base = cfg.base_trial()
     total = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples)
     print(f"\n# {total} trials; the first {min(count, total)} (dotted keys applied on top of trial:)")
     for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)):
-        TrialConfig.from_overrides(base, override)  # every sample must be a valid trial
+        cfg.trial_config(override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
 
 
@@ -59,46 +56,45 @@ def _init_ray(cfg: SweepConfig) -> None:
     """Connect to ``ray.address`` (or ``RAY_ADDRESS``, as under ``ray job submit``); with
     neither, start a fresh local Ray sized to the machine (never an unrelated running one).
     Then check that the trials fit the cluster and its storage (``ConfigError`` otherwise)."""
-    from .cluster import connect, validate_cluster
+    from trainables import ray_adapter
 
-    # A local Ray prestarts a default worker per CPU for its first driver and ray.init waits for
-    # them; Tune's trial actors carry a runtime_env, so they never run in those (~1.5 s saved).
-    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    from .ray_tune.cluster import connect, validate_cluster
+
+    ray_adapter.driver_env()
     connect(cfg, runtime_env=console.worker_runtime_env())
     validate_cluster(cfg)
 
 
 def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], None] = _init_ray) -> int:
     """Parent run -> Tuner (new or restored) -> fit -> Pareto, registry, summary."""
-    from . import _storage
-    from .repair import set_aside_torn_snapshots
-    from .tuner import NothingToResumeError, can_restore, check_fresh
+    from .ray_tune.repair import set_aside_torn_snapshots
+    from .ray_tune.tuner import NothingToResumeError, can_restore, check_fresh
 
     with SweepLock(cfg.experiment_path) as lock:
-        if _storage.exists(cfg.experiment_path):
+        if storage.exists(cfg.experiment_path):
             lock.acquire()  # a running driver is reported as such, not as "already exists"
         restorable = False
         if resume:
             set_aside_torn_snapshots(cfg.experiment_path)  # a kill while Ray copied it
             restorable = can_restore(cfg)
             # a driver killed before Ray recorded anything leaves only its folder: start the trials
-            if not restorable and not _storage.exists(cfg.experiment_path):
+            if not restorable and not storage.exists(cfg.experiment_path):
                 raise NothingToResumeError(f"nothing to resume at {cfg.experiment_path}; run without --resume")
         else:
             check_fresh(cfg)
+        init_ray(cfg)  # a cluster that cannot hold the trials is refused before the sweep leaves any trace
         lock.acquire()
-        return _run_locked(cfg, resume, restorable, init_ray)
+        return _run_locked(cfg, resume, restorable)
 
 
-def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Callable[[SweepConfig], None]) -> int:
-    """The sweep proper, while this driver holds the sweep's lock."""
-    from .child_run import MLflowTrialHook
-    from .summary import print_summary, summarize
-    from .sync import sync_mlflow
-    from .tracking import finish_parent_run, start_parent_run
-    from .tuner import build_tuner, restore_tuner
+def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool) -> int:
+    """The sweep proper, while this driver holds the sweep's lock (Ray is up)."""
+    from .ray_tune.tuner import build_tuner, restore_tuner
+    from .results.sweep_summary import print_summary, summarize
+    from .tracking.child_run import MLflowTrialHook
+    from .tracking.from_ray import sync_mlflow
+    from .tracking.parent_run import finish_parent_run, start_parent_run
 
-    init_ray(cfg)  # first: a cluster that cannot hold the trials is refused before MLflow sees the sweep
     state = start_parent_run(cfg, resume=resume)
     hooks = [MLflowTrialHook(state.tracking_uri, state.experiment_id, state.parent_run_id)]
     tuner = restore_tuner(cfg, hooks) if restorable else build_tuner(cfg, hooks)
@@ -111,8 +107,7 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Call
     unfinished = len(results) - results.num_terminated - results.num_errors
     try:  # MLflow is a view of Ray's results: fill in what trials could not log, then Pareto/registry
         sync_mlflow(cfg, state, results)
-        with console.quiet_mlflow():
-            summary = summarize(results, cfg, state)
+        summary = summarize(results, cfg, state)
     except Exception as err:  # noqa: BLE001 - any tracking failure: Ray's results are complete anyway
         _error(f"MLflow at {redact(state.tracking_uri)} failed after the trials ran "
                f"({error_line(err)}). Ray's results are "
@@ -123,41 +118,36 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, init_ray: Call
         print(f"\n{unfinished} trial(s) did not finish; continue with: "
               f"python -m orchestrator.run {cfg.source} --resume", file=sys.stderr)
         return EXIT_FAILED
-    errors = sum(1 for r in summary.records if r.error)  # Ray errors and diverged (NaN) trials
-    finish_parent_run(state, ok=errors == 0)
-    if errors:
-        print(f"\n{errors} of {len(results)} trial(s) failed (each error above says what --resume will do "
+    failed = len(summary.failed)  # Ray errors and diverged (NaN) trials
+    finish_parent_run(state, ok=failed == 0)
+    if failed:
+        print(f"\n{failed} of {len(results)} trial(s) failed (each error above says what --resume will do "
               f"about it: python -m orchestrator.run {cfg.source} --resume)", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _main(args: argparse.Namespace) -> int:
+    console.warn_untested_versions(PROG)
+    try:
+        cfg = load_sweep(args.sweep, args.set)
+    except ConfigError as err:
+        raise ConfigError("", f"invalid sweep file {args.sweep}: {err}") from None
+    if args.dry_run:
+        dry_run(cfg)
+        return EXIT_OK
+    problem = check_tracking(cfg.mlflow.tracking_uri)
+    if problem:
+        _error(problem + "; start it or point mlflow.tracking_uri / MLFLOW_TRACKING_URI elsewhere")
+        return EXIT_FAILED
+    return run_sweep(cfg, resume=args.resume, init_ray=_init_ray)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``repnas-sweep`` / ``python -m orchestrator.run``; returns the exit code."""
     args = parse_args(argv)
     console.configure(args.verbose)
-    try:
-        cfg = load_sweep(args.sweep, args.set)
-        if args.dry_run:
-            dry_run(cfg)
-            return EXIT_OK
-    except ConfigError as err:
-        _error(f"invalid sweep file {args.sweep}: {err}")
-        return EXIT_CONFIG
-    problem = check_tracking(cfg.mlflow.tracking_uri)
-    if problem:
-        _error(problem + "; start it or point mlflow.tracking_uri / MLFLOW_TRACKING_URI elsewhere")
-        return EXIT_FAILED
-    from .tuner import NothingToResumeError, SweepExistsError
-
-    try:
-        return run_sweep(cfg, resume=args.resume, init_ray=_init_ray)
-    except (SweepExistsError, NothingToResumeError, SweepLockedError) as err:
-        _error(str(err))
-        return EXIT_CONFIG
-    except ConfigError as err:  # the cluster cannot hold the trials (orchestrator.cluster)
-        _error(f"sweep {args.sweep} does not fit the Ray cluster: {err}")
-        return EXIT_CONFIG
+    return run_command(PROG, lambda: _main(args))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "is_checkpoint",
            "MANIFEST", "META", "CHECKED_FILES"]
 
@@ -27,7 +29,7 @@ MANIFEST, META, CHECKED_FILES = _MANIFEST, _META, (_TENSORS, _META)
 """The manifest's and the JSON meta's file names, and the files whose size and SHA-256 it records."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, truncated or corrupt."""
 
 

@@ -18,21 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, is_checkpoint
+from .checkpoint import is_checkpoint
 from .config import TrialConfig
+from .errors import EXIT_OK, UserError, run_command
 from .metrics import PHASES
-from .schema import ConfigError, parse_override
+from .schema import parse_override
 from .sweepfile import load_trial_section
 from .trial import CHECKPOINT_DIR, run_trial
 
 __all__ = ["main"]
-
-_EXIT_USER_ERROR = 2
-
-
-class _UserError(Exception):
-    """A problem the user fixes (file, flag, config); printed without a traceback."""
-
 
 def _progress(total: int) -> Any:
     """A report callback printing one line per epoch."""
@@ -64,9 +58,9 @@ def _run(args: argparse.Namespace) -> None:
     output = Path(args.output)
     checkpoint = output / CHECKPOINT_DIR
     if args.resume and not is_checkpoint(checkpoint):
-        raise _UserError(f"--resume: no checkpoint in {checkpoint}; run without --resume to start")
+        raise UserError(f"--resume: no checkpoint in {checkpoint}; run without --resume to start")
     if not args.resume and is_checkpoint(checkpoint):
-        raise _UserError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+        raise UserError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     print(f"trainables.cli: {config.model.name} on {config.data.dataset}, method {config.search.method}, "
           f"budget {config.search.budget}, {config.search.epochs} epochs -> {output}", flush=True)
     result = run_trial(config, output, resume_from=checkpoint if args.resume else None,
@@ -88,12 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a trial key, e.g. --set search.budget=0.5 (repeatable)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         _run(args)
-    except (ConfigError, CheckpointError, _UserError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return _EXIT_USER_ERROR
-    return 0
+        return EXIT_OK
+
+    return run_command(parser.prog, body)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ larger than the candidate count) happen in ``trainables.build``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_origin, get_type_hints
 
@@ -31,7 +31,7 @@ from .schema import (
 __all__ = [
     "TrialConfig",
     "check_trial_key",
-    "under_preset",
+    "layer_trial",
     "ModelConfig",
     "DataConfig",
     "SearchConfig",
@@ -64,7 +64,7 @@ RECIPE_PRESETS: dict[str, dict[str, Any]] = {
               "two_stage": True},
 }
 """Named search recipes for ``trial.search.preset``: the ``trial.search`` keys each one sets
-(over an earlier layer's values, see ``under_preset``; keys written beside it win).
+(over an earlier layer's values, see ``layer_trial``; keys written beside it win).
 ``paper`` is the defaults (the RepNAS schedule). ``short`` is what the outer sweep
 ``configs/fashion_mnist_deep_recipe.yaml`` chose on validation for a 10-epoch schedule: no
 random phase, one search epoch with alpha's step sized to it and the noise annealed to 0,
@@ -75,7 +75,7 @@ _Dataset = Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "i
 _Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Host network from ``searchspace.list_models()``, its ``build_model`` options and training form.
 
@@ -97,7 +97,7 @@ class ModelConfig:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Dataset, split and loader settings."""
 
@@ -125,7 +125,7 @@ def _arch_lr_check(value: Any) -> str | None:
     return None if value == "auto" else _check_arch_lr_value(value)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
     """The inner one-stage search (or a fixed baseline) and its schedule."""
 
@@ -226,7 +226,7 @@ class SearchConfig:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """Weight optimiser: SGD with momentum, cosine lr per iteration, clipping."""
 
@@ -236,7 +236,7 @@ class OptimConfig:
     grad_clip: float | None = field(default=5.0, metadata=rule(between(0.0, float("inf"), low_open=True)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how the trial runs."""
 
@@ -252,7 +252,7 @@ class RuntimeConfig:
                                                           "set it to false or train on cuda")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportConfig:
     """What the end of a trial writes, and how long latency is measured per model."""
 
@@ -260,7 +260,7 @@ class ExportConfig:
     latency_min_run_time: float = field(default=0.5, metadata=rule(between(0.0, 60.0, low_open=True)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs; the ``trial:`` section of a sweep file."""
 
@@ -285,34 +285,43 @@ class TrialConfig:
 
     @classmethod
     def from_overrides(cls, base: Mapping[str, Any], overrides: Mapping[str, Any], path: str = "trial") -> TrialConfig:
-        """The trial that ``base`` (a ``trial:`` mapping) with dotted ``overrides`` applied describes.
+        """The trial that ``base`` (a ``trial:`` mapping) with ``overrides`` layered on top
+        (:func:`layer_trial`) describes: the one way a sampled or ``--set`` trial becomes a config."""
+        return cls.from_dict(layer_trial(base, overrides, path), path)
 
-        The one way a sampled or ``--set`` trial becomes a config: a leading ``trial.`` is
-        dropped from each key, and a mapping value sets each of its keys (a space group:
-        ``{"search": {"method": "dbb"}}`` sets ``search.method``, see ``flatten_overrides``).
-        """
-        flat = {key.removeprefix("trial."): value for key, value in flatten_overrides(overrides).items()}
-        if "search.preset" in flat:  # the preset replaces base's values; keys set beside it win
-            base = under_preset(base, flat["search.preset"], join_path(path, "search.preset"))
-        return cls.from_dict(apply_overrides(base, flat), path)
+    def with_threads(self, cpus: float | None) -> TrialConfig:
+        """This config with ``runtime.num_threads`` unset resolved to the ``cpus`` the trial (or
+        each of its DDP workers) was given, at least 1; unchanged when set or ``cpus`` is unknown.
+        The one place the thread count is decided (the driver, so MLflow params show it, and the
+        trainable, for library use without the driver)."""
+        if self.runtime.num_threads is not None or cpus is None:
+            return self
+        return replace(self, runtime=replace(self.runtime, num_threads=max(1, int(cpus))))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form that ``from_dict`` reads back unchanged."""
         return dump_dataclass(self)
 
 
-def under_preset(trial: Mapping[str, Any], preset: Any, path: str = "trial.search.preset") -> dict[str, Any]:
-    """``trial`` (a ``trial:`` mapping) without its ``search`` values of the keys ``preset`` sets.
+def layer_trial(base: Mapping[str, Any], overrides: Mapping[str, Any], path: str = "trial") -> dict[str, Any]:
+    """``base`` (a ``trial:`` mapping) with ``overrides`` set as a later layer: the one way trial
+    layers combine (an extending sweep file over its base, ``--set``, a sampled trial).
 
-    A preset written in a later layer (an extending sweep file, a sampled or ``--set``
-    value) so replaces an earlier layer's values (the base file's ``search_epochs: 3``)
-    instead of being shadowed by them; keys written beside the preset still win.
+    ``overrides`` holds dotted keys (a leading ``trial.`` is dropped) or nested mappings; a
+    mapping value sets each of its keys (``{"search": {"method": "dbb"}}`` sets
+    ``search.method``, as a space group does). A ``search.preset`` among them replaces the
+    values ``base`` gives the keys that preset sets (a base file's ``search_epochs: 3`` does
+    not shadow a later preset); keys set beside the preset still win.
     """
-    _check_preset(preset, path)
-    search = trial.get("search")
-    if not isinstance(search, Mapping):
-        return dict(trial)
-    return {**trial, "search": {k: v for k, v in search.items() if k not in RECIPE_PRESETS[preset]}}
+    flat = {key.removeprefix("trial."): value for key, value in flatten_overrides(overrides).items()}
+    preset_path = join_path(path, "search.preset")
+    if "search.preset" in flat:
+        _check_preset(flat["search.preset"], preset_path)
+        search = base.get("search")
+        if isinstance(search, Mapping):
+            dropped = RECIPE_PRESETS[flat["search.preset"]]
+            base = {**base, "search": {k: v for k, v in search.items() if k not in dropped}}
+    return apply_overrides(base, flat)
 
 
 def _with_preset(data: Any, path: str) -> Any:

@@ -36,9 +36,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
+from . import ray_adapter
 from .config import DataConfig, RuntimeConfig, TrialConfig
 from .data import DataBundle, make_loader
 from .engine import EngineSync, SearchEngine, derive_seed
+from .errors import RepnasError
 from .hooks import TrialHook
 from .placement import Loaders, Placement
 from .restore import restore_checkpoint
@@ -58,7 +60,7 @@ _SHARD_STREAM = 4  # seed stream of the sharded data order (the engine's are 1-3
 _POLL_S = 0.5
 
 
-class RankDivergenceError(RuntimeError):
+class RankDivergenceError(RepnasError, RuntimeError):
     """DDP ranks used different masks or alpha, or hold different weights."""
 
 
@@ -236,7 +238,7 @@ def _worker_loop(loop: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    cfg = TrialConfig.from_dict(loop["trial"])
+    cfg: TrialConfig = loop["trial"]
     placement = DDPPlacement(rank, world, ray.train.torch.get_device(), cfg.seed,
                              sync_bn=cfg.runtime.sync_bn, trace_dir=loop["trace_dir"])
     workdir = Path(tempfile.mkdtemp(prefix=f"repnas-rank{rank}-"))
@@ -262,25 +264,14 @@ def _worker_loop(loop: dict[str, Any]) -> None:
 def _forwarder(items: Any, acks: Any) -> Any:
     """A Train ``UserCallback`` handing each report to the Tune function, then waiting for
     its acknowledgement (so a stopped Tune trial stops the Train run too)."""
-    from ray.train.v2.api.callback import UserCallback
 
-    class _Forward(UserCallback):
+    class _Forward(ray_adapter.user_callback_class()):  # type: ignore[misc]
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
             items.put((metrics[0], checkpoint))
             if not acks.get():
                 raise RuntimeError("the Tune trial stopped; ending its Train run")
 
     return _Forward()
-
-
-def _worker_error(error: BaseException) -> BaseException:
-    """The lowest failing rank's own exception inside a Train ``WorkerGroupError`` (else
-    ``error``), so the Tune function sees e.g. ``NonFiniteLossError`` as with one worker."""
-    failures = getattr(error, "worker_failures", None) or {}
-    if not failures:
-        return error
-    wrapped = failures[min(failures)]
-    return getattr(wrapped, "_base_exc", wrapped)  # Train's UserExceptionWithTraceback
 
 
 def _remove_run(storage_path: str, name: str, filesystem: pyarrow.fs.FileSystem | None) -> None:
@@ -323,7 +314,7 @@ def run_distributed(
     items, acks = Queue(maxsize=1, actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"trial": config.to_dict(), "hooks": list(hooks), "trial_name": trial_name,
+        train_loop_config={"trial": config, "hooks": list(hooks), "trial_name": trial_name,
                            "resume": resume, "trace_dir": trace_dir},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -361,4 +352,4 @@ def run_distributed(
         if not thread.is_alive():
             _remove_run(storage_path, run_name, storage_filesystem)  # the caller holds copies
     if acked and "error" in outcome:
-        raise _worker_error(outcome["error"]) from outcome["error"]
+        raise ray_adapter.worker_exception(outcome["error"]) from outcome["error"]

@@ -22,6 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from searchspace import architecture_of, odbb_layers, reparameterize
 
+from .errors import RepnasError
+
 __all__ = [
     "FusionMismatchError",
     "ExportResult",
@@ -36,7 +38,7 @@ LOGIT_TOLERANCE = 1e-3
 """Allowed max |fused - supernet| logit difference, relative to max(1, |logits|)."""
 
 
-class FusionMismatchError(RuntimeError):
+class FusionMismatchError(RepnasError, RuntimeError):
     """The fused model does not compute what the supernet computes."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .errors import RepnasError
 from .metrics import EPOCH_METRICS
 
 __all__ = ["NonFiniteLossError", "check_finite", "failure_metrics", "failure_reason", "FAILED_KEY", "ERROR_KEY"]
@@ -21,7 +22,7 @@ __all__ = ["NonFiniteLossError", "check_finite", "failure_metrics", "failure_rea
 FAILED_KEY, ERROR_KEY = "failed", "error"
 
 
-class NonFiniteLossError(ArithmeticError):
+class NonFiniteLossError(RepnasError, ArithmeticError):
     """The training (or validation) loss became NaN or infinite."""
 
     def __init__(self, value: float, epoch: int, step: int | None = None, what: str = "training loss") -> None:

@@ -20,10 +20,13 @@ EPOCH_METRICS = (
     "branches_total",
     "lr",
     "epoch_time_s",
+    "train_seconds",
     "peak_memory_mb",
 )
-"""Reported after every epoch. ``epoch`` counts completed epochs (1-based). ``peak_memory_mb``
-is the trial's peak so far: CUDA tensors on a GPU, process RSS on CPU (``trainables.memory``)."""
+"""Reported after every epoch. ``epoch`` counts completed epochs (1-based). ``train_seconds``
+sums ``epoch_time_s`` over the trial's epochs so far (its training cost, across resumes).
+``peak_memory_mb`` is the trial's peak so far: CUDA tensors on a GPU, process RSS on CPU
+(``trainables.memory``)."""
 
 FINAL_METRICS = (
     "fused_val_acc",

@@ -8,7 +8,7 @@ silently starts from scratch: with no good checkpoint left it raises ``Checkpoin
 
 ``stored_checkpoints`` and ``stored_problem`` look at a trial's checkpoints where they
 are stored (any pyarrow filesystem, without downloading tensors); the driver uses them to
-repair what ``Tuner.restore`` is given (``orchestrator.repair``).
+repair what ``Tuner.restore`` is given (``orchestrator.ray_tune.repair``).
 """
 
 from __future__ import annotations

@@ -17,10 +17,13 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from .errors import UserError
+
 __all__ = [
     "ConfigError",
     "Check",
     "rule",
+    "derived",
     "did_you_mean",
     "join_path",
     "check_keys",
@@ -39,7 +42,7 @@ Check = Callable[[Any], "str | None"]
 """A range check: returns None when the value is fine, else what is expected."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user error in a config: ``path`` is the dotted key, ``message`` what is expected."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -79,6 +82,12 @@ def check_keys(data: Mapping[str, Any], allowed: Iterable[str], path: str) -> No
 def rule(check: Check) -> dict[str, Check]:
     """Field metadata carrying a range check: ``field(default=1, metadata=rule(at_least(1)))``."""
     return {"check": check}
+
+
+def derived() -> dict[str, bool]:
+    """Field metadata of a value validation sets, never read from the file (``load_dataclass``
+    rejects it as an unknown key): ``field(default=None, metadata=derived())``."""
+    return {"derived": True}
 
 
 def between(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
@@ -212,7 +221,8 @@ def load_dataclass(cls: type[T], data: Mapping[str, Any] | None, path: str = "")
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(path, f"expected a mapping, got {type(data).__name__} {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+              if f.init and not f.metadata.get("derived")}
     check_keys(data, fields, path)
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}

@@ -1,6 +1,6 @@
 """Reading sweep files: one YAML mapping after its ``extends:`` chain, and its ``trial:`` section.
 
-Both the sweep driver (``orchestrator.config``) and the one-search CLI (``trainables.cli``)
+Both the sweep driver (``orchestrator.sweep``) and the one-search CLI (``trainables.cli``)
 read sweep files this way, so ``extends:`` means the same to both.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .config import under_preset
+from .config import layer_trial
 from .schema import ConfigError
 
 __all__ = ["EXTENDS", "read_sweep_yaml", "load_trial_section"]
@@ -29,6 +29,8 @@ def read_sweep_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     file's keys merged on top: mappings merge key by key, other values (lists too)
     replace, and each ``space`` entry replaces the base's entry of that key whole; a
     ``space`` entry set to null removes the base's entry (the key then comes from ``trial:``).
+    The ``trial:`` sections layer as every trial layer does (``trainables.config.layer_trial``:
+    an empty mapping empties the key; a ``search.preset`` replaces the base's values of its keys).
     """
     return _read_extended(Path(path), ())
 
@@ -55,10 +57,8 @@ def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(base_name, str) or not base_name:
         raise ConfigError(EXTENDS, f"expected the path of a sweep file (relative to {str(path)!r}), got {base_name!r}")
     base = _read_extended(path.parent / base_name, (*seen, path.resolve()))
-    trial = data.get("trial")
-    search = trial.get("search") if isinstance(trial, Mapping) else None
-    if isinstance(search, Mapping) and "preset" in search and isinstance(base.get("trial"), Mapping):
-        base["trial"] = under_preset(base["trial"], search["preset"])  # this file's preset replaces the base's values
+    if isinstance(data.get("trial"), Mapping) and isinstance(base.get("trial"), Mapping):
+        data["trial"] = layer_trial(base.pop("trial"), data["trial"])  # a preset here replaces the base's values
     top_space = data.pop("space", None) or {}
     space = {**(base.pop("space", None) or {}), **top_space}
     for key in [key for key, value in top_space.items() if value is None]:

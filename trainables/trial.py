@@ -158,9 +158,11 @@ def run_trial(
             val_loss, val_acc = engine.evaluate(val_loader)
             check_finite(val_loss, engine.epoch, what="validation loss")
             mask = engine.eval_mask()
+            took = time.perf_counter() - tick
             values = {**train, "epoch": float(engine.epoch), "val_loss": val_loss, "val_acc": val_acc,
                       "branches_kept": float(mask.sum()), "branches_total": float(engine.num_candidates),
-                      "epoch_time_s": time.perf_counter() - tick, "peak_memory_mb": memory.peak_mb()}
+                      "epoch_time_s": took, "train_seconds": took + sum(row["epoch_time_s"] for row in history),
+                      "peak_memory_mb": memory.peak_mb()}
             metrics = {name: float(values[name]) for name in EPOCH_METRICS}
             save_alpha({"epoch": engine.epoch, **alpha_table(engine.layers, engine.alpha, mask)}, workdir / "alpha.json")
             extra: dict[str, Path] = {}

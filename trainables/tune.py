@@ -15,7 +15,6 @@ re-reports rank 0's results (``trainables.distributed``). Every result carries
 from __future__ import annotations
 
 import copy
-import dataclasses
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import ray_adapter
 from .config import TrialConfig
 from .distributed import NODE_KEY, WorkerResources, run_distributed
 from .failures import NonFiniteLossError, failure_metrics
@@ -33,39 +33,18 @@ from .trial import run_trial
 __all__ = ["make_trainable"]
 
 
-def _trial_cpus() -> int | None:
-    """CPUs Ray reserved for this trial (None when unknown)."""
-    from ray import tune
-
-    try:
-        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU")
-    except Exception:  # noqa: BLE001 - outside a Tune session
-        return None
-    return max(1, int(cpus)) if cpus else None
-
-
-def _with_threads(cfg: TrialConfig, workers: WorkerResources) -> TrialConfig:
-    """``cfg`` with ``runtime.num_threads: null`` set to the CPUs this trial (or each of its DDP
-    workers) was given; a new config, the validated one is left as it is."""
-    if cfg.runtime.num_threads is not None:
-        return cfg
-    threads = max(1, int(workers.cpus)) if cfg.runtime.workers > 1 else _trial_cpus()
-    return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, num_threads=threads))
-
-
 def _run_ddp(cfg: TrialConfig, workers: WorkerResources, hooks: list[TrialHook], trial_name: str) -> None:
     """The trial on a TorchTrainer whose storage lives under this trial's folder; rank 0's
     reports are re-reported to Tune with their checkpoints (``trainables.distributed``)."""
     from ray import tune
 
-    storage = tune.get_context().get_storage()
+    path, filesystem = ray_adapter.trial_storage()
 
     def report(metrics: dict[str, float], checkpoint: Any) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, filesystem=checkpoint.filesystem))
 
-    run_distributed(cfg, report, workers=workers, storage_path=storage.trial_fs_path,
-                    storage_filesystem=storage.storage_filesystem, hooks=hooks, trial_name=trial_name,
-                    resume=tune.get_checkpoint())
+    run_distributed(cfg, report, workers=workers, storage_path=path, storage_filesystem=filesystem, hooks=hooks,
+                    trial_name=trial_name, resume=tune.get_checkpoint())
 
 
 def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (), *,
@@ -77,14 +56,15 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
     the trial drives that many DDP workers, each with ``workers`` resources (default 1 CPU).
     """
     base = dict(base_trial)
-    TrialConfig.from_dict(base)
+    base_config = TrialConfig.from_dict(base)
 
     def repnas_trial(config: dict[str, Any]) -> None:
         import ray
         from ray import tune
 
         per_worker = workers or WorkerResources()
-        cfg = _with_threads(TrialConfig.from_overrides(base, config), per_worker)
+        cfg = TrialConfig.from_overrides(base, config) if config else base_config
+        cfg = cfg.with_threads(per_worker.cpus if cfg.runtime.workers > 1 else ray_adapter.trial_cpus())
         context = tune.get_context()
         workdir = Path(tempfile.mkdtemp(prefix=f"repnas-{context.get_trial_id()}-"))
         try:

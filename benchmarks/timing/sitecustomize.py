@@ -21,12 +21,12 @@ from types import ModuleType
 from typing import Any
 
 SPANS: dict[str, tuple[str, ...]] = {
-    "orchestrator.cluster": ("connect",),
-    "orchestrator.tracking": ("start_parent_run", "finish_parent_run"),
-    "orchestrator.child_run": ("MLflowTrialHook.on_start", "MLflowTrialHook.on_epoch", "MLflowTrialHook.on_end"),
-    "orchestrator._model": ("log_fused_model",),
-    "orchestrator.sync": ("sync_mlflow",),
-    "orchestrator.summary": ("summarize", "print_summary"),
+    "orchestrator.ray_tune.cluster": ("connect",),
+    "orchestrator.tracking.parent_run": ("start_parent_run", "finish_parent_run"),
+    "orchestrator.tracking.child_run": ("MLflowTrialHook.on_start", "MLflowTrialHook.on_epoch", "MLflowTrialHook.on_end"),
+    "orchestrator.tracking.fused_model": ("log_fused_model",),
+    "orchestrator.tracking.from_ray": ("sync_mlflow",),
+    "orchestrator.results.sweep_summary": ("summarize", "print_summary"),
     "trainables.trial": ("run_trial",),
     "trainables.checkpoint": ("save_checkpoint",),
     "trainables.export": ("export_model", "measure_latency", "_write_formats"),

@@ -11,11 +11,11 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from orchestrator.child_run import MLflowTrialHook
-from orchestrator.config import parse_sweep
-from orchestrator.sync import sync_mlflow
-from orchestrator.tracking import TAG_MODEL_URI, TAG_PARENT, TAG_TRIAL, SweepState, child_runs, start_parent_run
-from orchestrator.tuner import build_tuner
+from orchestrator.tracking.child_run import MLflowTrialHook
+from orchestrator.sweep import parse_sweep
+from orchestrator.tracking.from_ray import sync_mlflow
+from orchestrator.tracking.parent_run import TAG_MODEL_URI, TAG_PARENT, TAG_TRIAL, SweepState, child_runs, start_parent_run
+from orchestrator.ray_tune.tuner import build_tuner
 
 pytestmark = pytest.mark.slow
 # tags naming the run itself or where its model went: different for two runs of one trial

@@ -3,6 +3,7 @@ CLI, and a real two-node Ray cluster on 127.0.0.1 sharing one storage folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,8 +19,9 @@ import pytest
 from _servers import free_port
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cluster import check_cluster, check_storage, max_concurrent
-from orchestrator.config import ConfigError, parse_sweep
+from orchestrator.ray_tune.cluster import check_cluster, check_storage, max_concurrent
+from orchestrator.sweep import parse_sweep
+from trainables.schema import ConfigError
 
 CPU2 = [{"CPU": 2.0}]
 TWO_NODES = [{"CPU": 1.0}, {"CPU": 1.0}]
@@ -55,8 +57,7 @@ def test_trials_that_cannot_fit_are_refused(kit: Any, tmp_path: Path, resources:
 ])
 def test_trials_that_fit_report_how_many_run_at_once(kit: Any, tmp_path: Path, resources: dict[str, Any],
                                                      nodes: list[dict[str, float]], fit: int) -> None:
-    cfg = _cfg(kit, tmp_path, **resources)
-    cfg.storage_shared = True
+    cfg = dataclasses.replace(_cfg(kit, tmp_path, **resources), storage_shared=True)
     assert check_cluster(cfg, nodes) == fit
 
 
@@ -94,11 +95,15 @@ def test_unreachable_address_is_a_clear_error_before_anything_starts(kit: Any, t
     assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.rglob("repnas_sweep.json"))
 
 
-@pytest.mark.slow
-def test_gpu_request_on_a_cpu_only_ray_exits_2(kit: Any, tmp_path: Path, write_sweep: Callable[..., Path]) -> None:
+def test_gpu_request_on_a_cpu_only_local_ray_exits_2_before_ray_starts(kit: Any, tmp_path: Path,
+                                                                      write_sweep: Callable[..., Path]) -> None:
+    """The local Ray's size is known from the file: refused before it starts (the same check
+    on a live cluster: test_sweep_spans_a_two_node_cluster)."""
     path = write_sweep(kit.tiny_sweep(tmp_path, ray={"num_cpus": 2, "num_gpus": 0}, resources={"cpus": 1, "gpus": 1}))
     out = kit.run_cli([str(path)], cwd=tmp_path, timeout=60)
-    assert out.returncode == 2 and "resources.gpus" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "resources.gpus: trials ask for 1 GPU(s) per worker but the local Ray has no GPUs" in out.stderr
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.slow
@@ -192,6 +197,11 @@ def test_sweep_spans_a_two_node_cluster(kit: Any, tmp_path: Path, write_sweep: C
     env = {"RAY_ADDRESS": two_node_cluster, "RAY_AUTH_MODE": "disabled"}
     refused = kit.run_cli([str(path), "--set", "name=two-refused"], cwd=tmp_path, timeout=120, **env)
     assert refused.returncode == 2 and "storage_shared: true" in refused.stderr, refused.stderr[-2000:]
+    gpus = kit.run_cli([str(path), "--set", "name=two-gpus", "--set", "storage_shared=true", "--set", "resources.gpus=1"],
+                       cwd=tmp_path, timeout=120, **env)  # checked on the live cluster, not on this host
+    assert gpus.returncode == 2, gpus.stderr[-2000:]
+    assert f"resources.gpus: trials ask for 1 GPU(s) per worker but the Ray cluster at {two_node_cluster} has no GPUs" \
+        in gpus.stderr and not (shared / "two-gpus").exists()
     out = kit.run_cli([str(path), "--set", "storage_shared=true"], cwd=tmp_path, timeout=240, **env)
     assert out.returncode == 0, out.stderr[-3000:]
     nodes = set()

@@ -8,7 +8,7 @@ import statistics
 import pytest
 from scipy import stats
 
-from orchestrator.compare import (
+from orchestrator.results.method_stats import (
     equal_count_verdicts,
     form_verdicts,
     group_records,
@@ -56,7 +56,7 @@ def test_groups_select_on_validation_and_compare_at_equal_count() -> None:
         _record("odbb5", "odbb", 0.2, 0, val=0.8, test=0.81, kept=6, budget=5),
         _record("crashed", "odbb", 0.2, 3, val=0.99, test=0.99, kept=20, budget=20),
     ]
-    records[-1].error = "RuntimeError: boom"
+    records[-1].status, records[-1].error = TrialStatus.FAILED, "RuntimeError: boom"
     groups = group_records(records, ["test_acc", "val_acc"])
     assert [(g.method, g.tuned["optim.lr"], g.n) for g in groups] == [
         ("plain", 0.2, 1), ("odbb k=5", 0.2, 1), ("dbb", 0.05, 3), ("dbb", 0.2, 3), ("odbb k=20", 0.2, 3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 import ray
 import yaml
 
-from orchestrator.config import apply_set, load_sweep, parse_sweep, sqlite_path
+from orchestrator.sweep import apply_set, load_sweep, parse_sweep
+from orchestrator.sweep.tracking_uri import sqlite_path
 from trainables import ConfigError
 from orchestrator.run import main
 
@@ -198,7 +200,7 @@ def test_space_constants_go_into_the_base_trial(tmp_path: Path, kit: Any) -> Non
     raw = kit.tiny_sweep(tmp_path)
     raw["space"]["optim.momentum"] = 0.8
     cfg = parse_sweep(raw)
-    assert cfg.base_trial()["optim"]["momentum"] == 0.8
+    assert cfg.trial["optim"]["momentum"] == 0.8 and cfg.base.optim.momentum == 0.8
     assert [p.key for p in cfg.space if p.sampled] == ["search.budget", "optim.lr"]
 
 
@@ -209,7 +211,8 @@ def test_unset_threads_are_the_trials_cpus(tmp_path: Path, kit: Any, runtime: di
     """The config a trial runs is known on the driver (its MLflow params are the same from the hook or sync)."""
     raw = kit.tiny_sweep(tmp_path, resources={"cpus": cpus}, ray={"num_cpus": 4})
     raw["trial"]["runtime"] = {"device": "cpu", **runtime}
-    assert parse_sweep(raw).base_trial()["runtime"]["num_threads"] == threads
+    cfg = parse_sweep(raw)
+    assert cfg.trial["runtime"]["num_threads"] == threads and cfg.base.runtime.num_threads == threads
 
 
 def test_apply_set_creates_sections() -> None:
@@ -233,6 +236,10 @@ def test_dry_run_prints_samples_without_ray(tmp_path: Path, write_sweep: Any, ki
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_validate(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shipped config loads, runs the number of trials its header says, and the resolved
+    sweep that ``--dry-run`` prints reads back as the same sweep."""
+    from orchestrator.sweep import trial_count
+
     # GPU configs validate on a CPU machine only when pointed at a cluster or CPU
     overrides = []
     raw = yaml.safe_load(config.read_text())
@@ -240,7 +247,34 @@ def test_shipped_configs_validate(config: Path, monkeypatch: pytest.MonkeyPatch)
         overrides = ["resources.gpus=0", "ray.num_gpus=null"]
     monkeypatch.setattr("os.cpu_count", lambda: 64)
     cfg = load_sweep(config, overrides, env={})
-    assert any(p.sampled for p in cfg.space)
+    claimed = re.search(r"^#.*?(\d+) trials", config.read_text(), re.M)
+    if claimed:
+        assert trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples) == int(claimed.group(1))
+    assert parse_sweep(cfg.to_dict(), source=cfg.source) == cfg
+
+
+@pytest.mark.parametrize(("search", "space", "scheduler", "max_t"), [
+    ({"random_epochs": 1, "search_epochs": 1}, {}, {}, 150),  # epochs left to the default
+    ({"epochs": 2, "random_epochs": 1, "search_epochs": 1}, {"search.epochs": {"choice": [3, 7]}}, {}, 7),
+    ({"epochs": 2, "random_epochs": 1, "search_epochs": 1},
+     {"search": {"choice": [{"method": "dbb", "epochs": 9}, {"method": "odbb"}]}}, {}, 9),  # a group sets it
+    ({"epochs": 2, "random_epochs": 1, "search_epochs": 1}, {"search.epochs": {"randint": [3, 6]}}, {}, 5),
+    ({"epochs": 2, "random_epochs": 1, "search_epochs": 1}, {}, {"max_t": 4}, 4),  # the file's own max_t wins
+])
+def test_asha_max_t_is_the_longest_trial_the_space_can_sample(tmp_path: Path, kit: Any, search: dict[str, Any],
+                                                             space: dict[str, Any], scheduler: dict[str, Any],
+                                                             max_t: int) -> None:
+    """ASHA's ``max_t`` counts the trial's real epochs (one report each), from the validated
+    trials, not from the raw ``trial:`` mapping (which made it 100 for a default or sampled epochs)."""
+    from orchestrator.ray_tune.tuner import make_scheduler
+
+    raw = kit.tiny_sweep(tmp_path, scheduler={"type": "asha", **scheduler})
+    raw["trial"]["search"] = search
+    raw["space"].update(space)
+    cfg = parse_sweep(raw)
+    assert cfg.scheduler.max_t == max_t
+    assert (cfg.scheduler.metric, cfg.scheduler.mode) == ("val_acc", "max")  # the first objective's
+    assert make_scheduler(cfg)._max_t == max_t  # what Ray's ASHA is given
 
 
 def test_extends_merges_a_base_sweep_file(tmp_path: Path, write_sweep: Any, kit: Any,
@@ -277,14 +311,12 @@ def test_a_preset_replaces_the_values_of_an_earlier_layer(tmp_path: Path, write_
     """``search.preset`` written in an extending file, a sample or ``--set`` replaces the base
     file's values of its keys (the tiny trial's ``random_epochs: 1``); keys written beside it win.
     (An error would be silent otherwise: the preset applied by halves.)"""
-    from trainables import TrialConfig
-
     base = kit.tiny_sweep(tmp_path, name="base")
     base["space"] = {"optim.lr": {"choice": [0.05, 0.1]}}
     path = write_sweep(base, "base.yaml")
 
     def search(cfg: Any, overrides: dict[str, Any] | None = None) -> Any:
-        return TrialConfig.from_overrides(cfg.base_trial(), overrides or {}).search
+        return cfg.trial_config(overrides).search
 
     cfg = load_sweep(path, env={})
     assert (search(cfg).random_epochs, search(cfg).two_stage) == (1, False)
@@ -310,7 +342,7 @@ def test_validating_a_sweep_builds_its_models_without_importing_torch_dynamo(tmp
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    code = ("import sys; from orchestrator.config import load_sweep; "
+    code = ("import sys; from orchestrator.sweep import load_sweep; "
             f"load_sweep({str(root / 'configs' / 'fashion_mnist_deep_tuned.yaml')!r}); "
             "load_sweep(" + repr(str(root / "configs" / "quickstart.yaml")) + "); "
             "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'")

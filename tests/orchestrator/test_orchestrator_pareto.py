@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Objective
-from orchestrator.pareto import (
+from orchestrator.sweep import Objective
+from orchestrator.results.pareto import (
     best_by,
     dominates,
     format_table,
@@ -29,7 +29,8 @@ ACC_BRANCHES = [Objective("val_acc", "max"), Objective("branches_kept", "min")]
 
 def _rec(name: str, status: TrialStatus = TrialStatus.FINISHED, error: str | None = None, budget: float = 0.5,
          **metrics: float) -> TrialRecord:
-    return TrialRecord(trial_id=name, trial_name=name, status=status, metrics=metrics, budget=budget, error=error)
+    return TrialRecord(trial_id=name, trial_name=name, status=status, config={"search.budget": budget},
+                       metrics=metrics, error=error)
 
 
 def test_dominates_respects_modes() -> None:
@@ -91,7 +92,6 @@ def test_table_and_plot_files(tmp_path: Path) -> None:
                for i, (b, a, k, l, p) in enumerate([(0.2, 0.8, 6, 0.3, 7e4), (0.5, 0.9, 15, 0.4, 7e4),
                                                     (0.75, 0.85, 22, 0.2, 7e4)])]
     records.append(_rec("bad", status=TrialStatus.FAILED, error="NaN loss"))
-    records[0].config = {"search.budget": 0.2}
     mark_front(records, ACC_BRANCHES)
     csv_path, json_path = write_table(records, ACC_BRANCHES, tmp_path)
     rows = list(csv.DictReader(csv_path.open()))
@@ -108,11 +108,21 @@ def test_table_and_plot_files(tmp_path: Path) -> None:
     assert text.splitlines()[1].split()[2] == "finished" and "failed" in text.splitlines()[-1]
 
 
-@pytest.mark.parametrize("objectives", [[Objective("val_acc", "max")],
-                                        [Objective("val_acc", "max"), Objective("latency_fused_ms", "min"),
-                                         Objective("params_fused", "min")]])
-def test_plot_any_number_of_objectives(objectives: list[Objective], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("objectives", "panels"), [
+    ([Objective("val_acc", "max")], 3),  # no second objective: val_acc vs branches, latency, params
+    ([Objective("val_acc", "max"), Objective("branches_kept", "min")], 3),  # + latency, params (not objectives)
+    ([Objective("val_acc", "max"), Objective("latency_fused_ms", "min"), Objective("params_fused", "min")], 3),
+])
+def test_plot_any_number_of_objectives(objectives: list[Objective], panels: int, tmp_path: Path) -> None:
+    """One panel per (first objective, other metric) pair, each with its front drawn in red."""
+    import matplotlib.image
+
     records = [_rec(f"t{i}", val_acc=0.5 + i / 10, branches_kept=i, latency_fused_ms=1 - i / 10,
                     params_fused=1000 + i) for i in range(4)]
     mark_front(records, objectives)
-    assert plot_fronts(records, objectives, tmp_path / "p.png").is_file()
+    path = plot_fronts(records, objectives, tmp_path / "p.png")
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[1] == round(5.2 * 110) * panels  # figsize 5.2 in per panel at 110 dpi
+    red = (abs(pixels[..., 0] - 0.839) < 0.02) & (abs(pixels[..., 1] - 0.153) < 0.02) & (abs(pixels[..., 2] - 0.157) < 0.02)
+    width = pixels.shape[1] // panels
+    assert all(red[:, i * width:(i + 1) * width].sum() > 50 for i in range(panels))  # a front in every panel

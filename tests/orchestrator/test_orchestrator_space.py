@@ -11,9 +11,9 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical, Float, Integer
 
-from orchestrator.config import parse_sweep
-from orchestrator.searchers import make_searcher
-from orchestrator.space import param_space, parse_space, sample_overrides
+from orchestrator.sweep import parse_sweep
+from orchestrator.ray_tune.searchers import make_searcher
+from orchestrator.sweep.space import param_space, parse_space, sample_overrides
 
 
 def test_parse_and_convert_every_distribution() -> None:
@@ -64,8 +64,8 @@ def test_seeded_samples_are_reproducible() -> None:
 
 
 def test_grid_of_mappings_sets_several_trial_keys_together(tmp_path: Path, kit: Any) -> None:
-    from orchestrator.space import trial_count
-    from trainables import ConfigError, TrialConfig
+    from orchestrator.sweep.space import trial_count
+    from trainables import ConfigError
 
     methods = [{"method": "dbb"}, {"method": "odbb", "budget": 5}]
     cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"algorithm": "grid", "num_samples": 1},
@@ -73,8 +73,8 @@ def test_grid_of_mappings_sets_several_trial_keys_together(tmp_path: Path, kit: 
                                             "search.budget": 0.5, "optim.lr": 0.1}))
     assert trial_count(cfg.space, "grid", 1) == 6 and trial_count(cfg.space, "grid", 2) == 12
     assert trial_count(cfg.space, "optuna", 5) == 5
-    dbb = TrialConfig.from_overrides(cfg.base_trial(), {"search": methods[0], "seed": 2})
-    odbb = TrialConfig.from_overrides(cfg.base_trial(), {"trial.search": methods[1]})
+    dbb = cfg.trial_config({"search": methods[0], "seed": 2})
+    odbb = cfg.trial_config({"trial.search": methods[1]})
     # merged into the trial's search section: epochs etc. stay, the other keys change
     assert (dbb.search.method, dbb.search.epochs, dbb.seed) == ("dbb", 2, 2)
     assert (odbb.search.method, odbb.search.budget, odbb.search.random_epochs) == ("odbb", 5, 1)

@@ -16,7 +16,7 @@ import pytest
 from _servers import MlflowServer, free_port
 from mlflow.tracking import MlflowClient
 
-from orchestrator.pareto import dominates
+from orchestrator.results.pareto import dominates
 
 pytestmark = pytest.mark.slow
 EPOCH_KEYS = ("val_acc", "train_loss", "branches_kept", "epoch")

@@ -7,7 +7,7 @@ import os
 import mlflow
 import pytest
 
-from orchestrator.tracking import fluent_tracking_uri
+from orchestrator.tracking.parent_run import fluent_tracking_uri
 
 
 @pytest.mark.parametrize("before", [None, "http://127.0.0.1:5999"])

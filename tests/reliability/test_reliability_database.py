@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator._sqlite import create_database
+from orchestrator.tracking.sqlite import create_database
 
 pytestmark = pytest.mark.reliability
 
 _CREATE = """
 import sys
 from pathlib import Path
-from orchestrator._sqlite import create_database, use_wal
+from orchestrator.tracking.sqlite import create_database, use_wal
 use_wal()
 import mlflow.tracking._tracking_service.utils  # imported before the signal: the kill lands in creation
 print("go", flush=True)

@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from orchestrator.repair import plan_repair, set_aside_torn_snapshots
+from orchestrator.ray_tune.repair import plan_repair, set_aside_torn_snapshots
 from trainables.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.reliability

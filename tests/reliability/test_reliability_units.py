@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.lock import LOCK_FILE, SweepLock, SweepLockedError
+from orchestrator.sweep.lock import LOCK_FILE, SweepLock, SweepLockedError
 from orchestrator.redact import is_secret_key, redact
-from orchestrator.tracking import mlflow_params
+from orchestrator.tracking.parent_run import mlflow_params
 from trainables import CheckpointError, NonFiniteLossError, save_checkpoint
 from trainables.checkpoint import load_checkpoint, verify_checkpoint
 from trainables.failures import check_finite, failure_metrics, failure_reason

@@ -31,7 +31,7 @@ from trainables.gates import (
 from trainables.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 from trainables.trial import _check_resumable
 
-_TIMING = {"epoch_time_s", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}
+_TIMING = {"epoch_time_s", "train_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}
 
 
 def _engine(cfg: TrialConfig) -> tuple[SearchEngine, torch.utils.data.DataLoader]:

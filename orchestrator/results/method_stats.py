@@ -18,7 +18,7 @@ from typing import Any
 
 from trainables.config import RECIPE_PRESETS
 
-from .records import TrialRecord
+from ..records import TrialRecord
 
 __all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best", "form_verdicts",
            "equal_count_verdicts", "fixed_methods", "reference_verdicts"]
@@ -94,12 +94,12 @@ class GroupStats:
 
 def group_records(records: Sequence[TrialRecord], metrics: Sequence[str], replicate_key: str = "seed",
                   tuned_keys: Sequence[str] | None = None) -> list[GroupStats]:
-    """Mean/std groups of the finished trials (``done``), one per method and tuned setting.
+    """Mean/std groups of the finished trials, one per method and tuned setting.
 
     ``tuned_keys``: the sampled keys other than ``search.*`` and ``replicate_key``
     (default: every such key found in the records' configs).
     """
-    finished = [r for r in records if r.error is None and r.value("done") == 1.0]
+    finished = [r for r in records if r.finished]
     if tuned_keys is None:
         tuned_keys = sorted({k for r in finished for k in r.config
                              if not k.startswith("search.") and k not in (replicate_key, _REPARAM_KEY)})

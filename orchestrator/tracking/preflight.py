@@ -14,8 +14,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .config import sqlite_file
-from .redact import redact
+from ..redact import redact
+from ..sweep.tracking_uri import sqlite_file
 
 __all__ = ["check_tracking"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import SearcherConfig
+from ..sweep import SearcherConfig
 
 if TYPE_CHECKING:
     from ray.tune.search import Searcher

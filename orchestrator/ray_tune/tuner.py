@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _storage
-from .config import SweepConfig
+from trainables import ray_adapter
+from trainables.errors import UserError
+
+from ..sweep import SweepConfig, param_space, storage
 from .searchers import make_searcher
-from .space import param_space
 
 if TYPE_CHECKING:
     from ray import tune
@@ -20,24 +19,24 @@ if TYPE_CHECKING:
     from .progress import SweepReporter, TrialLines
 
 __all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "can_restore", "build_tuner",
-           "restore_tuner"]
+           "restore_tuner", "make_scheduler"]
 
 # Columns of Ray's progress table (``--verbose``).
 PROGRESS_METRICS: tuple[str, ...] = ("epoch", "train_loss", "val_acc", "branches_kept",
                                      "fused_val_acc", "latency_fused_ms")
 
 
-class SweepExistsError(RuntimeError):
+class SweepExistsError(UserError):
     """The sweep name is taken in this storage path and ``--resume`` was not given."""
 
 
-class NothingToResumeError(RuntimeError):
+class NothingToResumeError(UserError):
     """``--resume`` was given but there is no Tune experiment to restore."""
 
 
 def check_fresh(cfg: SweepConfig) -> None:
     """Refuse to start over an existing sweep directory (never overwrite)."""
-    if _storage.exists(cfg.experiment_path):
+    if storage.exists(cfg.experiment_path):
         src = cfg.source or "SWEEP.yaml"
         raise SweepExistsError(
             f"sweep {cfg.name!r} already exists at {cfg.experiment_path}. To continue it run "
@@ -51,7 +50,8 @@ def can_restore(cfg: SweepConfig) -> bool:
     space (one empty trial); such a sweep starts its trials afresh instead."""
     from ray import tune
 
-    return tune.Tuner.can_restore(cfg.experiment_path) and _storage.any_file(cfg.experiment_path, "experiment_state-", ".json")
+    return tune.Tuner.can_restore(cfg.experiment_path) and storage.any_file(
+        cfg.experiment_path, ray_adapter.SNAPSHOT_PREFIX, ray_adapter.SNAPSHOT_SUFFIX)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -68,21 +68,19 @@ def _trainable(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> Any:
     from .cluster import ddp_trial_resources
 
     r = cfg.resources
-    trainable = trainables.make_trainable(cfg.base_trial(), list(hooks), workers=WorkerResources(r.cpus, r.gpus))
+    trainable = trainables.make_trainable(cfg.trial, list(hooks), workers=WorkerResources(r.cpus, r.gpus))
     if r.workers > 1:  # the trial drives a TorchTrainer whose workers request their own resources
         return tune.with_resources(trainable, ddp_trial_resources())
     return tune.with_resources(trainable, {"cpu": r.cpus, "gpu": r.gpus})
 
 
-def _scheduler(cfg: SweepConfig, inherit_metric: bool) -> Any:
+def make_scheduler(cfg: SweepConfig, inherit_metric: bool = False) -> Any:
     s = cfg.scheduler
     if s.type == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         metric = {} if inherit_metric else {"metric": s.metric, "mode": s.mode}
-        epochs = cfg.base_trial().get("search", {}).get("epochs")
-        max_t = s.max_t or (epochs if isinstance(epochs, int) else 100)
-        return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=s.grace_period,
+        return ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor, **metric)
     from ray.tune.schedulers import FIFOScheduler
 
@@ -95,16 +93,9 @@ def _console(cfg: SweepConfig) -> tuple[SweepReporter, TrialLines]:
     from .progress import SweepReporter, TrialLines
 
     objectives = [o.metric for o in cfg.objectives]
-    params = [p.key for p in cfg.space if p.sampled]
+    params = [p.key for p in cfg.sampled]
     return (SweepReporter(list(dict.fromkeys(objectives + list(PROGRESS_METRICS))), params),
             TrialLines(objectives, params))
-
-
-def _output_env() -> None:
-    """Ray Tune's legacy output engine (it honours the CLIReporter); no snapshot-rate warnings
-    (``num_to_keep`` forces an experiment snapshot per checkpoint, by design)."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
@@ -114,7 +105,7 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     from .cluster import max_concurrent
     from .repair import CheckpointRepair
 
-    _output_env()
+    ray_adapter.driver_env()
     search = dataclasses.replace(cfg.search, max_concurrent=max_concurrent(cfg))  # cfg stays as validated
     single = len(cfg.objectives) == 1
     objective = cfg.objectives[0]
@@ -125,7 +116,7 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     reporter, trial_lines = _console(cfg)
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(search),
-        scheduler=_scheduler(cfg, inherit_metric=inherit),
+        scheduler=make_scheduler(cfg, inherit_metric=inherit),
         num_samples=cfg.search.num_samples,
         max_concurrent_trials=search.max_concurrent if optuna else None,
         metric=objective.metric if top_metric else None,
@@ -152,7 +143,7 @@ def restore_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     their last checkpoint (the search space and settings are those of the first run)."""
     from ray import tune
 
-    _output_env()
+    ray_adapter.driver_env()
     if not can_restore(cfg):
         raise NothingToResumeError(
             f"nothing to resume at {cfg.experiment_path} (no Ray Tune experiment state there); "

@@ -27,18 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from trainables.failures import failure_reason
+from trainables import ray_adapter
 from trainables.restore import checkpoint_number, stored_checkpoints, stored_history, stored_problem
-from trainables.schema import ConfigError
+
+from ..records import ray_terminated
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
-    from ray.tune import Result
     from ray.tune.experiment import Trial
 
-__all__ = ["CheckpointRepair", "Repair", "plan_repair", "set_aside_torn_snapshots", "error_message", "resume_advice"]
+__all__ = ["CheckpointRepair", "Repair", "plan_repair", "stored_metrics", "set_aside_torn_snapshots"]
 
-_SNAPSHOT_PREFIX, _TORN = "experiment_state-", ".torn"
+_TORN = ".torn"
 
 
 @dataclass(frozen=True)
@@ -83,68 +83,36 @@ def _name(path: str | None) -> str:
     return (path or "").rstrip("/").rsplit("/", 1)[-1]
 
 
-def _stored_metrics(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+def stored_metrics(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
     """Ray's metrics for a checkpoint the snapshot does not know: its last epoch's, and one
     training iteration per epoch (a trial reports once an epoch)."""
     history = stored_history(fs, path)
     return {**(history[-1] if history else {}), "training_iteration": len(history)}
 
 
-def _cause(error: BaseException) -> BaseException:
-    """The trial's own exception inside Ray's wrapper (``RayTaskError.cause``)."""
-    return getattr(error, "cause", None) or error
-
-
-def error_message(error: BaseException) -> str:
-    """A trial's error as ``Type: message``: the project exception's when Ray wrapped one."""
-    cause = _cause(error)
-    return f"{type(cause).__name__}: {cause}"
-
-
-def resume_advice(result: Result) -> str:
-    """What ``--resume`` will do for this failed trial, in a few words."""
-    if result.error is None:  # Ray counts it as finished: --resume never reruns it
-        if failure_reason(result.metrics or {}):
-            return "--resume does nothing: it diverged, and would diverge again (see the fix in its error)"
-        return "--resume does nothing: the trial finished, with a non-finite objective"
-    cause = _cause(result.error)
-    if isinstance(cause, ConfigError):
-        return (f"--resume cannot fix it: the error is in the config ({cause.path or 'the trial section'}); "
-                "fix that (a sampled value needs a new sweep: --set name=...), or make a missing path exist")
-    if not result.path or result.filesystem is None:
-        return "--resume restarts it from epoch 1"
-    fs = result.filesystem
-    plan = plan_repair(fs, result.path, result.checkpoint.path if result.checkpoint else None, num_to_keep=None)
-    if plan.latest is None:
-        return "--resume restarts it from epoch 1 (no intact checkpoint)"
-    epochs = _stored_metrics(fs, plan.latest)["training_iteration"]
-    return f"--resume retries it from {_name(plan.latest)} (after epoch {epochs})"
-
-
 def _repair_trial(trial: Trial) -> str | None:
     """Apply :func:`plan_repair` to a restored trial's checkpoint bookkeeping; the note, if any."""
-    from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
 
-    manager = trial.run_metadata.checkpoint_manager
-    fs = trial.storage.storage_filesystem
-    latest_result = manager.latest_checkpoint_result
-    known = {r.checkpoint.path.rstrip("/"): r for r in [*manager._checkpoint_results, latest_result] if r}
+    state = ray_adapter.checkpoint_state(trial)
+    if state is None:
+        return None
+    kept, latest_result, num_to_keep = state
+    fs = ray_adapter.trial_filesystem(trial)
+    known = {r.checkpoint.path.rstrip("/"): r for r in [*kept, latest_result] if r}
     named = latest_result.checkpoint.path if latest_result else None
-    plan = plan_repair(fs, trial.path, named, manager.checkpoint_config.num_to_keep)
-    results = [known.get(path) or _TrainingResult(Checkpoint(path, filesystem=fs), _stored_metrics(fs, path))
+    plan = plan_repair(fs, trial.path, named, num_to_keep)
+    results = [known.get(path) or ray_adapter.training_result(Checkpoint(path, filesystem=fs), stored_metrics(fs, path))
                for path in plan.keep]
-    manager._checkpoint_results = results
-    manager._latest_checkpoint_result = results[-1] if results else None
+    ray_adapter.set_checkpoint_state(trial, results)
     for path in plan.delete:
         try:
             fs.delete_dir(path)
         except OSError as err:  # it stays behind; nothing restores from it
             print(f"resume: could not delete {path} ({err})", file=sys.stderr)
     if plan.next_index is not None:
-        trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index, plan.next_index)
-    trial.run_metadata.invalidate_cache()
-    trial.invalidate_json_state()
+        ray_adapter.raise_checkpoint_index(trial, plan.next_index)
+    ray_adapter.invalidate_trial(trial)
     return plan.note
 
 
@@ -159,7 +127,7 @@ class CheckpointRepair(Callback):
             return
         self._done = True
         for trial in trials:
-            if trial.status == trial.TERMINATED or trial.run_metadata.checkpoint_manager is None:
+            if ray_terminated(trial):
                 continue
             note = _repair_trial(trial)
             if note:
@@ -175,7 +143,8 @@ def set_aside_torn_snapshots(experiment_path: str) -> list[str]:
     fs, root = pafs.FileSystem.from_uri(experiment_path)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     names = sorted((i.base_name for i in infos if i.type == pafs.FileType.File
-                    and i.base_name.startswith(_SNAPSHOT_PREFIX) and i.base_name.endswith(".json")), reverse=True)
+                    and i.base_name.startswith(ray_adapter.SNAPSHOT_PREFIX)
+                    and i.base_name.endswith(ray_adapter.SNAPSHOT_SUFFIX)), reverse=True)
     torn = []
     for name in names:
         with fs.open_input_stream(f"{root}/{name}") as f:

@@ -10,7 +10,6 @@ cannot fit: GPUs on a cluster without any, more workers than the nodes hold, a l
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 from trainables.schema import ConfigError
 
-from .config import SweepConfig
+from ..sweep import SweepConfig, check_fit
 
 __all__ = ["connect", "check_cluster", "check_storage", "validate_cluster", "max_concurrent",
            "ddp_trial_resources", "NETWORK_FILESYSTEMS"]
@@ -102,38 +101,12 @@ def check_storage(storage_path: str, shared: bool, num_nodes: int) -> None:
         "shared folder on every node, say so with storage_shared: true"))
 
 
-def _slots(node: Mapping[str, float], cpus: float, gpus: float) -> int:
-    """How many workers of (cpus, gpus) one node holds."""
-    fits = [math.floor(node.get("CPU", 0.0) / cpus + 1e-9)] if cpus > 0 else []
-    if gpus > 0:
-        fits.append(math.floor(node.get("GPU", 0.0) / gpus + 1e-9))
-    return min(fits) if fits else 0
-
-
 def check_cluster(cfg: SweepConfig, nodes: Sequence[Mapping[str, float]], where: str = "the cluster") -> int:
-    """Raise ``ConfigError`` unless one trial fits on ``nodes`` (each node's resources);
-    returns how many trials fit at once."""
-    r = cfg.resources
-    total_gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    total_cpus = sum(n.get("CPU", 0.0) for n in nodes)
-    want = f"{r.workers} worker(s) x ({r.cpus:g} CPU, {r.gpus:g} GPU)"
-    if r.gpus > 0 and total_gpus == 0:
-        raise ConfigError("resources.gpus", f"trials ask for {r.gpus:g} GPU(s) per worker but {where} has no GPUs "
-                                            "(resources.gpus: 0 trains on CPU)")
-    if r.gpus * r.workers > total_gpus:
-        raise ConfigError("resources.gpus", f"a trial needs {want} = {r.gpus * r.workers:g} GPU(s) but {where} "
-                                            f"has {total_gpus:g}")
-    if r.cpus * r.workers > total_cpus:
-        raise ConfigError("resources.cpus", f"a trial needs {want} = {r.cpus * r.workers:g} CPU(s) but {where} "
-                                            f"has {total_cpus:g}")
-    slots = sum(_slots(n, r.cpus, r.gpus) for n in nodes)
-    if slots < r.workers:
-        per_node = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
-        key = "resources.workers" if r.workers > 1 else "resources.cpus"
-        raise ConfigError(key, f"a trial needs {want} but no node arrangement of {where} holds them "
-                               f"(nodes: {per_node}; a worker never spans nodes)")
+    """Raise ``ConfigError`` unless one trial fits on ``nodes`` (each node's resources) and the
+    storage suits them; returns how many trials fit at once."""
+    fit = check_fit(cfg.resources, nodes, where)
     check_storage(cfg.storage_path, cfg.storage_shared, len(nodes))
-    return slots // r.workers
+    return fit
 
 
 def _live_nodes() -> list[Mapping[str, float]]:

@@ -17,12 +17,14 @@ import socket
 from pathlib import Path
 from typing import IO, Any
 
+from trainables.errors import UserError
+
 __all__ = ["SweepLockedError", "SweepLock", "LOCK_FILE", "pid_alive"]
 
 LOCK_FILE = "repnas_sweep.lock"
 
 
-class SweepLockedError(RuntimeError):
+class SweepLockedError(UserError):
     """Another driver is running this sweep."""
 
 

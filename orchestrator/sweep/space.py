@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trainables.schema import ConfigError, did_you_mean, join_path
+from trainables.schema import ConfigError, did_you_mean, flatten_overrides, join_path
 
 __all__ = ["SpaceParam", "parse_space", "param_space", "sample_overrides", "trial_count"]
 
@@ -35,6 +35,17 @@ class SpaceParam:
         if self.kind == "randint":  # Ray's randint excludes the upper bound
             return (self.values[0], self.values[1] - 1)
         return self.values
+
+    def key_values(self, key: str) -> tuple[Any, ...]:
+        """This dimension's :meth:`probe_values` at dotted trial ``key`` (a group's values for it,
+        from the mappings that set it); empty when it does not set ``key``."""
+        own = self.key.removeprefix("trial.")
+        if own == key:
+            return self.probe_values()
+        if not key.startswith(own + "."):
+            return ()
+        flat = [flatten_overrides(v) for v in self.values if isinstance(v, Mapping)]
+        return tuple(f[key[len(own) + 1:]] for f in flat if key[len(own) + 1:] in f)
 
     def to_spec(self) -> Any:
         """Back to the YAML form."""

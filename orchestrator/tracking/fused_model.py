@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .tracking import fluent_tracking_uri
+from .parent_run import fluent_tracking_uri
 
 __all__ = ["artifact_files", "load_fused", "log_fused_model"]
 

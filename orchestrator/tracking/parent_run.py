@@ -1,7 +1,7 @@
-"""MLflow tracking: the sweep's parent run, its child runs' tags and params, client settings.
+"""The sweep's MLflow parent run, its child runs' tags and params, MLflow client settings.
 
 The parent run id is kept in ``<storage>/<name>/repnas_sweep.json`` so a restarted driver
-reuses it. Each trial's child run is written by ``orchestrator.child_run`` (its id is kept in
+reuses it. Each trial's child run is written by ``tracking.child_run`` (its id is kept in
 the trial checkpoint and, failing that, found again by its trial-name tag ``TAG_TRIAL``, so a
 trial never gets two runs).
 """
@@ -23,18 +23,19 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from trainables.schema import flatten_overrides
 
-from . import _storage
-from .config import sqlite_file, sqlite_path
-from ._sqlite import create_database, use_wal
-from .redact import public_items, redact
+from ..records import RunLink, TrialStatus
+from ..redact import public_items, redact
+from ..sweep import storage
+from .sqlite import create_database, use_wal
+from ..sweep.tracking_uri import sqlite_file, sqlite_path
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-    from .config import SweepConfig
+    from ..sweep import SweepConfig
 
-__all__ = ["fluent_tracking_uri", "SweepState", "start_parent_run", "finish_parent_run", "child_runs", "log_parent_artifacts",
-           "client_defaults", "mlflow_params", "STATE_FILE", "MODEL_NAME", "TAG_SWEEP", "TAG_TRIAL",
+__all__ = ["fluent_tracking_uri", "SweepState", "start_parent_run", "finish_parent_run", "child_runs", "run_links",
+           "log_parent_artifacts", "client_defaults", "mlflow_params", "STATE_FILE", "MODEL_NAME", "TAG_SWEEP", "TAG_TRIAL",
            "TAG_TRIAL_ID", "TAG_MODEL_URI", "TAG_ERROR", "TAG_PARENT", "TAG_STOPPED"]
 
 STATE_FILE = "repnas_sweep.json"
@@ -65,12 +66,12 @@ class SweepState:
     def load(cls, cfg: SweepConfig) -> SweepState | None:
         """The saved state, or None for a sweep that never started (with the config's
         tracking URI: the file holds it redacted)."""
-        text = _storage.read_text(cls.path(cfg))
+        text = storage.read_text(cls.path(cfg))
         return cls(**{**json.loads(text), "tracking_uri": cfg.mlflow.tracking_uri}) if text else None
 
     def save(self, cfg: SweepConfig) -> None:
         """Write the state file (atomically on local disks), without credentials."""
-        _storage.write_text(self.path(cfg), json.dumps({**asdict(self), "tracking_uri": redact(self.tracking_uri)}, indent=2))
+        storage.write_text(self.path(cfg), json.dumps({**asdict(self), "tracking_uri": redact(self.tracking_uri)}, indent=2))
 
 
 def mlflow_params(data: Mapping[str, Any]) -> list[Param]:
@@ -133,12 +134,12 @@ def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     client = MlflowClient(cfg.mlflow.tracking_uri)
     state = SweepState.load(cfg) if resume else None
     if state is not None:
-        client.update_run(state.parent_run_id, status="RUNNING")
+        client.update_run(state.parent_run_id, status=TrialStatus.RUNNING.mlflow)
         return state
     experiment_id = _experiment_id(client, cfg)
     orphan = _unsaved_parent(client, experiment_id, cfg) if resume else None
     if orphan is not None:  # the driver died before it saved the parent run's id: reopen that run
-        client.update_run(orphan, status="RUNNING")
+        client.update_run(orphan, status=TrialStatus.RUNNING.mlflow)
         state = SweepState(cfg.name, cfg.mlflow.tracking_uri, experiment_id, orphan)
         state.save(cfg)
         return state
@@ -185,7 +186,8 @@ def log_parent_artifacts(state: SweepState, files: list[Path], artifact_path: st
 
 def finish_parent_run(state: SweepState, ok: bool) -> None:
     """Mark the parent run FINISHED or FAILED."""
-    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
+    status = TrialStatus.FINISHED if ok else TrialStatus.FAILED
+    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, status.mlflow)
 
 
 def child_runs(state: SweepState) -> dict[str, Run]:
@@ -194,3 +196,8 @@ def child_runs(state: SweepState) -> dict[str, Run]:
     runs = client.search_runs([state.experiment_id], f"tags.{TAG_PARENT} = '{state.parent_run_id}'",
                               max_results=50000)
     return {r.data.tags.get(TAG_TRIAL, r.info.run_name): r for r in runs}
+
+
+def run_links(runs: dict[str, Run]) -> dict[str, RunLink]:
+    """Trial name -> (child run id, fused model URI) of ``child_runs``."""
+    return {name: (run.info.run_id, run.data.tags.get(TAG_MODEL_URI)) for name, run in runs.items()}

@@ -1,6 +1,7 @@
 """Pareto front over any number of objectives: non-dominated sort, table, plot.
 
-Pure functions over :class:`~orchestrator.records.TrialRecord` lists; no Ray, no MLflow.
+Pure functions over :class:`~orchestrator.records.TrialRecord` lists (which models the
+registry gets, too); no Ray, no MLflow.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from .records import TrialRecord, TrialStatus
+from ..records import TrialRecord, TrialStatus
 
 __all__ = [
     "dominates", "non_dominated", "is_valid", "mark_front", "front",
-    "best_by", "write_table", "plot_fronts", "format_table", "TABLE_METRICS",
+    "best_by", "registry_aliases", "write_table", "plot_fronts", "format_table", "TABLE_METRICS", "BUDGET_KEY",
 ]
 
+BUDGET_KEY = "search.budget"  # labels the plot's points; a column of its own in the table
 # Metrics shown in the table next to the objectives (when reported).
 TABLE_METRICS: tuple[str, ...] = ("val_acc", "fused_val_acc", "branches_kept", "branches_total",
                                   "params_fused", "latency_fused_ms", "epoch")
@@ -84,6 +86,27 @@ def best_by(records: Sequence[TrialRecord], objective: _Objective) -> TrialRecor
     return min(valid, key=lambda r: (key(r), not r.pareto)) if valid else None
 
 
+def registry_aliases(records: Sequence[TrialRecord], objectives: Sequence[_Objective],
+                     which: str) -> list[tuple[TrialRecord, list[str]]]:
+    """The records whose fused models to register (``which``: "pareto" | "all" | "none"; only
+    records with a model) and each one's aliases: ``pareto-<i>`` in front order (best first
+    objective first) and ``best-<metric>`` for each objective's best Pareto record."""
+    if which == "none":
+        return []
+    with_model = [r for r in records if r.model_uri and r.run_id]
+    chosen = front(with_model, objectives)
+    if which == "all":
+        chosen += [r for r in with_model if r not in chosen]
+    aliases: dict[str, list[str]] = {r.trial_name: [] for r in chosen}
+    for i, r in enumerate(front(with_model, objectives), start=1):
+        aliases[r.trial_name].append(f"pareto-{i}")
+    for obj in objectives:
+        best = best_by(with_model, obj)
+        if best is not None and best.trial_name in aliases:
+            aliases[best.trial_name].append(f"best-{obj.metric}")
+    return [(r, aliases[r.trial_name]) for r in chosen]
+
+
 def _columns(records: Sequence[TrialRecord], objectives: Sequence[_Objective]) -> tuple[list[str], list[str]]:
     keys = sorted({k for r in records for k in r.config})
     metrics = list(dict.fromkeys([o.metric for o in objectives] + list(TABLE_METRICS)))
@@ -93,7 +116,7 @@ def _columns(records: Sequence[TrialRecord], objectives: Sequence[_Objective]) -
 
 def _row(r: TrialRecord, keys: list[str], metrics: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"trial_name": r.trial_name, "trial_id": r.trial_id, "status": r.status,
-                           "pareto": r.pareto, "budget": r.budget}
+                           "pareto": r.pareto, "budget": r.config.get(BUDGET_KEY)}
     row.update({k: r.config.get(k) for k in keys})
     row.update({m: r.metrics.get(m) for m in metrics})
     row.update({"run_id": r.run_id, "model_uri": r.model_uri, "error": r.error})
@@ -112,7 +135,7 @@ def write_table(records: Sequence[TrialRecord], objectives: Sequence[_Objective]
         writer.writeheader()
         writer.writerows(rows)
     payload = {"objectives": [{"metric": o.metric, "mode": o.mode} for o in objectives],
-               "trials": [asdict(r) for r in records]}
+               "trials": [{**asdict(r), "budget": r.config.get(BUDGET_KEY)} for r in records]}
     json_path.write_text(json.dumps(payload, indent=2, default=str, allow_nan=True))
     return csv_path, json_path
 
@@ -181,7 +204,7 @@ def _panel(ax: Any, records: Sequence[TrialRecord], yo: _Objective, xo: _Objecti
     if pts:
         ax.plot(*zip(*pts), "-o", color="tab:red", label="Pareto front", zorder=3)
     for x, y, r in zip(xs, ys, valid):
-        ax.annotate(f"{r.budget}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(f"{r.config.get(BUDGET_KEY)}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel(f"{xm} ({xo.mode})" if xo else "trial")
     ax.set_ylabel(f"{yo.metric} ({yo.mode})")
     ax.grid(True, alpha=0.3)

@@ -18,7 +18,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .lock import pid_alive
+from ..sweep.lock import pid_alive
+from .. import mlflow_adapter
 
 __all__ = ["use_wal", "create_database"]
 
@@ -53,8 +54,6 @@ def create_database(path: Path) -> None:
     """
     if path.exists():
         return
-    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
-
     for stale in path.parent.glob(f".{path.name}.creating-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if not (pid.isdigit() and pid_alive(int(pid))):
@@ -62,8 +61,7 @@ def create_database(path: Path) -> None:
     private = path.with_name(f".{path.name}.creating-{os.getpid()}")
     try:
         # the store MlflowClient would make (same default artifact root), on the private file
-        store = _get_sqlalchemy_store(f"sqlite:///{private}", None)
-        store.engine.dispose()  # closes its connections: the write-ahead log is folded in
+        mlflow_adapter.create_sql_store(f"sqlite:///{private}")  # connections closed: the log is folded in
         try:
             os.link(private, path)
         except FileExistsError:

@@ -17,7 +17,8 @@ from ray.tune import Callback, CLIReporter, ProgressReporter
 from trainables.failures import failure_reason
 from trainables.schema import flatten_overrides
 
-from .console import is_verbose
+from ..console import is_verbose
+from ..records import TrialStatus, status_of_ray_trial
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -70,16 +71,16 @@ class SweepReporter(ProgressReporter):
             self._table.report(trials, done, *sys_info)
             return
         self._last = time.time()
-        counts: dict[str, int] = {}
-        for trial in trials:
-            counts[trial.status] = counts.get(trial.status, 0) + 1
+        statuses = [status_of_ray_trial(t) for t in trials]
+        counts = {status: statuses.count(status) for status in TrialStatus}
         minutes, seconds = divmod(int(self._last - self._start), 60)
         elapsed = f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
         total = max(self._total or 0, len(trials))
-        parts = [f"{counts.get('TERMINATED', 0)}/{total} trials finished"]
-        parts += [f"{counts[s]} {s.lower()}" for s in ("RUNNING", "PENDING", "PAUSED", "ERROR") if counts.get(s)]
-        epochs = [_number(t.last_result["epoch"]) for t in trials
-                  if t.status == "RUNNING" and "epoch" in (t.last_result or {})]
+        parts = [f"{counts[TrialStatus.FINISHED]}/{total} trials finished"]
+        parts += [f"{counts[s]} {s}" for s in (TrialStatus.STOPPED, TrialStatus.FAILED, TrialStatus.RUNNING,
+                                               TrialStatus.PENDING) if counts[s]]
+        epochs = [_number(t.last_result["epoch"]) for t, s in zip(trials, statuses)
+                  if s is TrialStatus.RUNNING and "epoch" in (t.last_result or {})]
         print(f"[{elapsed}] {', '.join(parts)}" + (f" (at epoch {', '.join(epochs)})" if epochs else ""), flush=True)
 
 

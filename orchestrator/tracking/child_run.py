@@ -1,11 +1,12 @@
 """A trial's MLflow child run, with one writer: live from the trial (:class:`MLflowTrialHook`)
-and afterwards from Ray's results (``orchestrator.sync``).
+and afterwards from Ray's results (``tracking.from_ray``, ``python -m orchestrator.sync``).
 
-A :class:`TrialLog` is what the run must show: params, one metric row per completed epoch
-(step = epoch), how the trial ended and, when it finished, its export folder (artifacts and
-the fused model). :func:`reconcile` writes whatever the run lacks and nothing twice, so the
-hook and the sync build the same run and either completes what the other began; only where
-the log comes from differs (the trial itself, or what it saved in Ray's checkpoint).
+A :class:`TrialLog` is what the run must show: the trial's record (name, id, how it ended),
+its params, one metric row per completed epoch (step = epoch) and, when it finished, its
+export folder (artifacts and the fused model). :func:`reconcile` writes whatever the run
+lacks and nothing twice, so the hook and the sync build the same run and either completes
+what the other began; only where the log comes from differs (the trial itself, or the
+record and checkpoint Ray keeps).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from trainables.hooks import TrialHook
 
-from .records import TrialStatus
-from .redact import error_line, redact
-from .tracking import (MODEL_NAME, TAG_ERROR, TAG_MODEL_URI, TAG_PARENT, TAG_STOPPED, TAG_TRIAL, TAG_TRIAL_ID,
-                       client_defaults, mlflow_params)
+from ..records import TrialRecord, TrialStatus, error_message, numeric_metrics
+from ..redact import error_line, redact
+from . import fused_model
+from .parent_run import (MODEL_NAME, TAG_ERROR, TAG_MODEL_URI, TAG_PARENT, TAG_STOPPED, TAG_TRIAL, TAG_TRIAL_ID,
+                         client_defaults, mlflow_params)
 
 if TYPE_CHECKING:
     from trainables.config import TrialConfig
@@ -39,12 +41,9 @@ _ERROR_CHARS = 5000
 class TrialLog:
     """What a trial's child run must show."""
 
-    name: str
-    config: Mapping[str, Any]  # the TrialConfig the trial ran, as a dict: the run's params
-    trial_id: str | None = None
+    record: TrialRecord  # name, Ray's trial id, status and error (what the run's tags and status show)
+    params: Mapping[str, Any]  # the TrialConfig the trial ran, as a dict: the run's params
     epochs: dict[int, dict[str, Any]] = field(default_factory=dict)  # metric rows by epoch (= step)
-    status: TrialStatus = TrialStatus.RUNNING
-    error: str | None = None  # why it failed
     export_dir: Path | None = None  # a finished trial's export folder
 
     @property
@@ -77,19 +76,20 @@ class ChildRun:
              run_id: str | None = None, running: bool = False) -> ChildRun:
         """The trial's run (``run_id``, else the first one tagged with its name, else a new one)
         with its params; ``running`` marks an ended run RUNNING again (the trial runs once more)."""
-        run_id = run_id or _find(client, experiment_id, parent_run_id, log.name)
+        name = log.record.trial_name
+        run_id = run_id or _find(client, experiment_id, parent_run_id, name)
         if run_id is None:
-            tags = {TAG_PARENT: parent_run_id, TAG_TRIAL: log.name}
-            if log.trial_id:
-                tags[TAG_TRIAL_ID] = log.trial_id
-            run_id = client.create_run(experiment_id, run_name=log.name, tags=tags).info.run_id
-            client.log_batch(run_id, params=mlflow_params(log.config))
+            tags = {TAG_PARENT: parent_run_id, TAG_TRIAL: name}
+            if log.record.trial_id:
+                tags[TAG_TRIAL_ID] = log.record.trial_id
+            run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+            client.log_batch(run_id, params=mlflow_params(log.params))
             return cls(client, run_id, created=True)
         run = client.get_run(run_id)
         if not run.data.params:
-            client.log_batch(run_id, params=mlflow_params(log.config))
-        if running and run.info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
+            client.log_batch(run_id, params=mlflow_params(log.params))
+        if running and run.info.status != TrialStatus.RUNNING.mlflow:
+            client.update_run(run_id, status=TrialStatus.RUNNING.mlflow)
         return cls(client, run_id, created=False)
 
     def log_epochs(self, epochs: Mapping[int, Mapping[str, Any]]) -> int:
@@ -97,8 +97,8 @@ class ChildRun:
         if self._logged is None:
             self._logged = {m.step for m in self.client.get_metric_history(self.run_id, _STEP)}
         now = int(time.time() * 1000)
-        points = [Metric(k, float(v), now, step) for step, row in sorted(epochs.items()) if step not in self._logged
-                  for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        points = [Metric(k, v, now, step) for step, row in sorted(epochs.items()) if step not in self._logged
+                  for k, v in numeric_metrics(row).items()]
         if points:
             self.client.log_batch(self.run_id, metrics=points)  # MLflow splits large batches
         self._logged.update(epochs)
@@ -107,7 +107,7 @@ class ChildRun:
     def end(self, log: TrialLog, tracking_uri: str, model_name: str = MODEL_NAME) -> TrialStatus | None:
         """Write how the trial ended unless the run shows it already (a finished trial: export
         artifacts, the fused model and its URI tag first); the status written."""
-        status = log.status
+        status = log.record.status
         if not status.ended or (status is TrialStatus.FINISHED and log.export_dir is None):
             return None
         run = self.client.get_run(self.run_id)
@@ -121,14 +121,12 @@ class ChildRun:
             self.client.delete_tag(self.run_id, TAG_ERROR)  # an earlier attempt's; this one got through
         if status is TrialStatus.FINISHED and TAG_MODEL_URI not in tags:
             assert log.export_dir is not None
-            from . import _model
-
-            for f in _model.artifact_files(log.export_dir):
+            for f in fused_model.artifact_files(log.export_dir):
                 self.client.log_artifact(self.run_id, str(f))
-            uri = _model.log_fused_model(tracking_uri, self.run_id, log.export_dir, model_name, log.step)
+            uri = fused_model.log_fused_model(tracking_uri, self.run_id, log.export_dir, model_name, log.step)
             self.client.set_tag(self.run_id, TAG_MODEL_URI, uri)
         elif status is TrialStatus.FAILED:
-            self.client.set_tag(self.run_id, TAG_ERROR, redact(log.error or "failed")[:_ERROR_CHARS])
+            self.client.set_tag(self.run_id, TAG_ERROR, redact(log.record.error or "failed")[:_ERROR_CHARS])
         elif status is TrialStatus.STOPPED:
             self.client.set_tag(self.run_id, TAG_STOPPED, "true")
         self.client.set_terminated(self.run_id, status.mlflow)
@@ -169,8 +167,6 @@ def _ending(error: BaseException) -> tuple[TrialStatus, str | None]:
         return TrialStatus.STOPPED, None
     if isinstance(error, KeyboardInterrupt):
         return TrialStatus.KILLED, None
-    from .repair import error_message
-
     return TrialStatus.FAILED, error_message(error)
 
 
@@ -226,7 +222,7 @@ class MLflowTrialHook(TrialHook):
 
     def on_start(self, config: TrialConfig, trial_name: str, resumed: bool) -> None:
         client_defaults()
-        self._log = TrialLog(trial_name, config.to_dict(), _current_trial_id())
+        self._log = TrialLog(TrialRecord(_current_trial_id() or "", trial_name, TrialStatus.RUNNING), config.to_dict())
         self._attempt("the child run", self._open)
 
     def _open(self) -> ChildRun | None:
@@ -263,7 +259,8 @@ class MLflowTrialHook(TrialHook):
     def _end(self, status: TrialStatus, error: str | None = None, export_dir: Path | None = None) -> None:
         if self._log is None:
             return
-        log = replace(self._log, epochs=dict(self.pending), status=status, error=error, export_dir=export_dir)
+        record = replace(self._log.record, status=status, error=error)
+        log = replace(self._log, record=record, epochs=dict(self.pending), export_dir=export_dir)
         self.run_id = reconcile(self.client, self.tracking_uri, self.experiment_id, self.parent_run_id, log,
                                 self.run_id, self.model_name).run_id
         self.pending.clear()

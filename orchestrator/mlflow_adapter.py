@@ -1,0 +1,46 @@
+"""Every use of MLflow's internals in one place: private functions and logger names MLflow
+does not promise to keep.
+
+The rest of the project calls these instead of reaching into MLflow, so an MLflow upgrade
+that moves one of them breaks here, and a fast test says which
+(``tests/orchestrator/test_orchestrator_mlflow_adapter.py``). ``TESTED`` is the MLflow range the project is tested with (``pyproject.toml``
+declares the same bounds; README, "Supported versions").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+__all__ = ["TESTED", "QUIET_LOGGERS", "create_sql_store", "suppressed_event_logs"]
+
+TESTED = ">=3.17.2,<3.19"
+"""The MLflow versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds)."""
+
+QUIET_LOGGERS: Mapping[str, tuple[str, int]] = {
+    "mlflow.store.db.utils": ("driver", logging.WARNING),  # "Creating initial MLflow database tables..."
+}
+"""MLflow's loggers of notices that need no action: where they print and the level below which
+a quiet sweep hides them."""
+
+
+def create_sql_store(uri: str) -> None:
+    """Create (migrate) the SQL tracking store at ``uri`` as ``MlflowClient`` would, with the
+    same default artifact root, and close its connections."""
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    _get_sqlalchemy_store(uri, None).engine.dispose()
+
+
+@contextmanager
+def suppressed_event_logs() -> Iterator[None]:
+    """MLflow's ``print``-style event lines ("Successfully registered", "Created version") off
+    for the block; errors still raise."""
+    from mlflow.utils.logging_utils import disable_logging, enable_logging
+
+    disable_logging()
+    try:
+        yield
+    finally:
+        enable_logging()

@@ -1,0 +1,28 @@
+"""The sweep: its file's schema and loading, the outer search space, the trials it can
+sample (validated before Ray starts), whether a trial fits the nodes, its tracking URI, and
+its storage folder and lock. No Ray or MLflow is imported here."""
+
+from .fit import check_fit
+from .load import apply_set, load_sweep, local_gpu_count, parse_sweep
+from .lock import LOCK_FILE, SweepLock, SweepLockedError
+from .schema import (
+    CheckpointSettings,
+    FailureSettings,
+    MlflowConfig,
+    Objective,
+    RayConfig,
+    ResourcesConfig,
+    SchedulerConfig,
+    SearcherConfig,
+    SweepConfig,
+)
+from .space import SpaceParam, param_space, parse_space, sample_overrides, trial_count
+from .tracking_uri import resolve_tracking_uri, sqlite_file, sqlite_path
+from .trials import validate_trials
+
+__all__ = [
+    "CheckpointSettings", "FailureSettings", "MlflowConfig", "Objective", "RayConfig", "ResourcesConfig",
+    "SchedulerConfig", "SearcherConfig", "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "local_gpu_count",
+    "check_fit", "SpaceParam", "parse_space", "param_space", "sample_overrides", "trial_count", "validate_trials",
+    "SweepLock", "SweepLockedError", "LOCK_FILE", "sqlite_path", "sqlite_file", "resolve_tracking_uri",
+]

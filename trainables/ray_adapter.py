@@ -1,0 +1,133 @@
+"""Every use of Ray's internals in one place: private classes and attributes, file layouts,
+environment knobs and logger names that Ray does not promise to keep.
+
+The rest of the project calls these functions instead of reaching into Ray, so a Ray upgrade
+that moves one of them breaks here, and a fast test without a cluster says which
+(``tests/trainables/test_trainables_ray_adapter.py``; the checkpoint bookkeeping in
+``tests/orchestrator/test_orchestrator_repair.py``). ``TESTED`` is the Ray range the project is
+tested with (``pyproject.toml`` declares the same bounds; README, "Supported versions"). Public
+Ray APIs (``ray.tune``, ``ray.train``, ``ray.util.queue``) are used directly elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+    from ray.tune import Checkpoint
+    from ray.tune.experiment import Trial
+
+__all__ = ["TESTED", "SNAPSHOT_PREFIX", "SNAPSHOT_SUFFIX", "QUIET_LOGGERS", "driver_env", "trial_cpus",
+           "trial_storage", "user_callback_class", "worker_exception", "checkpoint_state", "set_checkpoint_state",
+           "trial_filesystem", "training_result", "raise_checkpoint_index", "invalidate_trial", "load_result_grid"]
+
+TESTED = ">=2.58,<2.61"
+"""The Ray versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds)."""
+
+SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "experiment_state-", ".json"
+"""Tune's experiment snapshot files in ``<storage_path>/<name>``: what ``Tuner.restore`` reads."""
+
+QUIET_LOGGERS: Mapping[str, tuple[str, int]] = {
+    "ray._private.worker": ("driver", logging.WARNING),  # "Started a local Ray instance."
+    "ray._private.authentication.authentication_token_setup": ("driver", logging.ERROR),  # token auth notice
+    "ray.tune.tune": ("driver", logging.WARNING),  # "Wrote the latest version of all result files", "Total run time"
+    "ray.train": ("worker", logging.WARNING),  # "Checkpoint successfully created at: ..." once per epoch
+}
+"""Ray's loggers of notices that need no action: where they print (driver or trial worker) and
+the level below which a quiet sweep hides them."""
+
+
+def driver_env() -> None:
+    """Ray settings of a sweep driver, unless the environment sets them: Tune's legacy output
+    engine (it honours a custom ``ProgressReporter``), no warnings about snapshot frequency
+    (``num_to_keep`` snapshots per checkpoint, by design), and no default worker prestarted per
+    CPU for the first driver of a local Ray (Tune's trial actors carry a ``runtime_env`` and
+    never run in them; ~1.5 s of ``ray.init`` saved)."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+
+
+def trial_cpus() -> float | None:
+    """CPUs Ray reserved for the running Tune trial (None outside a trial)."""
+    from ray import tune
+
+    try:
+        return tune.get_context().get_trial_resources().required_resources.get("CPU")
+    except Exception:  # noqa: BLE001 - outside a Tune session
+        return None
+
+
+def trial_storage() -> tuple[str, pafs.FileSystem]:
+    """(the running trial's folder on storage, its pyarrow filesystem)."""
+    from ray import tune
+
+    storage = tune.get_context().get_storage()
+    return storage.trial_fs_path, storage.storage_filesystem
+
+
+def user_callback_class() -> type:
+    """Ray Train's ``UserCallback`` base (run on the Train controller after each report)."""
+    from ray.train.v2.api.callback import UserCallback
+
+    return UserCallback
+
+
+def worker_exception(error: BaseException) -> BaseException:
+    """The lowest failing rank's own exception inside a Train ``WorkerGroupError`` (else ``error``)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if not failures:
+        return error
+    wrapped = failures[min(failures)]
+    return getattr(wrapped, "_base_exc", wrapped)  # Train's UserExceptionWithTraceback
+
+
+def checkpoint_state(trial: Trial) -> tuple[list[Any], Any, int | None] | None:
+    """(the checkpoint results its manager keeps, oldest first; the latest one, the checkpoint
+    a restore continues from; ``num_to_keep``) of a trial, or None before it has a manager."""
+    manager = trial.run_metadata.checkpoint_manager
+    if manager is None:
+        return None
+    return list(manager._checkpoint_results), manager.latest_checkpoint_result, manager.checkpoint_config.num_to_keep
+
+
+def set_checkpoint_state(trial: Trial, results: Iterable[Any]) -> None:
+    """Make the trial's checkpoint manager keep exactly ``results`` (oldest first, the last one latest)."""
+    manager = trial.run_metadata.checkpoint_manager
+    kept = list(results)
+    manager._checkpoint_results = kept
+    manager._latest_checkpoint_result = kept[-1] if kept else None
+
+
+def trial_filesystem(trial: Trial) -> pafs.FileSystem:
+    """The pyarrow filesystem of the trial's storage (where ``trial.path`` lives)."""
+    return trial.storage.storage_filesystem
+
+
+def training_result(checkpoint: Checkpoint, metrics: Mapping[str, Any]) -> Any:
+    """A checkpoint-manager entry for ``checkpoint`` with the metrics Tune associates with it."""
+    from ray.train._internal.session import _TrainingResult
+
+    return _TrainingResult(checkpoint, dict(metrics))
+
+
+def raise_checkpoint_index(trial: Trial, index: int) -> None:
+    """Number the trial's next checkpoint folder after ``index`` at least (``checkpoint_<n>``)."""
+    trial.storage.current_checkpoint_index = max(trial.storage.current_checkpoint_index, index)
+
+
+def invalidate_trial(trial: Trial) -> None:
+    """Drop the trial's cached JSON state after its bookkeeping changed (so snapshots see it)."""
+    trial.run_metadata.invalidate_cache()
+    trial.invalidate_json_state()
+
+
+def load_result_grid(experiment_path: str) -> Any:
+    """A ``ResultGrid`` of the experiment as stored (no running Ray needed)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    return ResultGrid(ExperimentAnalysis(experiment_path))
