@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-__all__ = ["TESTED", "QUIET_LOGGERS", "create_sql_store", "suppressed_event_logs"]
+__all__ = ["TESTED", "QUIET_LOGGERS", "SKIP_MODEL_CHECKS", "create_sql_store", "suppressed_event_logs"]
 
 TESTED = ">=3.17.2,<3.19"
 """The MLflow versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds)."""
@@ -23,6 +23,11 @@ QUIET_LOGGERS: Mapping[str, tuple[str, int]] = {
 }
 """MLflow's loggers of notices that need no action: where they print and the level below which
 a quiet sweep hides them."""
+
+
+SKIP_MODEL_CHECKS: Mapping[str, bool] = {"validate_serving_input": False}
+"""``log_model`` keywords (read by ``mlflow.models.Model.log``, undocumented) that skip MLflow's
+reload-and-predict check of the input example: the trial already checked its fused model."""
 
 
 def create_sql_store(uri: str) -> None:

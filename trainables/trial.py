@@ -96,7 +96,8 @@ def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: An
     save_alpha(table, out / "alpha.json")
     plot_alpha(table, out / "alpha.png")
     metrics["done"] = 1.0
-    extra = {"files": result.files, "export_errors": result.errors, "onnx_max_diff": result.onnx_max_diff}
+    extra = {"files": result.files, "export_errors": result.errors, "onnx_max_diff": result.onnx_max_diff,
+             "input_shape": list(data.example_shape)}
     return metrics, extra
 
 

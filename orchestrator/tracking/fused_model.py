@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import mlflow_adapter
 from .parent_run import fluent_tracking_uri
 
 __all__ = ["artifact_files", "load_fused", "log_fused_model"]
@@ -27,25 +29,31 @@ def artifact_files(export_dir: Path) -> list[Path]:
     return found
 
 
-def load_fused(export_dir: Path) -> tuple[torch.nn.Module, np.ndarray]:
-    """The fused model as an ``nn.Module`` and an input example (batch of 2).
+def _example(export_dir: Path) -> torch.Tensor:
+    """An input example (a batch of 2) of the shape the trial recorded in ``summary.json``; a
+    trial exported before the shape was recorded: ``model.pt2``'s own example (a slower load)."""
+    summary = export_dir / "summary.json"
+    shape = json.loads(summary.read_text()).get("input_shape") if summary.is_file() else None
+    if shape:
+        return torch.zeros(2, *shape)
+    (example,) = torch.export.load(export_dir / "model.pt2").example_inputs[0]
+    return example
 
-    Rebuilt from ``architecture.json`` + ``fused_state_dict.pt`` (weights_only load); the
-    input shape comes from the exported ``model.pt2``'s example inputs.
-    """
+
+def load_fused(export_dir: Path) -> tuple[torch.nn.Module, np.ndarray]:
+    """The fused model as an ``nn.Module`` (rebuilt from ``architecture.json`` +
+    ``fused_state_dict.pt``, a weights-only load; else ``model.pt2``'s module) and an input example."""
     from searchspace import Architecture, build_from_architecture, reparameterize
 
-    program = torch.export.load(export_dir / "model.pt2")
-    (example,) = program.example_inputs[0]
     state_path = export_dir / "fused_state_dict.pt"
     arch_path = export_dir / "architecture.json"
     if state_path.is_file() and arch_path.is_file():
         model = reparameterize(build_from_architecture(Architecture.load(arch_path)))
         model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
     else:
-        model = program.module()
+        model = torch.export.load(export_dir / "model.pt2").module()
     model = model.cpu().eval()
-    return model, example.detach().cpu().numpy().astype(np.float32)
+    return model, _example(export_dir).detach().cpu().numpy().astype(np.float32)
 
 
 def log_fused_model(tracking_uri: str, run_id: str, export_dir: Path, name: str, step: int) -> str:
@@ -55,8 +63,10 @@ def log_fused_model(tracking_uri: str, run_id: str, export_dir: Path, name: str,
     import mlflow.pytorch
 
     model, example = load_fused(export_dir)
-    # explicit requirements: MLflow's inference re-imports the model in a subprocess (~7 s)
-    kwargs = {"name": name, "input_example": example, "step": step, "pip_requirements": _requirements()}
+    # explicit requirements: MLflow's inference re-imports the model in a subprocess (~7 s); the
+    # trial has checked the fused model against its supernet, MLflow's own check reloads it
+    kwargs = {"name": name, "input_example": example, "step": step, "pip_requirements": _requirements(),
+              **mlflow_adapter.SKIP_MODEL_CHECKS}
     with fluent_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
         try:
             info = mlflow.pytorch.log_model(model, **kwargs)

@@ -58,3 +58,26 @@ def test_an_untested_version_gets_one_warning_line_naming_the_range(monkeypatch:
     assert lines == [f"repnas-sweep: warning: ray {version('ray')} is untested here; this project is tested with "
                      f'ray>=9.0,<9.1 (README, "Supported versions")']
     assert capsys.readouterr().err.splitlines() == lines
+
+
+def test_skip_model_checks_skips_mlflows_reload_of_the_logged_model(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Model.log`` must still read the keyword: MLflow's reload-and-predict of the input
+    example is not run with it (counted through the function MLflow calls), and is without it."""
+    import mlflow
+    import mlflow.models.utils
+    import numpy as np
+    import torch
+
+    calls: list[int] = []
+    real = mlflow.models.utils._validate_serving_input
+    monkeypatch.setattr(mlflow.models.utils, "_validate_serving_input", lambda *a, **k: calls.append(1) or real(*a, **k))
+    from orchestrator.tracking.parent_run import fluent_tracking_uri
+
+    example = np.zeros((2, 3), dtype=np.float32)
+    with fluent_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}"), mlflow.start_run():
+        mlflow.pytorch.log_model(torch.nn.Linear(3, 2), name="checked", input_example=example, pip_requirements=[])
+        assert len(calls) == 1
+        mlflow.pytorch.log_model(torch.nn.Linear(3, 2), name="trusted", input_example=example, pip_requirements=[],
+                                 **mlflow_adapter.SKIP_MODEL_CHECKS)
+    assert len(calls) == 1
