@@ -2,12 +2,17 @@
 MLflow on sqlite + Pareto + registry) versus the same trials back to back in one process
 through ``trainables.run_trial`` (no Ray, no MLflow).
 
-    python benchmarks/sweep_overhead.py [--trials 4] [--epochs 3] [--concurrency 1 2] [--breakdown]
+    python benchmarks/sweep_overhead.py [--trials 4 [8]] [--epochs 3] [--concurrency 1 2] [--breakdown] [--running-ray]
 
 Both sides run identical trial configs (grid over ``search.budget``) with one CPU thread per
 trial. With concurrency 1 the ratio is pure overhead (Ray start, workers, checkpoints to
 storage, MLflow logging and model registration); with 2 on a 2-CPU machine, parallelism
-pays some of it back. ``--breakdown`` times named steps in every process of both sides
+pays some of it back. Several ``--trials`` counts split the concurrency-1 overhead into a
+cost per added trial and a fixed cost per sweep (a least-squares line). ``--running-ray``
+starts a Ray head on 127.0.0.1 before timing anything and points every sweep at it
+(``ray.address``), as on a cluster: Ray's start and stop are then not the sweep's. The MLflow
+database is created before timing in both modes (a store is created once, not per sweep).
+``--breakdown`` times named steps in every process of both sides
 (``benchmarks/timing/sitecustomize.py``) and prints where the first sweep's overhead goes,
 in seconds per trial.
 """
@@ -17,10 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import yaml
@@ -46,11 +54,13 @@ def _env(timing: Path | None) -> dict[str, str]:
     return env
 
 
-def run_sweep(workdir: Path, trials: int, epochs: int, concurrency: int, timing: Path | None = None) -> float:
-    """Wall seconds of ``python -m orchestrator.run`` for the sweep (process start to exit)."""
+def run_sweep(workdir: Path, trials: int, epochs: int, concurrency: int, timing: Path | None = None,
+              address: str | None = None) -> float:
+    """Wall seconds of ``python -m orchestrator.run`` for the sweep (process start to exit);
+    ``address``: a running Ray to join instead of starting one."""
     sweep = {
-        "name": f"overhead-c{concurrency}", "storage_path": str(workdir / "ray_results"),
-        "ray": {"num_cpus": max(2, concurrency)}, "resources": {"cpus": 1},
+        "name": f"overhead-n{trials}-c{concurrency}", "storage_path": str(workdir / "ray_results"),
+        "ray": {"address": address} if address else {"num_cpus": max(2, concurrency)}, "resources": {"cpus": 1},
         "search": {"algorithm": "grid", "num_samples": 1, "max_concurrent": concurrency},
         "mlflow": {"tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}", "register": "pareto"},
         "space": {"search.budget": {"grid": list(BUDGETS[:trials])}},
@@ -79,8 +89,40 @@ def run_back_to_back(workdir: Path, trials: int, epochs: int, timing: Path | Non
     )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, json.dumps(_trial(epochs)), json.dumps(list(BUDGETS[:trials])),
-                    str(workdir / "plain")], check=True, capture_output=True, env=_env(timing))
+                    str(workdir / f"plain-{trials}")], check=True, capture_output=True, env=_env(timing))
     return time.perf_counter() - start
+
+
+@contextmanager
+def running_ray(workdir: Path) -> Iterator[str]:
+    """A Ray head on 127.0.0.1 (2 CPUs, no dashboard) for the block; its address."""
+    port = _free_port()
+    temp = workdir / "ray-head"
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--port", str(port), "--num-cpus", "2",
+           "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp), "--include-dashboard", "false",
+           "--disable-usage-stats"]
+    env = {**_env(None), "RAY_AUTH_MODE": "disabled"}  # a benchmark cluster on 127.0.0.1 only
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, env=env,
+                       check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(fixed seconds per sweep, seconds per added trial): the least-squares line through
+    (trials, overhead seconds)."""
+    n = len(points)
+    mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    return mean_y - slope * mean_x, slope
 
 
 def _spans(path: Path) -> dict[int, list[dict]]:
@@ -148,28 +190,44 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--trials", type=int, nargs="+", default=[4])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--breakdown", action="store_true",
                         help="time named steps of both sides; table of the first sweep (use --concurrency 1 first)")
+    parser.add_argument("--running-ray", action="store_true", help="join a Ray head started before timing")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="repnas-overhead-") as tmp:
+    from orchestrator.tracking.sqlite import create_database
+
+    with tempfile.TemporaryDirectory(prefix="repnas-overhead-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        create_database(work / "mlflow.db")
+        address = stack.enter_context(running_ray(work)) if args.running_ray else None
         spans = [work / "plain.jsonl", work / "sweep.jsonl"] if args.breakdown else [None, None]
-        plain = run_back_to_back(work, args.trials, args.epochs, spans[0])
-        rows = [(c, run_sweep(work, args.trials, args.epochs, c, spans[1] if i == 0 else None))
-                for i, c in enumerate(args.concurrency)]
-        steps = breakdown(spans[0], spans[1], args.trials, rows[0][1] - plain) if args.breakdown else []
-    print(f"{args.trials} trials x {args.epochs} epochs (digits, repvgg_tiny, 1 thread per trial), "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'':32}{'wall s':>8}{'ratio':>8}{'per trial s':>13}")
-    print(f"{'back to back, one process':32}{plain:8.1f}{1.0:8.2f}{plain / args.trials:13.1f}")
-    for c, wall in rows:
-        print(f"{f'sweep driver, {c} concurrent':32}{wall:8.1f}{wall / plain:8.2f}{wall / args.trials:13.1f}")
-    print(f"overhead per trial at concurrency {rows[0][0]}: {(rows[0][1] - plain) / args.trials:.1f} s")
-    if steps:
-        print(f"\n{'where it goes, concurrency ' + str(rows[0][0]):80}{'s per trial':>12}")
+        table, overheads = [], []
+        for j, trials in enumerate(args.trials):
+            first = spans if j == 0 else [None, None]
+            plain = run_back_to_back(work, trials, args.epochs, first[0])
+            rows = [(c, run_sweep(work, trials, args.epochs, c, first[1] if i == 0 else None, address))
+                    for i, c in enumerate(args.concurrency)]
+            table.append((trials, plain, rows))
+            overheads.append((trials, rows[0][1] - plain))
+            if j == 0 and args.breakdown:
+                steps = breakdown(spans[0], spans[1], trials, rows[0][1] - plain)
+    where = f"joining the Ray at {address}" if address else "each sweep starting its own Ray"
+    print(f"{args.epochs} epochs a trial (digits, repvgg_tiny, 1 thread per trial), {os.cpu_count()} CPUs, {where}")
+    print(f"{'':36}{'wall s':>8}{'ratio':>8}{'per trial s':>13}")
+    for trials, plain, rows in table:
+        print(f"{f'{trials} trials back to back, one process':36}{plain:8.1f}{1.0:8.2f}{plain / trials:13.1f}")
+        for c, wall in rows:
+            print(f"{f'{trials} trials, sweep, {c} concurrent':36}{wall:8.1f}{wall / plain:8.2f}{wall / trials:13.1f}")
+        print(f"overhead per trial at concurrency {rows[0][0]}: {(rows[0][1] - plain) / trials:.2f} s")
+    if len(overheads) > 1:
+        fixed, per_trial = fit_line(overheads)
+        print(f"overhead at concurrency {args.concurrency[0]} = {fixed:.1f} s per sweep + {per_trial:.2f} s per trial "
+              f"(least squares over {', '.join(str(t) for t, _ in overheads)} trials)")
+    if args.breakdown:
+        print(f"\n{'where it goes, concurrency ' + str(args.concurrency[0]):80}{'s per trial':>12}")
         for name, seconds in steps:
             print(f"{name:80}{seconds:12.2f}")
 
