@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 MATRIX: dict[str, list[str]] = {
-    "lowest": ["ray[tune]==2.58.0", "mlflow==3.16.0", "optuna==4.4.0"],
-    "highest": ["ray[tune]==2.60.0", "mlflow==3.18.0", "optuna==5.1.0"],
+    "lowest": ["ray[tune]==2.52.0", "mlflow==3.9.0", "optuna==4.0.0"],
+    "highest": ["ray[tune]==2.60.0", "mlflow==3.17.2", "optuna==5.1.0"],
 }
 """The pins of each environment: the ends of the ranges pyproject.toml declares."""
 SHOWN = ("ray", "mlflow", "optuna", "torch", "sqlalchemy", "numpy")
@@ -45,10 +45,21 @@ def _run(cmd: list[str], log: Path, cwd: Path = ROOT) -> tuple[int, float]:
     return code, time.monotonic() - start
 
 
-def _summary_line(log: Path) -> str:
-    """pytest's last summary line (``N passed, M skipped in Ts``) from the log."""
-    lines = [line for line in log.read_text().splitlines() if " in " in line and ("passed" in line or "failed" in line)]
+def _summary_line(log: Path, offset: int) -> str:
+    """pytest's summary line (``N passed, M skipped in Ts``) in the log after byte ``offset``
+    (one step's output; a step that printed none must not show the previous step's)."""
+    with log.open("rb") as out:
+        out.seek(offset)
+        text = out.read().decode(errors="replace")
+    words = ("passed", "failed", "error")
+    lines = [line for line in text.splitlines() if " in " in line and any(w in line for w in words)]
     return lines[-1].strip("= ") if lines else "no pytest summary"
+
+
+def _pip_error(log: Path) -> str:
+    """pip's last ``ERROR:`` line in the log (its conclusion): why an install failed."""
+    lines = [line for line in log.read_text().splitlines() if line.startswith("ERROR:")]
+    return lines[-1].removeprefix("ERROR:").strip() if lines else "see the log"
 
 
 def run_environment(name: str, pins: list[str], keep: bool) -> dict[str, object]:
@@ -64,14 +75,15 @@ def run_environment(name: str, pins: list[str], keep: bool) -> dict[str, object]
         for cmd in steps:
             code, _ = _run(cmd, log)
             if code:
-                row["install"] = f"failed (exit {code}): {cmd[-1]}"
+                row["install"] = f"install failed (exit {code}): {_pip_error(log)}"
                 return row
         freeze = subprocess.run([python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
                                 check=True).stdout
         row["versions"] = {p["name"].lower(): p["version"] for p in json.loads(freeze) if p["name"].lower() in SHOWN}
         for step, args in STEPS.items():
+            offset = log.stat().st_size
             code, seconds = _run([python, *args], log)
-            row[step] = {"exit": code, "seconds": round(seconds), "summary": _summary_line(log)}
+            row[step] = {"exit": code, "seconds": round(seconds), "summary": _summary_line(log, offset)}
         return row
     finally:
         if not keep:

@@ -15,8 +15,10 @@ from contextlib import contextmanager
 
 __all__ = ["TESTED", "QUIET_LOGGERS", "SKIP_MODEL_CHECKS", "create_sql_store", "suppressed_event_logs"]
 
-TESTED = ">=3.17.2,<3.19"
-"""The MLflow versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds)."""
+TESTED = ">=3.9,<3.18"
+"""The MLflow versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds).
+MLflow before 3.9 cannot open a SQL store next to SQLAlchemy 2.1, which pip installs with it
+(``ImportError: FallbackAsyncAdaptedQueuePool``)."""
 
 QUIET_LOGGERS: Mapping[str, tuple[str, int]] = {
     "mlflow.store.db.utils": ("driver", logging.WARNING),  # "Creating initial MLflow database tables..."

@@ -25,8 +25,10 @@ __all__ = ["TESTED", "SNAPSHOT_PREFIX", "SNAPSHOT_SUFFIX", "QUIET_LOGGERS", "dri
            "trial_storage", "user_callback_class", "worker_exception", "checkpoint_state", "set_checkpoint_state",
            "trial_filesystem", "training_result", "raise_checkpoint_index", "invalidate_trial", "load_result_grid"]
 
-TESTED = ">=2.58,<2.61"
-"""The Ray versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds)."""
+TESTED = ">=2.52,<2.61"
+"""The Ray versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds).
+Older Rays lack what it uses: 2.51 the ``ray._private.authentication`` logger, 2.50 Train v2 by
+default (DDP trials), 2.48 Train v2's ``WorkerGroupError``."""
 
 SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "experiment_state-", ".json"
 """Tune's experiment snapshot files in ``<storage_path>/<name>``: what ``Tuner.restore`` reads."""
