@@ -1,5 +1,6 @@
 """Install the lowest and the highest supported Ray / MLflow / Optuna into fresh virtual
-environments and run the fast test lane and the kill test in each.
+environments and run the fast test lane, the kill test, and the DDP and Optuna sweeps (which the
+other two do not reach: Train v2's defaults, Optuna's API) in each.
 
     python .ci/version_matrix.py [--only lowest highest] [--keep] [--json FILE]
 
@@ -32,6 +33,8 @@ SHOWN = ("ray", "mlflow", "optuna", "torch", "sqlalchemy", "numpy")
 STEPS: dict[str, list[str]] = {
     "fast lane": ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow and not reliability"],
     "kill test": ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/reliability/test_reliability_kills.py"],
+    "DDP and Optuna sweeps": ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/trainables/test_trainables_distributed.py",
+                              "tests/orchestrator/test_orchestrator_sweep.py::test_sweep_sqlite_then_refuse_rerun"],
 }
 
 
