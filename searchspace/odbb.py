@@ -126,6 +126,11 @@ class ODBB(nn.Module):
         training step on GPU costs no host sync per block.
         """
         cache, active = self._active_cache, self.active
+        if cache is not None and torch.compiler.is_compiling():
+            # Traced: the flags become constants of the graph, guarded by value (a changed mask
+            # recompiles). Reading the buffer here would break the graph at every block, and its
+            # version counter would recompile on every set_active even with the same mask.
+            return cache[2]
         if cache is None or cache[0] is not active or cache[1] != active._version:
             cache = (active, active._version, tuple(active.tolist()))
             self._active_cache = cache
