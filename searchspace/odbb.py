@@ -10,6 +10,12 @@ The search engine drives a block through two handles and nothing else:
   saved, not copied by ``copy.deepcopy``/pickle, ignored by ``fuse()``.
 
 The identity branch (BN only) is not searchable: it is always on where it exists.
+
+Under ``torch.compile`` the forward reads the mask from the host copy that ``set_active``
+(or the last eager forward) made, as constants of the graph guarded by value: one graph per
+mask, no graph break. Change masks through ``set_active`` there: an in-place write to the
+buffer (``load_state_dict``) reaches a compiled forward only after ``set_active`` or an
+eager forward.
 """
 
 from __future__ import annotations

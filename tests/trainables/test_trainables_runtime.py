@@ -67,7 +67,8 @@ def test_runtime_trial_resumes_bit_identically_and_fuses_exactly(tmp_path: Path,
                                                                  channels_last: bool, reparam: str) -> None:
     """Random, search and fixed phases in each precision / memory format: resumed in the search phase,
     across the fix, the run ends bit-identical to the uninterrupted one (fp16's loss scale included)."""
-    cfg = tiny(**{"runtime.precision": precision, "runtime.channels_last": channels_last, "model.reparam": reparam})
+    cfg = tiny(**{"runtime.precision": precision, "runtime.channels_last": channels_last, "model.reparam": reparam,
+                  "data.limit_train": 160})
     tensors, run = _resume_matches(tmp_path, cfg)
     if precision == "fp16":
         assert set(tensors["grad_scaler"]) >= {"scale", "_growth_tracker"}
@@ -95,8 +96,8 @@ def _conv_inputs(engine: SearchEngine) -> list[tuple[torch.dtype, bool, bool]]:
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_training_and_supernet_evaluation_run_in_the_precision_fused_model_in_float32(tiny, precision: str,
                                                                                       dtype: torch.dtype) -> None:
-    cfg = tiny(**{"runtime.precision": precision, "runtime.channels_last": True, "data.image_size": 16,
-                  "search.method": "dbb", "search.epochs": 2})
+    cfg = tiny(**{"runtime.precision": precision, "runtime.channels_last": True, "search.method": "dbb",
+                  "search.epochs": 2})
     data = build_data(cfg.data, cfg.seed)
     loader = make_loader(Subset(data.train, range(64)), 32, train=True)
     engine = SearchEngine(build_trial_model(cfg, data.num_classes, data.in_channels), cfg.search, cfg.optim,
