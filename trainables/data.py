@@ -236,7 +236,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
 def light_items(dataset: Dataset) -> bool:
     """Whether loading an item is only indexing a decoded tensor: a ``TensorImages`` (or a
     ``Subset`` of one) without augmentation. Anything else (augmentation, a folder of image
-    files) does per-item work, and may draw random numbers, in whichever process loads it."""
+    files) does per-item work in whichever process loads it."""
     while isinstance(dataset, Subset):
         dataset = dataset.dataset
     return isinstance(dataset, TensorImages) and dataset.augment is None
@@ -274,12 +274,13 @@ class LoaderSettings:
             workers = auto_num_workers(cpus, device, light_items(train))
         return cls(int(workers), device.type == "cuda")
 
-    def loader_kwargs(self, dataset: Dataset, train: bool) -> dict[str, Any]:
-        """DataLoader arguments for ``dataset``. Workers persist across epochs except on a
-        training set with per-item work: each worker seeds its own random numbers when it
-        starts, so a persistent worker would carry its augmentation stream from one epoch into
-        the next, and a run resumed at an epoch boundary would augment differently."""
-        persistent = self.num_workers > 0 and (not train or light_items(dataset))
+    def loader_kwargs(self, train: bool) -> dict[str, Any]:
+        """DataLoader arguments. Evaluation loaders keep their workers across epochs; training
+        loaders restart them every epoch, which keeps a resumed run bit-identical: each worker
+        seeds its own random numbers (augmentation) when it starts, and a loader that kept its
+        workers would also skip the seed it draws from its generator at every fresh start, so
+        from the second epoch on it would shuffle differently from a run resumed there."""
+        persistent = self.num_workers > 0 and not train
         return {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "persistent_workers": persistent}
 
 
@@ -292,5 +293,5 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool,
         shuffle=train,
         drop_last=train and len(dataset) > batch_size,
         generator=torch.Generator() if train else None,
-        **settings.loader_kwargs(dataset, train),
+        **settings.loader_kwargs(train),
     )

@@ -203,7 +203,7 @@ class DDPPlacement(Placement):
     def loaders(self, data: DataBundle, cfg: DataConfig, settings: LoaderSettings) -> Loaders:
         sampler = ShardSampler(len(data.train), cfg.batch_size, self.world_size, self.rank, self.seed)
         train = DataLoader(data.train, batch_size=sampler.local, sampler=sampler,
-                           **settings.loader_kwargs(data.train, train=True))
+                           **settings.loader_kwargs(train=True))
         shard = Subset(data.val, range(self.rank, len(data.val), self.world_size))
         val = make_loader(shard, cfg.eval_batch_size, train=False, settings=settings)
         full = make_loader(data.val, cfg.eval_batch_size, train=False, settings=settings)

@@ -195,7 +195,7 @@ def test_auto_num_workers_shares_the_trials_cpus() -> None:
     assert [auto_num_workers(n, cpu, light=False) for n in (1, 2, 8, 16)] == [0, 1, 2, 4]
 
 
-def test_loader_settings_pin_on_cuda_and_persist_except_for_augmented_training(tiny) -> None:
+def test_loader_settings_pin_on_cuda_and_keep_only_evaluation_workers(tiny) -> None:
     plain = build_data(tiny().data, 0)
     augmented = build_data(tiny(**{"data.augment": True}).data, 0)
     assert light_items(plain.train) and not light_items(augmented.train) and light_items(augmented.val)
@@ -203,20 +203,25 @@ def test_loader_settings_pin_on_cuda_and_persist_except_for_augmented_training(t
     auto = tiny(**{"data.num_workers": "auto"}).data
     on_gpu = LoaderSettings.resolve(auto, 4, torch.device("cuda"), augmented.train)
     assert on_gpu == LoaderSettings(num_workers=3, pin_memory=True)
+    assert LoaderSettings.resolve(auto, 4, torch.device("cuda"), plain.train) == LoaderSettings(2, True)
     assert LoaderSettings.resolve(auto, 4, torch.device("cpu"), plain.train) == LoaderSettings(0, False)
     fixed = tiny(**{"data.num_workers": 2}).data
     assert LoaderSettings.resolve(fixed, 4, torch.device("cpu"), plain.train) == LoaderSettings(2, False)
-    two = LoaderSettings(2)
-    assert two.loader_kwargs(augmented.train, train=True)["persistent_workers"] is False  # its own random numbers
-    assert two.loader_kwargs(plain.train, train=True)["persistent_workers"] is True
-    assert two.loader_kwargs(augmented.val, train=False)["persistent_workers"] is True
-    assert LoaderSettings().loader_kwargs(plain.val, train=False)["persistent_workers"] is False
+    two = LoaderSettings(2, pin_memory=True)
+    assert two.loader_kwargs(train=True) == {"num_workers": 2, "pin_memory": True, "persistent_workers": False}
+    assert two.loader_kwargs(train=False)["persistent_workers"] is True
+    assert LoaderSettings().loader_kwargs(train=False)["persistent_workers"] is False
+    loader = make_loader(plain.val, 64, train=False, settings=LoaderSettings(1))
+    assert loader.num_workers == 1 and loader.persistent_workers and not loader.pin_memory
 
 
-def test_augmented_trial_with_loader_workers_resumes_bit_identically(tmp_path: Path, tiny) -> None:
-    """auto on 2 CPUs gives augmentation one worker; resume stays exact because the training
-    loader's workers restart (and reseed) every epoch."""
-    cfg = tiny(**{"data.augment": True, "data.num_workers": "auto", "runtime.num_threads": 2,
+@pytest.mark.parametrize("augment, workers", [(True, "auto"), (False, 1)], ids=["augmented-auto", "decoded-1"])
+def test_trial_with_loader_workers_resumes_bit_identically(tmp_path: Path, tiny, augment: bool, workers) -> None:
+    """Training loaders restart their workers every epoch: an augmenting worker seeds its own random
+    numbers at start, and a loader that kept its workers would skip the per-epoch seed draw from its
+    generator, shuffling every later epoch differently from a run resumed there. (auto on 2 CPUs
+    gives augmentation one worker.)"""
+    cfg = tiny(**{"data.augment": augment, "data.num_workers": workers, "runtime.num_threads": 2,
                   "search.method": "repvgg", "search.epochs": 2, "data.limit_train": 192})
     _, run = _resume_matches(tmp_path, cfg, resume_epoch=1)
     summary = (run / "export" / "summary.json").read_text()
