@@ -97,14 +97,6 @@ class ModelConfig:
             )
 
 
-_check_workers_value = at_least(0)
-
-
-def _num_workers_check(value: Any) -> str | None:
-    """``auto`` or an integer >= 0."""
-    return None if value == "auto" else _check_workers_value(value)
-
-
 @dataclass
 class DataConfig:
     """Dataset, split and loader settings."""
@@ -115,7 +107,7 @@ class DataConfig:
     val_fraction: float = field(default=0.2, metadata=rule(between(0.0, 1.0, low_open=True, high_open=True)))
     batch_size: int = field(default=64, metadata=rule(at_least(1)))
     eval_batch_size: int = field(default=256, metadata=rule(at_least(1)))
-    num_workers: int | Literal["auto"] = field(default=0, metadata=rule(_num_workers_check))
+    num_workers: int | Literal["auto"] = field(default=0, metadata=rule(lambda v: None if v == "auto" else at_least(0)(v)))
     """Loader processes per loader; ``auto``: from the trial's CPUs, the device and whether items
     need per-item work (``trainables.data.auto_num_workers``)."""
     image_size: int | None = field(default=None, metadata=rule(at_least(1)))
