@@ -15,10 +15,31 @@ same host and size (only the KxK conv and its BN per layer):
   ``torch.profiler`` (``profile_memory=True``) around the build and the warm-up, while the
   timed steps run unprofiled. (A process's max RSS growth, used before, moved by 5-10%
   between identical runs with glibc's heap; the tensor peak is the same every run.)
+  Compiled rows compile in a first, unmeasured warm-up (under the profiler compilation
+  crawls) and take the peak over a second one; on CPU the tensors alive before it (weights,
+  buffers, gradients, alpha, optimiser state) are added to what it allocates.
+
+Runtime settings (``trial.runtime``), each a table column; give several values to measure
+them side by side (every combination, compiled rows after all eager ones):
+
+* ``--precision fp32 bf16 fp16``: autocast dtype (``runtime.precision``; fp16 with its loss scaler).
+* ``--channels-last off on``: model and inputs in ``torch.channels_last``.
+* ``--compile off on``: ``runtime.compile``. The engine compiles only fixed architectures, so
+  a searching config (``odbb@...``, measured in its search phase) runs eagerly under ``on``:
+  its row repeats the eager row, marked ``eager (search)``. ``search`` forces torch.compile on
+  the search phase as well, to measure what that would cost (a new mask every step means a new
+  graph: the ``graphs`` column counts dynamo's compiled graphs, ``breaks`` its graph breaks).
+
+Ratios: ``x plain`` is to the plain network of the first form with the same runtime settings;
+``x eager plain`` to that plain network eager (compile off), where both were measured.
+``warm-up s`` is the wall time of the build and the warm-up steps (torch.compile's compilation
+happens there; 3 steps, twice for compiled rows). ``--time-limit`` bounds the whole measurement: rows that would start after it,
+or run past it, are listed as not measured.
 
     python benchmarks/train_cost.py [--device cpu|cuda] [--batch-size 32] [--steps 10]
         [--threads N] [--models repvgg_a0 resnet18] [--configs plain dbb ...]
-        [--reparam offline online] [--sizes 224 32] [--json out.json]
+        [--reparam offline online] [--sizes 224 32] [--precision fp32 ...] [--channels-last off ...]
+        [--compile off ...] [--time-limit S] [--json out.json]
 
 The search-quality host (configs/fashion_mnist.yaml) and all its methods:
 
@@ -43,7 +64,12 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 from typing import Any
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # this checkout's packages, also where the project is not installed (a GPU image)
+    sys.path.insert(0, _ROOT)
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "plain": {"method": "plain"},
@@ -67,6 +93,16 @@ MODELS: dict[str, dict[str, Any]] = {  # model config, input channels and defaul
                          "channels": 1, "size": 28},
 }
 REPARAM = ("offline", "online")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SWITCH = {"off": False, "on": True}
+COMPILE = ("off", "on", "search")
+
+
+def _runtime_label(precision: str, channels_last: str, compile_mode: str) -> str:
+    """The key of one runtime setting in the results: ``bf16 cl compiled``, ``fp32``, ..."""
+    parts = [precision, "cl" if SWITCH[channels_last] else "", {"off": "", "on": "compiled",
+                                                               "search": "compiled+search"}[compile_mode]]
+    return " ".join(p for p in parts if p)
 
 
 def _model_config(model_key: str, size: int, reparam: str) -> dict[str, Any]:
@@ -93,84 +129,175 @@ def _cpu_tensor_peak(run: Callable[[], None]) -> int:
     return peak
 
 
-def _worker(model_key: str, config_key: str, reparam: str, size: int, device_name: str, batch_size: int,
-            steps: int) -> dict[str, float]:
+def _peak_bytes(device: Any, run: Callable[[], None], base: int = 0, resident: int = 0) -> int:
+    """The most bytes of tensors alive at once while ``run()`` runs. CUDA: allocated bytes over
+    ``base`` (what was allocated before the model was built). CPU: the profiler sees only what
+    ``run()`` allocates, so the tensors alive before it are added as ``resident``."""
+    import torch
+
+    if device.type != "cuda":
+        return resident + _cpu_tensor_peak(run)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def _resident_bytes(engine: Any) -> int:
+    """Bytes of the tensors a trained engine holds between steps: the model's parameters, buffers
+    and gradients, alpha and its gradient, both optimisers' state."""
+    import torch
+
+    tensors = [*engine.model.parameters(), *engine.model.buffers()]
+    tensors += [p.grad for p in engine.model.parameters() if p.grad is not None]
+    if engine.alpha is not None:
+        tensors += [engine.alpha] + ([engine.alpha.grad] if engine.alpha.grad is not None else [])
+    for optimizer in (engine.optimizer, engine.arch_optimizer):
+        for state in (optimizer.state.values() if optimizer is not None else ()):
+            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t.device.type == "cpu"}
+    return sum(storages.values())
+
+
+def _worker(model_key: str, config_key: str, reparam: str, size: int, args: argparse.Namespace) -> dict[str, float]:
     """Measure one configuration in this process (run via a fresh subprocess)."""
     import torch
+    from torch._dynamo.utils import counters
     from torch.utils.data import DataLoader, TensorDataset
 
     from trainables.build import build_trial_model
     from trainables.config import TrialConfig
     from trainables.engine import SearchEngine
 
-    device = torch.device(device_name)
-    warmup = 3
+    device = torch.device(args.device)
+    warmup, batch_size, steps = 3, args.batch_size, args.steps
+    compile_mode = args.compile[0]
     search = {"epochs": 1000, "random_epochs": 0, "search_epochs": 999, **CONFIGS[config_key]}
-    cfg = TrialConfig.from_dict({"model": _model_config(model_key, size, reparam), "search": search})
+    runtime = {"precision": args.precision[0], "channels_last": SWITCH[args.channels_last[0]],
+               "compile": compile_mode != "off"}
+    cfg = TrialConfig.from_dict({"model": _model_config(model_key, size, reparam), "search": search,
+                                 "runtime": runtime})
     channels, height, width = MODELS[model_key]["channels"], size, size
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn((warmup + steps) * batch_size, channels, height, width, generator=generator)
     targets = torch.randint(0, 10, (len(inputs),), generator=generator)
     data = TensorDataset(inputs, targets)
-    warm_loader = DataLoader(torch.utils.data.Subset(data, range(warmup * batch_size)), batch_size=batch_size)
-    loader = DataLoader(torch.utils.data.Subset(data, range(warmup * batch_size, len(data))), batch_size=batch_size)
+    pin = device.type == "cuda"  # as a trial's loaders on a GPU: non-blocking copies from pinned memory
+    warm_loader = DataLoader(torch.utils.data.Subset(data, range(warmup * batch_size)), batch_size=batch_size,
+                             pin_memory=pin)
+    loader = DataLoader(torch.utils.data.Subset(data, range(warmup * batch_size, len(data))), batch_size=batch_size,
+                        pin_memory=pin)
     engines: list[SearchEngine] = []
 
     def build_and_warm_up() -> None:
         model = build_trial_model(cfg, 10, channels)
-        engines.append(SearchEngine(model, cfg.search, cfg.optim, steps_per_epoch=warmup + steps, seed=0,
-                                    device=device))
-        engines[0].train_epoch(warm_loader)
+        engine = SearchEngine(model, cfg.search, cfg.optim, steps_per_epoch=2 * warmup + steps, seed=0,
+                              device=device, runtime=cfg.runtime)
+        if compile_mode == "search" and cfg.search.searching:  # what the engine refuses to do
+            engine.train_model = torch.compile(engine.model)
+        engines.append(engine)
+        engine.train_epoch(warm_loader)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        build_and_warm_up()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _cpu_tensor_peak(build_and_warm_up)
+    started = time.perf_counter()
+    base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    if compile_mode == "off":  # the peak over the build and the warm-up
+        peak = _peak_bytes(device, build_and_warm_up, base)
+    else:  # compilation happens in a first warm-up, unmeasured (under the profiler it crawls);
+        build_and_warm_up()  # the peak is over a second one, the tensors alive before it included
+        peak = _peak_bytes(device, lambda: engines[0].train_epoch(warm_loader), base, _resident_bytes(engines[0]))
+    warmup_s = time.perf_counter() - started
     engine = engines[0]
     start = time.perf_counter()
     engine.train_epoch(loader)
     if device.type == "cuda":
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / steps
-    return {"step_s": step_s, "peak_mb": peak / 2**20, "branches": float(engine.eval_mask().sum()),
-            "candidates": float(engine.num_candidates)}
+    return {"step_s": step_s, "peak_mb": peak / 2**20, "warmup_s": warmup_s,
+            "branches": float(engine.eval_mask().sum()), "candidates": float(engine.num_candidates),
+            "graphs": float(counters["stats"]["unique_graphs"]),
+            "breaks": float(sum(counters["graph_break"].values()))}
 
 
-def _measure(model_key: str, config_key: str, reparam: str, size: int, args: argparse.Namespace) -> dict[str, float]:
+def _measure(model_key: str, config_key: str, reparam: str, size: int, runtime: tuple[str, str, str],
+             args: argparse.Namespace, timeout: float | None) -> dict[str, float] | str:
+    """One row in a fresh subprocess; a string says why it was not measured."""
+    precision, channels_last, compile_mode = runtime
     cmd = [sys.executable, __file__, "--worker", model_key, config_key, reparam, str(size), "--device", args.device,
-           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--threads", str(args.threads)]
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--threads", str(args.threads),
+           "--precision", precision, "--channels-last", channels_last, "--compile", compile_mode]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "time limit"
     if out.returncode != 0:
-        raise RuntimeError(f"{model_key} {config_key} {reparam} {size} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{model_key} {config_key} {reparam} {size} {runtime} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-Results = dict[str, dict[str, dict[str, dict[str, float]]]]  # "model @size" -> reparam -> config -> row
+Row = dict[str, float]
+Results = dict[str, dict[str, dict[str, dict[str, Row | str]]]]  # "model @size" -> runtime -> reparam -> config -> row
+
+
+def _ratio(a: Row | str | None, b: Row | str | None, key: str) -> str:
+    return f"{a[key] / b[key]:.2f}" if isinstance(a, dict) and isinstance(b, dict) else ""
 
 
 def _table(results: Results, args: argparse.Namespace) -> str:
-    memory = "peak tensor MB"
-    lines = [f"| model @ input | config | branches kept / candidates | form | step (s) | x plain | online / offline "
-             f"| {memory} | x plain | online / offline |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, forms in results.items():
-        plain = forms[args.reparam[0]]["plain"]
-        for config_key in args.configs:
-            for reparam in args.reparam:
-                row = forms[reparam][config_key]
-                offline = forms.get("offline", {}).get(config_key)
-                vs = (f"{row['step_s'] / offline['step_s']:.2f}", f"{row['peak_mb'] / offline['peak_mb']:.2f}") \
-                    if reparam == "online" and offline else ("", "")
-                lines.append(
-                    f"| {label} | {config_key} | {int(row['branches'])} / {int(row['candidates'])} | {reparam} | "
-                    f"{row['step_s']:.4f} | {row['step_s'] / plain['step_s']:.2f} | {vs[0]} | "
-                    f"{row['peak_mb']:.0f} | {row['peak_mb'] / plain['peak_mb']:.2f} | {vs[1]} |"
-                )
+    """One markdown row per measured (or skipped) configuration."""
+    lines = ["| model @ input | config | branches kept / candidates | form | precision | channels_last | compile "
+             "| step (s) | x plain | x eager plain | online / offline | warm-up s | peak MB | x plain "
+             "| online / offline | graphs | breaks |", "|" + "---|" * 17]
+    first = args.reparam[0]
+    for label, runtimes in results.items():
+        for runtime, forms in runtimes.items():
+            precision, channels_last, compile_mode = _split_label(runtime)
+            eager = runtimes.get(_runtime_label(precision, channels_last, "off"), {})
+            plain, eager_plain = forms[first].get("plain"), eager.get(first, {}).get("plain")
+            for config_key in args.configs:
+                for reparam in args.reparam:
+                    row = forms[reparam].get(config_key)
+                    if row is None:
+                        continue
+                    head = f"| {label} | {config_key} |"
+                    mode = "eager (search)" if compile_mode == "on" and CONFIGS[config_key]["method"] == "odbb" \
+                        else compile_mode
+                    settings = f"{reparam} | {precision} | {channels_last} | {mode} |"
+                    if isinstance(row, str):
+                        lines.append(f"{head} | {settings} not measured: {row} |" + " |" * 9)
+                        continue
+                    offline = forms.get("offline", {}).get(config_key) if reparam == "online" else None
+                    lines.append(
+                        f"{head} {int(row['branches'])} / {int(row['candidates'])} | {settings} "
+                        f"{row['step_s']:.4f} | {_ratio(row, plain, 'step_s')} | "
+                        f"{_ratio(row, eager_plain, 'step_s') if compile_mode != 'off' else ''} | "
+                        f"{_ratio(row, offline, 'step_s')} | {row['warmup_s']:.1f} | {row['peak_mb']:.0f} | "
+                        f"{_ratio(row, plain, 'peak_mb')} | {_ratio(row, offline, 'peak_mb')} | "
+                        f"{int(row['graphs'])} | {int(row['breaks'])} |")
     return "\n".join(lines)
+
+
+def _split_label(label: str) -> tuple[str, str, str]:
+    """Inverse of :func:`_runtime_label`."""
+    parts = label.split()
+    compile_mode = {"compiled": "on", "compiled+search": "search"}.get(parts[-1], "off")
+    return parts[0], "on" if "cl" in parts else "off", compile_mode
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[tuple[str, str, str], str, int, str, str]]:
+    """Every row to measure, eager runtimes first: (runtime, model, size, config, form)."""
+    rows = []
+    for compile_mode in sorted(args.compile, key=COMPILE.index):
+        for precision in args.precision:
+            for channels_last in args.channels_last:
+                for model_key in args.models:
+                    for size in args.sizes or [MODELS[model_key]["size"]]:
+                        for config_key in args.configs:
+                            for reparam in args.reparam:
+                                rows.append(((precision, channels_last, compile_mode), model_key, size, config_key,
+                                             reparam))
+    return rows
 
 
 def main() -> None:
@@ -184,7 +311,13 @@ def main() -> None:
     parser.add_argument("--reparam", nargs="+", default=list(REPARAM), choices=REPARAM,
                         help="training forms to time; ratios are to the first form's plain network")
     parser.add_argument("--sizes", nargs="+", type=int, help="input sizes (default: each model's own)")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS, help="runtime.precision")
+    parser.add_argument("--channels-last", nargs="+", default=["off"], choices=list(SWITCH),
+                        help="runtime.channels_last")
+    parser.add_argument("--compile", nargs="+", default=["off"], choices=COMPILE,
+                        help="runtime.compile (search: force it on the search phase too)")
     parser.add_argument("--repeats", type=int, default=1, help="median step time over this many subprocesses")
+    parser.add_argument("--time-limit", type=float, help="seconds for all measurements; later rows are skipped")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", nargs=4, metavar=("MODEL", "CONFIG", "REPARAM", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,23 +326,32 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         model_key, config_key, reparam, size = args.worker
-        print(json.dumps(_worker(model_key, config_key, reparam, int(size), args.device, args.batch_size, args.steps)))
+        print(json.dumps(_worker(model_key, config_key, reparam, int(size), args)))
         return
     if "plain" not in args.configs:  # the reference of every ratio
         args.configs.insert(0, "plain")
+    deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
     results: Results = {}
-    for model_key in args.models:
-        for size in args.sizes or [MODELS[model_key]["size"]]:
-            label = f"{model_key} @{size}"
-            results[label] = {reparam: {} for reparam in args.reparam}
-            for config_key in args.configs:
-                for reparam in args.reparam:  # the forms side by side, config by config
-                    runs = [_measure(model_key, config_key, reparam, size, args) for _ in range(args.repeats)]
-                    row = dict(runs[0], step_s=statistics.median(r["step_s"] for r in runs),
-                               peak_mb=statistics.median(r["peak_mb"] for r in runs))
-                    results[label][reparam][config_key] = row
-                    print(f"{label:>16} {config_key:>10} {reparam:>7}: {row['step_s']:.4f} s/step, "
-                          f"{row['peak_mb']:.0f} MB", flush=True)
+    for runtime, model_key, size, config_key, reparam in _plan(args):
+        label, key = f"{model_key} @{size}", _runtime_label(*runtime)
+        forms = results.setdefault(label, {}).setdefault(key, {r: {} for r in args.reparam})
+        eager = results[label].get(_runtime_label(runtime[0], runtime[1], "off"), {}).get(reparam, {})
+        if runtime[2] == "on" and CONFIGS[config_key]["method"] == "odbb" and config_key in eager:
+            forms[reparam][config_key] = eager[config_key]  # the engine runs the search phase eagerly
+            continue
+        runs: list[Row | str] = []
+        for _ in range(args.repeats):
+            left = None if deadline is None else deadline - time.monotonic()
+            runs.append("time limit" if left is not None and left <= 0 else
+                        _measure(model_key, config_key, reparam, size, runtime, args, left))
+        measured = [r for r in runs if isinstance(r, dict)]
+        row: Row | str = runs[-1] if not measured else dict(
+            measured[0], step_s=statistics.median(r["step_s"] for r in measured),
+            peak_mb=statistics.median(r["peak_mb"] for r in measured))
+        forms[reparam][config_key] = row
+        shown = row if isinstance(row, str) else (f"{row['step_s']:.4f} s/step, {row['peak_mb']:.0f} MB, "
+                                                  f"warm-up {row['warmup_s']:.1f} s")
+        print(f"{label:>16} {key:>20} {config_key:>10} {reparam:>7}: {shown}", flush=True)
     print(f"\n{date.today()} {platform.processor() or platform.machine()}, {args.device}, "
           f"{args.threads} threads, batch {args.batch_size}, {args.steps} timed steps\n")
     print(_table(results, args))

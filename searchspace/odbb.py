@@ -10,6 +10,12 @@ The search engine drives a block through two handles and nothing else:
   saved, not copied by ``copy.deepcopy``/pickle, ignored by ``fuse()``.
 
 The identity branch (BN only) is not searchable: it is always on where it exists.
+
+Under ``torch.compile`` the forward reads the mask from the host copy that ``set_active``
+(or the last eager forward) made, as constants of the graph guarded by value: one graph per
+mask, no graph break. Change masks through ``set_active`` there: an in-place write to the
+buffer (``load_state_dict``) reaches a compiled forward only after ``set_active`` or an
+eager forward.
 """
 
 from __future__ import annotations
@@ -126,6 +132,11 @@ class ODBB(nn.Module):
         training step on GPU costs no host sync per block.
         """
         cache, active = self._active_cache, self.active
+        if cache is not None and torch.compiler.is_compiling():
+            # Traced: the flags become constants of the graph, guarded by value (a changed mask
+            # recompiles). Reading the buffer here would break the graph at every block, and its
+            # version counter would recompile on every set_active even with the same mask.
+            return cache[2]
         if cache is None or cache[0] is not active or cache[1] != active._version:
             cache = (active, active._version, tuple(active.tolist()))
             self._active_cache = cache

@@ -22,6 +22,7 @@ instead (:meth:`_Scaled.runs_direct`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -291,11 +292,19 @@ class OnlineODBB(ODBB):
         return self.bn(out)
 
     def _composed_conv(self, x: Tensor, composed: list[tuple[_Scaled, Tensor | None]]) -> Tensor:
-        """The one conv of the composed branches, with a kernel as small as their footprints allow."""
+        """The one conv of the composed branches, with a kernel as small as their footprints allow.
+
+        Under autocast the kernel is still composed in the weights' dtype (float32): the
+        composition is a few small einsums whatever the batch, and rounding every branch's
+        kernel to bf16/fp16 before the sum would put that rounding into the gates' gradients.
+        Only the conv itself runs in the autocast dtype.
+        """
         size = (max(m.footprint[0] for m, _ in composed), max(m.footprint[1] for m, _ in composed))
-        kernel = composed[0][0].kernel(composed[0][1], size)
-        for module, gate in composed[1:]:
-            kernel = kernel + module.kernel(gate, size)
+        with torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) \
+                else contextlib.nullcontext():
+            kernel = composed[0][0].kernel(composed[0][1], size)
+            for module, gate in composed[1:]:
+                kernel = kernel + module.kernel(gate, size)
         return self._conv(x, kernel)
 
     def fuse_kernel(self) -> tuple[Tensor, Tensor]:

@@ -81,3 +81,32 @@ def test_sweep_overhead_breakdown_spans_name_functions_that_exist() -> None:
              for h in ("on_start", "on_epoch", "on_end")}
     read -= {"orchestrator.run", "ray.scripts.scripts"}  # commands it starts (the driver, a Ray head), not spans
     assert "orchestrator.tracking.child_run.MLflowTrialHook.on_end" in read and read <= wrapped, read - wrapped
+
+
+def test_train_cost_measures_eager_rows_first_and_labels_every_runtime_setting() -> None:
+    """Compiled rows come after every eager one (a --time-limit cuts compilation first), each
+    runtime label reads back as its settings, and a row cut by the limit is listed as such."""
+    import argparse
+
+    cost = _script("train_cost")
+    args = argparse.Namespace(compile=["on", "off"], precision=["bf16", "fp32"], channels_last=["on"],
+                              models=["repvgg_tiny_s2"], sizes=None, configs=["plain", "odbb@0.34"],
+                              reparam=["offline", "online"])
+    plan = cost._plan(args)
+    modes = [runtime[2] for runtime, *_ in plan]
+    assert len(plan) == 16 and modes == ["off"] * 8 + ["on"] * 8
+    assert [runtime[0] for runtime, *_ in plan[:8]] == ["bf16"] * 4 + ["fp32"] * 4
+    for runtime, *_ in plan:
+        assert cost._split_label(cost._runtime_label(*runtime)) == runtime
+    assert cost._split_label("fp16") == ("fp16", "off", "off")
+    row = {"step_s": 0.2, "peak_mb": 30.0, "warmup_s": 1.0, "branches": 5.0, "candidates": 30.0, "graphs": 1.0,
+           "breaks": 0.0}
+    results = {"m @28": {"bf16 cl": {"offline": {"plain": dict(row, step_s=0.1, peak_mb=20.0)}, "online": {}},
+                         "bf16 cl compiled": {"offline": {"plain": dict(row, step_s=0.05)},
+                                              "online": {"plain": row, "odbb@0.34": "time limit"}}}}
+    table = cost._table(results, argparse.Namespace(configs=["plain", "odbb@0.34"], reparam=["offline", "online"]))
+    lines = table.splitlines()
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    compiled_online = next(line for line in lines if "| online | bf16 | on | on |" in line and "| plain |" in line)
+    assert "| 4.00 | 2.00 |" in compiled_online  # x compiled plain, x eager plain
+    assert any("eager (search)" in line and "not measured: time limit" in line for line in lines)

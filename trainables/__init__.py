@@ -21,7 +21,7 @@ from .config import (
     TrialConfig,
     check_trial_key,
 )
-from .data import DataBundle, build_data, make_loader
+from .data import DataBundle, LoaderSettings, build_data, make_loader
 from .engine import SearchEngine
 from .export import FusionMismatchError
 from .failures import NonFiniteLossError
@@ -65,6 +65,7 @@ __all__ = [
     "DataBundle",
     "build_data",
     "make_loader",
+    "LoaderSettings",
     "SearchEngine",
     "CheckpointError",
     "save_checkpoint",

@@ -107,7 +107,9 @@ class DataConfig:
     val_fraction: float = field(default=0.2, metadata=rule(between(0.0, 1.0, low_open=True, high_open=True)))
     batch_size: int = field(default=64, metadata=rule(at_least(1)))
     eval_batch_size: int = field(default=256, metadata=rule(at_least(1)))
-    num_workers: int = field(default=0, metadata=rule(at_least(0)))
+    num_workers: int | Literal["auto"] = field(default=0, metadata=rule(lambda v: None if v == "auto" else at_least(0)(v)))
+    """Loader processes per loader; ``auto``: from the trial's CPUs, the device and whether items
+    need per-item work (``trainables.data.auto_num_workers``)."""
     image_size: int | None = field(default=None, metadata=rule(at_least(1)))
     augment: bool = False
     limit_train: int | None = field(default=None, metadata=rule(at_least(1)))
@@ -245,6 +247,14 @@ class RuntimeConfig:
     workers: int = field(default=1, metadata=rule(at_least(1)))
     sync_bn: bool = False
     latency_batch_size: int = field(default=1, metadata=rule(at_least(1)))
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast dtype of the training and evaluation forwards (``fp16`` with a gradient scaler);
+    weights, optimiser state, alpha, gates and all fusion math stay float32 (``trainables.amp``)."""
+    channels_last: bool = False
+    """Model and inputs in ``torch.channels_last`` memory format (faster convs on tensor cores)."""
+    compile: bool = False
+    """``torch.compile`` the training forward while the architecture is fixed (baselines, and the
+    fixed phase of a search); the random and search phases stay eager (a new mask every step)."""
 
     def validate(self, path: str) -> None:
         if self.sync_bn and self.workers > 1 and self.device == "cpu":

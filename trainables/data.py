@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -26,7 +26,8 @@ from .schema import ConfigError
 if TYPE_CHECKING:  # torchvision is imported where a dataset needs it (~1.3 s; digits does not)
     from torchvision import datasets
 
-__all__ = ["DataBundle", "build_data", "make_loader", "TensorImages", "FASHION_MNIST_ROOT", "cache_dir"]
+__all__ = ["DataBundle", "build_data", "make_loader", "TensorImages", "FASHION_MNIST_ROOT", "cache_dir", "LoaderSettings",
+           "auto_num_workers", "light_items"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 _ROOT_PATH = "trial.data.root"
@@ -232,14 +233,65 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     )
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int = 0) -> DataLoader:
+def light_items(dataset: Dataset) -> bool:
+    """Whether loading an item is only indexing a decoded tensor: a ``TensorImages`` (or a
+    ``Subset`` of one) without augmentation. Anything else (augmentation, a folder of image
+    files) does per-item work in whichever process loads it."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, TensorImages) and dataset.augment is None
+
+
+def auto_num_workers(cpus: int, device: torch.device, light: bool) -> int:
+    """Loader processes for ``data.num_workers: auto`` on a trial given ``cpus`` CPUs.
+
+    The training process keeps one CPU. On a GPU it only launches kernels, so per-item work
+    (decoding, augmentation) gets every other CPU, and light items (one index into a decoded
+    tensor) two workers to overlap batching and the host-to-device copy. On the CPU the
+    training process computes with all the trial's threads and data is a small part of a
+    step: light items load in-process (a worker would only add inter-process copies), per-item
+    work gets a quarter of the CPUs (at least one worker from 2 CPUs on).
+    """
+    spare = max(0, cpus - 1)
+    if device.type == "cuda":
+        return min(2, spare) if light else spare
+    return 0 if light else min(spare, max(1, cpus // 4))
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a trial's loaders load: worker processes and pinned host memory."""
+
+    num_workers: int = 0
+    pin_memory: bool = False
+
+    @classmethod
+    def resolve(cls, cfg: DataConfig, cpus: int, device: torch.device, train: Dataset) -> LoaderSettings:
+        """``cfg.num_workers`` (``auto``: :func:`auto_num_workers` for the training set), and
+        pinned memory on CUDA (the copies to the GPU are non-blocking)."""
+        workers = cfg.num_workers
+        if workers == "auto":
+            workers = auto_num_workers(cpus, device, light_items(train))
+        return cls(int(workers), device.type == "cuda")
+
+    def loader_kwargs(self, train: bool) -> dict[str, Any]:
+        """DataLoader arguments. Evaluation loaders keep their workers across epochs; training
+        loaders restart them every epoch, which keeps a resumed run bit-identical: each worker
+        seeds its own random numbers (augmentation) when it starts, and a loader that kept its
+        workers would also skip the seed it draws from its generator at every fresh start, so
+        from the second epoch on it would shuffle differently from a run resumed there."""
+        persistent = self.num_workers > 0 and not train
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "persistent_workers": persistent}
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool,
+                settings: LoaderSettings = LoaderSettings()) -> DataLoader:
     """A DataLoader; a training loader shuffles with its own generator, reseeded per epoch."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=train,
         drop_last=train and len(dataset) > batch_size,
-        num_workers=num_workers,
         generator=torch.Generator() if train else None,
-        persistent_workers=False,
+        **settings.loader_kwargs(train),
     )

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from . import ray_adapter
 from .config import DataConfig, RuntimeConfig, TrialConfig
-from .data import DataBundle, make_loader
+from .data import DataBundle, LoaderSettings, make_loader
 from .engine import EngineSync, SearchEngine, derive_seed
 from .errors import RepnasError
 from .hooks import TrialHook
@@ -202,12 +202,13 @@ class DDPPlacement(Placement):
             torch.set_num_threads(runtime.num_threads)
         return self._device
 
-    def loaders(self, data: DataBundle, cfg: DataConfig) -> Loaders:
+    def loaders(self, data: DataBundle, cfg: DataConfig, settings: LoaderSettings) -> Loaders:
         sampler = ShardSampler(len(data.train), cfg.batch_size, self.world_size, self.rank, self.seed)
-        train = DataLoader(data.train, batch_size=sampler.local, sampler=sampler, num_workers=cfg.num_workers)
+        train = DataLoader(data.train, batch_size=sampler.local, sampler=sampler,
+                           **settings.loader_kwargs(train=True))
         shard = Subset(data.val, range(self.rank, len(data.val), self.world_size))
-        val = make_loader(shard, cfg.eval_batch_size, train=False, num_workers=cfg.num_workers)
-        full = make_loader(data.val, cfg.eval_batch_size, train=False, num_workers=cfg.num_workers)
+        val = make_loader(shard, cfg.eval_batch_size, train=False, settings=settings)
+        full = make_loader(data.val, cfg.eval_batch_size, train=False, settings=settings)
         return Loaders(train, val, full)
 
     def attach(self, engine: SearchEngine) -> None:

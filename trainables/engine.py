@@ -11,7 +11,16 @@ two-stage retrain from scratch (``trainables.recipe``).
 
 Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
 noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is
-bit-identical to an uninterrupted one.
+bit-identical to an uninterrupted one (fp16's loss scale is checkpointed too).
+
+Runtime (``RuntimeConfig``): ``precision`` autocasts the training forward and loss and the
+supernet's evaluation (``trainables.amp``; the fused model is always evaluated in float32);
+``channels_last`` puts the model and every input batch in that memory format; ``compile``
+runs the training forward through ``torch.compile`` while the architecture is fixed (a
+baseline throughout, a search in its fixed phase). The random and search phases stay eager:
+their mask changes every step, and every new mask is a new graph (dynamo recompiles until
+its recompile limit, then runs that code eagerly for the rest of the process, the fixed
+phase included; docs/sweep-config.md).
 
 DDP seam: ``sync`` (an :class:`EngineSync`) broadcasts every sampled mask and the search
 noise from rank 0, averages alpha's gradient, sums the epoch's loss/accuracy counts and
@@ -23,6 +32,7 @@ makes every rank use rank 0's mask.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,7 +44,8 @@ from torch.utils.data import DataLoader
 
 from searchspace import odbb_layers
 
-from .config import OptimConfig, SearchConfig
+from .amp import MixedPrecision
+from .config import OptimConfig, RuntimeConfig, SearchConfig
 from .failures import check_finite
 from .gates import (apply_fallback, budget_to_k, cosine, fair_mask, fair_update, floored_topk, logistic_noise,
                     min_kept, noise_temperature, random_mask, straight_through)
@@ -93,11 +104,18 @@ class SearchEngine:
         seed: int,
         device: torch.device,
         rebuild: Callable[[], nn.Module] | None = None,
+        runtime: RuntimeConfig | None = None,
     ) -> None:
-        """``rebuild``: a fresh copy of ``model``'s architecture (needed by ``search.two_stage``)."""
-        self.model = model.to(device)
+        """``rebuild``: a fresh copy of ``model``'s architecture (needed by ``search.two_stage``).
+        ``runtime``: precision, memory format and compilation (default: fp32, eager)."""
+        runtime = runtime or RuntimeConfig()
+        self.memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+        self.model = model.to(device, memory_format=self.memory_format)
         self.search, self.optim = search, optim
         self.seed, self.device = seed, device
+        self.amp = MixedPrecision(runtime.precision, device)
+        self.compile = runtime.compile
+        self._compiled: nn.Module | None = None  # torch.compile of train_model, made at the first fixed step
         self.layers = odbb_layers(model)
         self.sizes = [len(block.branch_names) for _, block in self.layers]
         self.num_candidates = sum(self.sizes)
@@ -216,7 +234,9 @@ class SearchEngine:
             self._apply(self.fixed_mask)
         elif self.search.fix_bn == "recalibrate" and loader is not None:
             self._reseed(loader, _STREAM_CALIBRATE)
-            recalibrate_bn(self.model, loader, self.search.fix_bn_batches, self.device)
+            with self.amp.autocast():
+                recalibrate_bn(self.model, ((self._inputs(x),) for x, *_ in loader), self.search.fix_bn_batches,
+                               self.device)
             average_bn_stats(self.model, self.sync.sum, self.sync.world_size)  # all ranks' batches
         else:
             reset_bn_stats(self.model)
@@ -236,6 +256,19 @@ class SearchEngine:
         if callable(getattr(loader.sampler, "set_epoch", None)):
             loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
 
+    def _inputs(self, inputs: Tensor) -> Tensor:
+        """A batch on the device, in the model's memory format (asynchronous from pinned memory)."""
+        return inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def _train_forward(self, phase: int) -> nn.Module:
+        """What the training step calls: ``train_model``, compiled (``runtime.compile``) once the
+        architecture is fixed. Compiled lazily, after a DDP placement has wrapped the model."""
+        if not self.compile or phase != PHASE_FIXED:
+            return self.train_model
+        if self._compiled is None:
+            self._compiled = torch.compile(self.train_model)
+        return self._compiled
+
     def train_epoch(self, loader: DataLoader) -> dict[str, float]:
         """Train one epoch; returns phase_id, train_loss, train_acc, lr (at its first step)."""
         phase = self.phase()
@@ -248,32 +281,33 @@ class SearchEngine:
         search_start = self.search.random_epochs * self.steps_per_epoch
         search_total = self.search.search_epochs * self.steps_per_epoch
         lr = float(self.optimizer.param_groups[0]["lr"])
+        forward = self._train_forward(phase)
         self.model.train()
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
         for inputs, targets in loader:
-            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            inputs, targets = self._inputs(inputs), targets.to(self.device, non_blocking=True)
             # set to None before the forward, not before the backward: the last step's gradients
             # would otherwise stay resident beside this step's activations (the peak of a step)
             self.optimizer.zero_grad(set_to_none=True)
             if self.arch_optimizer is not None:
                 self.arch_optimizer.zero_grad(set_to_none=True)
             self._step_gates(phase, noise)
-            logits = self.train_model(inputs)
-            loss = F.cross_entropy(logits, targets)
+            with self.amp.autocast():
+                logits = forward(inputs)
+                loss = F.cross_entropy(logits.float(), targets)
             # Stop at once on NaN/inf. Not on GPU (the epoch-end check avoids a sync per step),
             # nor across ranks (one rank raising before the gradient all-reduce hangs the others).
             if self.device.type == "cpu" and self.sync.world_size == 1:
                 check_finite(loss, self.epoch + 1, self.step + 1)
-            loss.backward()
+            self.amp.backward(loss)
             if self.alpha is not None and self.alpha.grad is not None:
                 self.sync.average_grad(self.alpha.grad)
-            if self.optim.grad_clip is not None:
-                nn.utils.clip_grad_norm_(list(self._parameters()), self.optim.grad_clip)
-            self.optimizer.step()
+            stepping: list[torch.optim.Optimizer] = [self.optimizer]
             if phase == PHASE_SEARCH and self.arch_optimizer is not None:
                 decay = cosine(self.step - search_start, search_total, self.search.arch_weight_decay)
                 self.arch_optimizer.param_groups[0]["weight_decay"] = decay
-                self.arch_optimizer.step()
+                stepping.append(self.arch_optimizer)
+            self.amp.step(stepping, self._parameters(), self.optim.grad_clip)
             self.scheduler.step()
             self.step += 1
             loss_sum += loss.detach() * len(targets)
@@ -297,8 +331,9 @@ class SearchEngine:
         """(loss, accuracy) of ``model`` (default: the supernet under ``eval_mask()``).
 
         The supernet's evaluation is collective: every rank evaluates its shard of ``loader``
-        with rank 0's BN buffers and the sums are reduced. Another ``model`` (the fused one,
-        evaluated by rank 0 alone) is evaluated locally.
+        with rank 0's BN buffers and the sums are reduced; it runs in the trial's precision.
+        Another ``model`` (the fused one, evaluated by rank 0 alone) is evaluated locally, in
+        float32: what its exported files compute.
         """
         reduce = model is None
         if model is None:
@@ -308,8 +343,9 @@ class SearchEngine:
         model.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         for inputs, targets in loader:
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            logits = model(inputs)
+            inputs, targets = self._inputs(inputs), targets.to(self.device, non_blocking=True)
+            with self.amp.autocast() if reduce else contextlib.nullcontext():
+                logits = model(inputs).float()
             loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
             correct += int((logits.argmax(1) == targets).sum())
             seen += len(targets)
@@ -344,6 +380,8 @@ class SearchEngine:
             tensors["fixed_mask"] = self.fixed_mask
         if self.fair_counts is not None:
             tensors["fair_counts"] = self.fair_counts
+        if self.amp.state_dict():
+            tensors["grad_scaler"] = self.amp.state_dict()
         meta = {"epoch": self.epoch, "step": self.step, "phase_id": self.phase(), "k": self.k,
                 "num_candidates": self.num_candidates}
         return tensors, meta
@@ -368,6 +406,7 @@ class SearchEngine:
             if "fair_counts" not in tensors:
                 raise ValueError("checkpoint has no fair-sampling counts: it was written with another random_sampling")
             self.fair_counts = tensors["fair_counts"].long().cpu().clone()
+        self.amp.load_state_dict(tensors.get("grad_scaler"))
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         torch.set_rng_state(tensors["rng_cpu"])
         if "rng_cuda" in tensors and torch.cuda.is_available():

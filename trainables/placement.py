@@ -14,11 +14,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import DataConfig, RuntimeConfig
-from .data import DataBundle, make_loader
+from .data import DataBundle, LoaderSettings, make_loader
 from .engine import SearchEngine
 from .schema import ConfigError
 
-__all__ = ["Placement", "Loaders", "resolve_device"]
+__all__ = ["Placement", "Loaders", "resolve_device", "trial_cpus"]
+
+
+def trial_cpus(runtime: RuntimeConfig) -> int:
+    """The CPUs this trial (or DDP worker) computes on: ``runtime.num_threads`` (which Ray Tune
+    fills in from the trial's resources), else the CPUs this process may run on."""
+    return runtime.num_threads or len(os.sched_getaffinity(0))
 
 
 def resolve_device(runtime: RuntimeConfig) -> torch.device:
@@ -26,7 +32,7 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trial.runtime.device", "cuda requested but torch sees no GPU; use auto or cpu")
     use_cuda = runtime.device == "cuda" or (runtime.device == "auto" and torch.cuda.is_available())
-    torch.set_num_threads(runtime.num_threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(trial_cpus(runtime))
     return torch.device("cuda" if use_cuda else "cpu")
 
 
@@ -54,10 +60,10 @@ class Placement:
         """The device to train on (and the CPU threads to use)."""
         return resolve_device(runtime)
 
-    def loaders(self, data: DataBundle, cfg: DataConfig) -> Loaders:
+    def loaders(self, data: DataBundle, cfg: DataConfig, settings: LoaderSettings) -> Loaders:
         """Seeded shuffling training loader and one validation loader for both uses."""
-        val = make_loader(data.val, cfg.eval_batch_size, train=False, num_workers=cfg.num_workers)
-        return Loaders(make_loader(data.train, cfg.batch_size, train=True, num_workers=cfg.num_workers), val, val)
+        val = make_loader(data.val, cfg.eval_batch_size, train=False, settings=settings)
+        return Loaders(make_loader(data.train, cfg.batch_size, train=True, settings=settings), val, val)
 
     def attach(self, engine: SearchEngine) -> None:
         """Wire the engine's collectives and training forward (nothing to do on one process)."""

@@ -26,14 +26,14 @@ from .alpha import alpha_table, plot_alpha, save_alpha
 from .build import build_trial_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrialConfig
-from .data import build_data, make_loader
+from .data import LoaderSettings, build_data, make_loader
 from .engine import SearchEngine, derive_seed
 from .export import export_model
 from .failures import check_finite
 from .hooks import TrialHook
 from .memory import PeakMemory
 from .metrics import EPOCH_METRICS
-from .placement import Placement
+from .placement import Placement, trial_cpus
 from .schema import ConfigError
 
 __all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
@@ -79,7 +79,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
     tmp.replace(path)
 
 
-def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: Any, out: Path) -> tuple[dict[str, float], dict[str, Any]]:
+def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: Any, out: Path,
+            loading: LoaderSettings) -> tuple[dict[str, float], dict[str, Any]]:
     """Final metrics and summary fields of a finalized engine: fuse, verify, measure, export,
     test accuracy, alpha plot."""
     fused, result = export_model(
@@ -90,14 +91,14 @@ def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: An
     )
     metrics = dict(result.metrics)
     if data.test is not None:
-        test_loader = make_loader(data.test, config.data.eval_batch_size, train=False, num_workers=config.data.num_workers)
+        test_loader = make_loader(data.test, config.data.eval_batch_size, train=False, settings=loading)
         metrics["test_acc"] = engine.evaluate(test_loader, model=fused)[1]
     table = alpha_table(engine.layers, engine.alpha, engine.eval_mask())
     save_alpha(table, out / "alpha.json")
     plot_alpha(table, out / "alpha.png")
     metrics["done"] = 1.0
     extra = {"files": result.files, "export_errors": result.errors, "onnx_max_diff": result.onnx_max_diff,
-             "input_shape": list(data.example_shape)}
+             "input_shape": list(data.example_shape), "loader_workers": loading.num_workers}
     return metrics, extra
 
 
@@ -142,10 +143,11 @@ def run_trial(
         data = build_data(config.data, config.seed)
         torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))  # weight init is seeded too
         model = build_trial_model(config, data.num_classes, data.in_channels)
-        loaders = place.loaders(data, config.data)
+        loading = LoaderSettings.resolve(config.data, trial_cpus(config.runtime), device, data.train)
+        loaders = place.loaders(data, config.data, loading)
         train_loader, val_loader = loaders.train, loaders.val
         engine = SearchEngine(model, config.search, config.optim, steps_per_epoch=len(train_loader),
-                              seed=config.seed, device=device,
+                              seed=config.seed, device=device, runtime=config.runtime,
                               rebuild=lambda: build_trial_model(config, data.num_classes, data.in_channels))
         place.attach(engine)
         if saved is not None and resume_from is not None:
@@ -172,7 +174,7 @@ def run_trial(
             if last:
                 engine.finalize()  # on every rank: fixing the mask is collective under DDP
             if last and place.is_main:
-                final, summary_extra = _finish(engine, config, data, loaders.export, export_dir)
+                final, summary_extra = _finish(engine, config, data, loaders.export, export_dir, loading)
                 metrics.update(final)
             history.append(metrics)
             _write_jsonl(workdir / "metrics.jsonl", history)

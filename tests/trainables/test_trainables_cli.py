@@ -68,3 +68,24 @@ def test_cli_missing_file_and_missing_trial_section(tmp_path: Path, capsys) -> N
     (tmp_path / "s.yaml").write_text("name: x\n")
     assert main([str(tmp_path / "s.yaml"), "--output", str(tmp_path / "o")]) == 2
     assert "no top-level `trial:`" in capsys.readouterr().err
+
+
+def test_cli_search_runs_where_ray_mlflow_and_optuna_are_not_installed(tmp_path: Path, tiny_dict: dict[str, Any]) -> None:
+    """A GPU image may carry only torch and torchvision: a whole CLI search (train, fuse, verify,
+    export) must not import Ray, MLflow or Optuna. An import hook makes them uninstalled."""
+    sweep = _sweep(tmp_path, {**tiny_dict, "search": {**tiny_dict["search"], "epochs": 2},
+                              "export": {"formats": ["state_dict", "torch_export"], "latency_min_run_time": 0.01}})
+    code = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('ray', 'mlflow', 'optuna'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "from trainables.cli import main\n"
+        f"sys.exit(main([{str(sweep)!r}, '--output', {str(tmp_path / 'out')!r}]))\n"
+    )
+    root = Path(__file__).resolve().parents[2]  # this checkout's packages, not an installed copy
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fused: val acc" in proc.stdout and json.loads((tmp_path / "out" / "summary.json").read_text())["final"]["done"] == 1.0

@@ -52,11 +52,17 @@ def test_sync_bn_conversion_keeps_classes_and_fusion(reparam: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reparam", ["offline", "online"])
-def test_two_gloo_workers_agree_on_masks_and_alpha(tmp_path: Path, tiny_dict: dict[str, Any], reparam: str) -> None:
+@pytest.mark.parametrize("reparam, runtime", [("offline", {}), ("online", {}),
+                                              ("offline", {"runtime.precision": "fp16", "runtime.compile": True})],
+                         ids=["offline", "online", "offline-fp16-compile"])
+def test_two_gloo_workers_agree_on_masks_and_alpha(tmp_path: Path, tiny_dict: dict[str, Any], reparam: str,
+                                                   runtime: dict[str, Any]) -> None:
     """Every step both ranks use the same mask and alpha (though rank 1 draws its own),
-    the weights agree, and the run ends with a fused, verified, exported model."""
-    config = TrialConfig.from_dict(apply_overrides(tiny_dict, {"runtime.workers": 2, "model.reparam": reparam}))
+    the weights agree, and the run ends with a fused, verified, exported model. fp16 with
+    compile: both ranks skip the same overflowing steps (the all-reduced gradients decide),
+    and the DDP model compiled for the fixed phase keeps them in step."""
+    config = TrialConfig.from_dict(apply_overrides(tiny_dict, {"runtime.workers": 2, "model.reparam": reparam,
+                                                               **runtime}))
     reports: list[tuple[dict[str, float], str]] = []
 
     def report(metrics: dict[str, float], checkpoint: Any) -> None:  # as Tune does: copy it out
