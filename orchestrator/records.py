@@ -121,7 +121,8 @@ class TrialRecord:
     trial's value left out, so a method's label names only what the space changed).
     ``metrics``: the trial's own metrics (``TRIAL_METRICS``) of its last report, plus
     ``epoch_time_mean_s`` (``train_seconds / epoch``). ``run_id``/``model_uri``: its MLflow
-    child run and fused model, where known.
+    child run and fused model, where known. A repeat (``repeat_of``) has the earlier trial's
+    metrics and no fused model of its own.
     """
 
     trial_id: str
@@ -132,6 +133,7 @@ class TrialRecord:
     run_id: str | None = None
     model_uri: str | None = None
     error: str | None = None
+    repeat_of: str | None = None  # not trained: the earlier trial (``sweep/trial`` for another sweep's) whose result it has
     pareto: bool = False
 
     @property
@@ -156,7 +158,7 @@ def record_keys(cfg: SweepConfig) -> list[str]:
 
 def make_record(cfg: SweepConfig, trial_id: str, trial_name: str, status: TrialStatus, config: Mapping[str, Any],
                 metrics: Mapping[str, Any], error: str | None = None, run_id: str | None = None,
-                model_uri: str | None = None) -> TrialRecord:
+                model_uri: str | None = None, repeat_of: str | None = None) -> TrialRecord:
     """A record from any source: ``config`` is the trial's whole config, flat (dotted keys),
     ``metrics`` its last report. A finite-looking record whose objective is not finite fails
     (it cannot be ranked)."""
@@ -167,7 +169,7 @@ def make_record(cfg: SweepConfig, trial_id: str, trial_name: str, status: TrialS
     if values.get("epoch"):
         values["epoch_time_mean_s"] = values.get("train_seconds", math.nan) / values["epoch"]
     record = TrialRecord(trial_id, trial_name, status, shown, values, run_id, model_uri,
-                         _first_line(error) if error else None)
+                         _first_line(error) if error else None, repeat_of)
     return _judge(record, cfg.objectives)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import yaml
 from trainables.errors import EXIT_FAILED, EXIT_OK, run_command
@@ -18,6 +19,9 @@ from . import console
 from .redact import error_line, redact
 from .sweep import SweepConfig, SweepLock, load_sweep, sample_overrides, storage, trial_count
 from .tracking.preflight import check_tracking
+
+if TYPE_CHECKING:
+    from .tracking.warm_start import WarmStart
 
 __all__ = ["main", "parse_args", "run_sweep", "dry_run"]
 
@@ -65,8 +69,10 @@ def _init_ray(cfg: SweepConfig) -> None:
     validate_cluster(cfg)
 
 
-def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], None] = _init_ray) -> int:
-    """Parent run -> Tuner (new or restored) -> fit -> Pareto, registry, summary."""
+def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], None] = _init_ray,
+              warm: WarmStart | None = None) -> int:
+    """Parent run -> Tuner (new or restored; ``warm``: earlier sweeps' trials for a new one's
+    sampler) -> fit -> Pareto, registry, summary."""
     from .ray_tune.repair import set_aside_torn_snapshots
     from .ray_tune.tuner import NothingToResumeError, can_restore, check_fresh
 
@@ -84,10 +90,10 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
             check_fresh(cfg)
         init_ray(cfg)  # a cluster that cannot hold the trials is refused before the sweep leaves any trace
         lock.acquire()
-        return _run_locked(cfg, resume, restorable)
+        return _run_locked(cfg, resume, restorable, warm)
 
 
-def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool) -> int:
+def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, warm: WarmStart | None) -> int:
     """The sweep proper, while this driver holds the sweep's lock (Ray is up)."""
     from .ray_tune.tuner import build_tuner, restore_tuner
     from .results.sweep_summary import print_summary, summarize
@@ -97,7 +103,11 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool) -> int:
 
     state = start_parent_run(cfg, resume=resume)
     hooks = [MLflowTrialHook(state.tracking_uri, state.experiment_id, state.parent_run_id)]
-    tuner = restore_tuner(cfg, hooks) if restorable else build_tuner(cfg, hooks)
+    if warm is not None and warm.used and not restorable:
+        from .tracking.warm_start import record_warm_start
+
+        record_warm_start(state, warm)
+    tuner = restore_tuner(cfg, hooks) if restorable else build_tuner(cfg, hooks, warm.trials if warm else ())
     if cfg.search.algorithm == "optuna":
         console.quiet_optuna()
     print(f"{'resuming' if restorable else 'running'} sweep {cfg.name!r}: "
@@ -140,7 +150,14 @@ def _main(args: argparse.Namespace) -> int:
     if problem:
         _error(problem + "; start it or point mlflow.tracking_uri / MLFLOW_TRACKING_URI elsewhere")
         return EXIT_FAILED
-    return run_sweep(cfg, resume=args.resume, init_ray=_init_ray)
+    warm = None
+    if cfg.search.warm_start:  # read even on --resume: a sweep killed before Ray recorded it starts anew
+        from .tracking.warm_start import resolve_warm_start
+
+        warm = resolve_warm_start(cfg)
+        for line in warm.lines():
+            print(line, flush=True)
+    return run_sweep(cfg, resume=args.resume, init_ray=_init_ray, warm=warm)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from .engine import SearchEngine
 from .export import FusionMismatchError
 from .failures import NonFiniteLossError
 from .hooks import TrialHook
+from .repeat import REPEAT_KEY, Repeat
 from .metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS, PHASES, objective_metric_names, scheduler_metric_names
 from .schema import ConfigError, apply_overrides, did_you_mean, flatten_overrides, parse_override
 from .sweepfile import load_trial_section, read_sweep_yaml
@@ -73,6 +74,8 @@ __all__ = [
     "FusionMismatchError",
     "NonFiniteLossError",
     "TrialHook",
+    "Repeat",
+    "REPEAT_KEY",
     "TrialResult",
     "run_trial",
     "make_trainable",

@@ -256,7 +256,8 @@ def _worker_loop(loop: dict[str, Any]) -> None:
                 ray.train.report({}, checkpoint=None)
 
         run_trial(cfg, workdir, hooks=loop["hooks"] if placement.is_main else (), resume_from=resume_from,
-                  report=report, trial_name=loop["trial_name"], placement=placement, durable_checkpoints=False)
+                  report=report, trial_name=loop["trial_name"], placement=placement, durable_checkpoints=False,
+                  gpus_held=loop["gpus_held"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -316,7 +317,8 @@ def run_distributed(
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"trial": config, "hooks": list(hooks), "trial_name": trial_name,
-                           "resume": resume, "trace_dir": trace_dir},
+                           "resume": resume, "trace_dir": trace_dir,
+                           "gpus_held": workers.gpus * config.runtime.workers if use_gpu else 0.0},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.runtime.workers, use_gpu=use_gpu,

@@ -161,6 +161,15 @@ class SearchEngine:
             offset += size
         return torch.tensor(slots, dtype=torch.long)
 
+    @property
+    def epochs_trained(self) -> int:
+        """Completed epochs of the network this trial delivers: every epoch, except that
+        ``two_stage`` restarts the count at its rebuild (the epochs before it trained weights that
+        are thrown away). What a trial scheduler compares trials at (ASHA's rungs)."""
+        if self.search.searching and self.search.two_stage:
+            return max(0, self.epoch - (self.search.random_epochs + self.search.search_epochs))
+        return self.epoch
+
     def phase(self, epoch: int | None = None) -> int:
         """Phase id of ``epoch`` (default: the next epoch to train)."""
         epoch = self.epoch if epoch is None else epoch

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import TrialConfig
+    from .repeat import Repeat
 
 __all__ = ["TrialHook"]
 
@@ -27,6 +28,11 @@ class TrialHook:
 
     def on_end(self, metrics: dict[str, float], export_dir: Path) -> None:
         """Called after the export with the final metrics and the export folder."""
+
+    def on_repeat(self, metrics: dict[str, float], repeat: Repeat) -> None:
+        """Called after ``on_start`` instead of any training when the trial repeats an earlier
+        one's configuration: ``metrics`` are that trial's last ones (its result, reported as
+        this trial's)."""
 
     def on_error(self, error: BaseException) -> None:
         """Called when the trial fails, before the error propagates."""

@@ -11,6 +11,7 @@ PHASES = ("random", "search", "fixed")
 
 EPOCH_METRICS = (
     "epoch",
+    "epochs_trained",
     "phase_id",
     "train_loss",
     "train_acc",
@@ -21,10 +22,14 @@ EPOCH_METRICS = (
     "lr",
     "epoch_time_s",
     "train_seconds",
+    "gpu_seconds",
     "peak_memory_mb",
 )
-"""Reported after every epoch. ``epoch`` counts completed epochs (1-based). ``train_seconds``
-sums ``epoch_time_s`` over the trial's epochs so far (its training cost, across resumes).
+"""Reported after every epoch. ``epoch`` counts completed epochs (1-based); ``epochs_trained``
+those of the network the trial delivers (``two_stage`` restarts it at the rebuild: the time a
+scheduler judges trials at). ``train_seconds`` sums ``epoch_time_s`` over the trial's epochs so
+far (its training cost, across resumes); ``gpu_seconds`` is that times the GPUs the trial holds
+(a fraction when trials share a GPU; 0 on CPU): the cost a sweep can minimise.
 ``peak_memory_mb`` is the trial's peak so far: CUDA tensors on a GPU, process RSS on CPU
 (``trainables.memory``)."""
 
@@ -44,7 +49,7 @@ FINAL_METRICS = (
 OPTIONAL_FINAL_METRICS = ("test_acc",)
 """Added to the last report when the dataset has a test split (fused model's accuracy)."""
 
-_NOT_OBJECTIVES = ("done", "epoch", "phase_id")  # markers and counters, not quantities to optimise
+_NOT_OBJECTIVES = ("done", "epoch", "epochs_trained", "phase_id")  # markers and counters, not quantities to optimise
 
 
 def objective_metric_names() -> tuple[str, ...]:

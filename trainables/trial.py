@@ -111,6 +111,7 @@ def run_trial(
     trial_name: str = "trial",
     placement: Placement | None = None,
     durable_checkpoints: bool = True,
+    gpus_held: float | None = None,
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
 
@@ -118,6 +119,8 @@ def run_trial(
     this on every rank of a DDP group, where only rank 0 exports and writes checkpoints.
     ``durable_checkpoints``: fsync every checkpoint; off when ``report`` copies it to the
     run's storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
+    ``gpus_held``: the GPUs the whole trial holds (``gpu_seconds`` = ``train_seconds`` times it;
+    0.25 for a quarter of a GPU); None: one on a CUDA device, none on the CPU.
 
     Raises ``ConfigError`` for user errors (bad data path, budget above the candidate
     count, ...), ``CheckpointError`` for an unreadable ``resume_from``.
@@ -162,9 +165,11 @@ def run_trial(
             check_finite(val_loss, engine.epoch, what="validation loss")
             mask = engine.eval_mask()
             took = time.perf_counter() - tick
-            values = {**train, "epoch": float(engine.epoch), "val_loss": val_loss, "val_acc": val_acc,
-                      "branches_kept": float(mask.sum()), "branches_total": float(engine.num_candidates),
-                      "epoch_time_s": took, "train_seconds": took + sum(row["epoch_time_s"] for row in history),
+            seconds = took + sum(row["epoch_time_s"] for row in history)
+            values = {**train, "epoch": float(engine.epoch), "epochs_trained": float(engine.epochs_trained),
+                      "val_loss": val_loss, "val_acc": val_acc, "branches_kept": float(mask.sum()),
+                      "branches_total": float(engine.num_candidates), "epoch_time_s": took, "train_seconds": seconds,
+                      "gpu_seconds": seconds * (float(device.type == "cuda") if gpus_held is None else gpus_held),
                       "peak_memory_mb": memory.peak_mb()}
             metrics = {name: float(values[name]) for name in EPOCH_METRICS}
             save_alpha({"epoch": engine.epoch, **alpha_table(engine.layers, engine.alpha, mask)}, workdir / "alpha.json")

@@ -5,7 +5,9 @@
 the ``trial:`` section (``"search.budget"``, ``"optim.lr"``; a leading ``"trial."`` is
 accepted), applied on top of ``base_trial``.
 Every epoch is reported with ``ray.tune.report(metrics, checkpoint=...)``; a restored trial
-continues from ``ray.tune.get_checkpoint()``. The last checkpoint holds ``export/``.
+continues from ``ray.tune.get_checkpoint()``. The last checkpoint holds ``export/``. A config
+carrying ``REPEAT_KEY`` (``trainables.repeat``) is not trained: it reports the earlier trial's
+result once and calls its hooks' ``on_repeat``.
 Only ``ray.tune`` APIs are used (``ray.train.report`` raises inside Tune in Ray 2.60).
 With ``runtime.workers > 1`` the trial drives a Ray Train ``TorchTrainer`` instead and
 re-reports rank 0's results (``trainables.distributed``). Every result carries
@@ -27,10 +29,14 @@ from .config import TrialConfig
 from .distributed import NODE_KEY, WorkerResources, run_distributed
 from .failures import NonFiniteLossError, failure_metrics
 from .hooks import TrialHook
+from .repeat import REPEAT_KEY, Repeat
 from .restore import restore_checkpoint
 from .trial import run_trial
 
-__all__ = ["make_trainable"]
+__all__ = ["make_trainable", "TRAINABLE_NAME"]
+
+TRAINABLE_NAME = "repnas_trial"
+"""What Tune calls the trainable (its function's name): trials are ``repnas_trial_<id>``."""
 
 
 def _run_ddp(cfg: TrialConfig, workers: WorkerResources, hooks: list[TrialHook], trial_name: str) -> None:
@@ -47,6 +53,18 @@ def _run_ddp(cfg: TrialConfig, workers: WorkerResources, hooks: list[TrialHook],
                     trial_name=trial_name, resume=tune.get_checkpoint())
 
 
+def _report_repeat(cfg: TrialConfig, repeat: Repeat, hooks: list[TrialHook], trial_name: str) -> None:
+    """A repeated configuration: no training; the earlier trial's result is this trial's."""
+    import ray
+    from ray import tune
+
+    metrics = {**repeat.metrics, "done": 1.0}
+    for hook in hooks:
+        hook.on_start(cfg, trial_name, resumed=False)
+        hook.on_repeat(metrics, repeat)
+    tune.report({**metrics, NODE_KEY: ray.get_runtime_context().get_node_id()})
+
+
 def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (), *,
                    workers: WorkerResources | None = None) -> Callable[[dict[str, Any]], None]:
     """A Ray Tune function trainable running ``run_trial`` on ``base_trial`` + the sampled keys.
@@ -58,11 +76,13 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
     base = dict(base_trial)
     base_config = TrialConfig.from_dict(base)
 
-    def repnas_trial(config: dict[str, Any]) -> None:
+    def repnas_trial(config: dict[str, Any]) -> None:  # named TRAINABLE_NAME
         import ray
         from ray import tune
 
         per_worker = workers or WorkerResources()
+        config = dict(config)
+        repeat = config.pop(REPEAT_KEY, None)
         cfg = TrialConfig.from_overrides(base, config) if config else base_config
         cfg = cfg.with_threads(per_worker.cpus if cfg.runtime.workers > 1 else ray_adapter.trial_cpus())
         context = tune.get_context()
@@ -72,12 +92,15 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
                 tune.report({**metrics, NODE_KEY: ray.get_runtime_context().get_node_id()}, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
             try:
-                if cfg.runtime.workers > 1:
+                if repeat is not None:
+                    _report_repeat(cfg, Repeat.from_dict(repeat), copy.deepcopy(list(hooks)), context.get_trial_name())
+                elif cfg.runtime.workers > 1:
                     _run_ddp(cfg, per_worker, copy.deepcopy(list(hooks)), context.get_trial_name())
                 else:
                     resume_from = restore_checkpoint(tune.get_checkpoint(), workdir / "restored")
                     run_trial(cfg, workdir, hooks=copy.deepcopy(list(hooks)), resume_from=resume_from,
-                              report=report, trial_name=context.get_trial_name(), durable_checkpoints=False)
+                              report=report, trial_name=context.get_trial_name(), durable_checkpoints=False,
+                              gpus_held=None if workers is None else workers.gpus)
             except NonFiniteLossError as err:  # deterministic: end the trial now, no FailureConfig retry
                 print(f"trial {context.get_trial_name()} failed: {err}", file=sys.stderr)
                 tune.report(failure_metrics(err))

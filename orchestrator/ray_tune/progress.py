@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune import Callback, CLIReporter, ProgressReporter
 
 from trainables.failures import failure_reason
+from trainables.repeat import REPEAT_KEY, Repeat
 from trainables.schema import flatten_overrides
 
 from ..console import is_verbose
@@ -93,7 +94,7 @@ class TrialLines(Callback):
 
     def _values(self, trial: Trial) -> str:
         result = trial.last_result or {}
-        config = flatten_overrides(trial.config or {})
+        config = flatten_overrides({k: v for k, v in (trial.config or {}).items() if k != REPEAT_KEY})
         shown = [f"{m}={_number(result[m])}" for m in self.metrics if m in result]
         shown += [f"{p}={_number(config[p])}" for p in self.params if p in config]
         return " ".join(shown)
@@ -104,7 +105,11 @@ class TrialLines(Callback):
             print(f"trial {trial} failed {_epoch(trial)}: {reason}", flush=True)
             return
         result = trial.last_result or {}
-        took = f"{_number(result.get('epoch', 0))} epochs, {result.get('time_total_s', 0):.0f} s"
+        repeat = (trial.config or {}).get(REPEAT_KEY)
+        if repeat:
+            took = f"not trained: repeats {Repeat.from_dict(repeat).label}"
+        else:
+            took = f"{_number(result.get('epoch', 0))} epochs, {result.get('time_total_s', 0):.0f} s"
         print(f"trial {trial} finished ({took}): {self._values(trial)}", flush=True)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainables import ray_adapter
 from trainables.failures import failure_reason
+from trainables.repeat import REPEAT_KEY, Repeat
 from trainables.schema import ConfigError, flatten_overrides
 
 from ..records import RunLink, TrialRecord, error_message, make_record, status_from_result
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
 
     from ..sweep import SweepConfig
 
-__all__ = ["load_results", "records_from_results", "record_from_result", "trial_name", "trial_id", "trial_error",
-           "resume_advice"]
+__all__ = ["load_results", "records_from_results", "record_from_result", "sampled_config", "trial_name", "trial_id",
+           "trial_error", "resume_advice"]
 
 
 def load_results(cfg: SweepConfig) -> ResultGrid:
@@ -43,14 +44,23 @@ def trial_error(result: Result) -> str | None:
     return error_message(result.error) if result.error is not None else failure_reason(result.metrics or {})
 
 
+def sampled_config(result: Result) -> tuple[dict[str, Any], Repeat | None]:
+    """The trial's sampled keys as Ray recorded them, and the :class:`Repeat` of a repeat trial."""
+    sampled = dict(result.config or {})
+    repeat = sampled.pop(REPEAT_KEY, None)
+    return sampled, Repeat.from_dict(repeat) if repeat else None
+
+
 def record_from_result(result: Result, cfg: SweepConfig, links: Mapping[str, RunLink] | None = None) -> TrialRecord:
     """The record of one trial: the config it ran (the sweep's base with Ray's sampled keys),
     its last report, its error; its child run and fused model from ``links`` (by trial name)."""
     name = trial_name(result)
     run_id, model_uri = (links or {}).get(name, (None, None))
-    config = flatten_overrides(cfg.trial_config(result.config or {}).to_dict())
+    sampled, repeat = sampled_config(result)
+    config = flatten_overrides(cfg.trial_config(sampled).to_dict())
     return make_record(cfg, trial_id(result), name, status_from_result(result.metrics or {}, result.error is not None),
-                       config, result.metrics or {}, trial_error(result), run_id, model_uri)
+                       config, result.metrics or {}, trial_error(result), run_id, model_uri,
+                       repeat.label if repeat else None)
 
 
 def records_from_results(results: Iterable[Result], cfg: SweepConfig,

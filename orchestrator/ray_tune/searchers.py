@@ -1,15 +1,34 @@
-"""The outer search algorithm: a sweep's ``search:`` section -> a Ray Tune searcher."""
+"""The outer search algorithm: a sweep's ``search:`` section -> a Ray Tune searcher.
+
+Optuna's sampler may start from earlier sweeps' finished trials (:class:`WarmTrial`, read by
+``tracking.warm_start``): they are added to its study, with every objective's value, before
+it proposes anything, and never trained again. With ``search.skip_repeats`` the searcher is
+wrapped so that no configuration is trained twice (``ray_tune.repeats``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from trainables.repeat import Repeat
 
 from ..sweep import SearcherConfig
 
 if TYPE_CHECKING:
     from ray.tune.search import Searcher
 
-__all__ = ["make_searcher"]
+__all__ = ["WarmTrial", "make_searcher"]
+
+
+@dataclass(frozen=True)
+class WarmTrial:
+    """A finished trial of an earlier sweep given to the sampler: its values of this sweep's
+    sampled keys (``point``) and its result (``repeat``: the trial, its metrics, its run)."""
+
+    point: Mapping[str, Any]
+    repeat: Repeat
 
 
 def _sampler(search: SearcherConfig) -> Any:
@@ -23,16 +42,41 @@ def _sampler(search: SearcherConfig) -> Any:
     return cls[search.sampler](**kwargs)
 
 
-def make_searcher(search: SearcherConfig) -> Searcher | Any:
-    """OptunaSearch (objective lists go to the searcher only) or a BasicVariantGenerator."""
+def _warm_study(search: SearcherConfig, param_space: Mapping[str, Any], warm: Sequence[WarmTrial]) -> dict[str, Any]:
+    """OptunaSearch's ``storage`` and ``study_name``: an in-memory study already holding the warm
+    trials (OptunaSearch loads it when Tune gives it the space), every objective's value kept."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    distributions = OptunaSearch.convert_search_space(dict(param_space))
+    storage = optuna.storages.InMemoryStorage()
+    name = "repnas-warm-start"
+    study = optuna.create_study(storage=storage, study_name=name,
+                                directions=["maximize" if o.mode == "max" else "minimize" for o in search.objectives])
+    for trial in warm:
+        values = [trial.repeat.metrics[o.metric] for o in search.objectives]
+        study.add_trial(optuna.trial.create_trial(params=dict(trial.point), distributions=distributions, values=values))
+    return {"storage": storage, "study_name": name}
+
+
+def make_searcher(search: SearcherConfig, param_space: Mapping[str, Any] | None = None,
+                  warm: Sequence[WarmTrial] = ()) -> Searcher | Any:
+    """OptunaSearch (objective lists go to the searcher only; ``warm`` trials in its study;
+    repeats skipped) or a BasicVariantGenerator. ``param_space``: Tune's, needed with ``warm``."""
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
+        from .repeats import RepeatSkipper
+
         metrics = [o.metric for o in search.objectives]
         modes = [o.mode for o in search.objectives]
-        if len(metrics) == 1:
-            return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=_sampler(search))
-        return OptunaSearch(metric=metrics, mode=modes, sampler=_sampler(search))
+        study = _warm_study(search, param_space or {}, warm) if warm else {}
+        single = len(metrics) == 1
+        searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
+                                sampler=_sampler(search), **study)
+        if search.skip_repeats:
+            return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm])
+        return searcher
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)

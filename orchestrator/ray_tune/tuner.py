@@ -10,7 +10,7 @@ from trainables import ray_adapter
 from trainables.errors import UserError
 
 from ..sweep import SweepConfig, param_space, storage
-from .searchers import make_searcher
+from .searchers import WarmTrial, make_searcher
 
 if TYPE_CHECKING:
     from ray import tune
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 __all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "can_restore", "build_tuner",
            "restore_tuner", "make_scheduler"]
 
+RUNG_TIME = "epochs_trained"
+"""ASHA's time: epochs of the network a trial delivers (``two_stage`` restarts it at the rebuild,
+so a retrain is compared at equal epochs, not at its dip; benchmarks/README.md)."""
 # Columns of Ray's progress table (``--verbose``).
 PROGRESS_METRICS: tuple[str, ...] = ("epoch", "train_loss", "val_acc", "branches_kept",
                                      "fused_val_acc", "latency_fused_ms")
@@ -75,12 +78,14 @@ def _trainable(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> Any:
 
 
 def make_scheduler(cfg: SweepConfig, inherit_metric: bool = False) -> Any:
+    """The trial scheduler: ASHA with rungs in ``RUNG_TIME`` (``inherit_metric``: Tune's own
+    metric and mode, when they are the scheduler's), else FIFO."""
     s = cfg.scheduler
     if s.type == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         metric = {} if inherit_metric else {"metric": s.metric, "mode": s.mode}
-        return ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period,
+        return ASHAScheduler(time_attr=RUNG_TIME, max_t=s.max_t, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor, **metric)
     from ray.tune.schedulers import FIFOScheduler
 
@@ -98,8 +103,9 @@ def _console(cfg: SweepConfig) -> tuple[SweepReporter, TrialLines]:
             TrialLines(objectives, params))
 
 
-def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
-    """A new Tuner: resources, param space, searcher, scheduler, stop, failures, checkpoints."""
+def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[WarmTrial] = ()) -> tune.Tuner:
+    """A new Tuner: resources, param space, searcher (``warm``: earlier sweeps' trials for its
+    sampler), scheduler, stop, failures, checkpoints."""
     from ray import tune
 
     from .cluster import max_concurrent
@@ -114,8 +120,9 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
     top_metric = single and (cfg.scheduler.type != "asha" or inherit)
     optuna = cfg.search.algorithm == "optuna"
     reporter, trial_lines = _console(cfg)
+    space = param_space(cfg.space, cfg.search.algorithm)
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(search),
+        search_alg=make_searcher(search, space, warm),
         scheduler=make_scheduler(cfg, inherit_metric=inherit),
         num_samples=cfg.search.num_samples,
         max_concurrent_trials=search.max_concurrent if optuna else None,
@@ -134,8 +141,7 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:
         progress_reporter=reporter,
         verbose=1,
     )
-    return tune.Tuner(_trainable(cfg, hooks), param_space=param_space(cfg.space, cfg.search.algorithm),
-                      tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(_trainable(cfg, hooks), param_space=space, tune_config=tune_config, run_config=run_config)
 
 
 def restore_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:

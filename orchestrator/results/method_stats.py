@@ -94,12 +94,13 @@ class GroupStats:
 
 def group_records(records: Sequence[TrialRecord], metrics: Sequence[str], replicate_key: str = "seed",
                   tuned_keys: Sequence[str] | None = None) -> list[GroupStats]:
-    """Mean/std groups of the finished trials, one per method and tuned setting.
+    """Mean/std groups of the finished trials that trained (repeats are not new replicates), one
+    per method and tuned setting.
 
     ``tuned_keys``: the sampled keys other than ``search.*`` and ``replicate_key``
     (default: every such key found in the records' configs).
     """
-    finished = [r for r in records if r.finished]
+    finished = [r for r in records if r.finished and r.repeat_of is None]  # a repeat is no new replicate
     if tuned_keys is None:
         tuned_keys = sorted({k for r in finished for k in r.config
                              if not k.startswith("search.") and k not in (replicate_key, _REPARAM_KEY)})

@@ -24,9 +24,9 @@ __all__ = [
 BUDGET_KEY = "search.budget"  # labels the plot's points; a column of its own in the table
 # Metrics shown in the table next to the objectives (when reported).
 TABLE_METRICS: tuple[str, ...] = ("val_acc", "fused_val_acc", "branches_kept", "branches_total",
-                                  "params_fused", "latency_fused_ms", "epoch")
+                                  "params_fused", "latency_fused_ms", "epoch", "train_seconds", "gpu_seconds")
 # Extra plot panels: primary objective against these (all minimised).
-_EXTRA_X: tuple[str, ...] = ("branches_kept", "latency_fused_ms", "params_fused")
+_EXTRA_X: tuple[str, ...] = ("branches_kept", "latency_fused_ms", "params_fused", "train_seconds")
 
 
 class _Objective(Protocol):
@@ -110,7 +110,7 @@ def registry_aliases(records: Sequence[TrialRecord], objectives: Sequence[_Objec
 def _columns(records: Sequence[TrialRecord], objectives: Sequence[_Objective]) -> tuple[list[str], list[str]]:
     keys = sorted({k for r in records for k in r.config})
     metrics = list(dict.fromkeys([o.metric for o in objectives] + list(TABLE_METRICS)))
-    metrics = [m for m in metrics if any(m in r.metrics for r in records)]
+    metrics = [m for m in metrics if any(r.value(m) for r in records if m in r.metrics)]  # not all missing or 0
     return keys, metrics
 
 
@@ -119,13 +119,14 @@ def _row(r: TrialRecord, keys: list[str], metrics: list[str]) -> dict[str, Any]:
                            "pareto": r.pareto, "budget": r.config.get(BUDGET_KEY)}
     row.update({k: r.config.get(k) for k in keys})
     row.update({m: r.metrics.get(m) for m in metrics})
-    row.update({"run_id": r.run_id, "model_uri": r.model_uri, "error": r.error})
+    row.update({"run_id": r.run_id, "model_uri": r.model_uri, "repeat_of": r.repeat_of, "error": r.error})
     return row
 
 
-def write_table(records: Sequence[TrialRecord], objectives: Sequence[_Objective],
-                out_dir: Path) -> tuple[Path, Path]:
-    """``pareto.csv`` and ``pareto.json`` (all trials, with the ``pareto`` flag)."""
+def write_table(records: Sequence[TrialRecord], objectives: Sequence[_Objective], out_dir: Path,
+                summary: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """``pareto.csv`` and ``pareto.json`` (all trials, with the ``pareto`` flag; ``summary``:
+    sweep-level values such as the hypervolume, in the JSON)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     keys, metrics = _columns(records, objectives)
     rows = [_row(r, keys, metrics) for r in records]
@@ -134,7 +135,7 @@ def write_table(records: Sequence[TrialRecord], objectives: Sequence[_Objective]
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_name"])
         writer.writeheader()
         writer.writerows(rows)
-    payload = {"objectives": [{"metric": o.metric, "mode": o.mode} for o in objectives],
+    payload = {"objectives": [{"metric": o.metric, "mode": o.mode} for o in objectives], **(summary or {}),
                "trials": [{**asdict(r), "budget": r.config.get(BUDGET_KEY)} for r in records]}
     json_path.write_text(json.dumps(payload, indent=2, default=str, allow_nan=True))
     return csv_path, json_path
@@ -144,8 +145,8 @@ def format_table(records: Sequence[TrialRecord], objectives: Sequence[_Objective
     """A fixed-width text table for the terminal, Pareto trials marked with ``*``."""
     keys, metrics = _columns(records, objectives)
     header = ["", "trial", "status", *keys, *metrics]
-    lines = [[("*" if r.pareto else ""), r.trial_name, r.status, *(_fmt(r.config.get(k)) for k in keys),
-              *(_fmt(r.metrics.get(m)) for m in metrics)] for r in records]
+    lines = [[("*" if r.pareto else ""), r.trial_name, f"repeat of {r.repeat_of}" if r.repeat_of else r.status,
+              *(_fmt(r.config.get(k)) for k in keys), *(_fmt(r.metrics.get(m)) for m in metrics)] for r in records]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()
                      for line in [header, *lines])

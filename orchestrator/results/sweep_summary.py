@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,30 +14,51 @@ from ..ray_tune.results import records_from_results, resume_advice, trial_name
 from ..records import TrialRecord, TrialStatus
 from ..redact import redact
 from ..tracking.model_registry import Registered, register_models
-from ..tracking.parent_run import SweepState, child_runs, log_parent_artifacts, run_links
-from .pareto import format_table, mark_front, plot_fronts, registry_aliases, write_table
+from ..tracking.parent_run import SweepState, child_runs, log_parent_artifacts, log_parent_values, run_links
+from .hypervolume import hypervolume, reference_point
+from .pareto import format_table, is_valid, mark_front, plot_fronts, registry_aliases, write_table
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
     from ..sweep import SweepConfig
 
-__all__ = ["Summary", "summarize", "print_summary"]
+__all__ = ["Summary", "summarize", "print_summary", "HYPERVOLUME_METRIC", "TAG_REFERENCE"]
+
+HYPERVOLUME_METRIC, TAG_REFERENCE = "pareto_hypervolume", "repnas.hypervolume_reference"
 
 
 @dataclass
 class Summary:
-    """What a finished sweep produced; ``advice``: what ``--resume`` will do, per failed trial."""
+    """What a finished sweep produced; ``advice``: what ``--resume`` will do, per failed trial;
+    ``hypervolume`` of the Pareto front at ``reference`` (None without a reference point)."""
 
     records: list[TrialRecord]
     files: list[Path]
     registered: list[Registered] = field(default_factory=list)
     advice: dict[str, str] = field(default_factory=dict)
+    hypervolume: float | None = None
+    reference: list[float] | None = None
 
     @property
     def failed(self) -> list[TrialRecord]:
         """The trials that failed (Ray's errors, diverged trials, non-finite objectives)."""
         return [r for r in self.records if r.status is TrialStatus.FAILED]
+
+    @property
+    def trained(self) -> list[TrialRecord]:
+        """The trials that trained (not repeats of another trial)."""
+        return [r for r in self.records if r.repeat_of is None]
+
+
+def _front_hypervolume(records: list[TrialRecord], cfg: SweepConfig) -> tuple[float | None, list[float] | None]:
+    """(hypervolume, reference point) of the valid records' front; (None, None) without a reference."""
+    reference = reference_point(cfg.objectives, records)
+    if reference is None:
+        return None, None
+    metrics = [o.metric for o in cfg.objectives]
+    points = [[r.value(m) for m in metrics] for r in records if is_valid(r, metrics)]
+    return hypervolume(points, [o.mode for o in cfg.objectives], reference), reference
 
 
 def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState) -> Summary:
@@ -43,16 +66,20 @@ def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState) -> Summa
     and in ``<storage>/<name>/pareto/`` when local; then register the chosen models."""
     records = records_from_results(results, cfg, run_links(child_runs(state)))
     mark_front(records, cfg.objectives)
+    volume, reference = _front_hypervolume(records, cfg)
     local = "://" not in cfg.experiment_path
     out = Path(cfg.experiment_path) / "pareto" if local else Path(tempfile.mkdtemp(prefix="repnas-pareto-"))
-    files = [*write_table(records, cfg.objectives, out), plot_fronts(records, cfg.objectives, out / "pareto.png")]
+    extra = {} if volume is None else {"hypervolume": volume, "hypervolume_reference": reference}
+    files = [*write_table(records, cfg.objectives, out, extra), plot_fronts(records, cfg.objectives, out / "pareto.png")]
     log_parent_artifacts(state, files, "pareto")
+    if volume is not None:
+        log_parent_values(state, {HYPERVOLUME_METRIC: volume}, {TAG_REFERENCE: json.dumps(reference)})
     with quiet_mlflow():
         registered = register_models(cfg.mlflow.tracking_uri, cfg.registered_model_name,
                                      registry_aliases(records, cfg.objectives, cfg.mlflow.register))
     failed = {r.trial_name for r in records if r.status is TrialStatus.FAILED}
     advice = {trial_name(r): resume_advice(r) for r in results if trial_name(r) in failed}
-    return Summary(records, files if local else [], registered, advice)
+    return Summary(records, files if local else [], registered, advice, volume, reference)
 
 
 def print_summary(summary: Summary, cfg: SweepConfig, state: SweepState) -> None:
@@ -64,6 +91,17 @@ def print_summary(summary: Summary, cfg: SweepConfig, state: SweepState) -> None
         print(f"  ! {r.trial_name}: {r.error}")
         if r.trial_name in summary.advice:
             print(f"    {summary.advice[r.trial_name]}")
+    trained, repeats = summary.trained, len(summary.records) - len(summary.trained)
+    cost = sum(r.value("train_seconds") for r in trained if math.isfinite(r.value("train_seconds")))
+    gpus = sum(r.value("gpu_seconds") for r in trained if math.isfinite(r.value("gpu_seconds")))
+    print(f"\ncost: {len(trained)} trial(s) trained in {cost:.0f} s" + (f" ({gpus:.0f} GPU-seconds)" if gpus else "")
+          + (f"; {repeats} repeated configuration(s) not trained again" if repeats else ""))
+    if summary.hypervolume is not None:
+        print(f"Pareto hypervolume: {summary.hypervolume:.6g} (reference point {summary.reference})")
+    else:
+        lacking = [o.metric for o in cfg.objectives if reference_point([o], summary.records) is None]
+        print(f"Pareto hypervolume: not computed ({', '.join(lacking)} has no natural worst value: "
+              "give it a reference in search.objectives)")
     if summary.registered:
         print(f"\nregistered model {cfg.registered_model_name!r}:")
         for reg in summary.registered:

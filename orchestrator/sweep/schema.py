@@ -25,10 +25,13 @@ Mode = Literal["min", "max"]
 
 @dataclass(frozen=True)
 class Objective:
-    """One objective: a reported metric and whether to minimise or maximise it."""
+    """One objective: a reported metric, whether to minimise or maximise it, and its value in
+    the reference point of the Pareto front's hypervolume (``results.hypervolume``; null: the
+    metric's natural worst where it has one)."""
 
     metric: str
     mode: Mode
+    reference: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,17 @@ class SearcherConfig:
     num_samples: int = field(default=8, metadata=rule(at_least(1)))
     max_concurrent: int | None = field(default=None, metadata=rule(at_least(1)))
     seed: int | None = 0
+    skip_repeats: bool = True
+    """A proposal equal to a finished or running trial's configuration is not trained again: it
+    gets that trial's result (``ray_tune.repeats``). Off for hardware that is not deterministic."""
+    warm_start: list[str] = field(default_factory=list)
+    """Earlier sweeps (a sweep file, or a sweep name in this tracking store) whose finished trials
+    that fit this space are given to the sampler before it proposes anything (``tracking.warm_start``)."""
 
     def validate(self, path: str) -> None:
+        if self.warm_start and self.algorithm != "optuna":
+            raise ConfigError(join_path(path, "warm_start"), f"warm starts feed Optuna's sampler; set "
+                                                             f"search.algorithm: optuna (got {self.algorithm})")
         known = objective_metric_names()
         opath = join_path(path, "objectives")
         if not self.objectives:

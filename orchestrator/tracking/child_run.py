@@ -18,18 +18,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from trainables.hooks import TrialHook
 
 from ..records import TrialRecord, TrialStatus, error_message, numeric_metrics
 from ..redact import error_line, redact
 from . import fused_model
-from .parent_run import (MODEL_NAME, TAG_ERROR, TAG_MODEL_URI, TAG_PARENT, TAG_STOPPED, TAG_TRIAL, TAG_TRIAL_ID,
-                         client_defaults, mlflow_params)
+from .parent_run import (MODEL_NAME, TAG_ERROR, TAG_MODEL_URI, TAG_PARENT, TAG_REPEAT_OF, TAG_REPEAT_RUN, TAG_STOPPED,
+                         TAG_TRIAL, TAG_TRIAL_ID, client_defaults, mlflow_params)
 
 if TYPE_CHECKING:
     from trainables.config import TrialConfig
+    from trainables.repeat import Repeat
 
 __all__ = ["TrialLog", "ChildRun", "Reconciled", "reconcile", "MLflowTrialHook"]
 
@@ -45,6 +46,7 @@ class TrialLog:
     params: Mapping[str, Any]  # the TrialConfig the trial ran, as a dict: the run's params
     epochs: dict[int, dict[str, Any]] = field(default_factory=dict)  # metric rows by epoch (= step)
     export_dir: Path | None = None  # a finished trial's export folder
+    repeat: Repeat | None = None  # a repeat's earlier trial: linked instead of a fused model
 
     @property
     def step(self) -> int:
@@ -65,10 +67,12 @@ class Reconciled:
 class ChildRun:
     """One trial's child run under the sweep's parent run: found or created, then written to."""
 
-    def __init__(self, client: MlflowClient, run_id: str, created: bool) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, created: bool, experiment_id: str, parent_run_id: str) -> None:
         self.client = client
         self.run_id = run_id
         self.created = created
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
         self._logged: set[int] | None = set() if created else None
 
     @classmethod
@@ -84,13 +88,13 @@ class ChildRun:
                 tags[TAG_TRIAL_ID] = log.record.trial_id
             run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
             client.log_batch(run_id, params=mlflow_params(log.params))
-            return cls(client, run_id, created=True)
+            return cls(client, run_id, True, experiment_id, parent_run_id)
         run = client.get_run(run_id)
         if not run.data.params:
             client.log_batch(run_id, params=mlflow_params(log.params))
         if running and run.info.status != TrialStatus.RUNNING.mlflow:
             client.update_run(run_id, status=TrialStatus.RUNNING.mlflow)
-        return cls(client, run_id, created=False)
+        return cls(client, run_id, False, experiment_id, parent_run_id)
 
     def log_epochs(self, epochs: Mapping[int, Mapping[str, Any]]) -> int:
         """Log the numeric metrics of every epoch the run lacks (step = epoch); the points logged."""
@@ -106,20 +110,24 @@ class ChildRun:
 
     def end(self, log: TrialLog, tracking_uri: str, model_name: str = MODEL_NAME) -> TrialStatus | None:
         """Write how the trial ended unless the run shows it already (a finished trial: export
-        artifacts, the fused model and its URI tag first); the status written."""
+        artifacts, the fused model and its URI tag first; a repeat: the link to the trial it
+        repeats); the status written."""
         status = log.record.status
-        if not status.ended or (status is TrialStatus.FINISHED and log.export_dir is None):
+        if not status.ended or (status is TrialStatus.FINISHED and log.export_dir is None and log.repeat is None):
             return None
         run = self.client.get_run(self.run_id)
         tags = run.data.tags
-        shown = {TrialStatus.FINISHED: TAG_MODEL_URI in tags and TAG_ERROR not in tags,
+        outcome = TAG_MODEL_URI if log.repeat is None else TAG_REPEAT_OF
+        shown = {TrialStatus.FINISHED: outcome in tags and TAG_ERROR not in tags,
                  TrialStatus.STOPPED: TAG_STOPPED in tags and TAG_ERROR not in tags,
                  TrialStatus.FAILED: TAG_ERROR in tags}.get(status, True)
         if run.info.status == status.mlflow and shown:
             return None
         if status in (TrialStatus.FINISHED, TrialStatus.STOPPED) and TAG_ERROR in tags:
             self.client.delete_tag(self.run_id, TAG_ERROR)  # an earlier attempt's; this one got through
-        if status is TrialStatus.FINISHED and TAG_MODEL_URI not in tags:
+        if status is TrialStatus.FINISHED and log.repeat is not None and TAG_REPEAT_OF not in tags:
+            self._link(log.repeat)
+        elif status is TrialStatus.FINISHED and log.repeat is None and TAG_MODEL_URI not in tags:
             assert log.export_dir is not None
             for f in fused_model.artifact_files(log.export_dir):
                 self.client.log_artifact(self.run_id, str(f))
@@ -131,6 +139,12 @@ class ChildRun:
             self.client.set_tag(self.run_id, TAG_STOPPED, "true")
         self.client.set_terminated(self.run_id, status.mlflow)
         return status
+
+    def _link(self, repeat: Repeat) -> None:
+        """Tag a repeat with the trial it repeats and, where found, that trial's run."""
+        run_id = repeat.run_id or _find(self.client, self.experiment_id, self.parent_run_id, repeat.trial)
+        tags = [RunTag(TAG_REPEAT_OF, repeat.label)] + ([RunTag(TAG_REPEAT_RUN, run_id)] if run_id else [])
+        self.client.log_batch(self.run_id, tags=tags)
 
 
 def _find(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_name: str) -> str | None:
@@ -250,17 +264,23 @@ class MLflowTrialHook(TrialHook):
         self._attempt("the final metrics, artifacts and fused model",
                       lambda: self._end(TrialStatus.FINISHED, export_dir=Path(export_dir)))
 
+    def on_repeat(self, metrics: dict[str, float], repeat: Repeat) -> None:
+        self._finished = True
+        self.pending[int(metrics.get(_STEP, 0) or 0)] = dict(metrics)
+        self._attempt("the repeated result", lambda: self._end(TrialStatus.FINISHED, repeat=repeat))
+
     def on_error(self, error: BaseException) -> None:
         status, message = _ending(error)
         if status is TrialStatus.STOPPED and self._finished:
             return  # Ray ends a trial's worker once its last result (``done``) is in: nothing was cut short
         self._attempt("the trial's end status", lambda: self._end(status, error=message))
 
-    def _end(self, status: TrialStatus, error: str | None = None, export_dir: Path | None = None) -> None:
+    def _end(self, status: TrialStatus, error: str | None = None, export_dir: Path | None = None,
+             repeat: Repeat | None = None) -> None:
         if self._log is None:
             return
-        record = replace(self._log.record, status=status, error=error)
-        log = replace(self._log, record=record, epochs=dict(self.pending), export_dir=export_dir)
+        record = replace(self._log.record, status=status, error=error, repeat_of=repeat.label if repeat else None)
+        log = replace(self._log, record=record, epochs=dict(self.pending), export_dir=export_dir, repeat=repeat)
         self.run_id = reconcile(self.client, self.tracking_uri, self.experiment_id, self.parent_run_id, log,
                                 self.run_id, self.model_name).run_id
         self.pending.clear()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.tracking import MlflowClient
 
 from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics
-from ..ray_tune.results import record_from_result
+from ..ray_tune.results import record_from_result, sampled_config
 from .child_run import TrialLog, reconcile
 from .parent_run import SweepState, child_runs, client_defaults
 
@@ -56,13 +56,14 @@ def trial_log(result: Result, cfg: SweepConfig) -> TrialLog:
     per-epoch metrics the trial saved in its latest checkpoint (what its hook was given); without
     one, the config the record was built from and Ray's progress rows."""
     record = record_from_result(result, cfg)
+    sampled, repeat = sampled_config(result)
     meta = _checkpoint_meta(result)
     if meta is not None:
         params, epochs = meta["config"], {int(row["epoch"]): row for row in meta.get("history", [])}
     else:
-        params, epochs = cfg.trial_config(result.config or {}).to_dict(), _epoch_rows(result)
-    export = _export_dir(result) if record.finished else None
-    return TrialLog(record, params, epochs, export)
+        params, epochs = cfg.trial_config(sampled).to_dict(), _epoch_rows(result)
+    export = _export_dir(result) if record.finished and repeat is None else None
+    return TrialLog(record, params, epochs, export, repeat)
 
 
 def _checkpoint_meta(result: Result) -> dict[str, Any] | None:

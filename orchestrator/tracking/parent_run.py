@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -19,15 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from trainables.schema import flatten_overrides
 
 from ..records import RunLink, TrialStatus
 from ..redact import public_items, redact
 from ..sweep import storage
-from .sqlite import create_database, use_wal
 from ..sweep.tracking_uri import sqlite_file, sqlite_path
+from .sqlite import create_database, use_wal
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -35,13 +36,15 @@ if TYPE_CHECKING:
     from ..sweep import SweepConfig
 
 __all__ = ["fluent_tracking_uri", "SweepState", "start_parent_run", "finish_parent_run", "child_runs", "run_links",
-           "log_parent_artifacts", "client_defaults", "mlflow_params", "STATE_FILE", "MODEL_NAME", "TAG_SWEEP", "TAG_TRIAL",
-           "TAG_TRIAL_ID", "TAG_MODEL_URI", "TAG_ERROR", "TAG_PARENT", "TAG_STOPPED"]
+           "log_parent_artifacts", "log_parent_values", "client_defaults", "mlflow_params", "STATE_FILE", "MODEL_NAME", "TAG_SWEEP", "TAG_TRIAL",
+           "TAG_TRIAL_ID", "TAG_MODEL_URI", "TAG_ERROR", "TAG_PARENT", "TAG_STOPPED", "TAG_REPEAT_OF",
+           "TAG_REPEAT_RUN"]
 
 STATE_FILE = "repnas_sweep.json"
 TAG_SWEEP, TAG_TRIAL, TAG_TRIAL_ID = "repnas.sweep", "repnas.trial_name", "repnas.trial_id"
 TAG_MODEL_URI, TAG_ERROR, TAG_PARENT = "repnas.model_uri", "repnas.error", "mlflow.parentRunId"
 TAG_STOPPED = "repnas.stopped_early"
+TAG_REPEAT_OF, TAG_REPEAT_RUN = "repnas.repeat_of", "repnas.repeat_of_run"  # a repeat: the earlier trial, its run
 MODEL_NAME = "fused_model"
 _CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
@@ -182,6 +185,14 @@ def log_parent_artifacts(state: SweepState, files: list[Path], artifact_path: st
     client = MlflowClient(state.tracking_uri)
     for f in files:
         client.log_artifact(state.parent_run_id, str(f), artifact_path)
+
+
+def log_parent_values(state: SweepState, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    """Sweep-level metrics (the Pareto hypervolume) and tags on the parent run."""
+    client = MlflowClient(state.tracking_uri)
+    client.log_batch(state.parent_run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                                                   for k, v in metrics.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def finish_parent_run(state: SweepState, ok: bool) -> None:

@@ -96,7 +96,7 @@ def test_records_from_results(tmp_path: Path, kit: Any) -> None:
 def test_a_record_means_the_same_from_ray_and_from_mlflow(tmp_path: Path, kit: Any) -> None:
     """The same trial read from Ray's result and from its MLflow run's params and metrics: one record."""
     from orchestrator.tracking.parent_run import mlflow_params
-    from orchestrator.tracking.runs import _typed
+    from orchestrator.tracking.runs import typed
     from trainables.schema import flatten_overrides
 
     sweep = kit.tiny_sweep(tmp_path)
@@ -106,7 +106,7 @@ def test_a_record_means_the_same_from_ray_and_from_mlflow(tmp_path: Path, kit: A
     metrics = {"epoch": 2.0, "val_acc": 0.9, "branches_kept": 6.0, "train_seconds": 4.0, **_FINAL}
     done = {**metrics, "training_iteration": 2, "done": True}
     from_ray = records_from_results([_result(done, name="t")], cfg)[0]
-    params = {p.key: _typed(p.value) for p in mlflow_params(cfg.trial_config(sampled).to_dict())}
+    params = {p.key: typed(p.value) for p in mlflow_params(cfg.trial_config(sampled).to_dict())}
     assert set(params) == set(flatten_overrides(cfg.trial_config(sampled).to_dict()))
     from_mlflow = make_record(cfg, "abc", "t", status_from_mlflow("FINISHED"), params, metrics)
     from_ray_sampled = records_from_results([_result({**done, "config": sampled}, name="t")], cfg)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical, Float, Integer
 
 from orchestrator.sweep import parse_sweep
+from orchestrator.ray_tune.repeats import RepeatSkipper
 from orchestrator.ray_tune.searchers import make_searcher
 from orchestrator.sweep.space import param_space, parse_space, sample_overrides
 
@@ -44,9 +46,11 @@ def test_grid_algorithm_turns_choices_into_grids() -> None:
 def test_optuna_searcher_multi_objective(sampler: str, cls: type, tmp_path: Path, kit: Any) -> None:
     cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"sampler": sampler, "population_size": 4}))
     searcher = make_searcher(cfg.search)
-    assert isinstance(searcher, OptunaSearch)
+    assert isinstance(searcher, RepeatSkipper) and isinstance(searcher.searcher, OptunaSearch)  # skip_repeats: on
     assert searcher.metric == ["val_acc", "branches_kept"] and searcher.mode == ["max", "min"]
-    assert isinstance(searcher._sampler, cls)
+    assert isinstance(searcher.searcher._sampler, cls)
+    plain = make_searcher(dataclasses.replace(cfg.search, skip_repeats=False))
+    assert isinstance(plain, OptunaSearch) and isinstance(plain._sampler, cls)
 
 
 def test_single_objective_and_basic_variant(tmp_path: Path, kit: Any) -> None:

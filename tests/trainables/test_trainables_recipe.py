@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import fields
 import shutil
@@ -31,7 +32,7 @@ from trainables.gates import (
 from trainables.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 from trainables.trial import _check_resumable
 
-_TIMING = {"epoch_time_s", "train_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}
+_TIMING = {"epoch_time_s", "train_seconds", "gpu_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}
 
 
 def _engine(cfg: TrialConfig) -> tuple[SearchEngine, torch.utils.data.DataLoader]:
@@ -352,8 +353,12 @@ def test_two_stage_trial_trains_the_retrain_epochs_and_resumes_mid_retrain(tmp_p
     def keep(metrics: dict[str, float], checkpoint: Path) -> None:
         saved[int(metrics["epoch"])] = Path(shutil.copytree(checkpoint, tmp_path / f"ckpt{int(metrics['epoch'])}"))
 
-    full = run_trial(cfg, tmp_path / "full", report=keep)
+    full = run_trial(cfg, tmp_path / "full", report=keep, gpus_held=0.25)
     assert [m["phase_id"] for m in full.history] == [PHASE_RANDOM, PHASE_SEARCH, PHASE_FIXED, PHASE_FIXED]
+    assert [m["epochs_trained"] for m in full.history] == [0, 0, 1, 2]  # the retrained network's epochs
+    seconds = [m["train_seconds"] for m in full.history]
+    assert seconds == pytest.approx(list(itertools.accumulate(m["epoch_time_s"] for m in full.history)))
+    assert [m["gpu_seconds"] for m in full.history] == pytest.approx([0.25 * t for t in seconds])  # a quarter GPU
     assert full.history[2]["lr"] == cfg.optim.lr  # the retrain's schedule starts over
     assert full.metrics["done"] == 1.0 and full.summary["epochs"] == 4  # search epochs count in the cost
     for epoch in (2, 3):  # just before the rebuild, and mid-retrain

@@ -15,7 +15,7 @@ from trainables import EPOCH_METRICS, FINAL_METRICS, CheckpointError, SearchEngi
 from trainables.build import build_trial_model
 from trainables.data import build_data, make_loader
 
-_TIMING = {"epoch_time_s", "train_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}  # measured, not computed
+_TIMING = {"epoch_time_s", "train_seconds", "gpu_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}  # measured, not computed
 
 
 class _CountingHook(TrialHook):

@@ -1,0 +1,107 @@
+"""Repeated proposals are not trained again: a searcher wrapper (``search.skip_repeats``).
+
+Trials are deterministic (seeded), so a proposal equal to an earlier trial's configuration,
+seed included, would train the same network again: Optuna's TPE proposed the best recipe of
+our recipe sweep three times (benchmarks/README.md, "A sweep that never pays twice").
+:class:`RepeatSkipper` sits between Tune and the searcher. A proposal equal to a trial that
+finished (or that the scheduler stopped: it would stop again) becomes a *repeat*: a trial
+whose config carries that trial's result (``trainables.repeat``), which the trainable reports
+without training. A proposal equal to a running trial is held until that trial ends, then
+released as its repeat (or as a normal trial, if it failed). The searcher is told every
+result under its own trial ids, as if each proposal had been trained. Warm-start trials of
+earlier sweeps (``tracking.warm_start``) count as finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from trainables.repeat import REPEAT_KEY, Repeat
+from trainables.tune import TRAINABLE_NAME
+
+from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics, status_from_result
+
+__all__ = ["RepeatSkipper", "config_key"]
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """A proposal's identity: its sampled keys and values, canonical (a repeat's marker left out)."""
+    return json.dumps({k: v for k, v in config.items() if k != REPEAT_KEY}, sort_keys=True, default=str)
+
+
+class RepeatSkipper(Searcher):
+    """Wrap ``searcher`` so that no configuration is trained twice (see the module doc).
+
+    ``known``: results the sweep already has (warm-start trials of earlier sweeps), by config.
+    Tune saves the inner searcher through ``save``/``restore`` and this wrapper's own state
+    through ``get_state``/``set_state`` (as for its ``ConcurrencyLimiter``), so a resumed sweep
+    keeps its repeats.
+    """
+
+    def __init__(self, searcher: Searcher, known: Iterable[tuple[Mapping[str, Any], Repeat]] = ()) -> None:
+        self.searcher = searcher
+        self.finished: dict[str, dict[str, Any]] = {config_key(c): r.to_dict() for c, r in known}
+        self.running: dict[str, str] = {}  # config key -> the Tune trial training it
+        self.held: list[tuple[str, dict[str, Any]]] = []  # (searcher's trial id, config) equal to a running trial
+        self.inner_ids: dict[str, str] = {}  # Tune trial id -> the searcher's trial id
+        self.keys: dict[str, str] = {}  # Tune trial id -> config key
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        for i, (inner_id, config) in enumerate(self.held):
+            key = config_key(config)
+            if key in self.finished or key not in self.running:  # its original ended
+                del self.held[i]
+                return self._emit(trial_id, inner_id, config)
+        config = self.searcher.suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        if config_key(config) in self.running:
+            self.held.append((trial_id, config))
+            return None  # Tune asks again later, under a new trial id
+        return self._emit(trial_id, trial_id, config)
+
+    def _emit(self, trial_id: str, inner_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` proposed as Tune trial ``trial_id``: a repeat when its result is known."""
+        key = config_key(config)
+        self.inner_ids[trial_id], self.keys[trial_id] = inner_id, key
+        if key in self.finished:
+            return {**config, REPEAT_KEY: self.finished[key]}
+        self.running[key] = trial_id
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        self.searcher.on_trial_complete(self.inner_ids.pop(trial_id, trial_id), result=result, error=error)
+        key = self.keys.pop(trial_id, None)
+        if key is None or self.running.get(key) != trial_id:
+            return
+        del self.running[key]
+        status = status_from_result(result or {}, errored=error)
+        if status in (TrialStatus.FINISHED, TrialStatus.STOPPED) and key not in self.finished:
+            metrics = numeric_metrics(result or {}, TRIAL_METRICS)
+            self.finished[key] = Repeat(f"{TRAINABLE_NAME}_{trial_id}", metrics).to_dict()
+
+    def get_state(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["searcher"]
+        return copy.deepcopy(state)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
