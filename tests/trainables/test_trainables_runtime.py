@@ -20,7 +20,7 @@ from trainables.amp import MixedPrecision
 from trainables.build import build_trial_model
 from trainables.data import LoaderSettings, TensorImages, auto_num_workers, build_data, light_items, make_loader
 
-_TIMING = {"epoch_time_s", "train_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}
+_TIMING = {"epoch_time_s", "train_seconds", "gpu_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}
 
 
 def _strip(metrics: dict[str, float]) -> dict[str, float]:
