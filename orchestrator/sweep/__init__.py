@@ -2,7 +2,7 @@
 sample (validated before Ray starts), whether a trial fits the nodes, its tracking URI, and
 its storage folder and lock. No Ray or MLflow is imported here."""
 
-from .fit import check_fit
+from .fit import check_fit, check_request
 from .load import apply_set, load_sweep, local_gpu_count, parse_sweep
 from .lock import LOCK_FILE, SweepLock, SweepLockedError
 from .schema import (
@@ -23,6 +23,6 @@ from .trials import validate_trials
 __all__ = [
     "CheckpointSettings", "FailureSettings", "MlflowConfig", "Objective", "RayConfig", "ResourcesConfig",
     "SchedulerConfig", "SearcherConfig", "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "local_gpu_count",
-    "check_fit", "SpaceParam", "parse_space", "param_space", "sample_overrides", "trial_count", "validate_trials",
+    "check_fit", "check_request", "SpaceParam", "parse_space", "param_space", "sample_overrides", "trial_count", "validate_trials",
     "SweepLock", "SweepLockedError", "LOCK_FILE", "sqlite_path", "sqlite_file", "resolve_tracking_uri",
 ]

@@ -20,7 +20,7 @@ from trainables.schema import ConfigError, apply_overrides, did_you_mean, join_p
 from trainables.sweepfile import read_sweep_yaml
 
 from .tracking_uri import resolve_tracking_uri
-from .fit import check_fit
+from .fit import check_fit, check_request
 from .schema import SchedulerConfig, SweepConfig
 from .space import SpaceParam, parse_space
 from .trials import validate_trials
@@ -77,9 +77,9 @@ def load_sweep(path: str | os.PathLike[str], overrides: list[str] | None = None,
 
 
 def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, str] | None = None) -> SweepConfig:
-    """Validate a sweep mapping into a :class:`SweepConfig` (paths resolved, every trial checked;
-    with neither ``ray.address`` nor ``RAY_ADDRESS`` in ``env``, the trials checked against the
-    local Ray the sweep will start)."""
+    """Validate a sweep mapping into a :class:`SweepConfig` (paths resolved, every trial checked,
+    ``resources`` against Ray's placement rules; with neither ``ray.address`` nor ``RAY_ADDRESS``
+    in ``env``, against the local Ray the sweep will start too)."""
     raw = dict(raw)
     space = tuple(parse_space(raw.pop("space", None)))
     trial = raw.pop("trial", None)
@@ -105,6 +105,8 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
     _check_stop(cfg)
     if cfg.ray.address is None and not (os.environ if env is None else env).get("RAY_ADDRESS"):
         _check_local_resources(cfg)
+    else:  # a cluster's nodes are known once connected (ray_tune.cluster); Ray's own rules now
+        check_request(cfg.resources)
     return replace(cfg, scheduler=_scheduler(cfg))
 
 

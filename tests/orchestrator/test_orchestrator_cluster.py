@@ -1,5 +1,6 @@
-"""Cluster checks: bad resources (table), an unreachable address, DDP trials through the
-CLI, and a real two-node Ray cluster on 127.0.0.1 sharing one storage folder."""
+"""Cluster checks: bad resources (table), GPU fractions Ray cannot place, an unreachable
+address, DDP trials through the CLI, and a real two-node Ray cluster on 127.0.0.1 sharing one
+storage folder (a sweep across it, and one that loses its second node mid-trial)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from _servers import free_port
 from mlflow.tracking import MlflowClient
 
 from orchestrator.ray_tune.cluster import check_cluster, check_storage, max_concurrent
-from orchestrator.sweep import parse_sweep
+from orchestrator.sweep import ResourcesConfig, check_fit, parse_sweep
 from trainables.schema import ConfigError
 
 CPU2 = [{"CPU": 2.0}]
 TWO_NODES = [{"CPU": 1.0}, {"CPU": 1.0}]
 GPU_NODES = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+GPU4 = [{"CPU": 16.0, "GPU": 4.0}]
 
 
 def _cfg(kit: Any, tmp_path: Path, **resources: Any) -> Any:
@@ -41,6 +43,11 @@ def _cfg(kit: Any, tmp_path: Path, **resources: Any) -> Any:
     ({"cpus": 2, "workers": 2}, CPU2, "resources.cpus", "4 CPU(s)"),
     ({"cpus": 1, "workers": 2}, [{"CPU": 1.5}, {"CPU": 0.5}], "resources.workers", "a worker never spans nodes"),
     ({"cpus": 3}, [{"CPU": 2.0}, {"CPU": 2.0}], "resources.cpus", "no node arrangement"),
+    ({"gpus": 2}, GPU_NODES, "resources.gpus", "no node arrangement"),  # 2 GPUs in all, but 1 per node
+    ({"gpus": 0.25}, CPU2, "resources.gpus", "has no GPUs"),
+    ({"gpus": 0.75, "workers": 2}, [{"CPU": 8.0, "GPU": 1.0}], "resources.gpus", "= 1.5 GPU(s) but the cluster has 1"),
+    ({"gpus": 0.6, "workers": 4}, [{"CPU": 16.0, "GPU": 3.0}], "resources.workers",
+     "no node arrangement"),  # 2.4 GPUs <= 3, but one such worker per GPU
 ])
 def test_trials_that_cannot_fit_are_refused(kit: Any, tmp_path: Path, resources: dict[str, Any],
                                             nodes: list[dict[str, float]], key: str, words: str) -> None:
@@ -54,11 +61,34 @@ def test_trials_that_cannot_fit_are_refused(kit: Any, tmp_path: Path, resources:
     ({"cpus": 1, "workers": 2}, TWO_NODES, 1),
     ({"cpus": 4, "gpus": 1, "workers": 2}, GPU_NODES, 1),
     ({"cpus": 1, "gpus": 0.5}, GPU_NODES, 4),
+    ({"cpus": 1, "gpus": 0.25}, GPU_NODES, 8),
+    ({"cpus": 1, "gpus": 0.4}, GPU_NODES, 4),  # two per GPU: a fraction never spans GPUs
+    ({"cpus": 1, "gpus": 0.75, "workers": 2}, GPU_NODES, 1),  # over half a GPU each: one worker per GPU
+    ({"cpus": 1, "gpus": 2}, GPU4, 2),
 ])
 def test_trials_that_fit_report_how_many_run_at_once(kit: Any, tmp_path: Path, resources: dict[str, Any],
                                                      nodes: list[dict[str, float]], fit: int) -> None:
     cfg = dataclasses.replace(_cfg(kit, tmp_path, **resources), storage_shared=True)
     assert check_cluster(cfg, nodes) == fit
+
+
+@pytest.mark.parametrize("resources, words", [
+    ({"gpus": 0.5, "workers": 2}, "2 DDP workers x 0.5 GPU cannot train: Ray Train places workers of at most half a GPU"),
+    ({"gpus": 0.25, "workers": 4}, "4 DDP workers x 0.25 GPU cannot train"),
+    ({"gpus": 1.5}, "expected a fraction below 1 (several trials share one GPU) or a whole number of GPUs, got 1.5"),
+    ({"gpus": 2.5, "workers": 2}, "got 2.5"),
+    ({"gpus": 0.00005}, "Ray counts GPUs in steps of 0.0001"),
+])
+def test_gpu_requests_ray_cannot_place_are_refused_anywhere(kit: Any, tmp_path: Path, resources: dict[str, Any],
+                                                            words: str) -> None:
+    """Refused by the node check (local Ray, live cluster) and, for a cluster, when the file is
+    read, before connecting: no nodes make these placeable."""
+    with pytest.raises(ConfigError) as err:
+        check_fit(ResourcesConfig(**{"cpus": 1.0, **resources}), GPU4, "the cluster")
+    assert err.value.path == "resources.gpus" and words in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        _cfg(kit, tmp_path, **resources)
+    assert err.value.path == "resources.gpus" and words in str(err.value)
 
 
 @pytest.mark.parametrize("workers, asked, want", [(1, None, None), (1, 8, 8), (2, None, 2), (2, 1, 1), (2, 8, 2)])
@@ -104,6 +134,19 @@ def test_gpu_request_on_a_cpu_only_local_ray_exits_2_before_ray_starts(kit: Any,
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "resources.gpus: trials ask for 1 GPU(s) per worker but the local Ray has no GPUs" in out.stderr
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_fractional_gpus_for_ddp_workers_exit_2_before_ray_starts(kit: Any, tmp_path: Path,
+                                                                  write_sweep: Callable[..., Path]) -> None:
+    """On the local Ray and on a cluster (RAY_ADDRESS: refused before connecting; nothing listens there)."""
+    path = write_sweep(kit.tiny_sweep(tmp_path, ray={"num_cpus": 2, "num_gpus": 0},
+                                      resources={"cpus": 1, "gpus": 0.5, "workers": 2}))
+    for env in ({}, {"RAY_ADDRESS": f"127.0.0.1:{free_port()}"}):
+        out = kit.run_cli([str(path), *(["--set", "ray.num_cpus=null", "--set", "ray.num_gpus=null"] if env else [])],
+                          cwd=tmp_path, timeout=60, **env)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert "resources.gpus: 2 DDP workers x 0.5 GPU cannot train" in out.stderr, out.stderr[-2000:]
+        assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.slow
