@@ -88,9 +88,10 @@ def test_front_order_and_best_by() -> None:
 
 
 def test_table_and_plot_files(tmp_path: Path) -> None:
-    records = [_rec(f"t{i}", budget=b, val_acc=a, branches_kept=k, latency_fused_ms=l, params_fused=p)
-               for i, (b, a, k, l, p) in enumerate([(0.2, 0.8, 6, 0.3, 7e4), (0.5, 0.9, 15, 0.4, 7e4),
-                                                    (0.75, 0.85, 22, 0.2, 7e4)])]
+    records = [_rec(f"t{i}", budget=b, val_acc=a, branches_kept=k, latency_fused_ms=l, params_fused=p,
+                    peak_memory_mb=m)
+               for i, (b, a, k, l, p, m) in enumerate([(0.2, 0.8, 6, 0.3, 7e4, 812.5), (0.5, 0.9, 15, 0.4, 7e4, 1534.0),
+                                                       (0.75, 0.85, 22, 0.2, 7e4, 990.25)])]
     records.append(_rec("bad", status=TrialStatus.FAILED, error="NaN loss"))
     mark_front(records, ACC_BRANCHES)
     csv_path, json_path = write_table(records, ACC_BRANCHES, tmp_path)
@@ -106,6 +107,10 @@ def test_table_and_plot_files(tmp_path: Path) -> None:
     text = format_table(records, ACC_BRANCHES)
     assert text.splitlines()[1].startswith("*") and "bad" in text
     assert text.splitlines()[1].split()[2] == "finished" and "failed" in text.splitlines()[-1]
+    header = text.splitlines()[0].split()
+    assert header[-1] == "peak_memory_mb"  # packed trials: does each one's peak fit its share of the GPU?
+    assert [line.split()[-1] for line in text.splitlines()[1:]] == ["812.5", "1534", "990.2", "-"]
+    assert rows[1]["peak_memory_mb"] == "1534.0"
 
 
 @pytest.mark.parametrize(("objectives", "panels"), [
