@@ -4,9 +4,11 @@ storage folder (a sweep across it, and one that loses its second node mid-trial)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from _servers import free_port
@@ -194,12 +196,19 @@ class _quiet:
         return exc[0] is not None and issubclass(exc[0], (OSError, ProcessLookupError))
 
 
+class TwoNodes(NamedTuple):
+    address: str  # the head's host:port
+    node2: subprocess.Popen[bytes]  # `ray start --block` of the second node (its processes descend from it)
+
+
 @pytest.fixture
-def two_node_cluster(kit: Any) -> Iterator[str]:
-    """A head (1 CPU) and a second node (1 CPU, resource node2) on 127.0.0.1, own temp dirs."""
+def two_node_cluster(kit: Any) -> Iterator[TwoNodes]:
+    """A head (1 CPU) and a second node (1 CPU, resource node2) on 127.0.0.1, own temp dirs;
+    a node lost is declared dead after ~3 s (Ray's default health check takes ~15 s)."""
     port = free_port()
     temp_dirs = [tempfile.mkdtemp(prefix="rh", dir="/tmp"), tempfile.mkdtemp(prefix="rw", dir="/tmp")]
-    env = kit.cli_env(RAY_AUTH_MODE="disabled")  # a test cluster on 127.0.0.1 only
+    env = kit.cli_env(RAY_AUTH_MODE="disabled",  # a test cluster on 127.0.0.1 only
+                      RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1",
                "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     procs: list[subprocess.Popen[bytes]] = []
@@ -213,9 +222,11 @@ def two_node_cluster(kit: Any) -> Iterator[str]:
                                        "--resources", '{"node2": 1}'], env=env, start_new_session=True,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait_nodes(address, 2, env)
-        yield address
+        yield TwoNodes(address, procs[1])
     finally:
         _kill_cluster(procs, temp_dirs)
+        for folder in temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _wait_nodes(address: str, count: int, env: dict[str, str], timeout: float = 60) -> None:
@@ -231,19 +242,20 @@ def _wait_nodes(address: str, count: int, env: dict[str, str], timeout: float = 
 
 @pytest.mark.slow
 def test_sweep_spans_a_two_node_cluster(kit: Any, tmp_path: Path, write_sweep: Callable[..., Path],
-                                        two_node_cluster: str) -> None:
+                                        two_node_cluster: TwoNodes) -> None:
     """RAY_ADDRESS (as under `ray job submit`), shared storage: trials on both nodes, all in MLflow."""
+    address = two_node_cluster.address
     shared = tmp_path / "shared"
     sweep = kit.tiny_sweep(tmp_path, name="two", storage_path=str(shared), ray={"num_cpus": None},
                            resources={"cpus": 1}, search={"num_samples": 2, "max_concurrent": 2})
     path = write_sweep(sweep)
-    env = {"RAY_ADDRESS": two_node_cluster, "RAY_AUTH_MODE": "disabled"}
+    env = {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled"}
     refused = kit.run_cli([str(path), "--set", "name=two-refused"], cwd=tmp_path, timeout=120, **env)
     assert refused.returncode == 2 and "storage_shared: true" in refused.stderr, refused.stderr[-2000:]
     gpus = kit.run_cli([str(path), "--set", "name=two-gpus", "--set", "storage_shared=true", "--set", "resources.gpus=1"],
                        cwd=tmp_path, timeout=120, **env)  # checked on the live cluster, not on this host
     assert gpus.returncode == 2, gpus.stderr[-2000:]
-    assert f"resources.gpus: trials ask for 1 GPU(s) per worker but the Ray cluster at {two_node_cluster} has no GPUs" \
+    assert f"resources.gpus: trials ask for 1 GPU(s) per worker but the Ray cluster at {address} has no GPUs" \
         in gpus.stderr and not (shared / "two-gpus").exists()
     out = kit.run_cli([str(path), "--set", "storage_shared=true"], cwd=tmp_path, timeout=240, **env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -253,3 +265,86 @@ def test_sweep_spans_a_two_node_cluster(kit: Any, tmp_path: Path, write_sweep: C
     assert len(nodes) == 2, nodes
     _, kids = kit.children(MlflowClient(sweep["mlflow"]["tracking_uri"]), "two")
     assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc; Ray's workers descend from their raylet)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with _quiet():
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _rows(trial: Path) -> list[dict[str, Any]]:
+    path = trial / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_sweep_survives_losing_its_second_node(kit: Any, tmp_path: Path, write_sweep: Callable[..., Path],
+                                               two_node_cluster: TwoNodes) -> None:
+    """A spot node preempted: every process of the second node SIGKILLed while a trial trains
+    there; that trial continues from its last checkpoint on the head (shared storage,
+    failure.max_failures: 1), the sweep exits 0, one MLflow child run per trial, each epoch once."""
+    epochs = 5
+    shared = tmp_path / "shared"
+    sweep = kit.tiny_sweep(tmp_path, name="spot", storage_path=str(shared), storage_shared=True,
+                           ray={"num_cpus": None}, resources={"cpus": 1}, failure={"max_failures": 1},
+                           search={"num_samples": 2, "max_concurrent": 2})  # one trial per node: 1 CPU each
+    sweep["trial"]["search"]["epochs"] = epochs
+    log = tmp_path / "driver.log"
+    with log.open("wb") as out:
+        driver = subprocess.Popen([sys.executable, "-m", "orchestrator.run", str(write_sweep(sweep))], cwd=tmp_path,
+                                  env=kit.cli_env(RAY_ADDRESS=two_node_cluster.address, RAY_AUTH_MODE="disabled"),
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        victim, node2 = None, set(_descendants(two_node_cluster.node2.pid))
+        deadline = time.monotonic() + 180
+        while victim is None:  # the trial on node 2, once it has a checkpoint (its first epoch reported)
+            assert driver.poll() is None and time.monotonic() < deadline, "no trial reported from node 2"
+            node2 |= set(_descendants(two_node_cluster.node2.pid))
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written
+                victim = next((t for t in (shared / "spot").glob("repnas_trial_*")
+                               if any(r["pid"] in node2 for r in _rows(t))), None)
+            time.sleep(0.1)
+        lost = _rows(victim)
+        assert lost[-1]["epoch"] < epochs, "the trial on node 2 ended before its node was lost"
+        pids = _descendants(two_node_cluster.node2.pid)
+        for pid in pids:  # all at once, as a preempted machine: frozen first, so none reacts to another's death
+            with _quiet():
+                os.kill(pid, signal.SIGSTOP)
+        for pid in pids:
+            with _quiet():
+                os.kill(pid, signal.SIGKILL)
+        driver.wait(timeout=300)
+    finally:
+        with _quiet():
+            os.killpg(driver.pid, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    assert driver.returncode == 0, text[-5000:]
+    rows = _rows(victim)
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1)), [r["epoch"] for r in rows]  # none twice
+    moved = [r for r in rows if r["pid"] not in pids]
+    assert moved and moved[0]["epoch"] > 1, "restarted from epoch 1 instead of its checkpoint"
+    assert {r["node_id"] for r in moved}.isdisjoint(r["node_id"] for r in lost)  # on the surviving node
+    assert "Failure # 1" in (victim / "error.txt").read_text()
+    said = [line for line in text.splitlines() if line.startswith(f"trial {victim.name} failed after epoch ")]
+    assert len(said) == 1 and "retrying from its last checkpoint" in said[0], text[-5000:]
+    client = MlflowClient(sweep["mlflow"]["tracking_uri"])
+    _, kids = kit.children(client, "spot")
+    assert sorted(k.data.tags["repnas.trial_name"] for k in kids) == sorted(
+        p.name for p in (shared / "spot").glob("repnas_trial_*"))
+    for kid in kids:
+        assert kid.info.status == "FINISHED" and "repnas.model_uri" in kid.data.tags, kid.data.tags
+        for key in ("val_acc", "train_loss", "epoch"):
+            steps = [m.step for m in client.get_metric_history(kid.info.run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (kid.info.run_name, key, steps)
