@@ -17,6 +17,7 @@ from _servers import MlflowServer, free_port
 from mlflow.tracking import MlflowClient
 
 from orchestrator.results.pareto import dominates
+from orchestrator.tracking.parent_run import fluent_tracking_uri
 
 pytestmark = pytest.mark.slow
 EPOCH_KEYS = ("val_acc", "train_loss", "branches_kept", "epoch")
@@ -42,8 +43,8 @@ def _check_sweep(uri: str, experiment: str, n_trials: int, epochs: int, model_na
         assert {a.path for a in client.list_artifacts(kid.info.run_id)} >= {"architecture.json", "alpha.png", "alpha.json"}
     # the fused model of one child loads and runs
     kid = kids[0]
-    mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(kid.data.tags["repnas.model_uri"])
+    with fluent_tracking_uri(uri):  # not mlflow.set_tracking_uri: it would leak into later tests
+        model = mlflow.pytorch.load_model(kid.data.tags["repnas.model_uri"])
     import torch
 
     out = model(torch.zeros(2, 1, 8, 8))

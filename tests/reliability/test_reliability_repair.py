@@ -104,7 +104,8 @@ _EXAMPLES: dict[str, tuple[object, ...]] = {
     "SweepLockedError": ("already being run by another driver",),
     "SweepExistsError": ("sweep 'q' already exists",),
     "NothingToResumeError": ("nothing to resume",),
-    "_UserError": ("no trial: section",),
+    "RepnasError": ("a project error",),
+    "UserError": ("no trial: section",),
 }
 
 
