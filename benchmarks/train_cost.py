@@ -25,6 +25,12 @@ The search-quality host (configs/fashion_mnist.yaml) and all its methods:
     python benchmarks/train_cost.py --models repvgg_tiny_s2 --batch-size 128 --threads 1 \
         --configs plain repvgg acnet dbb all "odbb k=5" "odbb k=10" "odbb k=15" "odbb k=20"
 
+A converted torchvision host (any ``torchvision.<builder>``, 3 channels, 32 pixels by default;
+``odbb k=N`` takes any branch count), here the fine-tuning benchmark's (configs/fashion_mnist_mobilenet.yaml):
+
+    python benchmarks/train_cost.py --models torchvision.mobilenet_v2 --sizes 32 --batch-size 128 --threads 1 \
+        --configs plain dbb "odbb k=55" --reparam offline online
+
 The headroom host (configs/fashion_mnist_deep.yaml, trained online):
 
     python benchmarks/train_cost.py --models repvgg_tiny_deep --batch-size 128 --threads 1 --reparam online \
@@ -69,9 +75,42 @@ MODELS: dict[str, dict[str, Any]] = {  # model config, input channels and defaul
 REPARAM = ("offline", "online")
 
 
+def _model_spec(model_key: str) -> dict[str, Any]:
+    """A host of ``MODELS``, or ``torchvision.<builder>`` (converted; 3 channels, 32 pixels by default)."""
+    if model_key in MODELS:
+        return MODELS[model_key]
+    return {"name": model_key, "options": {}, "channels": 3, "size": 32}
+
+
+def _config(config_key: str) -> dict[str, Any]:
+    """The ``trial.search`` keys of a config name: ``CONFIGS``, or ``odbb k=N`` / ``odbb@R`` for any N / R."""
+    if config_key in CONFIGS:
+        return CONFIGS[config_key]
+    if config_key.startswith("odbb k="):
+        return {"method": "odbb", "budget": int(config_key.removeprefix("odbb k="))}
+    return {"method": "odbb", "budget": float(config_key.removeprefix("odbb@"))}
+
+
+def _config_name(text: str) -> str:
+    """argparse type of ``--configs``: a known name, ``odbb k=N`` or ``odbb@R``."""
+    try:
+        if text in CONFIGS or (text.startswith(("odbb k=", "odbb@")) and _config(text)):
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"unknown config {text!r}; allowed: {', '.join(CONFIGS)}, 'odbb k=N' or 'odbb@R'")
+
+
+def _model_name(text: str) -> str:
+    """argparse type of ``--models``: a key of ``MODELS`` or ``torchvision.<builder>``."""
+    if text not in MODELS and not text.startswith("torchvision."):
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; allowed: {', '.join(MODELS)} or torchvision.<builder>")
+    return text
+
+
 def _model_config(model_key: str, size: int, reparam: str) -> dict[str, Any]:
     """The ``trial.model`` section: ResNet-18 with the ImageNet stem from 64 pixels up, the small stem below."""
-    spec = MODELS[model_key]
+    spec = _model_spec(model_key)
     options = dict(spec["options"])
     if spec["name"].startswith("resnet"):
         options["stem"] = "imagenet" if size >= 64 else "small"
@@ -105,9 +144,9 @@ def _worker(model_key: str, config_key: str, reparam: str, size: int, device_nam
 
     device = torch.device(device_name)
     warmup = 3
-    search = {"epochs": 1000, "random_epochs": 0, "search_epochs": 999, **CONFIGS[config_key]}
+    search = {"epochs": 1000, "random_epochs": 0, "search_epochs": 999, **_config(config_key)}
     cfg = TrialConfig.from_dict({"model": _model_config(model_key, size, reparam), "search": search})
-    channels, height, width = MODELS[model_key]["channels"], size, size
+    channels, height, width = _model_spec(model_key)["channels"], size, size
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn((warmup + steps) * batch_size, channels, height, width, generator=generator)
     targets = torch.randint(0, 10, (len(inputs),), generator=generator)
@@ -179,8 +218,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--models", nargs="+", default=["repvgg_a0", "resnet18"], choices=list(MODELS))
-    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=["repvgg_a0", "resnet18"], type=_model_name,
+                        help=f"{', '.join(MODELS)} or torchvision.<builder>")
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), type=_config_name,
+                        help=f"{', '.join(CONFIGS)}, 'odbb k=N' or 'odbb@R'")
     parser.add_argument("--reparam", nargs="+", default=list(REPARAM), choices=REPARAM,
                         help="training forms to time; ratios are to the first form's plain network")
     parser.add_argument("--sizes", nargs="+", type=int, help="input sizes (default: each model's own)")
@@ -199,7 +240,7 @@ def main() -> None:
         args.configs.insert(0, "plain")
     results: Results = {}
     for model_key in args.models:
-        for size in args.sizes or [MODELS[model_key]["size"]]:
+        for size in args.sizes or [_model_spec(model_key)["size"]]:
             label = f"{model_key} @{size}"
             results[label] = {reparam: {} for reparam in args.reparam}
             for config_key in args.configs:

@@ -22,6 +22,7 @@ from .branches import (
 from .convert import (
     Conversion,
     ConvertedLayer,
+    NothingToConvertError,
     check_original_state,
     conversion_of,
     convert,
@@ -102,6 +103,7 @@ __all__ = [
     "convert",
     "Conversion",
     "ConvertedLayer",
+    "NothingToConvertError",
     "SkippedConv",
     "PairPlan",
     "find_pairs",

@@ -40,6 +40,7 @@ from .online import OnlineConv, OnlineODBB, odbb_class
 from .pairs import SkippedConv, find_pairs
 
 __all__ = [
+    "NothingToConvertError",
     "ConvertedLayer",
     "Conversion",
     "convert",
@@ -52,6 +53,10 @@ __all__ = [
 
 _BN_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _SHOWN = 5  # keys named in a mismatch message, per kind
+
+
+class NothingToConvertError(ValueError):
+    """The model has no conv -> BN pair that can become an ODBB (the message lists why)."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,7 @@ def convert(
     from its weights and BN statistics; ``False`` gives every block the standard fresh
     initialisation of a new supernet (the original weights of the pairs are dropped).
     ``identity``: blocks get the identity branch where stride 1 and C_in == C_out. Raises
-    ``ValueError`` when nothing converts (the message lists why). ``model`` is unchanged;
+    :class:`NothingToConvertError` (a ``ValueError``) when nothing converts, saying why. ``model`` is unchanged;
     the copy's ``conversion`` attribute is the :class:`Conversion` report.
     """
     names = _check_reparam_branches(branches, reparam)
@@ -200,8 +205,8 @@ def convert(
     plan = find_pairs(model)
     if not plan.pairs:
         found = Conversion([], plan.skipped)
-        raise ValueError(f"{type(model).__name__} has no KxK conv -> BatchNorm pair to convert "
-                         f"({found.summary()})")
+        raise NothingToConvertError(f"{type(model).__name__} has no KxK conv -> BatchNorm pair to convert "
+                                    f"({found.summary()})")
     converted = copy.deepcopy(model)
     layers = []
     for conv_name, bn_name in plan.pairs:

@@ -9,7 +9,9 @@ extraction does: attribute calls (``self.bn1(self.conv1(x))``, ResNet's blocks) 
 graph and is traced on its own, with the number of times its parent calls it; a model
 whose own forward does not trace converts nothing (every conv is listed as skipped).
 
-Every conv that is not paired is listed with the reason (:class:`SkippedConv`).
+Every conv that is not paired is listed with the reason (:class:`SkippedConv`). A
+parameter read outside its module's call shows in the graph and stops the pairing; a buffer
+read directly is a constant to torch.fx and is recognised only as the buffer or a view of it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch.fx as fx
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["SkippedConv", "PairPlan", "find_pairs", "conv_geometry_problem"]
 
@@ -111,20 +113,28 @@ def _concrete_args(root: nn.Module) -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def _trace(root: nn.Module) -> tuple[fx.Graph | None, set[int], str]:
-    """``(graph, leaves added, error)``: ``root``'s graph with failing submodules as leaves, or
-    ``(None, ..., error)`` when ``root``'s own forward does not trace."""
+def _trace(root: nn.Module) -> tuple[fx.Graph | None, set[int], dict[str, Any], str]:
+    """``(graph, leaves added, constants, error)``: ``root``'s graph with failing submodules as
+    leaves, or ``(None, ..., error)`` when ``root``'s own forward does not trace. ``constants``:
+    the tensors torch.fx stored on ``root`` for the graph (buffers read directly); taken off
+    ``root`` again, so tracing leaves the user's model as it was."""
     leaves: set[int] = set()
-    for _ in range(_MAX_RETRACES):
-        tracer = _LeafTracer(leaves)
-        try:
-            return tracer.trace(root, concrete_args=_concrete_args(root) or None), leaves, ""
-        except Exception as err:  # noqa: BLE001 - any tracing failure makes a leaf or ends the search
-            error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
-            if tracer.failed is None or tracer.failed is root or id(tracer.failed) in leaves:
-                return None, leaves, error
-            leaves.add(id(tracer.failed))
-    return None, leaves, "too many submodules that torch.fx cannot trace"
+    before = set(root.__dict__)
+    try:
+        for _ in range(_MAX_RETRACES):
+            tracer = _LeafTracer(leaves)
+            try:
+                graph = tracer.trace(root, concrete_args=_concrete_args(root) or None)
+                return graph, leaves, {k: root.__dict__[k] for k in set(root.__dict__) - before}, ""
+            except Exception as err:  # noqa: BLE001 - any tracing failure makes a leaf or ends the search
+                error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+                if tracer.failed is None or tracer.failed is root or id(tracer.failed) in leaves:
+                    return None, leaves, {}, error
+                leaves.add(id(tracer.failed))
+        return None, leaves, {}, "too many submodules that torch.fx cannot trace"
+    finally:
+        for key in set(root.__dict__) - before:
+            del root.__dict__[key]
 
 
 @dataclass
@@ -139,21 +149,27 @@ class _Walk:
 
 def _walk(module: nn.Module, prefix: str, times: int, walk: _Walk) -> None:
     """Add ``module``'s graph (called ``times`` times by its parent) to ``walk``; recurse into leaves."""
-    graph, leaves, error = _trace(module)
+    graph, leaves, constants, error = _trace(module)
     if graph is None:
         walk.untraced[prefix] = error
         return
     named = dict(module.named_modules())
+    tensors = {id(t): n for n, t in (*module.named_parameters(), *module.named_buffers())}
     leaf_calls: Counter[str] = Counter()
     for node in graph.nodes:
-        full = f"{prefix}.{node.target}" if prefix else str(node.target)
+        target = str(node.target)
+        if node.op == "get_attr":  # a parameter, or a buffer (or a view of one) fx stored as a constant
+            constant = constants.get(target)
+            base = constant._base if isinstance(constant, Tensor) and constant._base is not None else constant
+            target = tensors.get(id(base), target)
+        full = f"{prefix}.{target}" if prefix else target
         if node.op == "get_attr":
             walk.attrs.add(full)
         elif node.op == "call_module":
             walk.calls[full] += times
             walk.nodes[full] = node
-            if id(named[str(node.target)]) in leaves:
-                leaf_calls[str(node.target)] += 1
+            if id(named[target]) in leaves:
+                leaf_calls[target] += 1
     for name, count in leaf_calls.items():
         _walk(named[name], f"{prefix}.{name}" if prefix else name, times * count, walk)
 
@@ -228,8 +244,10 @@ def _pair_problem(name: str, conv: nn.Conv2d, modules: dict[str, nn.Module], nam
         return SkippedConv(name, "BatchNorm unsupported", f"{bn_name} is {problem}")
     if len(names[id(bn)]) > 1 or walk.calls[bn_name] > 1:
         return SkippedConv(name, "BatchNorm shared", f"{bn_name} is registered or called more than once")
-    if len(user.args) != 1 or user.kwargs or any(a.startswith(f"{bn_name}.") for a in walk.attrs):
+    if len(user.args) != 1 or user.kwargs:
         return SkippedConv(name, "BatchNorm has other inputs", f"{bn_name} also takes other inputs")
+    if any(a.startswith(f"{bn_name}.") for a in walk.attrs):
+        return SkippedConv(name, "weights read elsewhere", f"parameters of {bn_name} are read outside its call")
     if bn._forward_hooks or bn._forward_pre_hooks:
         return SkippedConv(name, "has hooks", f"forward hooks on {bn_name} would be dropped")
     return bn_name

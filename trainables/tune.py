@@ -68,6 +68,21 @@ def _run_ddp(cfg: TrialConfig, workers: WorkerResources, hooks: list[TrialHook],
                     resume=tune.get_checkpoint())
 
 
+_WEIGHTS_KEYS = ("model.weights", "trial.model.weights")
+
+
+def _anchored(base: dict[str, Any], config: Mapping[str, Any], origin: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``base`` and ``config`` with a relative ``model.weights`` made absolute against ``origin``
+    (the driver's working directory: Tune runs each trial in a folder of its own)."""
+    def anchor(path: Any) -> Any:
+        return str(origin / path) if isinstance(path, str) and not Path(path).expanduser().is_absolute() else path
+
+    model = base.get("model")
+    if isinstance(model, Mapping) and "weights" in model:
+        base = {**base, "model": {**model, "weights": anchor(model["weights"])}}
+    return base, {k: anchor(v) if k in _WEIGHTS_KEYS else v for k, v in config.items()}
+
+
 def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (), *,
                    workers: WorkerResources | None = None) -> Callable[[dict[str, Any]], None]:
     """A Ray Tune function trainable running ``run_trial`` on ``base_trial`` + the sampled keys.
@@ -75,7 +90,9 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
     ``base_trial`` is validated here, on the driver, so config errors surface before any
     trial starts. Each trial gets its own deep copy of ``hooks``. With ``runtime.workers > 1``
     the trial drives that many DDP workers, each with ``workers`` resources (default 1 CPU).
+    A relative ``model.weights`` is read from the driver's working directory.
     """
+    origin = Path.cwd()
     base = dict(base_trial)
     TrialConfig.from_dict(base)
 
@@ -84,7 +101,7 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
         from ray import tune
 
         per_worker = workers or WorkerResources()
-        cfg = _with_threads(TrialConfig.from_overrides(base, config), per_worker)
+        cfg = _with_threads(TrialConfig.from_overrides(*_anchored(base, config, origin)), per_worker)
         context = tune.get_context()
         workdir = Path(tempfile.mkdtemp(prefix=f"repnas-{context.get_trial_id()}-"))
         try:

@@ -78,7 +78,7 @@ def build_original(name: str, num_classes: int, in_channels: int = 3, **options:
     if refused:
         raise ValueError(f"option {refused[0]!r} is not accepted for {name!r}: nothing downloads; "
                          f"allowed: a local state_dict of the original model (load_original_state_dict)")
-    if name.startswith(TORCHVISION_PREFIX):
+    if ":" not in name:
         builder = _torchvision_builder(name)
         if in_channels != 3:
             raise ValueError(f"{name} takes 3 input channels, got in_channels={in_channels}; "
