@@ -26,10 +26,10 @@ The search-quality host (configs/fashion_mnist.yaml) and all its methods:
         --configs plain repvgg acnet dbb all "odbb k=5" "odbb k=10" "odbb k=15" "odbb k=20"
 
 A converted torchvision host (any ``torchvision.<builder>``, 3 channels, 32 pixels by default;
-``odbb k=N`` takes any branch count), here the fine-tuning benchmark's (configs/fashion_mnist_mobilenet.yaml):
+``odbb k=N`` takes any branch count), here the fine-tuning benchmark's (configs/fashion_mnist_shufflenet.yaml):
 
-    python benchmarks/train_cost.py --models torchvision.mobilenet_v2 --sizes 32 --batch-size 128 --threads 1 \
-        --configs plain dbb "odbb k=55" --reparam offline online
+    python benchmarks/train_cost.py --models torchvision.shufflenet_v2_x0_5 --sizes 28 --batch-size 128 --threads 1 \
+        --configs plain dbb "odbb k=61" --reparam offline online
 
 The headroom host (configs/fashion_mnist_deep.yaml, trained online):
 

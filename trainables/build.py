@@ -181,7 +181,7 @@ def _layer_sizes(model: nn.Module) -> list[int]:
 
 
 def _check_budget(cfg: TrialConfig, sizes: list[int]) -> None:
-    """The budget against the candidate count, and the per-layer floor against the budget."""
+    """The budget against the candidate count, the per-layer floor and the kept kxk against the budget."""
     try:
         k = budget_to_k(cfg.search.budget, sum(sizes))
     except ValueError as err:
@@ -191,6 +191,9 @@ def _check_budget(cfg: TrialConfig, sizes: list[int]) -> None:
     if forced > k:
         raise ConfigError("trial.search.layer_floor", f"a floor of {floor} per layer keeps {forced} branches over "
                                                       f"{len(sizes)} layers, more than the budget's {k}")
+    if cfg.keeps_kxk and len(sizes) > k:
+        raise ConfigError("trial.search.budget", f"keeps {k} branches, fewer than the {len(sizes)} kxk branches that "
+                                                 f"search.keep_kxk keeps (one per layer; auto with model.weights)")
 
 
 def build_trial_model(cfg: TrialConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -239,7 +242,7 @@ def check_trial_model(cfg: TrialConfig, cache: dict[str, Any] | None = None) -> 
     if classes is None and isinstance(method, str) and method.endswith(".json"):
         return  # the architecture's class count can only be compared with the data
     key = json.dumps([*host, cfg.search.candidates, "odbb" if cfg.search.searching else method,
-                      cfg.model.weights is not None], sort_keys=True, default=str)
+                      cfg.model.weights is not None], sort_keys=True, default=str)  # the layer sizes only
     if key not in cache:
         if cfg.search.searching:
             cache[key] = _layer_sizes(_build_for_check(cfg, classes or 2, channels, cfg.search.candidates))

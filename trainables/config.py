@@ -231,6 +231,10 @@ class SearchConfig:
     two_stage: bool = False
     """After the search phase, re-initialise the network, keep the searched mask, and train it
     from scratch for the remaining epochs with a restarted lr schedule."""
+    keep_kxk: bool | Literal["auto"] = "auto"
+    """Every mask (random, search, final) keeps every layer's ``kxk`` inside the budget, so a
+    search from ``model.weights`` never drops the trained conv; the search chooses what joins
+    it. ``auto``: true with ``model.weights`` (``TrialConfig.keeps_kxk``)."""
 
     @property
     def searching(self) -> bool:
@@ -338,6 +342,12 @@ class TrialConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def keeps_kxk(self) -> bool:
+        """Whether the search keeps every layer's ``kxk`` (``search.keep_kxk``, ``auto``: with ``model.weights``)."""
+        keep = self.search.keep_kxk
+        return self.search.searching and (keep is True or (keep == "auto" and self.model.weights is not None))
 
     def validate(self, path: str) -> None:
         workers = self.runtime.workers

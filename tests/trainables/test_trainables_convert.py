@@ -176,6 +176,8 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
      "this project's own host"),
     ("weights-without-kxk", {"model.weights": "WEIGHTS_good", "search.method": ["1x1", "1x1_kxk"]},
      "trial.search.method", "keeps no 'kxk' branch"),
+    ("weights-budget-below-kxk", {"model.weights": "WEIGHTS_good", "search.budget": 10}, "trial.search.budget",
+     "fewer than the 18 kxk branches that search.keep_kxk keeps"),
 ]
 
 
