@@ -7,7 +7,8 @@ architecture (a baseline) runs the same loop in the fixed phase from epoch 0, wi
 The recipe options of ``SearchConfig`` (issue #13; paper behaviour by default) change
 these steps: fair random-phase sampling, a per-layer floor in every top-k, annealed noise,
 an auto-sized alpha lr, a restarted fixed-phase lr, BN recalibration at the fix, or a
-two-stage retrain from scratch (``trainables.recipe``).
+two-stage retrain from scratch (``trainables.recipe``). ``keep_kxk`` (a search from trained
+weights) puts every layer's ``kxk`` first in every top-k.
 
 Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
 noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is

@@ -5,6 +5,9 @@ every bad input of the new keys exits 2 from both command lines, naming the key.
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -213,7 +216,7 @@ def test_bad_weights_exit_2_without_traceback(command: list[str], tmp_path: Path
     sweep = _sweep(tmp_path, _bad_trial(tmp_path, tiny_dict, {"model.weights": "WEIGHTS_shapes"}))
     module, *flags = command
     proc = subprocess.run([sys.executable, "-m", module, str(sweep), *flags], capture_output=True, text=True,
-                          timeout=180, cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(TESTS.parent)})
+                          timeout=180, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(TESTS.parent)})
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "trial.model.weights" in proc.stderr and "wrong shapes" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -228,3 +231,56 @@ def test_a_relative_weights_path_is_read_from_the_drivers_directory(tmp_path: Pa
         tmp_path / "sub" / "w.pt")
     monkeypatch.chdir(tmp_path)
     TrialConfig.from_dict(base)  # found from the directory the sweep runs in
+
+
+def _strip(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if "time" not in k and "latency" not in k and k != "peak_memory_mb"}
+
+
+def test_a_search_from_weights_resumes_bit_identical_across_the_rebuild(tmp_path: Path,
+                                                                         tiny_dict: dict[str, Any]) -> None:
+    _save_trained(tmp_path / "w.pt")
+    cfg = _cfg(tiny_dict, **_TV, **{"model.name": "torchvision.mobilenet_v2", "model.options": _BUILDERS["mobilenet_v2"],
+                                    "model.weights": str(tmp_path / "w.pt"), "model.reparam": "online",
+                                    "search.preset": "short", "search.random_epochs": 0, "search.budget": 30,
+                                    "search.epochs": 3})
+    saved: dict[int, Path] = {}
+
+    def keep(metrics: dict[str, float], checkpoint: Path) -> None:
+        saved[int(metrics["epoch"])] = Path(shutil.copytree(checkpoint, tmp_path / f"ckpt{int(metrics['epoch'])}"))
+
+    full = run_trial(cfg, tmp_path / "full", report=keep)
+    resumed = run_trial(cfg, tmp_path / "resumed", resume_from=saved[1])  # the two_stage rebuild comes after it
+    assert [_strip(m) for m in resumed.history] == [_strip(m) for m in full.history]
+    arch = json.loads((full.export_dir / "architecture.json").read_text())
+    assert arch["model"] == "torchvision.mobilenet_v2" and all("kxk" in layer["branches"] for layer in arch["layers"])
+
+
+@pytest.mark.slow
+def test_ddp_trains_a_converted_model_from_weights(tmp_path: Path, tiny_dict: dict[str, Any]) -> None:
+    """Two gloo workers on a torchvision host started from weights: the run ends with a fused,
+    verified torchvision model."""
+    import ray
+
+    from trainables.distributed import WorkerResources, run_distributed
+
+    _save_trained(tmp_path / "w.pt")
+    cfg = _cfg(tiny_dict, **_TV, **{"model.name": "torchvision.mobilenet_v2", "model.options": _BUILDERS["mobilenet_v2"],
+                                    "model.weights": str(tmp_path / "w.pt"), "runtime.workers": 2,
+                                    "search.budget": 30, "search.epochs": 2, "search.random_epochs": 1,
+                                    "search.search_epochs": 1})
+    reports: list[tuple[dict[str, float], str]] = []
+
+    def report(metrics: dict[str, float], checkpoint: Any) -> None:
+        reports.append((metrics, checkpoint.to_directory(str(tmp_path / f"epoch{len(reports) + 1}"))))
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_distributed(cfg, report, workers=WorkerResources(cpus=1), storage_path=str(tmp_path / "storage"),
+                        trial_name="ddp")
+    finally:
+        ray.shutdown()
+    final, checkpoint = reports[-1]
+    assert final["done"] == 1.0 and final["fused_max_logit_diff"] < 1e-3
+    model = torchvision.models.mobilenet_v2(num_classes=10, **_BUILDERS["mobilenet_v2"])
+    model.load_state_dict(torch.load(Path(checkpoint) / "export" / "fused_state_dict.pt", weights_only=True))
