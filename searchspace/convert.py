@@ -199,6 +199,9 @@ def convert(
     the copy's ``conversion`` attribute is the :class:`Conversion` report.
     """
     names = _check_reparam_branches(branches, reparam)
+    if any(isinstance(m, ODBB) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} already holds ODBBs (a converted model or a host of this "
+                         f"project); allowed: a model of plain convs and BatchNorms")
     if preserve and "kxk" not in names:
         raise ValueError(f"branches={list(names)} has no 'kxk': a function-preserving conversion puts the "
                          f"original conv there; allowed: a branch list with 'kxk', or preserve=False")

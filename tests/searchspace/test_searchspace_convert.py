@@ -188,6 +188,9 @@ def test_conversion_preserves_the_function_of_every_pair(reparam: str) -> None:
     assert norms and all((m.eps, m.momentum) == (1e-3, 0.01) for m in norms)
     _assert_preserved(model, converted, torch.randn(3, 3, 15, 13, dtype=torch.float64))
     assert isinstance(model.stem, nn.Conv2d) and conversion_of(model) is None  # the original is untouched
+    assert not any(k.startswith("_tensor_constant") for k in vars(model))  # tracing left no attribute behind
+    with pytest.raises(ValueError, match="already holds ODBBs"):
+        convert(converted)
 
 
 @pytest.mark.parametrize("reparam", FORMS)
