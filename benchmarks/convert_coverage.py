@@ -13,7 +13,9 @@ identity):
   ``to_original``; the fused state dict loaded with ``strict=True`` into a fresh instance of
   the builder, and max |supernet - fused| in eval mode per converted layer (the fresh model's
   conv and BN against the supernet's block, on the input that block received) and at the
-  model's output (where a deep random network amplifies the layers' float64 rounding);
+  model's output, beside a rounding control: how far the supernet's output moves when every
+  converted block's output is scaled by 1 + 1e-15 (a deep random network amplifies float64
+  rounding; the output error is of that order);
 
 Errors are relative to max(1, max |reference|).
 * online step x plain: one training step (SGD, cross-entropy, batch 8, float32) of the online
@@ -134,10 +136,12 @@ def _calibrate(model: Any, x: Any) -> None:
         model(x)
 
 
-def _fused_error(build: Any, converted: Any, x: Any, seed: int) -> tuple[float, float]:
-    """(per layer, at the output): max |supernet - fused| in eval mode, the fused model loaded
-    strictly into a fresh instance. Per layer: each converted layer of the fresh model (its conv
-    and BN) against the supernet's block, on the input that block received."""
+def _fused_error(build: Any, converted: Any, x: Any, seed: int) -> tuple[float, float, float]:
+    """(per layer, at the output, control): max |supernet - fused| in eval mode, the fused model
+    loaded strictly into a fresh instance. Per layer: each converted layer of the fresh model (its
+    conv and BN) against the supernet's block, on the input that block received. Control: how far
+    the supernet's own output moves when every converted block's output is scaled by 1 + 1e-15
+    (float64 rounding), i.e. what the network's depth makes of rounding alone."""
     import torch
 
     from searchspace import conversion_of, to_original
@@ -155,8 +159,14 @@ def _fused_error(build: Any, converted: Any, x: Any, seed: int) -> tuple[float, 
     hooks = [converted.get_submodule(layer.conv).register_forward_hook(
         lambda _m, inputs, out, name=layer.conv: seen.__setitem__(name, (inputs[0].clone(), out.clone())))
         for layer in layers]
-    output = _error(_out(converted, x, False), _out(fresh, x, False))
+    reference = _out(converted, x, False)
+    output = _error(reference, _out(fresh, x, False))
     for hook in hooks:
+        hook.remove()
+    nudges = [converted.get_submodule(layer.conv).register_forward_hook(lambda _m, _i, out: out * (1 + 1e-15))
+              for layer in layers]
+    control = _error(reference, _out(converted, x, False))
+    for hook in nudges:
         hook.remove()
     fresh.eval()
     worst = 0.0
@@ -164,7 +174,7 @@ def _fused_error(build: Any, converted: Any, x: Any, seed: int) -> tuple[float, 
         for layer in layers:
             inputs, out = seen[layer.conv]
             worst = max(worst, _error(out, fresh.get_submodule(layer.bn)(fresh.get_submodule(layer.conv)(inputs))))
-    return worst, output
+    return worst, output, control
 
 
 def _step_time(model: Any, x: Any, steps: int) -> float:
@@ -208,12 +218,14 @@ def _whole_model(name: str, row: dict[str, Any], steps: int) -> None:
         converted = convert(reference, reparam=reparam)
         errors[f"{reparam}_eval"], errors[f"{reparam}_train"] = _preservation(reference, converted, x)
         del reference
-        errors[f"{reparam}_fused"], errors[f"{reparam}_fused_output"] = _fused_error(build, converted, x, 3)
+        (errors[f"{reparam}_fused"], errors[f"{reparam}_fused_output"],
+         errors[f"{reparam}_rounding_control"]) = _fused_error(build, converted, x, 3)
         del converted
     row["preserve_eval"] = max(errors[f"{r}_eval"] for r in FORMS)
     row["preserve_train"] = max(errors[f"{r}_train"] for r in FORMS)
     row["fused"] = max(errors[f"{r}_fused"] for r in FORMS)
     row["fused_output"] = max(errors[f"{r}_fused_output"] for r in FORMS)
+    row["rounding_control"] = max(errors[f"{r}_rounding_control"] for r in FORMS)
     row["strict_load"] = True
     row["errors"] = errors
     del original
@@ -247,7 +259,7 @@ def _pair_by_pair(row: dict[str, Any], model: Any, pairs: list[tuple[str, str]])
             converted = convert(reference, reparam=reparam)
             e, t = _preservation(reference, converted, x)
             worst["preserve_eval"], worst["preserve_train"] = max(worst["preserve_eval"], e), max(worst["preserve_train"], t)
-            worst["fused"] = max(worst["fused"], *_fused_error(lambda: copy.deepcopy(pair), converted, x, 20 + i))
+            worst["fused"] = max(worst["fused"], *_fused_error(lambda: copy.deepcopy(pair), converted, x, 20 + i)[:2])
     row.update(worst)
     # what strict loading checks, the same keys and shapes (kxk-only blocks: no memory for other branches)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -292,7 +304,7 @@ def _fmt(value: float | None) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The coverage table (one row per builder)."""
     lines = ["| builder | convs | converted | skipped (reason: count) | input | preservation eval / train | "
-             "fused vs supernet: per layer / output | strict load | online step x plain |",
+             "fused vs supernet: per layer / output (rounding control) | strict load | online step x plain |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         skipped = ", ".join(f"{k}: {v}" for k, v in r.get("skipped", {}).items()) or "-"
@@ -303,11 +315,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['builder']} | {r['convs']} | 0 | {skipped} | | nothing to convert | | | |")
             continue
         checked = " (pair by pair)" if r.get("checked") else ""
+        control = f" ({_fmt(r['rounding_control'])})" if "rounding_control" in r else ""
         ratio = f"{r['online_x_plain']:.2f}" if "online_x_plain" in r else "not timed"
         lines.append(
             f"| {r['builder']} | {r['convs']} | {r['converted']} | {skipped} | {r.get('input', '')} | "
             f"{_fmt(r['preserve_eval'])} / {_fmt(r['preserve_train'])}{checked} | "
-            f"{_fmt(r['fused'])} / {_fmt(r.get('fused_output')) or 'n/a'} | "
+            f"{_fmt(r['fused'])} / {_fmt(r.get('fused_output')) or 'n/a'}{control} | "
             f"{'yes' if r['strict_load'] else 'no'} | {ratio} |")
     return "\n".join(lines)
 
