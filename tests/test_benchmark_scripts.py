@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 from searchspace import Architecture
 from trainables import TrialConfig
 from trainables.build import build_trial_model
@@ -81,3 +83,21 @@ def test_sweep_overhead_breakdown_spans_name_functions_that_exist() -> None:
              for h in ("on_start", "on_epoch", "on_end")}
     read.discard("orchestrator.run")  # the driver it starts (python -m orchestrator.run), not a span
     assert "orchestrator.child_run.MLflowTrialHook.on_end" in read and read <= wrapped, read - wrapped
+
+
+def test_convert_coverage_rows() -> None:
+    import torchvision
+
+    from searchspace import find_pairs
+
+    coverage = _script("convert_coverage")
+    row = coverage._worker("shufflenet_v2_x0_5", 0, 1e9)  # the whole model, float64
+    assert (row["convs"], row["converted"], row["skipped"]) == (56, 20, {"1x1 kernel": 36})
+    assert row["preserve_eval"] == row["preserve_train"] == 0.0 and row["strict_load"]
+    assert row["fused"] < 1e-12 and row["fused_output"] < 1e-12 and row["rounding_control"] > 0
+    assert "| shufflenet_v2_x0_5 | 56 | 20 | 1x1 kernel: 36 | 32 | 0 / 0 |" in coverage.markdown([row])
+    assert coverage._worker("vit_b_16", 0, 1e9)["converted"] == 0
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
+    pairs = {}  # the path of the largest builders: pair by pair (two pairs here), keys and shapes
+    coverage._pair_by_pair(pairs, model, find_pairs(model).pairs[:2])
+    assert pairs["preserve_eval"] == pairs["preserve_train"] == 0.0 and pairs["fused"] < 1e-12 and pairs["strict_load"]
