@@ -46,6 +46,12 @@ The search-quality host (configs/fashion_mnist.yaml) and all its methods:
     python benchmarks/train_cost.py --models repvgg_tiny_s2 --batch-size 128 --threads 1 \
         --configs plain repvgg acnet dbb all "odbb k=5" "odbb k=10" "odbb k=15" "odbb k=20"
 
+A converted torchvision host (any ``torchvision.<builder>``, 3 channels, 32 pixels by default;
+``odbb k=N`` takes any branch count), here the fine-tuning benchmark's (configs/fashion_mnist_shufflenet.yaml):
+
+    python benchmarks/train_cost.py --models torchvision.shufflenet_v2_x0_5 --sizes 28 --batch-size 128 --threads 1 \
+        --configs plain dbb "odbb k=61" --reparam offline online
+
 The headroom host (configs/fashion_mnist_deep.yaml, trained online):
 
     python benchmarks/train_cost.py --models repvgg_tiny_deep --batch-size 128 --threads 1 --reparam online \
@@ -105,9 +111,42 @@ def _runtime_label(precision: str, channels_last: str, compile_mode: str) -> str
     return " ".join(p for p in parts if p)
 
 
+def _model_spec(model_key: str) -> dict[str, Any]:
+    """A host of ``MODELS``, or ``torchvision.<builder>`` (converted; 3 channels, 32 pixels by default)."""
+    if model_key in MODELS:
+        return MODELS[model_key]
+    return {"name": model_key, "options": {}, "channels": 3, "size": 32}
+
+
+def _config(config_key: str) -> dict[str, Any]:
+    """The ``trial.search`` keys of a config name: ``CONFIGS``, or ``odbb k=N`` / ``odbb@R`` for any N / R."""
+    if config_key in CONFIGS:
+        return CONFIGS[config_key]
+    if config_key.startswith("odbb k="):
+        return {"method": "odbb", "budget": int(config_key.removeprefix("odbb k="))}
+    return {"method": "odbb", "budget": float(config_key.removeprefix("odbb@"))}
+
+
+def _config_name(text: str) -> str:
+    """argparse type of ``--configs``: a known name, ``odbb k=N`` or ``odbb@R``."""
+    try:
+        if text in CONFIGS or (text.startswith(("odbb k=", "odbb@")) and _config(text)):
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"unknown config {text!r}; allowed: {', '.join(CONFIGS)}, 'odbb k=N' or 'odbb@R'")
+
+
+def _model_name(text: str) -> str:
+    """argparse type of ``--models``: a key of ``MODELS`` or ``torchvision.<builder>``."""
+    if text not in MODELS and not text.startswith("torchvision."):
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; allowed: {', '.join(MODELS)} or torchvision.<builder>")
+    return text
+
+
 def _model_config(model_key: str, size: int, reparam: str) -> dict[str, Any]:
     """The ``trial.model`` section: ResNet-18 with the ImageNet stem from 64 pixels up, the small stem below."""
-    spec = MODELS[model_key]
+    spec = _model_spec(model_key)
     options = dict(spec["options"])
     if spec["name"].startswith("resnet"):
         options["stem"] = "imagenet" if size >= 64 else "small"
@@ -173,12 +212,12 @@ def _worker(model_key: str, config_key: str, reparam: str, size: int, args: argp
     device = torch.device(args.device)
     warmup, batch_size, steps = 3, args.batch_size, args.steps
     compile_mode = args.compile[0]
-    search = {"epochs": 1000, "random_epochs": 0, "search_epochs": 999, **CONFIGS[config_key]}
+    search = {"epochs": 1000, "random_epochs": 0, "search_epochs": 999, **_config(config_key)}
     runtime = {"precision": args.precision[0], "channels_last": SWITCH[args.channels_last[0]],
                "compile": compile_mode != "off"}
     cfg = TrialConfig.from_dict({"model": _model_config(model_key, size, reparam), "search": search,
                                  "runtime": runtime})
-    channels, height, width = MODELS[model_key]["channels"], size, size
+    channels, height, width = _model_spec(model_key)["channels"], size, size
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn((warmup + steps) * batch_size, channels, height, width, generator=generator)
     targets = torch.randint(0, 10, (len(inputs),), generator=generator)
@@ -261,7 +300,7 @@ def _table(results: Results, args: argparse.Namespace) -> str:
                     if row is None:
                         continue
                     head = f"| {label} | {config_key} |"
-                    mode = "eager (search)" if compile_mode == "on" and CONFIGS[config_key]["method"] == "odbb" \
+                    mode = "eager (search)" if compile_mode == "on" and _config(config_key)["method"] == "odbb" \
                         else compile_mode
                     settings = f"{reparam} | {precision} | {channels_last} | {mode} |"
                     if isinstance(row, str):
@@ -292,7 +331,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[tuple[str, str, str], str, int
         for precision in args.precision:
             for channels_last in args.channels_last:
                 for model_key in args.models:
-                    for size in args.sizes or [MODELS[model_key]["size"]]:
+                    for size in args.sizes or [_model_spec(model_key)["size"]]:
                         for config_key in args.configs:
                             for reparam in args.reparam:
                                 rows.append(((precision, channels_last, compile_mode), model_key, size, config_key,
@@ -306,8 +345,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--models", nargs="+", default=["repvgg_a0", "resnet18"], choices=list(MODELS))
-    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="+", default=["repvgg_a0", "resnet18"], type=_model_name,
+                        help=f"{', '.join(MODELS)} or torchvision.<builder>")
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), type=_config_name,
+                        help=f"{', '.join(CONFIGS)}, 'odbb k=N' or 'odbb@R'")
     parser.add_argument("--reparam", nargs="+", default=list(REPARAM), choices=REPARAM,
                         help="training forms to time; ratios are to the first form's plain network")
     parser.add_argument("--sizes", nargs="+", type=int, help="input sizes (default: each model's own)")
@@ -336,7 +377,7 @@ def main() -> None:
         label, key = f"{model_key} @{size}", _runtime_label(*runtime)
         forms = results.setdefault(label, {}).setdefault(key, {r: {} for r in args.reparam})
         eager = results[label].get(_runtime_label(runtime[0], runtime[1], "off"), {}).get(reparam, {})
-        if runtime[2] == "on" and CONFIGS[config_key]["method"] == "odbb" and config_key in eager:
+        if runtime[2] == "on" and _config(config_key)["method"] == "odbb" and config_key in eager:
             forms[reparam][config_key] = eager[config_key]  # the engine runs the search phase eagerly
             continue
         runs: list[Row | str] = []

@@ -19,7 +19,31 @@ from .branches import (
     first_1x1_kernel,
     is_depthwise,
 )
-from .models import BasicBlock, ModelSpec, RepVGG, ResNet, build_model, list_models, model_options, register_model
+from .convert import (
+    Conversion,
+    ConvertedLayer,
+    NothingToConvertError,
+    check_original_state,
+    conversion_of,
+    convert,
+    load_original_state_dict,
+    original_state_shapes,
+)
+from .models import (
+    TORCHVISION_PREFIX,
+    BasicBlock,
+    ModelSpec,
+    RepVGG,
+    ResNet,
+    build_model,
+    build_original,
+    is_external,
+    list_models,
+    model_options,
+    register_model,
+    resolve_factory,
+    torchvision_model_names,
+)
 from .odbb import ODBB, check_branches
 from .online import (
     REPARAM_FORMS,
@@ -32,6 +56,8 @@ from .online import (
     build_online_branch,
     odbb_class,
 )
+from .original import to_original
+from .pairs import PairPlan, SkippedConv, find_pairs
 from .reparam import odbb_layers, reparameterize
 
 __all__ = [
@@ -74,4 +100,21 @@ __all__ = [
     "Architecture",
     "architecture_of",
     "build_from_architecture",
+    "convert",
+    "Conversion",
+    "ConvertedLayer",
+    "NothingToConvertError",
+    "SkippedConv",
+    "PairPlan",
+    "find_pairs",
+    "conversion_of",
+    "to_original",
+    "original_state_shapes",
+    "check_original_state",
+    "load_original_state_dict",
+    "TORCHVISION_PREFIX",
+    "torchvision_model_names",
+    "is_external",
+    "resolve_factory",
+    "build_original",
 ]

@@ -6,7 +6,9 @@ import copy
 
 from torch import nn
 
+from .convert import conversion_of
 from .odbb import ODBB
+from .original import to_original
 
 __all__ = ["reparameterize", "odbb_layers"]
 
@@ -31,8 +33,12 @@ def reparameterize(model: nn.Module) -> nn.Module:
 
     Folding uses the running BN statistics (eval semantics) and only the active branches;
     gates are ignored. The original model is not modified. BatchNorms that are not inside
-    a module with ``fuse()`` are left as they are (the registered hosts have none).
+    a module with ``fuse()`` are left as they are (the registered hosts have none). A model
+    made by :func:`searchspace.convert` comes back as an instance of the user's own class
+    (:func:`searchspace.to_original`).
     """
+    if conversion_of(model) is not None:
+        return to_original(model).eval()
     deploy = copy.deepcopy(model)
     _fuse_children(deploy)
     return deploy.eval()

@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 from searchspace import Architecture
 from trainables import TrialConfig
 from trainables.build import build_trial_model
@@ -110,3 +112,21 @@ def test_train_cost_measures_eager_rows_first_and_labels_every_runtime_setting()
     compiled_online = next(line for line in lines if "| online | bf16 | on | on |" in line and "| plain |" in line)
     assert "| 4.00 | 2.00 |" in compiled_online  # x compiled plain, x eager plain
     assert any("eager (search)" in line and "not measured: time limit" in line for line in lines)
+
+
+def test_convert_coverage_rows() -> None:
+    import torchvision
+
+    from searchspace import find_pairs
+
+    coverage = _script("convert_coverage")
+    row = coverage._worker("shufflenet_v2_x0_5", 0, 1e9)  # the whole model, float64
+    assert (row["convs"], row["converted"], row["skipped"]) == (56, 20, {"1x1 kernel": 36})
+    assert row["preserve_eval"] == row["preserve_train"] == 0.0 and row["strict_load"]
+    assert row["fused"] < 1e-12 and row["fused_output"] < 1e-12 and row["rounding_control"] > 0
+    assert "| shufflenet_v2_x0_5 | 56 | 20 | 1x1 kernel: 36 | 32 | 0 / 0 |" in coverage.markdown([row])
+    assert coverage._worker("vit_b_16", 0, 1e9)["converted"] == 0
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
+    pairs = {}  # the path of the largest builders: pair by pair (two pairs here), keys and shapes
+    coverage._pair_by_pair(pairs, model, find_pairs(model).pairs[:2])
+    assert pairs["preserve_eval"] == pairs["preserve_train"] == 0.0 and pairs["fused"] < 1e-12 and pairs["strict_load"]

@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> None:
         raise UserError(f"--resume: no checkpoint in {checkpoint}; run without --resume to start")
     if not args.resume and is_checkpoint(checkpoint):
         raise UserError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
-    print(f"trainables.cli: {config.model.name} on {config.data.dataset}, method {config.search.method}, "
+    print(f"trainables.cli: {config.model.host} on {config.data.dataset}, method {config.search.method}, "
           f"budget {config.search.budget}, {config.search.epochs} epochs -> {output}", flush=True)
     result = run_trial(config, output, resume_from=checkpoint if args.resume else None,
                        report=_progress(config.search.epochs), trial_name=output.name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_origin, get_type_hints
 
-from searchspace import BRANCH_TYPES, IDENTITY, list_models
+from searchspace import BRANCH_TYPES, IDENTITY, TORCHVISION_PREFIX, is_external, list_models, torchvision_model_names
 
 from .schema import (
     ConfigError,
@@ -43,10 +43,14 @@ __all__ = [
     "BASELINES",
     "RECIPE_PRESETS",
     "DATASETS",
+    "NATIVE_CHANNELS",
     "EXPORT_FORMATS",
 ]
 
 DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+NATIVE_CHANNELS: dict[str, int] = {"digits": 1, "fashion_mnist": 1, "mnist": 1, "cifar10": 3, "cifar100": 3,
+                                   "imagefolder": 3}
+"""Channels of each dataset's images as stored."""
 EXPORT_FORMATS = ("state_dict", "torch_export", "torchscript", "onnx")
 
 BASELINES: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -77,29 +81,81 @@ _Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Host network from ``searchspace.list_models()``, its ``build_model`` options and training form.
+    """Host network, its build options, training form and starting weights.
 
-    ``reparam``: ``offline`` trains every branch as its own convs and BNs (DBB, RepNAS);
-    ``online`` composes each block's one KxK kernel from its branches at every step and
-    runs one conv and one BN (OREPA). Both fuse into the same deploy network.
+    ``name``: a host of ``searchspace.list_models()`` or ``torchvision.<builder>`` (any
+    torchvision classification builder, converted: every eligible KxK conv -> BN pair becomes
+    an ODBB). ``factory``: instead of ``name``, a user's builder ``package.module:function``,
+    converted the same way. ``options``: the builder's keyword arguments. ``weights``: a local
+    ``state_dict`` of the original (unconverted) model to start from, loaded
+    function-preserving (never downloaded). ``reparam``: ``offline`` trains every branch as
+    its own convs and BNs (DBB, RepNAS); ``online`` composes each block's one KxK kernel from
+    its branches at every step and runs one conv and one BN (OREPA). Both fuse into the same
+    deploy network.
     """
 
     name: str = "repvgg_tiny"
     options: dict[str, Any] = field(default_factory=dict)
     reparam: Literal["offline", "online"] = "offline"
+    factory: str | None = None
+    weights: str | None = None
+
+    @property
+    def host(self) -> str:
+        """The name ``searchspace.build_model`` gets: ``factory`` when set, else ``name``."""
+        return self.factory or self.name
 
     def validate(self, path: str) -> None:
-        names = list_models()
-        if self.name not in names:
-            raise ConfigError(
-                join_path(path, "name"),
-                f"unknown model {self.name!r}{did_you_mean(self.name, names)}; available: {', '.join(names)}",
-            )
+        if self.factory is not None:
+            _check_factory(self, path)
+        elif self.name.startswith(TORCHVISION_PREFIX):
+            _check_torchvision_name(self.name, join_path(path, "name"))
+        elif self.name not in list_models():
+            names = list_models()
+            hint = did_you_mean(self.name, names) or _torchvision_hint(self.name)
+            raise ConfigError(join_path(path, "name"), f"unknown model {self.name!r}{hint}; available: "
+                                                       f"{', '.join(names)}, or torchvision.<builder>")
+        if self.weights is not None:
+            wpath = join_path(path, "weights")
+            if not is_external(self.host):
+                raise ConfigError(wpath, f"loads a state_dict of a torchvision.<builder> or model.factory model; "
+                                         f"{self.name!r} is this project's own host")
+            if not Path(self.weights).expanduser().is_file():
+                raise ConfigError(wpath, f"weights file {self.weights} not found (a state_dict saved with torch.save)")
+
+
+def _check_factory(model: ModelConfig, path: str) -> None:
+    fpath = join_path(path, "factory")
+    if model.name != ModelConfig.name:
+        raise ConfigError(fpath, f"set model.name ({model.name!r}) or model.factory, not both")
+    module, _, function = model.factory.partition(":") if model.factory else ("", "", "")
+    parts = [*module.split("."), *function.split(".")]
+    if not module or not function or not all(p.isidentifier() for p in parts):
+        raise ConfigError(fpath, f"{model.factory!r} is invalid; expected 'package.module:function'")
+
+
+def _check_torchvision_name(name: str, path: str) -> None:
+    names = torchvision_model_names()
+    if name not in names:
+        raise ConfigError(path, f"unknown torchvision model {name!r}{did_you_mean(name, names)}; expected "
+                                f"torchvision.<builder> for a builder of torchvision.models.list_models()")
+
+
+def _torchvision_hint(name: str) -> str:
+    """`` (did you mean 'torchvision.<name>'?)`` when ``name`` is a torchvision builder's name."""
+    return did_you_mean(TORCHVISION_PREFIX + name, torchvision_model_names()) if "." not in name else ""
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Dataset, split and loader settings."""
+    """Dataset, split and loader settings.
+
+    ``image_size``: resize every image to this side (null: native). ``channels``: repeat
+    single-channel images over this many channels (null: native), e.g. 3 for a torchvision
+    host on (Fashion-)MNIST or digits. ``split_seed``: the seed of the train/val split (null:
+    the trial's seed); fixed, every seed trains and validates on the same images (fine-tuning
+    from weights trained on that split's training part never validates on their images).
+    """
 
     dataset: _Dataset = "digits"
     root: str | None = None
@@ -113,10 +169,21 @@ class DataConfig:
     image_size: int | None = field(default=None, metadata=rule(at_least(1)))
     augment: bool = False
     limit_train: int | None = field(default=None, metadata=rule(at_least(1)))
+    channels: int | None = field(default=None, metadata=rule(at_least(1)))
+    split_seed: int | None = field(default=None, metadata=rule(at_least(0)))
 
     def validate(self, path: str) -> None:
         if self.dataset == "imagefolder" and not self.root:
             raise ConfigError(join_path(path, "root"), "imagefolder needs a root folder holding train/ and val/")
+        native = NATIVE_CHANNELS[self.dataset]
+        if self.channels is not None and self.channels != native and native != 1:
+            raise ConfigError(join_path(path, "channels"), f"{self.dataset} has {native} channels; only "
+                                                           f"single-channel images can be repeated (null keeps {native})")
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images the model gets."""
+        return self.channels or NATIVE_CHANNELS[self.dataset]
 
 
 _check_arch_lr_value = between(0.0, 10.0, low_open=True)
@@ -166,6 +233,10 @@ class SearchConfig:
     two_stage: bool = False
     """After the search phase, re-initialise the network, keep the searched mask, and train it
     from scratch for the remaining epochs with a restarted lr schedule."""
+    keep_kxk: bool | Literal["auto"] = "auto"
+    """Every mask (random, search, final) keeps every layer's ``kxk`` inside the budget, so a
+    search from ``model.weights`` never drops the trained conv; the search chooses what joins
+    it. ``auto``: true with ``model.weights`` (``TrialConfig.keeps_kxk``)."""
 
     @property
     def searching(self) -> bool:
@@ -281,6 +352,12 @@ class TrialConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def keeps_kxk(self) -> bool:
+        """Whether the search keeps every layer's ``kxk`` (``search.keep_kxk``, ``auto``: with ``model.weights``)."""
+        keep = self.search.keep_kxk
+        return self.search.searching and (keep is True or (keep == "auto" and self.model.weights is not None))
 
     def validate(self, path: str) -> None:
         workers = self.runtime.workers

@@ -153,13 +153,16 @@ def _augment(cfg: DataConfig, size: int) -> Transform | None:
 
 def _prepared(cfg: DataConfig, images: TensorImages) -> TensorImages:
     """Resize (``image_size``) and normalise the whole tensor once (what torchvision's
-    ``Normalize`` computes: ``(x - mean) / std`` per channel)."""
+    ``Normalize`` computes: ``(x - mean) / std`` per channel), then repeat a single channel
+    ``channels`` times (a view: no memory per extra channel until a batch is stacked)."""
     if cfg.image_size:
         from torchvision import transforms
 
         images.images = transforms.Resize(cfg.image_size, antialias=True)(images.images)
     mean, std = (torch.tensor(v, dtype=images.images.dtype).view(-1, 1, 1) for v in _STATS[cfg.dataset])
     images.images = images.images.sub(mean).div_(std)
+    if cfg.channels and cfg.channels != images.images.shape[1]:
+        images.images = images.images.expand(-1, cfg.channels, -1, -1)
     return images
 
 
@@ -207,7 +210,8 @@ _NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "c
 
 
 def build_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Build the datasets; val is a seeded subset of the training split disjoint from train."""
+    """Build the datasets; val is a seeded subset of the training split disjoint from train
+    (seeded by ``cfg.split_seed``, else by ``seed``)."""
     size = cfg.image_size or _NATIVE_SIZE.get(cfg.dataset)
     eval_full = _open(cfg, True)
     train_full = _train_view(cfg, eval_full, size)
@@ -215,7 +219,8 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     n_val = max(1, round(n * cfg.val_fraction))
     if n_val >= n:
         raise ConfigError("trial.data.val_fraction", f"leaves no training samples out of {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed)).tolist()
     val_idx, train_idx = order[:n_val], order[n_val:]
     if cfg.limit_train is not None:
         train_idx = train_idx[: cfg.limit_train]

@@ -7,7 +7,8 @@ architecture (a baseline) runs the same loop in the fixed phase from epoch 0, wi
 The recipe options of ``SearchConfig`` (issue #13; paper behaviour by default) change
 these steps: fair random-phase sampling, a per-layer floor in every top-k, annealed noise,
 an auto-sized alpha lr, a restarted fixed-phase lr, BN recalibration at the fix, or a
-two-stage retrain from scratch (``trainables.recipe``).
+two-stage retrain from scratch (``trainables.recipe``). ``keep_kxk`` (a search from trained
+weights) puts every layer's ``kxk`` first in every top-k.
 
 Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
 noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is
@@ -47,8 +48,8 @@ from searchspace import odbb_layers
 from .amp import MixedPrecision
 from .config import OptimConfig, RuntimeConfig, SearchConfig
 from .failures import check_finite
-from .gates import (apply_fallback, budget_to_k, cosine, fair_mask, fair_update, floored_topk, logistic_noise,
-                    min_kept, noise_temperature, random_mask, straight_through)
+from .gates import (apply_fallback, budget_to_k, cosine, fair_mask, fair_update, floored_topk, keep_slots,
+                    logistic_noise, min_kept, noise_temperature, random_mask, straight_through)
 from .metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 from .recipe import arch_lr, average_bn_stats, lr_lambda, recalibrate_bn, reinitialise, reset_bn_stats
 
@@ -105,9 +106,11 @@ class SearchEngine:
         device: torch.device,
         rebuild: Callable[[], nn.Module] | None = None,
         runtime: RuntimeConfig | None = None,
+        keep_kxk: bool = False,
     ) -> None:
         """``rebuild``: a fresh copy of ``model``'s architecture (needed by ``search.two_stage``).
-        ``runtime``: precision, memory format and compilation (default: fp32, eager)."""
+        ``runtime``: precision, memory format and compilation (default: fp32, eager).
+        ``keep_kxk``: every mask keeps every layer's ``kxk`` inside the budget (``TrialConfig.keeps_kxk``)."""
         runtime = runtime or RuntimeConfig()
         self.memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
         self.model = model.to(device, memory_format=self.memory_format)
@@ -133,11 +136,17 @@ class SearchEngine:
         self.fixed_mask: Tensor | None = None
         self.fair_counts: Tensor | None = None  # random_sampling: fair, activations so far minus their minimum
         self.rebuild = rebuild
+        self.kept: Tensor | None = None  # slots every mask keeps (keep_kxk: each layer's kxk)
         if search.searching:
             self.k = budget_to_k(search.budget, self.num_candidates)
             if min_kept(self.sizes, search.layer_floor) > self.k:
                 raise ValueError(f"layer_floor {search.layer_floor} keeps {min_kept(self.sizes, search.layer_floor)} "
                                  f"branches, more than the budget's {self.k}")
+            if keep_kxk:
+                self.kept = self._kxk_slots()
+                if int(self.kept.sum()) > self.k:
+                    raise ValueError(f"keep_kxk keeps the kxk of all {int(self.kept.sum())} layers, more than the "
+                                     f"budget's {self.k}")
             if search.two_stage and rebuild is None:
                 raise ValueError("search.two_stage needs the engine's rebuild (a fresh model of the same architecture)")
             self.alpha = nn.Parameter(torch.zeros(self.num_candidates, device=device))
@@ -152,6 +161,10 @@ class SearchEngine:
         self.fallback = self._fallback_slots()
 
     # ----------------------------------------------------------------- masks
+    def _kxk_slots(self) -> Tensor:
+        """Bool mask over the candidates: every layer's ``kxk`` slot."""
+        return torch.tensor([name == "kxk" for _, block in self.layers for name in block.branch_names])
+
     def _fallback_slots(self) -> Tensor:
         """Flat ``kxk`` slot of each layer without identity (-1 where it has identity)."""
         slots, offset = [], 0
@@ -188,8 +201,8 @@ class SearchEngine:
         return self._complete(self._topk(self.alpha.detach()))
 
     def _topk(self, scores: Tensor) -> Tensor:
-        """Global top-k of ``scores`` with the per-layer floor (``search.layer_floor``)."""
-        return floored_topk(scores, self.k, self.sizes, self.search.layer_floor)
+        """Global top-k of ``scores`` with the per-layer floor (``search.layer_floor``), the kept slots first."""
+        return floored_topk(keep_slots(scores, self.kept), self.k, self.sizes, self.search.layer_floor)
 
     def _apply(self, mask: Tensor, gates: Tensor | None = None) -> None:
         """Write the (CPU) mask and the (device) gates into every block; no host sync."""
@@ -205,9 +218,9 @@ class SearchEngine:
         floor = self.search.layer_floor
         if phase == PHASE_RANDOM:
             if self.fair_counts is not None:  # broadcast first: every rank updates its counts alike
-                pick = self.sync.broadcast(fair_mask(self.fair_counts, self.k, generator, self.sizes, floor))
+                pick = self.sync.broadcast(fair_mask(self.fair_counts, self.k, generator, self.sizes, floor, self.kept))
                 self.fair_counts = fair_update(self.fair_counts, pick)
-            elif floor:
+            elif floor or self.kept is not None:
                 pick = self._topk(torch.rand(self.num_candidates, generator=generator))
             else:
                 pick = random_mask(self.num_candidates, self.k, generator)

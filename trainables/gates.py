@@ -28,6 +28,7 @@ __all__ = [
     "floored_topk",
     "fair_mask",
     "fair_update",
+    "keep_slots",
 ]
 
 LOGISTIC_STD = math.pi / math.sqrt(3.0)
@@ -198,17 +199,23 @@ def floored_topk(scores: torch.Tensor, k: int, sizes: Sequence[int], floor: int 
     return mask
 
 
+def keep_slots(scores: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """``scores`` with the ``kept`` slots (bool mask) at +inf, so that every top-k takes them first."""
+    return scores if kept is None else scores.masked_fill(kept.to(scores.device), float("inf"))
+
+
 def fair_mask(counts: torch.Tensor, k: int, generator: torch.Generator, sizes: Sequence[int] = (),
-              floor: int = 0) -> torch.Tensor:
+              floor: int = 0, kept: torch.Tensor | None = None) -> torch.Tensor:
     """The ``k`` slots activated least often so far (``counts``), ties broken uniformly at random.
 
     FairNAS-style strict fairness: started from equal counts and updated with
     :func:`fair_update`, every slot's count stays within 1 of every other's after every
     step (with ``k | N``, each slot is active exactly once in each ``N / k`` steps). A
-    per-layer ``floor`` may override the order (fairness then only approximate).
+    per-layer ``floor`` may override the order (fairness then only approximate). ``kept``
+    slots are always taken (:func:`keep_slots`); fairness holds among the others.
     """
     tie = torch.rand(counts.numel(), generator=generator)
-    scores = 0.5 * tie - counts.to(torch.float64)
+    scores = keep_slots(0.5 * tie - counts.to(torch.float64), kept)
     return floored_topk(scores, k, sizes, floor) if floor > 0 else topk_mask(scores, k)
 
 

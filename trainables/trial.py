@@ -151,6 +151,7 @@ def run_trial(
         train_loader, val_loader = loaders.train, loaders.val
         engine = SearchEngine(model, config.search, config.optim, steps_per_epoch=len(train_loader),
                               seed=config.seed, device=device, runtime=config.runtime,
+                              keep_kxk=config.keeps_kxk,
                               rebuild=lambda: build_trial_model(config, data.num_classes, data.in_channels))
         place.attach(engine)
         if saved is not None and resume_from is not None:

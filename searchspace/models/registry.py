@@ -4,6 +4,10 @@ A factory is any callable ``factory(num_classes, in_channels, branches, **option
 returning an ``nn.Module`` whose KxK convs are ODBBs. Its keyword parameters are the
 model's options; :func:`build_model` rejects any other option with a clear error. A
 factory that also takes ``reparam`` can build its ODBBs in the online form.
+
+:func:`build_model` also takes ``torchvision.<builder>`` and ``package.module:function``
+names (``models/external.py``): it builds that model and converts it
+(:func:`searchspace.convert`), with the options as the builder's keyword arguments.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from typing import Any, TypeVar
 from torch import nn
 
 from ..branches import BRANCH_TYPES
+from ..convert import convert
 from ..odbb import check_branches, check_positive_int
 from ..online import REPARAM_FORMS
+from .external import build_original, is_external
 
 __all__ = ["ModelSpec", "register_model", "build_model", "list_models", "model_options"]
 
@@ -89,10 +95,23 @@ def build_model(
     (:class:`searchspace.online.OnlineODBB`, one composed conv per block); both fuse into
     the same deploy network. The model carries ``model.spec`` (a :class:`ModelSpec`) so it
     can be described and rebuilt.
+
+    ``torchvision.<builder>`` and ``package.module:function`` build that model (``options``
+    are its keyword arguments) and convert its conv -> BN pairs with fresh blocks, as a
+    registered host's are (``ValueError`` when it has none); trained weights of the original
+    load afterwards (:func:`searchspace.load_original_state_dict`), function-preserving.
     """
-    factory = _factory(name)
     if reparam not in REPARAM_FORMS:
         raise ValueError(f"reparam={reparam!r} is invalid; allowed: {', '.join(REPARAM_FORMS)}")
+    if is_external(name):
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("in_channels", in_channels)
+        names = check_branches(branches)
+        original = build_original(name, num_classes, in_channels, **options)
+        model = convert(original, branches=names, reparam=reparam, preserve=False)
+        model.spec = ModelSpec(name, num_classes, in_channels, dict(options), names, reparam)
+        return model
+    factory = _factory(name)
     takes_reparam = "reparam" in inspect.signature(factory).parameters
     if reparam != "offline" and not takes_reparam:
         raise ValueError(f"model {name!r} has no online form (its factory takes no 'reparam'); allowed: offline")

@@ -78,3 +78,27 @@ def test_baselines_keep_their_branch_sets(tiny, method) -> None:
         assert set(block.active_branches) == set(wanted) & set(names) == set(block.branch_names)
         assert block.has_identity == has_id == (identity and block.stride == 1 and block.in_channels == block.out_channels)
     assert int(engine.eval_mask().sum()) == engine.num_candidates
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "fair"])
+def test_keep_kxk_keeps_every_layers_kxk_in_every_mask(tiny, sampling: str) -> None:
+    cfg = tiny(**{"search.keep_kxk": True, "search.budget": 8, "search.random_sampling": sampling,
+                  "data.limit_train": 96})
+    assert cfg.keeps_kxk and not tiny().keeps_kxk  # auto: only with model.weights
+    engine, loader = _engine(cfg)
+    engine = SearchEngine(engine.model, cfg.search, cfg.optim, steps_per_epoch=len(loader), seed=0,
+                          device=torch.device("cpu"), keep_kxk=True)
+    kxk = engine.kept
+    assert int(kxk.sum()) == len(engine.layers) == 5
+    seen = []
+    handle = engine.model.register_forward_pre_hook(lambda *_: seen.append(_active(engine).clone()))
+    for _ in range(2):  # random, then search
+        engine.train_epoch(loader)
+    handle.remove()
+    assert len(seen) == 2 * len(loader)
+    for mask in [*seen, engine.eval_mask()]:  # all kxk, and exactly the budget: no fallback needed
+        assert bool(mask[kxk].all()) and int(mask.sum()) == 8
+    assert len({tuple(m[~kxk].tolist()) for m in seen}) > 1  # the other three slots are still searched
+    with pytest.raises(ValueError, match="keep_kxk keeps the kxk of all 5 layers, more than the budget's 4"):
+        SearchEngine(engine.model, tiny(**{"search.budget": 4}).search, cfg.optim, steps_per_epoch=1, seed=0,
+                     device=torch.device("cpu"), keep_kxk=True)

@@ -65,3 +65,20 @@ def test_cosine_schedule() -> None:
     assert cosine(0, 10, 1.0) == 1.0
     assert cosine(5, 10, 1.0) == pytest.approx(0.5)
     assert cosine(10, 10, 1.0) == 0.0 and cosine(99, 10, 1.0) == 0.0
+
+
+def test_kept_slots_are_always_in_the_top_k() -> None:
+    from trainables.gates import fair_mask, fair_update, floored_topk, keep_slots
+
+    scores = torch.tensor([5.0, -9.0, 3.0, 1.0, -7.0, 0.0])
+    kept = torch.tensor([False, True, False, False, True, False])
+    assert torch.equal(keep_slots(scores, None), scores)
+    assert keep_slots(scores, kept).tolist() == [5.0, float("inf"), 3.0, 1.0, float("inf"), 0.0]
+    assert floored_topk(keep_slots(scores, kept), 3, [3, 3]).tolist() == [True, True, False, False, True, False]
+    assert floored_topk(keep_slots(scores, kept), 4, [3, 3], floor=2).tolist() == [True, True, False, True, True, False]
+    counts, generator = torch.zeros(6, dtype=torch.long), torch.Generator().manual_seed(0)
+    for _ in range(8):  # the kept slots every step, the other four in turn
+        mask = fair_mask(counts, 4, generator, kept=kept)
+        assert bool(mask[kept].all()) and int(mask.sum()) == 4
+        counts = fair_update(counts, mask)
+    assert counts[~kept].tolist() == [0, 0, 0, 0]  # 8 steps x 2 free slots over 4: each used 4 times

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _metrics import computed
 import torch
 
 from trainables import RECIPE_PRESETS, ConfigError, SearchConfig, TrialConfig, apply_overrides, load_checkpoint, run_trial
@@ -32,7 +33,6 @@ from trainables.gates import (
 from trainables.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 from trainables.trial import _check_resumable
 
-_TIMING = {"epoch_time_s", "train_seconds", "gpu_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}
 
 
 def _engine(cfg: TrialConfig) -> tuple[SearchEngine, torch.utils.data.DataLoader]:
@@ -62,9 +62,6 @@ def _record_steps(engine: SearchEngine) -> tuple[list[dict[str, torch.Tensor]], 
 
     return seen, engine.model.register_forward_pre_hook(hook)
 
-
-def _strip(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k not in _TIMING}
 
 
 # ---------------------------------------------------------------- config
@@ -363,7 +360,7 @@ def test_two_stage_trial_trains_the_retrain_epochs_and_resumes_mid_retrain(tmp_p
     assert full.metrics["done"] == 1.0 and full.summary["epochs"] == 4  # search epochs count in the cost
     for epoch in (2, 3):  # just before the rebuild, and mid-retrain
         resumed = run_trial(cfg, tmp_path / f"resumed{epoch}", resume_from=saved[epoch])
-        assert [_strip(m) for m in resumed.history] == [_strip(m) for m in full.history]
+        assert [computed(m) for m in resumed.history] == [computed(m) for m in full.history]
         a, _ = load_checkpoint(full.checkpoint_dir)
         b, _ = load_checkpoint(resumed.checkpoint_dir)
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -383,7 +380,7 @@ def test_recipe_trial_resumes_bit_identically(tmp_path: Path, tiny) -> None:
     full = run_trial(cfg, tmp_path / "full", report=keep)
     for epoch in (1, 3):  # mid random phase (fair counts), and before the fix (recalibration)
         resumed = run_trial(cfg, tmp_path / f"resumed{epoch}", resume_from=saved[epoch])
-        assert [_strip(m) for m in resumed.history] == [_strip(m) for m in full.history]
+        assert [computed(m) for m in resumed.history] == [computed(m) for m in full.history]
         a, _ = load_checkpoint(full.checkpoint_dir)
         b, _ = load_checkpoint(resumed.checkpoint_dir)
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _metrics import computed
 import torch
 from torch import nn
 from torch.utils.data import Subset
@@ -20,11 +21,7 @@ from trainables.amp import MixedPrecision
 from trainables.build import build_trial_model
 from trainables.data import LoaderSettings, TensorImages, auto_num_workers, build_data, light_items, make_loader
 
-_TIMING = {"epoch_time_s", "train_seconds", "gpu_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}
 
-
-def _strip(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k not in _TIMING}
 
 
 def _resume_matches(tmp_path: Path, cfg: TrialConfig, resume_epoch: int = 1) -> tuple[dict, Path]:
@@ -38,7 +35,7 @@ def _resume_matches(tmp_path: Path, cfg: TrialConfig, resume_epoch: int = 1) -> 
 
     full = run_trial(cfg, tmp_path / "full", report=keep)
     resumed = run_trial(cfg, tmp_path / "resumed", resume_from=saved[resume_epoch])
-    assert [_strip(m) for m in resumed.history] == [_strip(m) for m in full.history]
+    assert [computed(m) for m in resumed.history] == [computed(m) for m in full.history]
     a, _ = load_checkpoint(full.checkpoint_dir)
     b, _ = load_checkpoint(resumed.checkpoint_dir)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _metrics import computed
 import torch
 
 from searchspace import Architecture, build_from_architecture, odbb_layers, reparameterize
@@ -15,7 +16,6 @@ from trainables import EPOCH_METRICS, FINAL_METRICS, CheckpointError, SearchEngi
 from trainables.build import build_trial_model
 from trainables.data import build_data, make_loader
 
-_TIMING = {"epoch_time_s", "train_seconds", "gpu_seconds", "latency_fused_ms", "latency_unfused_ms", "peak_memory_mb"}  # measured, not computed
 
 
 class _CountingHook(TrialHook):
@@ -36,9 +36,6 @@ class _CountingHook(TrialHook):
         self.epochs = list(state["epochs"])
 
 
-def _strip(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k not in _TIMING}
-
 
 @pytest.mark.parametrize("reparam", ["offline", "online"])
 def test_resume_from_middle_checkpoint_is_bit_identical(tmp_path: Path, tiny, reparam: str) -> None:
@@ -56,7 +53,7 @@ def test_resume_from_middle_checkpoint_is_bit_identical(tmp_path: Path, tiny, re
         resumed_hook = _CountingHook()
         resumed = run_trial(cfg, tmp_path / f"resumed{epoch}", hooks=[resumed_hook], resume_from=saved[epoch])
         assert resumed_hook.epochs == list(range(1, 5))  # hook state came back from the checkpoint
-        assert [_strip(m) for m in resumed.history] == [_strip(m) for m in full.history]
+        assert [computed(m) for m in resumed.history] == [computed(m) for m in full.history]
         a, _ = load_checkpoint(full.checkpoint_dir)
         b, _ = load_checkpoint(resumed.checkpoint_dir)
         assert a["model"].keys() == b["model"].keys()
@@ -69,7 +66,7 @@ def test_same_seed_same_run_different_seed_different_run(tmp_path: Path, tiny) -
     a, b = (run_trial(cfg, tmp_path / name).history for name in ("a", "b"))
     c = run_trial(tiny(**{"seed": 1, "search.epochs": 1, "search.random_epochs": 1, "search.search_epochs": 0,
                           "data.limit_train": 128}), tmp_path / "c").history
-    assert [_strip(m) for m in a] == [_strip(m) for m in b] != [_strip(m) for m in c]
+    assert [computed(m) for m in a] == [computed(m) for m in b] != [computed(m) for m in c]
 
 
 def test_the_architecture_is_finalized_once_at_the_end(tmp_path: Path, tiny, monkeypatch: pytest.MonkeyPatch) -> None:

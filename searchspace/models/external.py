@@ -1,0 +1,96 @@
+"""Hosts from outside the registry: torchvision classification builders and a user's own factory.
+
+Two name forms reach :func:`searchspace.build_model` besides the registered hosts:
+
+* ``torchvision.<builder>``: any name of ``torchvision.models.list_models(module=torchvision.models)``,
+  built with ``weights=None`` (nothing downloads) and ``num_classes``; 3 input channels.
+* ``package.module:function``: a user's builder, imported; called with its options as keyword
+  arguments, plus ``num_classes`` and ``in_channels`` where it has parameters of those names.
+
+:func:`build_original` builds the user's model itself; ``build_model`` then converts it
+(:func:`searchspace.convert`). Trained weights are the original model's ``state_dict``,
+loaded after the conversion with :func:`searchspace.load_original_state_dict`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+__all__ = ["TORCHVISION_PREFIX", "is_external", "torchvision_model_names", "resolve_factory", "build_original"]
+
+TORCHVISION_PREFIX = "torchvision."
+_REFUSED_OPTIONS = ("weights", "progress", "pretrained")
+
+
+def is_external(name: str) -> bool:
+    """True for ``torchvision.<builder>`` and ``module:function`` names."""
+    return name.startswith(TORCHVISION_PREFIX) or ":" in name
+
+
+def torchvision_model_names() -> list[str]:
+    """``torchvision.<builder>`` for every torchvision classification builder, sorted."""
+    import torchvision.models
+
+    return [TORCHVISION_PREFIX + n for n in torchvision.models.list_models(module=torchvision.models)]
+
+
+def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    import torchvision.models
+
+    names = torchvision_model_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown torchvision model {name!r}{hint} (allowed: torchvision.<builder> for a builder "
+                         f"of torchvision.models.list_models(module=torchvision.models))")
+    return torchvision.models.get_model_builder(name.removeprefix(TORCHVISION_PREFIX))
+
+
+def resolve_factory(name: str) -> Callable[..., nn.Module]:
+    """The callable that ``"package.module:function"`` names (``function`` may be dotted)."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute or ":" in attribute:
+        raise ValueError(f"factory {name!r} is invalid; allowed: 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 - any import failure is the user's to fix
+        raise ValueError(f"cannot import module {module_name!r} of factory {name!r}: "
+                         f"{type(err).__name__}: {err}") from None
+    found: Any = module
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"module {module_name!r} has no attribute {attribute!r} (factory {name!r})")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"factory {name!r} is a {type(found).__name__}, not callable")
+    return found
+
+
+def build_original(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
+    """The user's model named ``name`` (``torchvision.<builder>`` or ``module:function``), unconverted."""
+    refused = sorted(set(options) & set(_REFUSED_OPTIONS))
+    if refused:
+        raise ValueError(f"option {refused[0]!r} is not accepted for {name!r}: nothing downloads; "
+                         f"allowed: a local state_dict of the original model (load_original_state_dict)")
+    if ":" not in name:
+        builder = _torchvision_builder(name)
+        if in_channels != 3:
+            raise ValueError(f"{name} takes 3 input channels, got in_channels={in_channels}; "
+                             f"allowed: 3 (repeat gray images over 3 channels)")
+        return builder(weights=None, num_classes=num_classes, **options)
+    factory = resolve_factory(name)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # a builtin or C callable: options only
+    given = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
+    model = factory(**given, **options)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"factory {name!r} returned a {type(model).__name__}; allowed: an nn.Module")
+    return model
