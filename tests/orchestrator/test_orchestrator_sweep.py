@@ -183,3 +183,39 @@ def test_grid_of_methods_over_seeds_then_report(tmp_path: Path, write_sweep: Any
     parent, _ = _children(client, "methods")
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {
         "report/report.md", "report/report.json", "report/report.png"}
+
+
+def test_a_sweep_on_a_users_model_from_its_weights_registers_the_users_class(tmp_path: Path, write_sweep: Any,
+                                                                             kit: Any) -> None:
+    """A torchvision model from a relative weights path: each child run's MLflow model and each
+    registered version holds weights that load strictly into an unmodified torchvision
+    MobileNetV2, which then computes exactly what the logged model computes."""
+    import torch
+    import torchvision
+
+    def fresh() -> torch.nn.Module:
+        return torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25)
+
+    torch.manual_seed(0)
+    torch.save(fresh().state_dict(), tmp_path / "w.pt")
+    sweep = kit.tiny_sweep(tmp_path, "users", space={"search.budget": {"choice": [0.5, 0.75]}})
+    sweep["search"]["num_samples"] = 2
+    sweep["trial"]["model"] = {"name": "torchvision.mobilenet_v2", "options": {"width_mult": 0.25}, "weights": "w.pt"}
+    sweep["trial"]["data"].update({"channels": 3, "image_size": 16, "limit_train": 128})
+    proc = kit.run_cli([str(write_sweep(sweep))], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    _, kids = _children(client, "users")
+    assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
+    x = torch.randn(2, 3, 16, 16)
+    with fluent_tracking_uri(uri):
+        uris = [k.data.tags["repnas.model_uri"] for k in kids]
+        uris += [f"models:/repnas-users/{v.version}" for v in client.search_model_versions("name = 'repnas-users'")]
+        assert len(uris) > 2  # the Pareto trials were registered
+        for model_uri in uris:
+            logged = mlflow.pytorch.load_model(model_uri)  # MLflow's pt2 format: the exported graph
+            mine = fresh().eval()
+            mine.load_state_dict(logged.state_dict(), strict=True)  # the graph holds torchvision's own keys
+            with torch.no_grad():
+                assert torch.equal(mine(x), logged(x))
