@@ -104,6 +104,7 @@ _EXAMPLES: dict[str, tuple[object, ...]] = {
     "SweepLockedError": ("already being run by another driver",),
     "SweepExistsError": ("sweep 'q' already exists",),
     "NothingToResumeError": ("nothing to resume",),
+    "NothingToConvertError": ("nothing to convert: 5 convs, no BatchNorm after any",),
     "RepnasError": ("a project error",),
     "UserError": ("no trial: section",),
 }
