@@ -87,6 +87,19 @@ class Driver:
             assert time.monotonic() < deadline, f"no {what} within {timeout} s"
             time.sleep(0.05)
 
+    def sigkill_when(self, ready: Callable[[], bool], what: str, timeout: float = 240) -> None:
+        """kill -9 the driver at a moment ``ready`` holds, with no race: the driver is paused
+        (SIGSTOP) while ``ready`` is checked again, so the files it writes (results, the
+        experiment state) are those ``ready`` saw; if it no longer holds, it runs on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.wait_for(ready, what, max(deadline - time.monotonic(), 0.0))
+            os.kill(self.proc.pid, signal.SIGSTOP)
+            if ready():
+                self.sigkill()
+                return
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def sigkill(self) -> None:
         """kill -9 of the driver process alone (what a crash or an OOM kill does), then
         clean up any Ray helper it leaves behind."""

@@ -115,8 +115,7 @@ def test_corrupt_or_lost_checkpoints_repaired_on_resume(tmp_path: Path, start_dr
         except Exception:  # noqa: BLE001 - the snapshot being written as we read it
             return False
 
-    driver.wait_for(recorded_twice, "two trials with two checkpoints, recorded in the experiment state")
-    driver.sigkill()
+    driver.sigkill_when(recorded_twice, "two trials with two checkpoints, recorded in the experiment state")
     recorded = _recorded_checkpoints(exp, two_checkpoints_unfinished())
     assert len(recorded) >= 2, recorded
     (trial, newest), (lost, _) = recorded[:2]
