@@ -9,7 +9,7 @@ wrapped so that no configuration is trained twice (``ray_tune.repeats``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trainables.repeat import Repeat
@@ -24,11 +24,16 @@ __all__ = ["WarmTrial", "make_searcher"]
 
 @dataclass(frozen=True)
 class WarmTrial:
-    """A finished trial of an earlier sweep given to the sampler: its values of this sweep's
-    sampled keys (``point``) and its result (``repeat``: the trial, its metrics, its run)."""
+    """A trial of an earlier sweep given to the sampler: its values of this sweep's sampled keys
+    (``point``) and its result (``repeat``: the trial, its metrics, its run). A trial that
+    sweep's scheduler ``stopped`` early reaches the study as pruned, with the objective at each
+    epoch it reported (``intermediate``; single-objective only, as Optuna's), which TPE ranks
+    below every finished trial; it is never a known result for skipping repeats."""
 
     point: Mapping[str, Any]
     repeat: Repeat
+    stopped: bool = False
+    intermediate: Mapping[int, float] = field(default_factory=dict)
 
 
 def _sampler(search: SearcherConfig) -> Any:
@@ -44,7 +49,9 @@ def _sampler(search: SearcherConfig) -> Any:
 
 def _warm_study(search: SearcherConfig, param_space: Mapping[str, Any], warm: Sequence[WarmTrial]) -> dict[str, Any]:
     """OptunaSearch's ``storage`` and ``study_name``: an in-memory study already holding the warm
-    trials (OptunaSearch loads it when Tune gives it the space), every objective's value kept."""
+    trials (OptunaSearch loads it when Tune gives it the space): finished ones with every
+    objective's value, stopped ones pruned with their intermediate values. Both count towards
+    TPE's ``n_startup_trials``."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -54,6 +61,11 @@ def _warm_study(search: SearcherConfig, param_space: Mapping[str, Any], warm: Se
     study = optuna.create_study(storage=storage, study_name=name,
                                 directions=["maximize" if o.mode == "max" else "minimize" for o in search.objectives])
     for trial in warm:
+        if trial.stopped:
+            study.add_trial(optuna.trial.create_trial(params=dict(trial.point), distributions=distributions,
+                                                      state=optuna.trial.TrialState.PRUNED,
+                                                      intermediate_values=dict(trial.intermediate)))
+            continue
         values = [trial.repeat.metrics[o.metric] for o in search.objectives]
         study.add_trial(optuna.trial.create_trial(params=dict(trial.point), distributions=distributions, values=values))
     return {"storage": storage, "study_name": name}
@@ -75,7 +87,7 @@ def make_searcher(search: SearcherConfig, param_space: Mapping[str, Any] | None 
         searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
                                 sampler=_sampler(search), **study)
         if search.skip_repeats:
-            return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm])
+            return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm if not t.stopped])
         return searcher
     from ray.tune.search.basic_variant import BasicVariantGenerator
 

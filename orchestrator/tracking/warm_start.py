@@ -3,10 +3,12 @@ the sampler to start from.
 
 Each entry names an earlier sweep: its sweep file (its ``name`` and ``mlflow`` keys find its
 runs), or its name in this sweep's tracking store. Read from MLflow, so it works after Ray's
-results are gone. A trial is used when it finished (not stopped, failed or a repeat), every
-objective has a finite value, its values of this sweep's sampled keys lie in this space, and
-every other key that decides a result (seed, model, data, search, optim) equals this sweep's
-base trial. Bad entries are ``ConfigError`` s naming ``search.warm_start[i]`` (exit 2 before
+results are gone. A trial is used when it finished with a finite value of every objective, or
+its scheduler stopped it early (it reaches the study as pruned, with the single objective's
+value at each epoch: what an ASHA sweep learnt is mostly in such trials); when its values of
+this sweep's sampled keys lie in this space; and when every other key that decides a result
+(seed, model, data, search, optim) equals this sweep's base trial. Failed trials and repeats
+are not used. Bad entries are ``ConfigError`` s naming ``search.warm_start[i]`` (exit 2 before
 Ray starts): an unknown sweep, or one whose space shares no sampled key with this one.
 """
 
@@ -51,14 +53,17 @@ class WarmStart:
         """One line per earlier sweep, for the console and the parent run."""
         out = []
         for sweep, count in self.used.items():
+            stopped = sum(t.stopped for t in self.trials if t.repeat.sweep == sweep)
             why = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.get(sweep, {}).items()))
-            out.append(f"warm start: {count} trial(s) of sweep {sweep!r}" + (f" (not used: {why})" if why else ""))
+            out.append(f"warm start: {count} trial(s) of sweep {sweep!r}"
+                       + (f", {stopped} of them stopped early (given as pruned)" if stopped else "")
+                       + (f" (not used: {why})" if why else ""))
         return out
 
     def to_json(self) -> list[dict[str, Any]]:
         """What the parent run records (``warm_start.json``)."""
         return [{"sweep": t.repeat.sweep, "trial": t.repeat.trial, "run_id": t.repeat.run_id, "point": dict(t.point),
-                 "metrics": t.repeat.metrics} for t in self.trials]
+                 "metrics": t.repeat.metrics, "stopped": t.stopped} for t in self.trials]
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def resolve_warm_start(cfg: SweepConfig) -> WarmStart:
         warm.used[source.name], warm.skipped[source.name] = 0, {}
         for parent in source.parents:
             for run in _children(source.client, parent):
-                trial, why = _fit(cfg, run, source.name)
+                trial, why = _fit(cfg, source.client, run, source.name)
                 if trial is None:
                     warm.skipped[source.name][why] = warm.skipped[source.name].get(why, 0) + 1
                     continue
@@ -154,16 +159,17 @@ def _children(client: MlflowClient, parent: Run) -> list[Run]:
                               max_results=50000)
 
 
-def _fit(cfg: SweepConfig, run: Run, sweep: str) -> tuple[WarmTrial | None, str]:
+def _fit(cfg: SweepConfig, client: MlflowClient, run: Run, sweep: str) -> tuple[WarmTrial | None, str]:
     """The warm-start trial ``run`` gives this sweep, or None and why not."""
     tags = run.data.tags
     status = status_from_mlflow(run.info.status, tags.get(TAG_STOPPED) == "true")
-    if status is not TrialStatus.FINISHED or TAG_ERROR in tags:
-        return None, "not finished"
+    stopped = status is TrialStatus.STOPPED
+    if status not in (TrialStatus.FINISHED, TrialStatus.STOPPED) or TAG_ERROR in tags:
+        return None, "failed or unfinished"
     if TAG_REPEAT_OF in tags:
         return None, "repeats"
     values = {o.metric: run.data.metrics.get(o.metric, math.nan) for o in cfg.objectives}
-    if not all(math.isfinite(v) for v in values.values()):
+    if not stopped and not all(math.isfinite(v) for v in values.values()):
         return None, "without every objective"
     params = {k: typed(v) for k, v in run.data.params.items()}
     point = {}
@@ -177,7 +183,11 @@ def _fit(cfg: SweepConfig, run: Run, sweep: str) -> tuple[WarmTrial | None, str]
         if key.startswith(_RESULT_SECTIONS) and key not in covered and params.get(key, base) != base:
             return None, f"with another {key}"
     name = tags.get(TAG_TRIAL, run.info.run_name)
-    return WarmTrial(point, Repeat(name, dict(run.data.metrics), sweep, run.info.run_id)), ""
+    intermediate = {}
+    if stopped and len(cfg.objectives) == 1:  # Optuna keeps intermediate values for one objective only
+        history = client.get_metric_history(run.info.run_id, cfg.objectives[0].metric)
+        intermediate = {m.step: m.value for m in history if math.isfinite(m.value)}
+    return WarmTrial(point, Repeat(name, dict(run.data.metrics), sweep, run.info.run_id), stopped, intermediate), ""
 
 
 _MISSING = object()
