@@ -65,21 +65,6 @@ def _report_repeat(cfg: TrialConfig, repeat: Repeat, hooks: list[TrialHook], tri
     tune.report({**metrics, NODE_KEY: ray.get_runtime_context().get_node_id()})
 
 
-_WEIGHTS_KEYS = ("model.weights", "trial.model.weights")
-
-
-def _anchored(base: dict[str, Any], config: Mapping[str, Any], origin: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``base`` and ``config`` with a relative ``model.weights`` made absolute against ``origin``
-    (the driver's working directory: Tune runs each trial in a folder of its own)."""
-    def anchor(path: Any) -> Any:
-        return str(origin / path) if isinstance(path, str) and not Path(path).expanduser().is_absolute() else path
-
-    model = base.get("model")
-    if isinstance(model, Mapping) and "weights" in model:
-        base = {**base, "model": {**model, "weights": anchor(model["weights"])}}
-    return base, {k: anchor(v) if k in _WEIGHTS_KEYS else v for k, v in config.items()}
-
-
 def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (), *,
                    workers: WorkerResources | None = None) -> Callable[[dict[str, Any]], None]:
     """A Ray Tune function trainable running ``run_trial`` on ``base_trial`` + the sampled keys.
@@ -87,11 +72,10 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
     ``base_trial`` is validated here, on the driver, so config errors surface before any
     trial starts. Each trial gets its own deep copy of ``hooks``. With ``runtime.workers > 1``
     the trial drives that many DDP workers, each with ``workers`` resources (default 1 CPU).
-    A relative ``model.weights`` is read from the driver's working directory.
+    Paths in ``base_trial`` and the sampled keys are absolute (``orchestrator.sweep`` resolves
+    them): Tune runs each trial in a folder of its own.
     """
-    origin = Path.cwd()
-    base, _ = _anchored(dict(base_trial), {}, origin)
-    base_config = TrialConfig.from_dict(base)
+    base_config = TrialConfig.from_dict(dict(base_trial))
 
     def repnas_trial(config: dict[str, Any]) -> None:  # named TRAINABLE_NAME
         import ray
@@ -100,7 +84,7 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
         per_worker = workers or WorkerResources()
         config = dict(config)
         repeat = config.pop(REPEAT_KEY, None)
-        cfg = TrialConfig.from_overrides(*_anchored(base, config, origin)) if config else base_config
+        cfg = TrialConfig.from_overrides(dict(base_trial), config) if config else base_config
         cfg = cfg.with_threads(per_worker.cpus if cfg.runtime.workers > 1 else ray_adapter.trial_cpus())
         context = tune.get_context()
         workdir = Path(tempfile.mkdtemp(prefix=f"repnas-{context.get_trial_id()}-"))

@@ -30,6 +30,9 @@ __all__ = ["load_sweep", "parse_sweep", "apply_set", "local_gpu_count", "RAY_RES
 RAY_RESULT_KEYS: tuple[str, ...] = ("training_iteration", "time_total_s", "time_this_iter_s")
 """Keys Ray Tune adds to every result; valid in ``stop:``."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PATH_KEYS = frozenset({"model.weights", "data.root"})
+"""Trial keys naming local files: made absolute against the working directory here, as Tune
+runs each trial in a folder of its own (and a resumed sweep reads the paths it first resolved)."""
 
 
 def apply_set(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
@@ -81,12 +84,13 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
     ``resources`` against Ray's placement rules; with neither ``ray.address`` nor ``RAY_ADDRESS``
     in ``env``, against the local Ray the sweep will start too)."""
     raw = dict(raw)
-    space = tuple(parse_space(raw.pop("space", None)))
+    space = tuple(_absolute_paths_in(p) for p in parse_space(raw.pop("space", None)))
     trial = raw.pop("trial", None)
     if trial is None:
         trial = {}
     if not isinstance(trial, dict):
         raise ConfigError("trial", f"expected a mapping (the trial defaults), got {type(trial).__name__} {trial!r}")
+    trial = _absolute_paths(trial)
     if isinstance(raw.get("scheduler"), str):
         raw["scheduler"] = {"type": raw["scheduler"]}
     cfg = load_dataclass(SweepConfig, raw, "")
@@ -108,6 +112,33 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
     else:  # a cluster's nodes are known once connected (ray_tune.cluster); Ray's own rules now
         check_request(cfg.resources)
     return replace(cfg, scheduler=_scheduler(cfg))
+
+
+def _absolute(value: Any) -> Any:
+    """A path string made absolute against the working directory (anything else as it is)."""
+    return str(Path(value).expanduser().resolve()) if isinstance(value, str) and value else value
+
+
+def _absolute_paths(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested trial mapping with every :data:`_PATH_KEYS` value made absolute."""
+    out = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = _absolute_paths(value, f"{dotted}.")
+        else:
+            out[key] = _absolute(value) if dotted.removeprefix("trial.") in _PATH_KEYS else value
+    return out
+
+
+def _absolute_paths_in(p: SpaceParam) -> SpaceParam:
+    """A space dimension whose options set a :data:`_PATH_KEYS` key, with those paths absolute."""
+    own = p.key.removeprefix("trial.")
+    if p.kind not in ("choice", "grid", "constant"):
+        return p
+    if own in _PATH_KEYS:
+        return replace(p, values=tuple(_absolute(v) for v in p.values))
+    return replace(p, values=tuple(_absolute_paths(v, f"{own}.") if isinstance(v, dict) else v for v in p.values))
 
 
 def _base_trial(trial: dict[str, Any], space: tuple[SpaceParam, ...], cfg: SweepConfig) -> dict[str, Any]:

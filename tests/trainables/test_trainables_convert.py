@@ -222,17 +222,26 @@ def test_bad_weights_exit_2_without_traceback(command: list[str], tmp_path: Path
     assert "trial.model.weights" in proc.stderr and "wrong shapes" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_a_relative_weights_path_is_read_from_the_drivers_directory(tmp_path: Path, tiny_dict: dict[str, Any],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainables.tune import _anchored
+def test_relative_paths_are_made_absolute_when_the_sweep_is_read(tmp_path: Path, tiny_dict: dict[str, Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tune runs each trial in a folder of its own: a relative ``model.weights`` or ``data.root``
+    (in ``trial:`` or sampled in ``space:``) is resolved once, against the driver's directory."""
+    from orchestrator.sweep import load_sweep, param_space
 
-    base = _bad_trial(tmp_path, tiny_dict, {"model.weights": "good.pt"})
-    anchored, config = _anchored(base, {"optim.lr": 0.1, "trial.model.weights": "sub/w.pt"}, tmp_path)
-    assert anchored["model"]["weights"] == str(tmp_path / "good.pt") and config["trial.model.weights"] == str(
-        tmp_path / "sub" / "w.pt")
+    trial = _bad_trial(tmp_path, tiny_dict, {"model.weights": "good.pt", "data.root": "~/data"})
+    (tmp_path / "sub").mkdir()
+    shutil.copy(tmp_path / "good.pt", tmp_path / "sub" / "w.pt")
+    path = _sweep(tmp_path, trial)
+    raw = yaml.safe_load(path.read_text())
+    raw["space"]["model.weights"] = {"choice": ["good.pt", "sub/w.pt"]}
+    path.write_text(yaml.safe_dump(raw))
     monkeypatch.chdir(tmp_path)
-    TrialConfig.from_dict(base)  # found from the directory the sweep runs in
-
+    cfg = load_sweep(path, env={})
+    assert cfg.trial["model"]["weights"] == str(tmp_path / "good.pt") == cfg.base.model.weights
+    assert cfg.trial["data"]["root"] == str(Path.home() / "data")
+    weights = next(p for p in cfg.space if p.key == "model.weights")
+    assert weights.values == (str(tmp_path / "good.pt"), str(tmp_path / "sub" / "w.pt"))
+    assert param_space(cfg.space, "optuna")["model.weights"].categories == list(weights.values)
 
 
 def test_a_search_from_weights_resumes_bit_identical_across_the_rebuild(tmp_path: Path,
