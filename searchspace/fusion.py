@@ -154,7 +154,8 @@ class _ScaledChain(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         kernel1, kernel2, scale = ctx.saved_tensors
         g = ctx.groups
-        (mid, in_per_group), (out, mid_per_group, kh, kw) = kernel1.shape[:2], kernel2.shape
+        in_per_group = kernel1.shape[1]
+        out, mid_per_group, kh, kw = kernel2.shape
         k1 = kernel1.reshape(g, mid_per_group, in_per_group)
         k2 = kernel2.reshape(g, out // g, mid_per_group, kh, kw)
         s = scale.reshape(g, out // g, 1, 1, 1)

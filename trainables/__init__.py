@@ -11,7 +11,6 @@ from .config import (
     BASELINES,
     DATASETS,
     EXPORT_FORMATS,
-    RECIPE_PRESETS,
     DataConfig,
     ExportConfig,
     ModelConfig,
@@ -21,6 +20,7 @@ from .config import (
     TrialConfig,
     check_trial_key,
 )
+from .presets import RECIPE_PRESETS, layer_trial
 from .data import DataBundle, LoaderSettings, build_data, make_loader
 from .engine import SearchEngine
 from .export import FusionMismatchError
@@ -46,6 +46,7 @@ __all__ = [
     "DATASETS",
     "EXPORT_FORMATS",
     "RECIPE_PRESETS",
+    "layer_trial",
     "ConfigError",
     "apply_overrides",
     "flatten_overrides",

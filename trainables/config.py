@@ -15,6 +15,7 @@ from typing import Any, Literal, get_origin, get_type_hints
 
 from searchspace import BRANCH_TYPES, IDENTITY, TORCHVISION_PREFIX, is_external, list_models, torchvision_model_names
 
+from .presets import check_preset, layer_trial, with_preset
 from .schema import (
     ConfigError,
     apply_overrides,
@@ -22,7 +23,6 @@ from .schema import (
     between,
     did_you_mean,
     dump_dataclass,
-    flatten_overrides,
     join_path,
     load_dataclass,
     rule,
@@ -31,7 +31,6 @@ from .schema import (
 __all__ = [
     "TrialConfig",
     "check_trial_key",
-    "layer_trial",
     "ModelConfig",
     "DataConfig",
     "SearchConfig",
@@ -41,7 +40,6 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "BASELINES",
-    "RECIPE_PRESETS",
     "DATASETS",
     "NATIVE_CHANNELS",
     "EXPORT_FORMATS",
@@ -61,19 +59,6 @@ BASELINES: dict[str, tuple[tuple[str, ...], bool]] = {
     "all": (tuple(BRANCH_TYPES), True),
 }
 """Fixed-architecture baselines: method -> (branch types, identity where shapes allow)."""
-
-RECIPE_PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "short": {"random_epochs": 0, "search_epochs": 1, "arch_lr": "auto", "noise_schedule": "cosine",
-              "two_stage": True},
-}
-"""Named search recipes for ``trial.search.preset``: the ``trial.search`` keys each one sets
-(over an earlier layer's values, see ``layer_trial``; keys written beside it win).
-``paper`` is the defaults (the RepNAS schedule). ``short`` is what the outer sweep
-``configs/fashion_mnist_deep_recipe.yaml`` chose on validation for a 10-epoch schedule: no
-random phase, one search epoch with alpha's step sized to it and the noise annealed to 0,
-then the searched mask retrained from scratch for the remaining epochs (benchmarks/README.md,
-"Tuned recipe")."""
 
 _Dataset = Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
 _Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
@@ -245,7 +230,7 @@ class SearchConfig:
 
     def validate(self, path: str) -> None:
         self._validate_method(join_path(path, "method"))
-        _check_preset(self.preset, join_path(path, "preset"))
+        check_preset(self.preset, join_path(path, "preset"))
         cpath = join_path(path, "candidates")
         for i, name in enumerate(self.candidates):
             if name not in BRANCH_TYPES:
@@ -368,12 +353,12 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, path: str = "trial") -> TrialConfig:
         """Validate a plain mapping (missing keys take defaults); raises ``ConfigError``."""
-        return load_dataclass(cls, _with_preset(data, path), path)
+        return load_dataclass(cls, with_preset(data, path), path)
 
     @classmethod
     def from_overrides(cls, base: Mapping[str, Any], overrides: Mapping[str, Any], path: str = "trial") -> TrialConfig:
         """The trial that ``base`` (a ``trial:`` mapping) with ``overrides`` layered on top
-        (:func:`layer_trial`) describes: the one way a sampled or ``--set`` trial becomes a config."""
+        (``presets.layer_trial``) describes: the one way a sampled or ``--set`` trial becomes a config."""
         return cls.from_dict(layer_trial(base, overrides, path), path)
 
     def with_threads(self, cpus: float | None) -> TrialConfig:
@@ -388,43 +373,6 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form that ``from_dict`` reads back unchanged."""
         return dump_dataclass(self)
-
-
-def layer_trial(base: Mapping[str, Any], overrides: Mapping[str, Any], path: str = "trial") -> dict[str, Any]:
-    """``base`` (a ``trial:`` mapping) with ``overrides`` set as a later layer: the one way trial
-    layers combine (an extending sweep file over its base, ``--set``, a sampled trial).
-
-    ``overrides`` holds dotted keys (a leading ``trial.`` is dropped) or nested mappings; a
-    mapping value sets each of its keys (``{"search": {"method": "dbb"}}`` sets
-    ``search.method``, as a space group does). A ``search.preset`` among them replaces the
-    values ``base`` gives the keys that preset sets (a base file's ``search_epochs: 3`` does
-    not shadow a later preset); keys set beside the preset still win.
-    """
-    flat = {key.removeprefix("trial."): value for key, value in flatten_overrides(overrides).items()}
-    preset_path = join_path(path, "search.preset")
-    if "search.preset" in flat:
-        _check_preset(flat["search.preset"], preset_path)
-        search = base.get("search")
-        if isinstance(search, Mapping):
-            dropped = RECIPE_PRESETS[flat["search.preset"]]
-            base = {**base, "search": {k: v for k, v in search.items() if k not in dropped}}
-    return apply_overrides(base, flat)
-
-
-def _with_preset(data: Any, path: str) -> Any:
-    """``data`` with ``search.preset``'s keys (``RECIPE_PRESETS``) added where the same mapping does not set them."""
-    search = data.get("search") if isinstance(data, Mapping) else None
-    if not isinstance(search, Mapping) or "preset" not in search:
-        return data
-    name = search["preset"]
-    _check_preset(name, join_path(join_path(path, "search"), "preset"))
-    return {**data, "search": {**RECIPE_PRESETS[name], **search}}
-
-
-def _check_preset(name: Any, path: str) -> None:
-    if not isinstance(name, str) or name not in RECIPE_PRESETS:
-        raise ConfigError(path, f"unknown preset {name!r}{did_you_mean(str(name), RECIPE_PRESETS)}; "
-                                f"expected one of: {', '.join(RECIPE_PRESETS)}")
 
 
 def check_trial_key(key: str, path: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from trainables.config import layer_trial
+from trainables.presets import layer_trial
 from trainables.metrics import objective_metric_names, scheduler_metric_names
 from trainables.schema import ConfigError, apply_overrides, did_you_mean, join_path, load_dataclass, parse_override
 from trainables.sweepfile import read_sweep_yaml
