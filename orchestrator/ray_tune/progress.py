@@ -19,7 +19,7 @@ from trainables.repeat import REPEAT_KEY, Repeat
 from trainables.schema import flatten_overrides
 
 from ..console import is_verbose
-from ..records import TrialStatus, status_of_ray_trial
+from ..records import TrialStatus, status_from_result, status_of_ray_trial
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -110,7 +110,8 @@ class TrialLines(Callback):
             took = f"not trained: repeats {Repeat.from_dict(repeat).label}"
         else:
             took = f"{_number(result.get('epoch', 0))} epochs, {result.get('time_total_s', 0):.0f} s"
-        print(f"trial {trial} finished ({took}): {self._values(trial)}", flush=True)
+        ended = "stopped early" if status_from_result(result, errored=False) is TrialStatus.STOPPED else "finished"
+        print(f"trial {trial} {ended} ({took}): {self._values(trial)}", flush=True)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         print(f"trial {trial} failed {_epoch(trial)}, retrying from its last checkpoint: {_error(trial)}",

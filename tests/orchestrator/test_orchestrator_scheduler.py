@@ -54,3 +54,20 @@ def test_asha_keeps_the_two_stage_trial_that_iteration_rungs_stop(tmp_path: Path
     # judged by its retrained network at equal epochs: kept through rungs 1 and 2, and stopped only
     # at rung 4, where plain's network is better (0.9833 vs 0.9889): ASHA's own verdict, fairly reached
     assert _run(cfg, RUNG_TIME) == {"plain": 0, "continuous": 1, "short": 5}
+
+
+def test_a_trial_the_scheduler_stopped_says_so_on_the_console(capsys: Any) -> None:
+    """Ray marks a scheduler-stopped trial's last result ``done`` without the final metrics: its
+    console line says it stopped early, not that it finished."""
+    from orchestrator.ray_tune.progress import TrialLines
+    from trainables.metrics import FINAL_METRICS
+
+    lines = TrialLines(["val_acc"], [])
+    ended = {"training_iteration": 4, "epoch": 4, "time_total_s": 12.0, "val_acc": 0.9, "done": True}
+    for name, result in (("stopped", ended), ("finished", {**ended, **{k: 1.0 for k in FINAL_METRICS}})):
+        trial = Trial("repnas_trial", trial_id=name, stub=True)
+        trial.run_metadata.last_result = result
+        lines.on_trial_complete(0, [trial], trial)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("trial repnas_trial_stopped stopped early (4 epochs, 12 s): val_acc=0.9"), out
+    assert out[1].startswith("trial repnas_trial_finished finished (4 epochs, 12 s): val_acc="), out
