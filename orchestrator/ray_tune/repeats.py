@@ -2,7 +2,11 @@
 
 Trials are deterministic (seeded), so a proposal equal to an earlier trial's configuration,
 seed included, would train the same network again: Optuna's TPE proposed the best recipe of
-our recipe sweep three times (benchmarks/README.md, "A sweep that never pays twice").
+our recipe sweep three times (benchmarks/README.md, "A sweep that never pays twice"). Equal
+means the same trial once the sweep's ``trial:`` is layered under it, leaving out the keys
+that cannot change its training given the others (``trainables.recipe.inert_keys``: e.g.
+``random_sampling`` without a random phase; three trials of the ASHA recipe sweep differed
+only in such keys and trained the same network).
 :class:`RepeatSkipper` sits between Tune and the searcher. A proposal equal to a trial that
 finished (or that the scheduler stopped: it would stop again) becomes a *repeat*: a trial
 whose config carries that trial's result (``trainables.repeat``), which the trainable reports
@@ -21,7 +25,10 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from trainables.config import TrialConfig
+from trainables.recipe import inert_keys
 from trainables.repeat import REPEAT_KEY, Repeat
+from trainables.schema import ConfigError, flatten_overrides
 from trainables.tune import TRAINABLE_NAME
 
 from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics, status_from_result
@@ -29,49 +36,68 @@ from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics, status_from_r
 __all__ = ["RepeatSkipper", "config_key"]
 
 
-def config_key(config: Mapping[str, Any]) -> str:
-    """A proposal's identity: its sampled keys and values, canonical (a repeat's marker left out)."""
-    return json.dumps({k: v for k, v in config.items() if k != REPEAT_KEY}, sort_keys=True, default=str)
+def config_key(config: Mapping[str, Any], base_trial: Mapping[str, Any] | None = None) -> str:
+    """A proposal's identity, canonical (a repeat's marker left out): with ``base_trial`` (the
+    sweep's ``trial:`` mapping), the whole trial it describes without its inert keys; else (or
+    when the proposal is not a valid trial: it fails in the trial) its sampled keys and values."""
+    sampled = {k: v for k, v in config.items() if k != REPEAT_KEY}
+    if base_trial is not None:
+        try:
+            trial = TrialConfig.from_overrides(base_trial, sampled)
+        except ConfigError:
+            pass
+        else:
+            inert = inert_keys(trial.search)
+            return json.dumps({k: v for k, v in flatten_overrides(trial.to_dict()).items() if k not in inert},
+                              sort_keys=True, default=str)
+    return json.dumps(sampled, sort_keys=True, default=str)
 
 
 class RepeatSkipper(Searcher):
     """Wrap ``searcher`` so that no configuration is trained twice (see the module doc).
 
     ``known``: results the sweep already has (warm-start trials of earlier sweeps), by config.
+    ``base_trial``: the sweep's ``trial:`` mapping, under which proposals are compared
+    (:func:`config_key`; without it, literally).
     Tune saves the inner searcher through ``save``/``restore`` and this wrapper's own state
     through ``get_state``/``set_state`` (as for its ``ConcurrencyLimiter``), so a resumed sweep
     keeps its repeats.
     """
 
-    def __init__(self, searcher: Searcher, known: Iterable[tuple[Mapping[str, Any], Repeat]] = ()) -> None:
+    def __init__(self, searcher: Searcher, known: Iterable[tuple[Mapping[str, Any], Repeat]] = (),
+                 base_trial: Mapping[str, Any] | None = None) -> None:
         self.searcher = searcher
-        self.finished: dict[str, dict[str, Any]] = {config_key(c): r.to_dict() for c, r in known}
+        self.base_trial = None if base_trial is None else dict(base_trial)
+        self.finished: dict[str, dict[str, Any]] = {self._key(c): r.to_dict() for c, r in known}
         self.running: dict[str, str] = {}  # config key -> the Tune trial training it
         self.held: list[tuple[str, dict[str, Any]]] = []  # (searcher's trial id, config) equal to a running trial
         self.inner_ids: dict[str, str] = {}  # Tune trial id -> the searcher's trial id
         self.keys: dict[str, str] = {}  # Tune trial id -> config key
         super().__init__(metric=searcher.metric, mode=searcher.mode)
 
+    def _key(self, config: Mapping[str, Any]) -> str:
+        return config_key(config, self.base_trial)
+
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         for i, (inner_id, config) in enumerate(self.held):
-            key = config_key(config)
+            key = self._key(config)
             if key in self.finished or key not in self.running:  # its original ended
                 del self.held[i]
                 return self._emit(trial_id, inner_id, config)
         config = self.searcher.suggest(trial_id)
         if config is None or config == Searcher.FINISHED:
             return config
-        if config_key(config) in self.running:
+        if self._key(config) in self.running:
             self.held.append((trial_id, config))
             return None  # Tune asks again later, under a new trial id
         return self._emit(trial_id, trial_id, config)
 
     def _emit(self, trial_id: str, inner_id: str, config: dict[str, Any]) -> dict[str, Any]:
         """``config`` proposed as Tune trial ``trial_id``: a repeat when its result is known."""
-        key = config_key(config)
+        key = self._key(config)
         self.inner_ids[trial_id], self.keys[trial_id] = inner_id, key
         if key in self.finished:
             return {**config, REPEAT_KEY: self.finished[key]}

@@ -72,9 +72,10 @@ def _warm_study(search: SearcherConfig, param_space: Mapping[str, Any], warm: Se
 
 
 def make_searcher(search: SearcherConfig, param_space: Mapping[str, Any] | None = None,
-                  warm: Sequence[WarmTrial] = ()) -> Searcher | Any:
+                  warm: Sequence[WarmTrial] = (), base_trial: Mapping[str, Any] | None = None) -> Searcher | Any:
     """OptunaSearch (objective lists go to the searcher only; ``warm`` trials in its study;
-    repeats skipped) or a BasicVariantGenerator. ``param_space``: Tune's, needed with ``warm``."""
+    repeats skipped, proposals compared as trials over ``base_trial``, the sweep's ``trial:``)
+    or a BasicVariantGenerator. ``param_space``: Tune's, needed with ``warm``."""
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -87,7 +88,7 @@ def make_searcher(search: SearcherConfig, param_space: Mapping[str, Any] | None 
         searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
                                 sampler=_sampler(search), **study)
         if search.skip_repeats:
-            return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm if not t.stopped])
+            return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm if not t.stopped], base_trial)
         return searcher
     from ray.tune.search.basic_variant import BasicVariantGenerator
 

@@ -122,7 +122,7 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[War
     reporter, trial_lines = _console(cfg)
     space = param_space(cfg.space, cfg.search.algorithm)
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(search, space, warm),
+        search_alg=make_searcher(search, space, warm, cfg.trial),
         scheduler=make_scheduler(cfg, inherit_metric=inherit),
         num_samples=cfg.search.num_samples,
         max_concurrent_trials=search.max_concurrent if optuna else None,

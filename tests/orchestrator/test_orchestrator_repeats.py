@@ -90,3 +90,19 @@ def test_the_state_tune_saves_restores_the_repeats() -> None:
     restored = _skipper()
     restored.set_state(state)
     assert Repeat.from_dict(restored.suggest("b")[REPEAT_KEY]).metrics["val_acc"] == 0.7
+
+
+def test_proposals_that_differ_only_in_inert_keys_are_repeats(kit: Any) -> None:
+    """Compared as the trials they describe over the sweep's ``trial:``: ``random_sampling``
+    cannot matter without a random phase (``trainables.recipe.inert_keys``), so a proposal that
+    differs from a finished trial only there is its repeat; with a random phase it trains."""
+    earlier = Repeat("repnas_trial_u", {"val_acc": 0.93})
+    for random_epochs, repeated in ((0, True), (1, False)):
+        base = {**kit.TINY_TRIAL, "search": {**kit.TINY_TRIAL["search"], "random_epochs": random_epochs}}
+        searcher = RepeatSkipper(OptunaSearch(metric="val_acc", mode="max", sampler=optuna.samplers.RandomSampler(seed=0)),
+                                 [({"search.random_sampling": "uniform", "optim.lr": 0.1}, earlier)], base)
+        assert searcher.set_search_properties(None, None, {"search.random_sampling": tune.choice(["fair"]),
+                                                           "optim.lr": tune.choice([0.1])})
+        assert (REPEAT_KEY in searcher.suggest("a")) is repeated
+    assert config_key({"optim.lr": 0.1}, base) != config_key({"optim.lr": 0.2}, base)
+    assert config_key({"optim.lr": 0.1}) == '{"optim.lr": 0.1}'  # without a base: the sampled keys as they are

@@ -80,7 +80,7 @@ def test_earlier_trials_that_fit_reach_the_study_with_every_objective(tmp_path: 
     assert trial.repeat.sweep == "earlier" and trial.repeat.trial.startswith("repnas_trial_")
     assert trial.repeat.metrics["val_acc"] == pytest.approx(0.65) and trial.repeat.run_id
     assert "13 trial(s) of sweep 'earlier', 1 of them stopped early" in warm.lines()[0]
-    searcher = make_searcher(cfg.search, param_space(cfg.space, "optuna"), warm.trials)
+    searcher = make_searcher(cfg.search, param_space(cfg.space, "optuna"), warm.trials, cfg.trial)
     assert searcher.set_search_properties(None, None, param_space(cfg.space, "optuna"))
     study = searcher.searcher._ot_study  # OptunaSearch's real study (test-only look inside)
     states = [t.state for t in study.trials]
@@ -88,7 +88,7 @@ def test_earlier_trials_that_fit_reach_the_study_with_every_objective(tmp_path: 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(t.values[1] for t in complete) == sorted(30 * b for b in BUDGETS for _ in LRS)
     # the stopped trial's partial result never stands in for the finished one of the same point
-    assert searcher.finished[config_key({"search.budget": 0.2, "optim.lr": 0.05})]["metrics"]["val_acc"] \
+    assert searcher.finished[config_key({"search.budget": 0.2, "optim.lr": 0.05}, cfg.trial)]["metrics"]["val_acc"] \
         == pytest.approx(0.57)
     first = searcher.suggest("a")
     assert REPEAT_KEY in first  # every configuration of the space was trained before: nothing trains again
