@@ -130,3 +130,34 @@ def test_convert_coverage_rows() -> None:
     pairs = {}  # the path of the largest builders: pair by pair (two pairs here), keys and shapes
     coverage._pair_by_pair(pairs, model, find_pairs(model).pairs[:2])
     assert pairs["preserve_eval"] == pairs["preserve_train"] == 0.0 and pairs["fused"] < 1e-12 and pairs["strict_load"]
+
+
+def test_repeat_audit_finds_repeats_up_to_inert_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep in MLflow (sqlite) whose second trial differs from its first only in a key that
+    cannot matter (``random_sampling`` without a random phase) and whose third differs in lr."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.sweep import load_sweep
+    from orchestrator.tracking.parent_run import TAG_PARENT, TAG_TRIAL, mlflow_params, start_parent_run
+
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "audit", "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "space": {"search.random_sampling": {"choice": ["uniform", "fair"]}, "optim.lr": {"choice": [0.1, 0.2]}},
+        "trial": {"model": {"name": "repvgg_tiny"}, "data": {"dataset": "digits"},
+                  "search": {"epochs": 2, "random_epochs": 0, "search_epochs": 1}}}))
+    cfg = load_sweep(sweep, env={})
+    state = start_parent_run(cfg, resume=False)
+    client = MlflowClient(state.tracking_uri)
+    for i, (sampling, lr, val) in enumerate([("uniform", 0.1, 0.9), ("fair", 0.1, 0.9), ("fair", 0.2, 0.8)]):
+        run = client.create_run(state.experiment_id, start_time=1000 + i,
+                                tags={TAG_PARENT: state.parent_run_id, TAG_TRIAL: f"t{i}"}).info.run_id
+        client.log_batch(run, params=mlflow_params(cfg.trial_config({"search.random_sampling": sampling,
+                                                                      "optim.lr": lr}).to_dict()))
+        client.log_metric(run, "val_acc", val, step=2)
+        client.log_metric(run, "epoch", 2.0, step=2)
+    rows = _script("repeat_audit").audit(sweep)
+    assert [(r["trial"], r["repeats"], r["literal"]) for r in rows] == [("t0", None, False), ("t1", "t0", False),
+                                                                        ("t2", None, False)]
