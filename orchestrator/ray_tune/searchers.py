@@ -58,8 +58,13 @@ def _warm_study(search: SearcherConfig, param_space: Mapping[str, Any], warm: Se
     distributions = OptunaSearch.convert_search_space(dict(param_space))
     storage = optuna.storages.InMemoryStorage()
     name = "repnas-warm-start"
-    study = optuna.create_study(storage=storage, study_name=name,
-                                directions=["maximize" if o.mode == "max" else "minimize" for o in search.objectives])
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line on the console
+    try:
+        study = optuna.create_study(storage=storage, study_name=name,
+                                    directions=["maximize" if o.mode == "max" else "minimize" for o in search.objectives])
+    finally:
+        optuna.logging.set_verbosity(level)
     for trial in warm:
         if trial.stopped:
             study.add_trial(optuna.trial.create_trial(params=dict(trial.point), distributions=distributions,

@@ -66,6 +66,7 @@ def test_repeats_and_warm_starts_are_trained_once_across_a_kill(tmp_path: Path,
     driver.sigkill()
     resumed = cli("orchestrator.run", [str(path), "--resume"], tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "A new study created" not in resumed.stdout + resumed.stderr + driver.output()  # Optuna's notice
     assert len(configs) < len(LRS) or (
         "0 trial(s) trained" in resumed.stdout and "4 repeated configuration(s)" in resumed.stdout)
     parent, kids = _runs(uri, "second")
