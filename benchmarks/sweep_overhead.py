@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,23 @@ def _spans(path: Path) -> dict[int, list[dict]]:
     return by_pid
 
 
+_IN_TRIAL = ("orchestrator.tracking.child_run.MLflowTrialHook.on_start", "orchestrator.tracking.child_run.MLflowTrialHook.on_epoch",
+             "orchestrator.tracking.child_run.MLflowTrialHook.on_end", "ray.tune.report")
+
+
+def per_trial_costs(sweep_spans: Path) -> list[float]:
+    """Seconds the sweep adds inside each trial (MLflow hooks, Ray's checkpoint copies: the spans
+    within its ``run_trial``), in the order the trials ran. The first trial of a worker also pays
+    first imports (``mlflow.pytorch``), so the median of the others is the cost of an added trial,
+    measured directly rather than as a difference of two noisy walls."""
+    costs = []
+    for spans in _spans(sweep_spans).values():
+        for trial in sorted((x for x in spans if x["f"] == "trainables.trial.run_trial"), key=lambda x: x["s"]):
+            inside = [x for x in spans if x["f"] in _IN_TRIAL and trial["s"] <= x["s"] <= trial["s"] + trial["d"]]
+            costs.append(sum(x["d"] for x in inside))
+    return costs
+
+
 def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float) -> list[tuple[str, float]]:
     """(step, seconds per trial) of a concurrency-1 sweep's ``overhead`` (wall seconds over the
     plain run), from the timing spans of both sides; the last rows are trial work both sides do."""
@@ -197,6 +215,8 @@ def main() -> None:
                         help="time named steps of both sides; table of the first sweep (use --concurrency 1 first)")
     parser.add_argument("--running-ray", action="store_true", help="join a Ray head started before timing")
     args = parser.parse_args()
+    if args.breakdown and args.running_ray:  # the trial workers would be the head's, without the timing hook
+        parser.error("--breakdown times the processes a sweep starts (its Ray included); run it without --running-ray")
     from orchestrator.tracking.sqlite import create_database
 
     with tempfile.TemporaryDirectory(prefix="repnas-overhead-") as tmp, ExitStack() as stack:
@@ -214,6 +234,7 @@ def main() -> None:
             overheads.append((trials, rows[0][1] - plain))
             if j == 0 and args.breakdown:
                 steps = breakdown(spans[0], spans[1], trials, rows[0][1] - plain)
+                costs = per_trial_costs(spans[1])
     where = f"joining the Ray at {address}" if address else "each sweep starting its own Ray"
     print(f"{args.epochs} epochs a trial (digits, repvgg_tiny, 1 thread per trial), {os.cpu_count()} CPUs, {where}")
     print(f"{'':36}{'wall s':>8}{'ratio':>8}{'per trial s':>13}")
@@ -230,6 +251,10 @@ def main() -> None:
         print(f"\n{'where it goes, concurrency ' + str(args.concurrency[0]):80}{'s per trial':>12}")
         for name, seconds in steps:
             print(f"{name:80}{seconds:12.2f}")
+        later = sorted(costs[1:])
+        if later:
+            print(f"\nadded inside each trial (MLflow hooks, checkpoint copies): first {costs[0]:.2f} s, then median "
+                  f"{statistics.median(later):.2f} s (range {later[0]:.2f}-{later[-1]:.2f}) over {len(later)} trials")
 
 
 if __name__ == "__main__":

@@ -161,3 +161,23 @@ def test_repeat_audit_finds_repeats_up_to_inert_keys(tmp_path: Path, monkeypatch
     rows = _script("repeat_audit").audit(sweep)
     assert [(r["trial"], r["repeats"], r["literal"]) for r in rows] == [("t0", None, False), ("t1", "t0", False),
                                                                         ("t2", None, False)]
+
+
+def test_sweep_overhead_per_trial_costs_sum_the_spans_inside_each_trial(tmp_path: Path) -> None:
+    import json
+
+    hook = "orchestrator.tracking.child_run.MLflowTrialHook."
+    spans = [  # one worker, two trials in sequence; the driver's spans and a span between trials do not count
+        {"pid": 1, "f": "trainables.trial.run_trial", "s": 0.0, "d": 10.0},
+        {"pid": 1, "f": hook + "on_start", "s": 0.5, "d": 1.0},
+        {"pid": 1, "f": "ray.tune.report", "s": 5.0, "d": 0.25},
+        {"pid": 1, "f": hook + "on_end", "s": 9.0, "d": 0.5},
+        {"pid": 1, "f": "ray.tune.report", "s": 10.5, "d": 9.0},
+        {"pid": 1, "f": "trainables.trial.run_trial", "s": 11.0, "d": 10.0},
+        {"pid": 1, "f": hook + "on_epoch", "s": 12.0, "d": 0.125},
+        {"pid": 1, "f": "trainables.checkpoint.save_checkpoint", "s": 13.0, "d": 5.0},
+        {"pid": 2, "f": "orchestrator.tracking.parent_run.start_parent_run", "s": 12.0, "d": 3.0},
+    ]
+    path = tmp_path / "sweep.jsonl"
+    path.write_text("\n".join(json.dumps(s) for s in spans))
+    assert _script("sweep_overhead").per_trial_costs(path) == [1.75, 0.125]
