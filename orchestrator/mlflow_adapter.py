@@ -13,7 +13,8 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-__all__ = ["TESTED", "QUIET_LOGGERS", "SKIP_MODEL_CHECKS", "create_sql_store", "suppressed_event_logs"]
+__all__ = ["TESTED", "QUIET_LOGGERS", "SKIP_MODEL_CHECKS", "create_sql_store", "suppressed_event_logs",
+           "tracking_uri_for_block"]
 
 TESTED = ">=3.9,<3.18"
 """The MLflow versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds).
@@ -51,3 +52,14 @@ def suppressed_event_logs() -> Iterator[None]:
         yield
     finally:
         enable_logging()
+
+
+@contextmanager
+def tracking_uri_for_block(uri: str) -> Iterator[None]:
+    """MLflow's fluent tracking URI set to ``uri`` for the block, then back to what it was (None:
+    unset, so ``MLFLOW_TRACKING_URI`` or MLflow's default decides again). ``mlflow.set_tracking_uri``
+    alone keeps it for the rest of the process."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield

@@ -24,6 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from trainables.schema import flatten_overrides
 
+from ..mlflow_adapter import tracking_uri_for_block
 from ..records import RunLink, TrialStatus
 from ..redact import public_items, redact
 from ..sweep import storage
@@ -94,15 +95,13 @@ def client_defaults() -> None:
 @contextmanager
 def fluent_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's fluent API (``mlflow.start_run``, ``log_model``, ``register_model``) pointed at
-    ``uri`` for the block only. ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in
-    this process's environment, which would outlive the call and override the next sweep
-    file's ``mlflow.tracking_uri`` read in the same process."""
-    import mlflow
-
+    ``uri`` for the block only: MLflow's own setting and ``MLFLOW_TRACKING_URI`` (which MLflow
+    sets too, and which would override the next sweep file's ``mlflow.tracking_uri`` read in the
+    same process) are both as before afterwards, for a library user's own MLflow calls too."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
     try:
-        yield
+        with tracking_uri_for_block(uri):
+            yield
     finally:
         if before is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)

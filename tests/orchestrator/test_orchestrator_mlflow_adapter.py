@@ -81,3 +81,12 @@ def test_skip_model_checks_skips_mlflows_reload_of_the_logged_model(tmp_path: Pa
         mlflow.pytorch.log_model(torch.nn.Linear(3, 2), name="trusted", input_example=example, pip_requirements=[],
                                  **mlflow_adapter.SKIP_MODEL_CHECKS)
     assert len(calls) == 1
+
+
+def test_tracking_uri_for_block_sets_and_restores_mlflows_uri(tmp_path: Path) -> None:
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    with mlflow_adapter.tracking_uri_for_block(f"sqlite:///{tmp_path / 'b.db'}"):
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'b.db'}"
+    assert mlflow.get_tracking_uri() == before

@@ -22,3 +22,22 @@ def test_fluent_tracking_uri_restores_the_environment(monkeypatch: pytest.Monkey
     with fluent_tracking_uri(uri):
         assert mlflow.get_tracking_uri() == uri
     assert os.environ.get("MLFLOW_TRACKING_URI") == before
+
+
+def test_fluent_tracking_uri_restores_mlflows_own_setting(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A library user's ``mlflow.set_tracking_uri`` before a sweep is what their own MLflow calls
+    use after it (and with none set, MLflow's default decides again)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = mlflow.get_tracking_uri()
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    with fluent_tracking_uri(f"sqlite:///{tmp_path / 'sweep.db'}"):
+        pass
+    assert mlflow.get_tracking_uri() == default and "MLFLOW_TRACKING_URI" not in os.environ
+    try:
+        mlflow.set_tracking_uri(mine)
+        with fluent_tracking_uri(f"sqlite:///{tmp_path / 'sweep.db'}"):
+            assert mlflow.get_tracking_uri() != mine
+        assert mlflow.get_tracking_uri() == mine
+    finally:
+        mlflow.set_tracking_uri(None)  # MLflow's documented reset: unset, its default again
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
