@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator.tracking.child_run import MLflowTrialHook
 from orchestrator.sweep import parse_sweep
 from orchestrator.tracking.from_ray import sync_mlflow
-from orchestrator.tracking.parent_run import TAG_MODEL_URI, TAG_PARENT, TAG_TRIAL, SweepState, child_runs, start_parent_run
+from orchestrator.tracking.parent_run import (TAG_MODEL_URI, TAG_PARENT, TAG_TRIAL, SweepState, child_runs,
+                                              fluent_tracking_uri, start_parent_run)
 from orchestrator.ray_tune.tuner import build_tuner
 
 pytestmark = pytest.mark.slow
@@ -27,8 +28,10 @@ def _content(client: MlflowClient, run: Any) -> dict[str, Any]:
     run_id = run.info.run_id
     history = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
                for key in run.data.metrics}
-    model = mlflow.artifacts.list_artifacts(artifact_uri=run.data.tags[TAG_MODEL_URI]) \
-        if TAG_MODEL_URI in run.data.tags else []
+    model = []
+    if TAG_MODEL_URI in run.data.tags:
+        with fluent_tracking_uri(client.tracking_uri):  # a models:/ URI resolves through the fluent registry URI
+            model = mlflow.artifacts.list_artifacts(artifact_uri=run.data.tags[TAG_MODEL_URI])
     files = {a.path: Path(client.download_artifacts(run_id, a.path)).read_bytes()
              for a in client.list_artifacts(run_id) if a.path.endswith(".json")}
     return {"status": run.info.status, "name": run.info.run_name, "params": run.data.params,

@@ -50,7 +50,7 @@ def _check_sweep(uri: str, experiment: str, n_trials: int, epochs: int, model_na
     out = model(torch.zeros(2, 1, 8, 8))
     assert out.shape == (2, 10)
     # Pareto artifact: the flagged points are non-dominated, the others dominated
-    local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="pareto")
+    local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="pareto", tracking_uri=uri)
     table = json.loads((Path(local) / "pareto.json").read_text())
     modes = [o["mode"] for o in table["objectives"]]
     metrics = [o["metric"] for o in table["objectives"]]
