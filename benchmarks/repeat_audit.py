@@ -7,8 +7,9 @@ trial over the sweep's ``trial:``, without the keys ``trainables.recipe.inert_ke
 Reads the sweep's child runs from its MLflow store (the sweep file's ``mlflow`` section; run it
 where the sweep ran), oldest first. A trial equal to an earlier one counts as a repeat, with
 whether the literal comparison of sampled values (the check before inert keys) would have
-caught it, and its epochs: what skipping it saves. Trials that were already repeats (tag
-``repnas.repeat_of``) are not counted again. Equal keys should mean equal results: the
+caught it, and its epochs: what skipping it saves. Only trials that ended with a result count
+(finished or stopped early; failed ones have none to reuse), and trials that were already
+repeats (tag ``repnas.repeat_of``) are not counted again. Equal keys should mean equal results: the
 ``val_acc`` of both is printed to check that.
 """
 
@@ -40,13 +41,13 @@ def audit(sweep_file: Path, name: str | None = None) -> list[dict[str, object]]:
     rows = []
     for run in runs:
         tags = run.data.tags
-        if tags.get(TAG_PARENT) not in parents or TAG_REPEAT_OF in tags:
-            continue
+        if tags.get(TAG_PARENT) not in parents or TAG_REPEAT_OF in tags or run.info.status != "FINISHED":
+            continue  # as the check itself: only finished (or scheduler-stopped) trials have a result to reuse
         params = {k: typed(v) for k, v in run.data.params.items()}
         point = {p.key: params[p.key.removeprefix("trial.")] for p in cfg.sampled}
         key, plain = config_key(point, cfg.trial), config_key(point)
         trial = tags.get(TAG_TRIAL, run.info.run_name)
-        rows.append({"trial": trial, "val_acc": run.data.metrics.get("val_acc"), "epochs": run.data.metrics.get("epoch"),
+        rows.append({"trial": trial, "val_acc": run.data.metrics.get("val_acc"), "epochs": run.data.metrics.get("epoch", 0.0),
                      "repeats": seen.get(key), "literal": plain in literal})
         seen.setdefault(key, trial)
         literal.add(plain)
@@ -66,8 +67,8 @@ def main() -> None:
             print(f"{row['trial']} (val {row['val_acc']}, {row['epochs']:.0f} epochs) is {how} of {row['repeats']} "
                   f"(val {values[row['repeats']]})")
     repeats = [r for r in rows if r["repeats"]]
-    epochs = sum(float(r["epochs"] or 0) for r in rows)
-    saved = sum(float(r["epochs"] or 0) for r in repeats)
+    epochs = sum(float(r["epochs"]) for r in rows)
+    saved = sum(float(r["epochs"]) for r in repeats)
     print(f"{len(rows)} trials trained, {len(repeats)} of them repeats "
           f"({sum(not r['literal'] for r in repeats)} up to inert keys only): {saved:.0f} of {epochs:.0f} epochs")
 

@@ -134,8 +134,8 @@ def _spans(path: Path) -> dict[int, list[dict]]:
     return by_pid
 
 
-_IN_TRIAL = ("orchestrator.tracking.child_run.MLflowTrialHook.on_start", "orchestrator.tracking.child_run.MLflowTrialHook.on_epoch",
-             "orchestrator.tracking.child_run.MLflowTrialHook.on_end", "ray.tune.report")
+_HOOKS = tuple("orchestrator.tracking.child_run.MLflowTrialHook." + h for h in ("on_start", "on_epoch", "on_end"))
+_IN_TRIAL = (*_HOOKS, "ray.tune.report")  # what the sweep adds inside a trial
 
 
 def per_trial_costs(sweep_spans: Path) -> list[float]:
@@ -172,8 +172,7 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
     fit, connect, parent = (first(driver, n) for n in ("ray.tune.tuner.Tuner.fit", "orchestrator.ray_tune.cluster.connect",
                                                       "orchestrator.tracking.parent_run.start_parent_run"))
     trial = "trainables.trial.run_trial"
-    hooks = ["orchestrator.tracking.child_run.MLflowTrialHook." + h for h in ("on_start", "on_epoch", "on_end")]
-    worker_trial = total(workers, trial) - sum(total(workers, h) for h in hooks) - total(workers, "ray.tune.report") \
+    worker_trial = total(workers, trial) - sum(total(workers, f) for f in _IN_TRIAL) \
         - total(workers, "trainables.checkpoint.save_checkpoint")
     plain_trial = total(plain, trial) - total(plain, "trainables.checkpoint.save_checkpoint")
     rows = [
@@ -183,9 +182,9 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
         ("MLflow: database and parent run", parent["d"]),
         ("other driver steps before the trials (Tuner)", fit["s"] - end(parent)),
         ("trial worker start (process, imports) until its first trial", first(workers, trial)["s"] - fit["s"]),
-        ("MLflow child run opened (on_start)", total(workers, hooks[0])),
-        ("MLflow per-epoch metrics (on_epoch)", total(workers, hooks[1])),
-        ("MLflow final metrics, artifacts, fused model (on_end)", total(workers, hooks[2])),
+        ("MLflow child run opened (on_start)", total(workers, _HOOKS[0])),
+        ("MLflow per-epoch metrics (on_epoch)", total(workers, _HOOKS[1])),
+        ("MLflow final metrics, artifacts, fused model (on_end)", total(workers, _HOOKS[2])),
         ("  of which mlflow.pytorch.log_model of the fused model", total(workers, "orchestrator.tracking.fused_model.log_fused_model")),
         ("checkpoint persisted to Ray storage (tune.report)", total(workers, "ray.tune.report")),
         ("checkpoint writing (over the plain run's)", total(workers, "trainables.checkpoint.save_checkpoint")

@@ -134,7 +134,8 @@ def test_convert_coverage_rows() -> None:
 
 def test_repeat_audit_finds_repeats_up_to_inert_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sweep in MLflow (sqlite) whose second trial differs from its first only in a key that
-    cannot matter (``random_sampling`` without a random phase) and whose third differs in lr."""
+    cannot matter (``random_sampling`` without a random phase), whose third differs in lr, and
+    whose fourth repeats the third but failed (no result: not counted)."""
     import yaml
     from mlflow.tracking import MlflowClient
 
@@ -151,13 +152,16 @@ def test_repeat_audit_finds_repeats_up_to_inert_keys(tmp_path: Path, monkeypatch
     cfg = load_sweep(sweep, env={})
     state = start_parent_run(cfg, resume=False)
     client = MlflowClient(state.tracking_uri)
-    for i, (sampling, lr, val) in enumerate([("uniform", 0.1, 0.9), ("fair", 0.1, 0.9), ("fair", 0.2, 0.8)]):
+    trials = [("uniform", 0.1, 0.9, "FINISHED"), ("fair", 0.1, 0.9, "FINISHED"), ("fair", 0.2, 0.8, "FINISHED"),
+              ("uniform", 0.2, 0.1, "FAILED")]
+    for i, (sampling, lr, val, status) in enumerate(trials):
         run = client.create_run(state.experiment_id, start_time=1000 + i,
                                 tags={TAG_PARENT: state.parent_run_id, TAG_TRIAL: f"t{i}"}).info.run_id
         client.log_batch(run, params=mlflow_params(cfg.trial_config({"search.random_sampling": sampling,
                                                                       "optim.lr": lr}).to_dict()))
         client.log_metric(run, "val_acc", val, step=2)
         client.log_metric(run, "epoch", 2.0, step=2)
+        client.set_terminated(run, status)
     rows = _script("repeat_audit").audit(sweep)
     assert [(r["trial"], r["repeats"], r["literal"]) for r in rows] == [("t0", None, False), ("t1", "t0", False),
                                                                         ("t2", None, False)]

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import SearchConfig
+from .config import SearchConfig, TrialConfig
 from .gates import auto_arch_lr, cosine, lr_factor
+from .schema import flatten_overrides
 
-__all__ = ["arch_lr", "lr_lambda", "fixed_start_step", "inert_keys", "reset_bn_stats", "recalibrate_bn",
-           "average_bn_stats", "reinitialise"]
+__all__ = ["arch_lr", "lr_lambda", "fixed_start_step", "inert_keys", "deciding_items", "reset_bn_stats",
+           "recalibrate_bn", "average_bn_stats", "reinitialise"]
 
 
 def arch_lr(search: SearchConfig, steps_per_epoch: int) -> float:
@@ -72,6 +73,13 @@ def inert_keys(search: SearchConfig) -> frozenset[str]:
         if search.arch_lr != "auto":
             inert.add("arch_lr_travel")
     return frozenset(f"search.{key}" for key in inert)
+
+
+def deciding_items(trial: TrialConfig) -> dict[str, Any]:
+    """The trial's dotted keys and values without its :func:`inert_keys`: two trials with equal
+    items train the same network (a sweep's repeat check compares these)."""
+    inert = inert_keys(trial.search)
+    return {k: v for k, v in flatten_overrides(trial.to_dict()).items() if k not in inert}
 
 
 def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -4,7 +4,7 @@ Trials are deterministic (seeded), so a proposal equal to an earlier trial's con
 seed included, would train the same network again: Optuna's TPE proposed the best recipe of
 our recipe sweep three times (benchmarks/README.md, "A sweep that never pays twice"). Equal
 means the same trial once the sweep's ``trial:`` is layered under it, leaving out the keys
-that cannot change its training given the others (``trainables.recipe.inert_keys``: e.g.
+that cannot change its training given the others (``trainables.recipe.deciding_items``: e.g.
 ``random_sampling`` without a random phase; three trials of the ASHA recipe sweep differed
 only in such keys and trained the same network).
 :class:`RepeatSkipper` sits between Tune and the searcher. A proposal equal to a trial that
@@ -26,9 +26,9 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from trainables.config import TrialConfig
-from trainables.recipe import inert_keys
+from trainables.recipe import deciding_items
 from trainables.repeat import REPEAT_KEY, Repeat
-from trainables.schema import ConfigError, flatten_overrides
+from trainables.schema import ConfigError
 from trainables.tune import TRAINABLE_NAME
 
 from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics, status_from_result
@@ -47,9 +47,7 @@ def config_key(config: Mapping[str, Any], base_trial: Mapping[str, Any] | None =
         except ConfigError:
             pass
         else:
-            inert = inert_keys(trial.search)
-            return json.dumps({k: v for k, v in flatten_overrides(trial.to_dict()).items() if k not in inert},
-                              sort_keys=True, default=str)
+            return json.dumps(deciding_items(trial), sort_keys=True, default=str)
     return json.dumps(sampled, sort_keys=True, default=str)
 
 
