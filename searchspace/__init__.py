@@ -32,6 +32,7 @@ from .convert import (
 from .models import (
     TORCHVISION_PREFIX,
     BasicBlock,
+    FactoryError,
     ModelSpec,
     RepVGG,
     ResNet,
@@ -113,6 +114,7 @@ __all__ = [
     "check_original_state",
     "load_original_state_dict",
     "TORCHVISION_PREFIX",
+    "FactoryError",
     "torchvision_model_names",
     "is_external",
     "resolve_factory",

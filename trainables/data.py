@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torchvision is imported where a dataset needs it (~1.3 s; d
     from torchvision import datasets
 
 __all__ = ["DataBundle", "build_data", "make_loader", "TensorImages", "FASHION_MNIST_ROOT", "cache_dir", "LoaderSettings",
-           "auto_num_workers", "light_items"]
+           "auto_num_workers", "light_items", "image_side"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 _ROOT_PATH = "trial.data.root"
@@ -133,7 +133,7 @@ def _imagefolder_transform(cfg: DataConfig, train: bool) -> Transform:
     """PIL pipeline of an ImageNet-style folder: (random-)resized crop, ToTensor, normalise."""
     from torchvision import transforms
 
-    side = cfg.image_size or 224
+    side = image_side(cfg)
     crop = ([transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip()] if train and cfg.augment
             else [transforms.Resize(int(side * 256 / 224)), transforms.CenterCrop(side)])
     return transforms.Compose([*crop, transforms.ToTensor(), transforms.Normalize(*_STATS["imagefolder"])])
@@ -209,10 +209,16 @@ def _train_view(cfg: DataConfig, eval_full: Dataset, size: int | None) -> Datase
 _NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 
 
+def image_side(cfg: DataConfig) -> int:
+    """The side of the square images the model gets: ``image_size``, else the dataset's own
+    (an image folder's crop: 224)."""
+    return cfg.image_size or _NATIVE_SIZE.get(cfg.dataset, 224)
+
+
 def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     """Build the datasets; val is a seeded subset of the training split disjoint from train
     (seeded by ``cfg.split_seed``, else by ``seed``)."""
-    size = cfg.image_size or _NATIVE_SIZE.get(cfg.dataset)
+    size = image_side(cfg)
     eval_full = _open(cfg, True)
     train_full = _train_view(cfg, eval_full, size)
     n = len(train_full)
