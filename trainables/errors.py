@@ -12,10 +12,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-__all__ = ["RepnasError", "UserError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "run_command"]
+__all__ = ["RepnasError", "UserError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "run_command"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 """Exit codes of every command: success; the work failed; bad input or usage (nothing started)."""
+EXIT_INTERRUPTED = 130
+"""Stopped by Ctrl-C (SIGINT) or SIGTERM: 128 + SIGINT, as shells report a Ctrl-C; what was
+saved stays, and ``--resume`` continues."""
 
 
 class RepnasError(Exception):

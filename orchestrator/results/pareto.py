@@ -52,9 +52,13 @@ def non_dominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> li
             for i, p in enumerate(points)]
 
 
+_ENDED_WITH_RESULT = (TrialStatus.FINISHED, TrialStatus.STOPPED)
+"""Trials whose values stand: a running or pending trial of an interrupted sweep is not on a front."""
+
+
 def is_valid(record: TrialRecord, metrics: Sequence[str]) -> bool:
-    """Finished without error and every metric present and finite."""
-    return record.status != TrialStatus.FAILED and record.error is None and all(
+    """Ended (finished, or stopped by the scheduler) without error, every metric present and finite."""
+    return record.status in _ENDED_WITH_RESULT and record.error is None and all(
         math.isfinite(record.value(m)) for m in metrics)
 
 

@@ -61,9 +61,10 @@ def _front_hypervolume(records: list[TrialRecord], cfg: SweepConfig) -> tuple[fl
     return hypervolume(points, [o.mode for o in cfg.objectives], reference), reference
 
 
-def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState) -> Summary:
+def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState, register: bool = True) -> Summary:
     """Pareto over the objectives -> ``pareto.csv/json/png`` on the parent run (``pareto/``)
-    and in ``<storage>/<name>/pareto/`` when local; then register the chosen models."""
+    and in ``<storage>/<name>/pareto/`` when local; then register the chosen models (not with
+    ``register=False``: an interrupted sweep registers when its resumed run completes)."""
     records = records_from_results(results, cfg, run_links(child_runs(state)))
     mark_front(records, cfg.objectives)
     volume, reference = _front_hypervolume(records, cfg)
@@ -74,9 +75,11 @@ def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState) -> Summa
     log_parent_artifacts(state, files, "pareto")
     if volume is not None:
         log_parent_values(state, {HYPERVOLUME_METRIC: volume}, {TAG_REFERENCE: json.dumps(reference)})
-    with quiet_mlflow():
-        registered = register_models(cfg.mlflow.tracking_uri, cfg.registered_model_name,
-                                     registry_aliases(records, cfg.objectives, cfg.mlflow.register))
+    registered: list[Registered] = []
+    if register:
+        with quiet_mlflow():
+            registered = register_models(cfg.mlflow.tracking_uri, cfg.registered_model_name,
+                                         registry_aliases(records, cfg.objectives, cfg.mlflow.register))
     failed = {r.trial_name for r in records if r.status is TrialStatus.FAILED}
     advice = {trial_name(r): resume_advice(r) for r in results if trial_name(r) in failed}
     return Summary(records, files if local else [], registered, advice, volume, reference)
