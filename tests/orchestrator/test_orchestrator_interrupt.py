@@ -82,3 +82,33 @@ def test_sigint_stops_the_sweep_and_resume_completes_it(tmp_path: Path) -> None:
     table = list(csv.DictReader((tmp_path / "ray_results" / "interrupted" / "pareto" / "pareto.csv").open()))
     assert len(table) == 4 and {row["status"] for row in table} == {"finished"}, table
     assert _registry_versions(tmp_path), "the completed sweep registers its Pareto models"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_first_signal_stops_tune_gracefully_second_at_once(signum: int, capsys: pytest.CaptureFixture[str]) -> None:
+    """With Tune's own stop handler installed (as ``tune.run`` does on entering its loop), the
+    first signal sets Tune's stop event and says how to resume; the second raises at once."""
+    from ray.tune.tune import _setup_signal_catching
+
+    from orchestrator.ray_tune.interrupt import stop_on_signal
+
+    before = signal.getsignal(signum)
+    with stop_on_signal("python -m orchestrator.run s.yaml --resume") as interruption:
+        tune_stop = _setup_signal_catching()  # Ray's handler of the graceful stop
+        os.kill(os.getpid(), signum)
+        time.sleep(0.1)
+        assert tune_stop.is_set() and interruption.signal == signum
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
+            time.sleep(1)
+    assert signal.getsignal(signum) == before
+    err = capsys.readouterr().err
+    assert "python -m orchestrator.run s.yaml --resume" in err and signal.Signals(signum).name in err
+
+
+def test_a_signal_before_tunes_loop_stops_at_once() -> None:
+    from orchestrator.ray_tune.interrupt import stop_on_signal
+
+    with pytest.raises(KeyboardInterrupt), stop_on_signal("resume"):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
