@@ -3,7 +3,9 @@ pieces, mixed precision, divergence checks, and :class:`SearchEngine`, which tra
 through the random, search and fixed phases."""
 
 from . import gates
-from .engine import EngineSync, SearchEngine
+from .engine import SearchEngine
+from .masks import MaskSampler
+from .sync import EngineSync
 from .failures import check_finite, failure_metrics
 
-__all__ = ["SearchEngine", "EngineSync", "gates", "check_finite", "failure_metrics"]
+__all__ = ["SearchEngine", "MaskSampler", "EngineSync", "gates", "check_finite", "failure_metrics"]
