@@ -16,8 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import yaml
-from trainables.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_command
-from trainables.schema import ConfigError
+from trainables.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, NothingToResumeError, run_command
 
 from . import console
 from .redact import error_line, redact
@@ -38,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description="Run a RepNAS sweep on Ray Tune.")
     parser.add_argument("sweep", help="sweep YAML file (see docs/sweep-config.md)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
-    parser.add_argument("--dry-run", action="store_true", help="check what every trial's start checks (model built and run on one batch, weights, "
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check what every trial's start checks (model built and run on one batch, weights, "
                              "device, warm starts), print the resolved sweep; no Ray, no training")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key (dotted path, YAML value); repeatable")
@@ -75,7 +75,7 @@ def _init_ray(cfg: SweepConfig) -> None:
     """Connect to ``ray.address`` (or ``RAY_ADDRESS``, as under ``ray job submit``); with
     neither, start a fresh local Ray sized to the machine (never an unrelated running one).
     Then check that the trials fit the cluster and its storage (``ConfigError`` otherwise)."""
-    from trainables import ray_adapter
+    from .ray_tune import adapter as ray_adapter
 
     from .ray_tune.cluster import connect, validate_cluster
 
@@ -89,7 +89,7 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
     """Parent run -> Tuner (new or restored; ``warm``: earlier sweeps' trials for a new one's
     sampler) -> fit -> Pareto, registry, summary."""
     from .ray_tune.repair import set_aside_torn_snapshots
-    from .ray_tune.tuner import NothingToResumeError, can_restore, check_fresh
+    from .ray_tune.tuner import can_restore, check_fresh
 
     with SweepLock(cfg.experiment_path) as lock:
         if storage.exists(cfg.experiment_path):

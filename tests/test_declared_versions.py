@@ -44,7 +44,7 @@ def test_lowest_pins_are_pyprojects_lower_bounds() -> None:
 
 def test_adapters_tested_ranges_are_the_declared_ones() -> None:
     from orchestrator import mlflow_adapter
-    from trainables import ray_adapter
+    from orchestrator.ray_tune import adapter as ray_adapter
 
     declared = _declared()
     for name, tested in (("ray", ray_adapter.TESTED), ("mlflow", mlflow_adapter.TESTED)):

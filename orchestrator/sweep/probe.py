@@ -2,7 +2,7 @@
 
 ``--dry-run`` and a real sweep run the same :func:`probe_sweep`: the device each trial asks
 for exists (with a local Ray: the machine's GPUs), and for the base trial and each sampled
-combination of the keys that decide the model, :func:`trainables.probe.probe_trial` builds the
+combination of the keys that decide the model, :func:`trainables.run.probe.probe_trial` builds the
 model on the CPU, loads its weights and runs one forward on a batch of the real input shape.
 Errors name ``trial.<key>``, or ``space.<key>`` with the sampled value that causes them
 (:func:`~orchestrator.sweep.trials.check_sampled`).
@@ -14,8 +14,8 @@ import json
 import os
 from typing import TYPE_CHECKING
 
-from trainables.config import TrialConfig
-from trainables.schema import ConfigError
+from trainables.config.sections import TrialConfig
+from trainables.errors import ConfigError
 
 from .load import local_gpu_count
 from .trials import check_sampled
@@ -49,7 +49,7 @@ def _probe_key(trial: TrialConfig) -> str:
 def probe_sweep(cfg: SweepConfig) -> list[str]:
     """Check that every distinct trial of ``cfg`` would start (``ConfigError`` naming the key when
     one would not); returns the lines saying what was taken from weights files."""
-    from trainables.probe import probe_trial  # torch and the model zoo: only when probing
+    from trainables.run.probe import probe_trial  # torch and the model zoo: only when probing
 
     local = _is_local(cfg)
     outcomes: dict[str, list[str] | ConfigError] = {}  # one build per distinct model, data and device

@@ -240,7 +240,7 @@ def test_trial_error_is_not_blamed_on_the_space(models: Path, write_sweep: Any, 
 
 def test_weights_lines_say_what_was_taken(tmp_path: Path) -> None:
     """Each accepted format loads the same tensors as the plain state_dict."""
-    from trainables.weights import read_state_dict
+    from trainables.run.weights import read_state_dict
 
     module = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
     plain = module.state_dict()

@@ -38,9 +38,9 @@ from searchspace import (
     resolve_factory,
 )
 
-from .config import BASELINES, TrialConfig
-from .gates import budget_to_k, min_kept
-from .schema import ConfigError
+from ..config.sections import BASELINES, TrialConfig
+from ..errors import ConfigError
+from ..search.gates import budget_to_k, min_kept
 from .weights import WEIGHTS_KEY as _WEIGHTS
 from .weights import read_state_dict
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from ..config.sections import TrialConfig
+from ..errors import ConfigError
 from .build import build_trial_model, dataset_classes
-from .config import TrialConfig
 from .data import image_side
-from .schema import ConfigError
 from .weights import WEIGHTS_KEY, read_state_dict
 
 __all__ = ["probe_trial"]

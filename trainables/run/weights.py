@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .schema import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["StateDict", "read_state_dict", "WEIGHTS_KEY", "SAVE_HINT"]
 
