@@ -25,6 +25,7 @@ MLflow before 3.9 cannot open a SQL store next to SQLAlchemy 2.1, which pip inst
 
 QUIET_LOGGERS: Mapping[str, tuple[str, int]] = {
     "mlflow.store.db.utils": ("driver", logging.WARNING),  # "Creating initial MLflow database tables..."
+    "alembic.runtime.migration": ("driver", logging.WARNING),  # "Running upgrade ..." per migration (MLflow 3.9)
 }
 """MLflow's loggers of notices that need no action: where they print and the level below which
 a quiet sweep hides them."""
