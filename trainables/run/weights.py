@@ -126,7 +126,7 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> StateDict:
     ``trial.model.weights`` with the fix when the file holds something else."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(WEIGHTS_KEY, f"no such file: {path}")
+        raise ConfigError(WEIGHTS_KEY, f"file not found: {path}")
     if path.stat().st_size == 0:
         raise ConfigError(WEIGHTS_KEY, f"{path} is empty (0 bytes); save the weights with {SAVE_HINT}")
     loaded = _load_safetensors(path) if _is_safetensors(path) else _torch_load(path, mmap)
