@@ -150,16 +150,18 @@ def _weights_error(cfg: TrialConfig, err: ValueError) -> ConfigError:
 
 
 def _load_weights(cfg: TrialConfig, model: nn.Module) -> None:
+    state = _read_weights(cfg)  # a file that is not a state_dict: its own ConfigError
     try:
-        load_original_state_dict(model, _read_weights(cfg))
+        load_original_state_dict(model, state)
     except ValueError as err:
         raise _weights_error(cfg, err) from None
 
 
 def _check_weights(cfg: TrialConfig, model: nn.Module) -> None:
     """Keys and shapes of ``model.weights`` against the original of ``model`` (file not read in full)."""
+    shapes = {k: tuple(v.shape) for k, v in _read_weights(cfg, mmap=True).items()}
     try:
-        check_original_state(model, {k: tuple(v.shape) for k, v in _read_weights(cfg, mmap=True).items()})
+        check_original_state(model, shapes)
     except ValueError as err:
         raise _weights_error(cfg, err) from None
 

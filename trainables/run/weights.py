@@ -29,6 +29,7 @@ SAVE_HINT = "torch.save(model.state_dict(), path)"
 _NESTED = ("state_dict", "model", "model_state_dict")  # where checkpoints keep the model's state_dict
 _PREFIXES = {"module.": "saved from DataParallel/DistributedDataParallel", "_orig_mod.": "saved from torch.compile"}
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_TORCH_MAGIC = (b"PK", b"\x80")  # torch.save's zip archive; its legacy format (a pickle, protocol 2+)
 _GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
@@ -41,9 +42,10 @@ class StateDict:
 
 
 def _first_line(err: BaseException) -> str:
-    """An exception's first non-empty line, terminal colour codes removed (torch's are long and coloured)."""
+    """An exception's first sentence, terminal colour codes removed (torch's are long and coloured)."""
     lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return f"{type(err).__name__}: {first}".rstrip(": ")
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -129,7 +131,15 @@ def read_state_dict(path: str | Path, mmap: bool = False) -> StateDict:
         raise ConfigError(WEIGHTS_KEY, f"file not found: {path}")
     if path.stat().st_size == 0:
         raise ConfigError(WEIGHTS_KEY, f"{path} is empty (0 bytes); save the weights with {SAVE_HINT}")
-    loaded = _load_safetensors(path) if _is_safetensors(path) else _torch_load(path, mmap)
+    if _is_safetensors(path):
+        loaded: Any = _load_safetensors(path)
+    else:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head.startswith(_TORCH_MAGIC):
+            raise ConfigError(WEIGHTS_KEY, f"{path} is not a file torch.save writes (nor safetensors): it starts "
+                                           f"with {head!r}; save the weights with {SAVE_HINT}")
+        loaded = _torch_load(path, mmap)
     state = _strip_prefix(_unwrap(path, loaded))
     if isinstance(loaded, Mapping) and _is_safetensors(path):
         state = StateDict(state.tensors, "read as safetensors" + (f"; {state.taken}" if state.taken else ""))
