@@ -51,10 +51,11 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
-def resume_command(cfg: SweepConfig, overrides: list[str] | tuple[str, ...] = ()) -> str:
-    """The command that continues this sweep (with the ``--set`` overrides it was started with)."""
-    sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
-    return f"python -m orchestrator.run {shlex.quote(cfg.source or 'SWEEP.yaml')}{' ' + sets if sets else ''} --resume"
+def resume_command(source: str | None, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """The command that continues the sweep of file ``source`` (with the ``--set`` overrides it
+    was started with)."""
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return f"python -m orchestrator.run {shlex.quote(source or 'SWEEP.yaml')}{sets} --resume"
 
 
 def dry_run(cfg: SweepConfig, count: int = 3) -> None:
@@ -105,7 +106,7 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
             check_fresh(cfg)
         init_ray(cfg)  # a cluster that cannot hold the trials is refused before the sweep leaves any trace
         lock.acquire()
-        return _run_locked(cfg, resume, restorable, warm, resume_with or resume_command(cfg))
+        return _run_locked(cfg, resume, restorable, warm, resume_with or resume_command(cfg.source))
 
 
 def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, warm: WarmStart | None, resume_with: str) -> int:
@@ -198,7 +199,7 @@ def _main(args: argparse.Namespace) -> int:
         dry_run(cfg)
         return EXIT_OK
     return run_sweep(cfg, resume=args.resume, init_ray=_init_ray, warm=warm,
-                     resume_with=resume_command(cfg, args.set))
+                     resume_with=resume_command(cfg.source, args.set))
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -214,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(PROG, lambda: _main(args))
     except KeyboardInterrupt:
-        what = "" if args.dry_run else f"; what was saved stays, continue with: python -m orchestrator.run " \
-            f"{shlex.quote(args.sweep)}{''.join(f' --set {shlex.quote(o)}' for o in args.set)} --resume"
+        resume = resume_command(args.sweep, args.set)
+        what = "" if args.dry_run else f"; what was saved stays, continue with: {resume}"
         print(f"\n{PROG}: interrupted{what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:

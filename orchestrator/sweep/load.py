@@ -26,7 +26,7 @@ from .schema import SchedulerConfig, SweepConfig
 from .space import SpaceParam, parse_space
 from .trials import validate_trials
 
-__all__ = ["load_sweep", "parse_sweep", "apply_set", "local_gpu_count", "RAY_RESULT_KEYS"]
+__all__ = ["load_sweep", "parse_sweep", "apply_set", "local_gpu_count", "starts_local_ray", "RAY_RESULT_KEYS"]
 
 RAY_RESULT_KEYS: tuple[str, ...] = ("training_iteration", "time_total_s", "time_this_iter_s")
 """Keys Ray Tune adds to every result; valid in ``stop:``."""
@@ -108,7 +108,7 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
         trial=_base_trial(trial, space, cfg))
     cfg = replace(cfg, base=validate_trials(cfg.trial, cfg.sampled).with_threads(cfg.resources.cpus))
     _check_stop(cfg)
-    if cfg.ray.address is None and not (os.environ if env is None else env).get("RAY_ADDRESS"):
+    if starts_local_ray(cfg, env):
         _check_local_resources(cfg)
     else:  # a cluster's nodes are known once connected (ray_tune.cluster); Ray's own rules now
         check_request(cfg.resources)
@@ -203,6 +203,12 @@ def _check_local_resources(cfg: SweepConfig) -> None:
     gpus = cfg.ray.num_gpus if cfg.ray.num_gpus is not None else machine_gpus
     check_fit(cfg.resources, [{"CPU": float(cpus), "GPU": float(gpus)}], "the local Ray",
               "; lower the request or raise ray.num_cpus / ray.num_gpus")
+
+
+def starts_local_ray(cfg: SweepConfig, env: dict[str, str] | None = None) -> bool:
+    """Whether the sweep starts its own Ray on this machine: neither ``ray.address`` nor
+    ``RAY_ADDRESS`` (in ``env``, default the environment) names a cluster."""
+    return cfg.ray.address is None and not (os.environ if env is None else env).get("RAY_ADDRESS")
 
 
 def local_gpu_count() -> int:

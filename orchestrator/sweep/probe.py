@@ -11,24 +11,18 @@ Errors name ``trial.<key>``, or ``space.<key>`` with the sampled value that caus
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING
 
 from trainables.config.sections import TrialConfig
 from trainables.errors import ConfigError
 
-from .load import local_gpu_count
+from .load import local_gpu_count, starts_local_ray
 from .trials import check_sampled
 
 if TYPE_CHECKING:
     from .schema import SweepConfig
 
 __all__ = ["probe_sweep"]
-
-
-def _is_local(cfg: SweepConfig) -> bool:
-    """Whether the sweep starts its own Ray on this machine (its GPUs are the trials')."""
-    return cfg.ray.address is None and not os.environ.get("RAY_ADDRESS")
 
 
 def _check_device(trial: TrialConfig, local: bool) -> None:
@@ -51,7 +45,7 @@ def probe_sweep(cfg: SweepConfig) -> list[str]:
     one would not); returns the lines saying what was taken from weights files."""
     from trainables.run.probe import probe_trial  # torch and the model zoo: only when probing
 
-    local = _is_local(cfg)
+    local = starts_local_ray(cfg)  # this machine's GPUs are the trials'
     outcomes: dict[str, list[str] | ConfigError] = {}  # one build per distinct model, data and device
 
     def check(trial: TrialConfig) -> None:
