@@ -53,7 +53,7 @@ def probe_sweep(cfg: SweepConfig) -> list[str]:
         if key not in outcomes:
             try:
                 _check_device(trial, local)
-                outcomes[key] = probe_trial(trial)
+                outcomes[key] = probe_trial(trial, data_here=local)
             except ConfigError as err:
                 outcomes[key] = err
         outcome = outcomes[key]

@@ -252,3 +252,15 @@ def test_weights_lines_say_what_was_taken(tmp_path: Path) -> None:
     assert all(torch.equal(got.tensors[k], plain[k]) for k in plain)
     torch.save(plain, tmp_path / "plain.pt")
     assert read_state_dict(tmp_path / "plain.pt").taken is None
+
+
+def test_cluster_data_is_not_required_on_the_driver(models: Path, write_sweep: Any, kit: Any,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """With ray.address the trials run on the cluster's nodes, which may hold an image folder the
+    driver does not: the dry run does not refuse it (a local Ray's trials read it here: refused)."""
+    sweep = _set(kit.tiny_sweep(models), "trial.data", {"dataset": "imagefolder", "root": str(models / "images")})
+    sweep["ray"] = {"address": "ray://head.example:10001"}
+    assert main([str(write_sweep(sweep)), "--dry-run"]) == 0, capsys.readouterr().err
+    sweep["ray"] = {"num_cpus": 2}
+    assert main([str(write_sweep(sweep)), "--dry-run"]) == 2
+    assert "trial.data.root" in capsys.readouterr().err

@@ -45,10 +45,12 @@ def _input_error(cfg: TrialConfig, shape: tuple[int, ...], err: Exception) -> Co
                             f"{type(err).__name__}: {reason}")
 
 
-def probe_trial(cfg: TrialConfig) -> list[str]:
+def probe_trial(cfg: TrialConfig, data_here: bool = True) -> list[str]:
     """Build ``cfg``'s model on the CPU and run one forward; ``ConfigError`` naming the key when
-    the trial would fail at its start. Returns lines saying what was taken from ``model.weights``
-    when it was not a plain state_dict."""
+    the trial would fail at its start. ``data_here``: an image folder's classes are read here
+    (false on a cluster, whose workers may hold data the driver does not: without its class
+    folders here the model is then not probed). Returns lines saying what was taken from ``model.weights`` when it was not a
+    plain state_dict."""
     notes = []
     if cfg.model.weights is not None:
         taken = read_state_dict(str(cfg.model.weights), mmap=True).taken
@@ -56,6 +58,8 @@ def probe_trial(cfg: TrialConfig) -> list[str]:
             notes.append(f"{WEIGHTS_KEY}: {taken} from {cfg.model.weights}")
     classes, channels, side = dataset_classes(cfg), cfg.data.in_channels, image_side(cfg.data)
     if classes is None:
+        if not data_here:
+            return notes  # the head, the weights' head and an architecture file all need the class count
         raise ConfigError("trial.data.root", f"{cfg.data.root} holds no train/<class>/ folders of images "
                                              "(an ImageNet-style root: train/<class>/*.jpg and val/<class>/*.jpg)")
     model = build_trial_model(cfg, classes, channels)
