@@ -160,18 +160,11 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, warm: WarmStar
     return EXIT_OK
 
 
-class _TrackingDown(Exception):
-    """MLflow cannot be reached: the sweep fails (exit 1), the config is not at fault."""
-
-
-def _preflight(cfg: SweepConfig, dry: bool) -> WarmStart | None:
-    """After the trials' checks (``probe_sweep``): MLflow reachable and the warm starts resolved
-    (``ConfigError`` naming ``search.warm_start[i]``); prints what each warm start gives."""
-    if not dry or cfg.search.warm_start:
-        problem = check_tracking(cfg.mlflow.tracking_uri)
-        if problem:
-            raise _TrackingDown(problem + "; start it or point mlflow.tracking_uri / MLFLOW_TRACKING_URI elsewhere")
-    if not cfg.search.warm_start:  # read even on --resume: a sweep killed before Ray recorded it starts anew
+def _warm_start(cfg: SweepConfig) -> WarmStart | None:
+    """The warm starts resolved (``ConfigError`` naming ``search.warm_start[i]``, before Ray
+    starts); prints what each gives. Read even on --resume: a sweep killed before Ray recorded
+    it starts anew."""
+    if not cfg.search.warm_start:
         return None
     from .tracking.warm_start import resolve_warm_start
 
@@ -190,11 +183,12 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError("", f"invalid sweep file {args.sweep}: {err}") from None
     for line in notes:
         print(line, flush=True)
-    try:
-        warm = _preflight(cfg, args.dry_run)
-    except _TrackingDown as err:
-        _error(str(err))
-        return EXIT_FAILED
+    if not args.dry_run or cfg.search.warm_start:  # the dry run reads MLflow for warm starts only
+        problem = check_tracking(cfg.mlflow.tracking_uri)
+        if problem:
+            _error(problem + "; start it or point mlflow.tracking_uri / MLFLOW_TRACKING_URI elsewhere")
+            return EXIT_FAILED
+    warm = _warm_start(cfg)
     if args.dry_run:
         dry_run(cfg)
         return EXIT_OK

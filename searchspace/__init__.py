@@ -31,7 +31,6 @@ from .convert import (
 from .models import (
     TORCHVISION_PREFIX,
     BasicBlock,
-    FactoryError,
     ModelSpec,
     RepVGG,
     ResNet,
@@ -44,7 +43,7 @@ from .models import (
     resolve_factory,
     torchvision_model_names,
 )
-from .errors import NothingToConvertError, RepnasError
+from .errors import FactoryError, NothingToConvertError, RepnasError
 from .odbb import ODBB, check_branches
 from .online import (
     REPARAM_FORMS,

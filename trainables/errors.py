@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from searchspace.errors import NothingToConvertError, RepnasError
+from searchspace.errors import FactoryError, NothingToConvertError, RepnasError
 
-__all__ = ["RepnasError", "UserError", "ConfigError", "CheckpointError", "NothingToConvertError",
+__all__ = ["RepnasError", "UserError", "ConfigError", "CheckpointError", "NothingToConvertError", "FactoryError",
            "FusionMismatchError", "NonFiniteLossError", "RankDivergenceError", "SweepLockedError",
            "SweepExistsError", "NothingToResumeError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED",
            "run_command"]
@@ -37,6 +37,10 @@ class ConfigError(UserError, ValueError):
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+        """Pickle by (path, message): Ray ships a trial's exception to the driver this way."""
+        return type(self), (self.path, self.message)
 
 
 class CheckpointError(UserError):

@@ -22,16 +22,12 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["TORCHVISION_PREFIX", "FactoryError", "is_external", "torchvision_model_names", "resolve_factory",
-           "build_original"]
+from ..errors import FactoryError
+
+__all__ = ["TORCHVISION_PREFIX", "is_external", "torchvision_model_names", "resolve_factory", "build_original"]
 
 TORCHVISION_PREFIX = "torchvision."
 _REFUSED_OPTIONS = ("weights", "progress", "pretrained")
-
-
-class FactoryError(ValueError):
-    """A user's factory failed while building (it raised, or returned no ``nn.Module``): the
-    factory is to blame, not the options it was given (those are checked against its signature first)."""
 
 
 def is_external(name: str) -> bool:
