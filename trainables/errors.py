@@ -76,6 +76,10 @@ class NonFiniteLossError(RepnasError, ArithmeticError):
         super().__init__(f"{what} became {value} at {where}; the trial diverged (lower optim.lr or "
                          "optim.weight_decay, or set optim.grad_clip); retrying would fail the same way")
 
+    def __reduce__(self) -> tuple[type[NonFiniteLossError], tuple[float, int, int | None, str]]:
+        """Pickle by the constructor's arguments: Ray ships a trial's exception to the driver this way."""
+        return type(self), (self.value, self.epoch, self.step, self.what)
+
 
 def run_command(prog: str, body: Callable[[], int]) -> int:
     """Run a command's ``body`` and return its exit code; a :class:`UserError` is printed as
