@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import yaml
+from trainables.data_facts import data_facts
 from trainables.errors import EXIT_FAILED, EXIT_OK, run_command
 from trainables.schema import ConfigError
 
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description="Run a RepNAS sweep on Ray Tune.")
     parser.add_argument("sweep", help="sweep YAML file (see docs/sweep-config.md)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
-    parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved sweep and sample trials; no Ray")
+    parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved sweep, sample trials and the data facts; no Ray")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key (dotted path, YAML value); repeatable")
     parser.add_argument("--verbose", action="store_true",
@@ -54,6 +55,9 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)):
         cfg.trial_config(override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
+    print()
+    for line in data_facts(cfg.trial_config({})).lines():
+        print(line)
 
 
 def _init_ray(cfg: SweepConfig) -> None:
@@ -146,6 +150,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(cfg)
         return EXIT_OK
+    for line in data_facts(cfg.trial_config({}), stats=False).notices:  # an unreadable folder: exit 2 here
+        print(line, flush=True)
     problem = check_tracking(cfg.mlflow.tracking_uri)
     if problem:
         _error(problem + "; start it or point mlflow.tracking_uri / MLFLOW_TRACKING_URI elsewhere")
