@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from _image_tree import digits_png_tree
 
-from trainables import ConfigError
-from trainables.data import build_data
-from trainables.data_facts import data_facts
+from trainables.errors import ConfigError
+from trainables.run.data import build_data
+from trainables.run.data_facts import data_facts
 
 
 def _folder(tiny, root: Path, **dotted):

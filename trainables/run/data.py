@@ -1,7 +1,7 @@
 """Datasets through torchvision: build, split (train/val never overlap), load reproducibly.
 
 The validation set is carved out of the training split by a seeded permutation (an image
-folder's own ``val/`` is used instead when there is one, ``trainables.imagefolder``); the
+folder's own ``val/`` is used instead when there is one, ``trainables.run.imagefolder``); the
 dataset's own test split (when it has one) is kept apart for the final ``test_acc``.
 Nothing downloads unless ``data.download`` is true; missing files raise a ``ConfigError``
 on ``trial.data.root`` that names the path and the fix.
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .config import DataConfig
-from .schema import ConfigError
+from ..config.sections import DataConfig
+from ..errors import ConfigError
 
 if TYPE_CHECKING:  # torchvision is imported where a dataset needs it (~1.3 s; digits does not)
     from torchvision import datasets
@@ -199,7 +199,7 @@ def split_indices(cfg: DataConfig, n: int, seed: int, carve: bool = True) -> tup
 
 
 def _folder_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """An image folder's splits (``trainables.imagefolder``): its own ``val/`` and ``test/`` when
+    """An image folder's splits (``trainables.run.imagefolder``): its own ``val/`` and ``test/`` when
     present, else validation carved from ``train/``."""
     from .imagefolder import ImageFiles, folder_stats, folder_transform, scan_folders
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import TrialConfig
+from ..config.sections import TrialConfig
 from .data import NATIVE_SIZE, STATS, split_indices
 
 __all__ = ["DataFacts", "data_facts"]

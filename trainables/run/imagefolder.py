@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .config import DataConfig
-from .schema import ConfigError
+from ..config.sections import DataConfig
+from ..errors import ConfigError
 
 __all__ = ["FolderScan", "ImageFiles", "scan_folders", "folder_stats", "folder_transform", "IMAGENET_STATS",
            "STATS_SAMPLE"]
