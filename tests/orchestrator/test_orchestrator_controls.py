@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,12 @@ def test_grayscale_folder_sweep_with_a_control(kit, tmp_path: Path, write_sweep)
     assert any(k.startswith("control.dbb.val_acc_gain") for k in parent.data.metrics)
     for summary in (tmp_path / "ray_results" / "folders").rglob("summary.json"):
         assert json.loads(summary.read_text())["input_shape"] == [1, 8, 8]
+    sweep_file = tmp_path / "sweep.yaml"
+    report = subprocess.run([sys.executable, "-m", "orchestrator.report", str(sweep_file), "--out", str(tmp_path / "report")],
+                            cwd=tmp_path, env=kit.cli_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Against the control" in text and "- dbb: test_acc" in text
     state = torch.load(next((tmp_path / "ray_results" / "folders").rglob("fused_state_dict.pt")), weights_only=True)
     first_conv = next(v for k, v in state.items() if v.ndim == 4)
     assert first_conv.shape[1] == 1  # one input channel reached the model
