@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -55,8 +56,20 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
         cfg.trial_config(override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
     print()
-    for line in data_facts(cfg.trial_config({})).lines():
+    for line in _data_lines(cfg, dry_run=True):
         print(line)
+
+
+def _data_lines(cfg: SweepConfig, dry_run: bool) -> list[str]:
+    """The base trial's data facts (dry run) or notices (a run); an image folder that exists here
+    is checked (``ConfigError``: exit 2 naming the path); one that does not (a cluster's shared
+    folder, seen from a laptop) is left to the trials, which read it where they run."""
+    trial = cfg.trial_config({})
+    root = Path(trial.data.root or "").expanduser()
+    if trial.data.dataset == "imagefolder" and not (root / "train").is_dir():
+        return [f"note: {root / 'train'} is not on this machine: each trial reads (and checks) the folders where it runs"]
+    facts = data_facts(trial, stats=dry_run)
+    return facts.lines() if dry_run else facts.notices
 
 
 def _init_ray(cfg: SweepConfig) -> None:
@@ -149,7 +162,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(cfg)
         return EXIT_OK
-    for line in data_facts(cfg.trial_config({}), stats=False).notices:  # an unreadable folder: exit 2 here
+    for line in _data_lines(cfg, dry_run=False):  # an empty or unreadable class folder: exit 2 here
         print(line, flush=True)
     problem = check_tracking(cfg.mlflow.tracking_uri)
     if problem:
