@@ -56,8 +56,8 @@ class ControlReport:
 
     def lines(self) -> list[str]:
         """The comparison as console / report lines."""
-        out = [f"against the control ({self.control}, same schedule, learning rate and seed): "
-               "mean ± std over seeds, Welch p"]
+        out = [(f"against the control ({self.control}, same schedule, learning rate and seed): "
+                "mean ± std over seeds, Welch p")]
         for name, values in self.weights.items():
             std = f" ± {_std(values):.4f}" if len(values) > 1 else ""
             out.append(f"  the starting weights before training: {name.removeprefix('weights_')} "

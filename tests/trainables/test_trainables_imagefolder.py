@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from _image_tree import digits_png_tree
+from PIL import Image
 
 from trainables.errors import ConfigError
 from trainables.run.data import build_data
@@ -103,7 +103,7 @@ def test_empty_unreadable_and_unknown_class_folders_name_the_path(tmp_path: Path
     with pytest.raises(ConfigError, match=f"class folder {tmp_path / 'train' / 'empty'} holds no image files"):
         data_facts(cfg)
     (tmp_path / "train" / "empty").rmdir()
-    broken = sorted((tmp_path / "val").iterdir())[0] / "000.png"  # sorts first: the file the scan opens
+    broken = min((tmp_path / "val").iterdir()) / "000.png"  # sorts first: the file the scan opens
     broken.write_bytes(b"not a png")
     with pytest.raises(ConfigError, match=f"cannot read image {broken}"):
         build_data(cfg.data, seed=0)

@@ -47,9 +47,9 @@ class DataFacts:
 def _weights_notice(cfg: TrialConfig, fix: str) -> list[str]:
     if cfg.model.weights is None:
         return []
-    return [f"warning: model.weights ({cfg.model.weights}) is set and validation is carved from the training "
-            f"images: the weights may have been trained on those validation images, which inflates val_acc and "
-            f"every choice made on it. Fix: {fix}"]
+    return [(f"warning: model.weights ({cfg.model.weights}) is set and validation is carved from the training "
+             f"images: the weights may have been trained on those validation images, which inflates val_acc and "
+             f"every choice made on it. Fix: {fix}")]
 
 
 def _builtin(cfg: TrialConfig) -> DataFacts:
@@ -68,7 +68,7 @@ def _builtin(cfg: TrialConfig) -> DataFacts:
         cfg, "set data.split_seed to the seed of the split the weights were trained on")
     return DataFacts(data.dataset, _CLASSES[data.dataset], images, (side, side),
                      "data.image_size" if data.image_size else "native", data.in_channels,
-                     "native" if data.in_channels == native else f"the gray channel repeated (data.channels)",
+                     "native" if data.in_channels == native else "the gray channel repeated (data.channels)",
                      f"mean {list(mean)}, std {list(std)} (the dataset's published statistics)", notices)
 
 

@@ -53,8 +53,11 @@ def _open(path: str, channels: int):  # -> PIL.Image.Image
         with Image.open(path) as image:
             return image.convert("L" if channels == 1 else "RGB")
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ConfigError(_ROOT_PATH, f"cannot read image {path} ({err}); remove it or replace it with "
-                                      f"a file Pillow opens") from None
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: str, err: Exception) -> ConfigError:
+    return ConfigError(_ROOT_PATH, f"cannot read image {path} ({err}); remove it or replace it with a file Pillow opens")
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,7 @@ def _header(path: str) -> tuple[tuple[int, int], str]:
         with Image.open(path) as image:
             return (image.height, image.width), image.mode
     except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ConfigError(_ROOT_PATH, f"cannot read image {path} ({err}); remove it or replace it with "
-                                      f"a file Pillow opens") from None
+        raise _unreadable(path, err) from None
 
 
 def scan_folders(root: str | Path) -> FolderScan:
