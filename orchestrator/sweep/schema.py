@@ -84,7 +84,7 @@ class SweepSearchConfig:
     control: Literal["plain"] | None = None
     """Pair every trial with a control trained ``plain`` at the same settings (learning rate,
     seed, every other sampled key, the same schedule): the space's method dimension gets this
-    method (``sweep.control``), the control trials stay off the Pareto front, and each trial
+    method (``orchestrator.sweep.control``), the control trials stay off the Pareto front, and each trial
     reports ``gain_val_acc``/``gain_test_acc`` over its control (``results.controls``)."""
 
     def validate(self, path: str) -> None:
