@@ -135,6 +135,7 @@ class TrialRecord:
     error: str | None = None
     repeat_of: str | None = None  # not trained: the earlier trial (``sweep/trial`` for another sweep's) whose result it has
     pareto: bool = False
+    control: bool = False  # a control trial (``search.control``): never on the Pareto front
 
     @property
     def finished(self) -> bool:
