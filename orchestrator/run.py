@@ -13,10 +13,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 from trainables.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, NothingToResumeError, run_command
+from trainables.run.data_facts import data_facts
 
 from . import console
 from .redact import error_line, redact
@@ -39,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     parser.add_argument("--dry-run", action="store_true",
                         help="check what every trial's start checks (model built and run on one batch, weights, "
-                             "device, warm starts), print the resolved sweep; no Ray, no training")
+                             "device, warm starts), print the resolved sweep, sample trials and the data facts; "
+                             "no Ray, no training")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key (dotted path, YAML value); repeatable")
     parser.add_argument("--verbose", action="store_true",
@@ -68,8 +71,23 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)):
         cfg.trial_config(override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
+    print()
+    for line in _data_lines(cfg, dry_run=True):
+        print(line)
     print("\n# dry run: every trial's model built and run on one batch, weights read, warm starts resolved; "
           "nothing trained, Ray not started")
+
+
+def _data_lines(cfg: SweepConfig, dry_run: bool) -> list[str]:
+    """The base trial's data facts (dry run) or notices (a run); an image folder that exists here
+    is checked (``ConfigError``: exit 2 naming the path); one that does not (a cluster's shared
+    folder, seen from a laptop) is left to the trials, which read it where they run."""
+    trial = cfg.trial_config({})
+    root = Path(trial.data.root or "").expanduser()
+    if trial.data.dataset == "imagefolder" and not (root / "train").is_dir():
+        return [f"note: {root / 'train'} is not on this machine: each trial reads (and checks) the folders where it runs"]
+    facts = data_facts(trial, stats=dry_run)
+    return facts.lines() if dry_run else facts.notices
 
 
 def _init_ray(cfg: SweepConfig) -> None:
@@ -183,6 +201,9 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigError("", f"invalid sweep file {args.sweep}: {err}") from None
     for line in notes:
         print(line, flush=True)
+    if not args.dry_run:
+        for line in _data_lines(cfg, dry_run=False):  # an empty or unreadable class folder: exit 2 here
+            print(line, flush=True)
     if not args.dry_run or cfg.search.warm_start:  # the dry run reads MLflow for warm starts only
         problem = check_tracking(cfg.mlflow.tracking_uri)
         if problem:

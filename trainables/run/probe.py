@@ -15,7 +15,7 @@ import torch
 from ..config.sections import TrialConfig
 from ..errors import ConfigError
 from .build import build_trial_model, dataset_classes
-from .data import image_side
+from .data import NATIVE_SIZE
 from .weights import WEIGHTS_KEY, read_state_dict
 
 __all__ = ["probe_trial"]
@@ -56,13 +56,16 @@ def probe_trial(cfg: TrialConfig, data_here: bool = True) -> list[str]:
         taken = read_state_dict(str(cfg.model.weights), mmap=True).taken
         if taken:
             notes.append(f"{WEIGHTS_KEY}: {taken} from {cfg.model.weights}")
-    classes, channels, side = dataset_classes(cfg), cfg.data.in_channels, image_side(cfg.data)
+    classes, channels = dataset_classes(cfg), cfg.data.in_channels
+    side = cfg.data.image_size or NATIVE_SIZE.get(cfg.data.dataset)  # an image folder's: its first image's
     if classes is None:
         if not data_here:
             return notes  # the head, the weights' head and an architecture file all need the class count
         raise ConfigError("trial.data.root", f"{cfg.data.root} holds no train/<class>/ folders of images "
                                              "(an ImageNet-style root: train/<class>/*.jpg and val/<class>/*.jpg)")
     model = build_trial_model(cfg, classes, channels)
+    if side is None:
+        return notes  # an image folder without data.image_size: its size is its first image's, read by the trial
     shape = (_BATCH, channels, side, side)
     model.eval()
     try:
