@@ -1,4 +1,4 @@
-"""CLI: ``python -m orchestrator.run SWEEP.yaml [--resume] [--dry-run] [--verbose] [--set KEY=VALUE ...]``.
+"""CLI: ``python -m orchestrator.run SWEEP.yaml [--resume | --auto-resume] [--dry-run] [--verbose] [--set KEY=VALUE ...]``.
 
 Exit codes (``trainables.errors``): 0 success, 2 configuration / usage error (reported
 before Ray starts), 1 the sweep failed (a trial errored, MLflow unreachable, interrupted).
@@ -32,7 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(prog=PROG, description="Run a RepNAS sweep on Ray Tune.")
     parser.add_argument("sweep", help="sweep YAML file (see docs/sweep-config.md)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    again.add_argument("--auto-resume", action="store_true",
+                       help="continue the sweep if its folder exists in storage_path, else start it: for "
+                            "schedulers that rerun the same command (Slurm requeue, a RayJob's retry)")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved sweep and sample trials; no Ray")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key (dotted path, YAML value); repeatable")
@@ -157,7 +161,8 @@ def _main(args: argparse.Namespace) -> int:
         warm = resolve_warm_start(cfg)
         for line in warm.lines():
             print(line, flush=True)
-    return run_sweep(cfg, resume=args.resume, init_ray=_init_ray, warm=warm)
+    resume = args.resume or (args.auto_resume and storage.exists(cfg.experiment_path))
+    return run_sweep(cfg, resume=resume, init_ray=_init_ray, warm=warm)
 
 
 def main(argv: list[str] | None = None) -> int:
