@@ -1,0 +1,122 @@
+"""Sweeps on object storage, against a real S3 server on 127.0.0.1 (moto's server mode) through
+pyarrow's S3 file system, the one Ray Tune writes through: the driver's lease (one driver per
+sweep), and (slow) a sweep with a kill -9 of its driver and ``--auto-resume``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs as pafs
+import pytest
+from _servers import S3Server
+
+from orchestrator.sweep import SweepLock, SweepLockedError
+from orchestrator.sweep.lease import ObjectLease
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """The server, with its endpoint and credentials in this process's environment."""
+    server = S3Server()
+    server.start()
+    before = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+def _lease_object(uri: str) -> dict[str, Any] | None:
+    return ObjectLease(uri).holder()
+
+
+def test_a_second_driver_is_refused_until_the_first_releases(s3: S3Server) -> None:
+    sweep = f"s3://{s3.bucket}/refuse/sweep"
+    first = SweepLock(sweep)
+    first.acquire()
+    holder = _lease_object(f"{sweep}/repnas_sweep.lease")
+    assert holder is not None and holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    with pytest.raises(SweepLockedError, match=f"pid {os.getpid()} on host {socket.gethostname()}; its lease was renewed"):
+        SweepLock(sweep).acquire()
+    first.release()
+    assert _lease_object(f"{sweep}/repnas_sweep.lease") is None  # deleted on release
+    with SweepLock(sweep) as again:
+        again.acquire()
+    assert _lease_object(f"{sweep}/repnas_sweep.lease") is None
+
+
+def test_the_lease_is_renewed_while_the_driver_runs(s3: S3Server) -> None:
+    uri = f"s3://{s3.bucket}/renew/repnas_sweep.lease"
+    lease = ObjectLease(uri, ttl_s=2.0, settle_s=0.1)
+    lease.acquire(lambda holder, age: AssertionError("refused"))
+    try:
+        first = _lease_object(uri)
+        threading.Event().wait(1.5)  # three renewal intervals
+        assert _lease_object(uri)["renewed"] > first["renewed"]  # type: ignore[index]
+        with pytest.raises(SweepLockedError):  # still refused after the ttl: it is renewed
+            SweepLock(uri.rsplit("/", 1)[0], lease_ttl_s=2.0).acquire()
+    finally:
+        lease.release()
+
+
+def _plant(uri: str, **holder: Any) -> None:
+    """A lease written by some other driver (that then stopped renewing it)."""
+    fs, path = pafs.FileSystem.from_uri(uri)
+    import json
+
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps({"token": "other", "renewed": 0.0, **holder}).encode())
+
+
+def test_a_lease_left_by_a_dead_driver_of_this_host_is_taken_at_once(s3: S3Server) -> None:
+    sweep = f"s3://{s3.bucket}/dead-here/sweep"
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    _plant(f"{sweep}/repnas_sweep.lease", pid=dead, host=socket.gethostname())
+    with SweepLock(sweep) as lock:  # a fresh lease, but its pid is gone
+        lock.acquire()
+        assert _lease_object(f"{sweep}/repnas_sweep.lease")["pid"] == os.getpid()  # type: ignore[index]
+
+
+def test_a_lease_of_another_host_expires_after_its_ttl(s3: S3Server) -> None:
+    sweep = f"s3://{s3.bucket}/other-host/sweep"
+    _plant(f"{sweep}/repnas_sweep.lease", pid=1, host="gpu-node-7")
+    with pytest.raises(SweepLockedError, match="pid 1 on host gpu-node-7"):  # fresh: a live driver
+        SweepLock(sweep, lease_ttl_s=60.0).acquire()
+    lock = SweepLock(sweep, lease_ttl_s=3.0)  # older than two renewals: waits for it to expire, then takes it
+    threading.Event().wait(1.6)
+    lock.acquire()
+    assert _lease_object(f"{sweep}/repnas_sweep.lease")["pid"] == os.getpid()  # type: ignore[index]
+    lock.release()
+
+
+def test_of_two_drivers_starting_together_exactly_one_runs(s3: S3Server) -> None:
+    sweep = f"s3://{s3.bucket}/race/sweep"
+    outcomes: list[str] = []
+    locks = [SweepLock(sweep) for _ in range(4)]
+
+    def start(lock: SweepLock) -> None:
+        try:
+            lock.acquire()
+            outcomes.append("runs")
+        except SweepLockedError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=start, args=(lock,)) for lock in locks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for lock in locks:
+        lock.release()
+    assert sorted(outcomes) == ["refused", "refused", "refused", "runs"]
