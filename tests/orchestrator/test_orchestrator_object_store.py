@@ -1,13 +1,12 @@
-"""Sweeps on object storage, against a real S3 server on 127.0.0.1 (moto's server mode) through
-pyarrow's S3 file system, the one Ray Tune writes through: the driver's lease (one driver per
-sweep), and (slow) a sweep with a kill -9 of its driver and ``--auto-resume``."""
+"""One driver per sweep on object storage: the lease, against a real S3 server on 127.0.0.1
+(moto's server mode, the ``s3`` fixture) through pyarrow's S3 file system, the one Ray Tune
+writes through. A whole sweep there: tests/reliability/test_reliability_object_store.py."""
 
 from __future__ import annotations
 
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -16,22 +15,6 @@ from _servers import S3Server
 
 from orchestrator.sweep import SweepLock, SweepLockedError
 from orchestrator.sweep.lease import ObjectLease
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    """The server, with its endpoint and credentials in this process's environment."""
-    server = S3Server()
-    server.start()
-    before = {k: os.environ.get(k) for k in server.env}
-    os.environ.update(server.env)
-    yield server
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop()
 
 
 def _lease_object(uri: str) -> dict[str, Any] | None:
