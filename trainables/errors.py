@@ -12,10 +12,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-__all__ = ["RepnasError", "UserError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "run_command"]
+__all__ = ["RepnasError", "UserError", "TrialPreempted", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_PREEMPTED",
+           "run_command"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 """Exit codes of every command: success; the work failed; bad input or usage (nothing started)."""
+EXIT_PREEMPTED = 128 + 15
+"""Stopped by SIGTERM after checkpointing (what a shell reports for SIGTERM): ``--resume`` continues."""
 
 
 class RepnasError(Exception):
@@ -26,6 +29,10 @@ class UserError(RepnasError):
     """A problem the user fixes (config, file, flag, name): one paragraph, exit code 2."""
 
 
+class TrialPreempted(RepnasError):
+    """A trial stopped on a preemption notice (SIGTERM) after writing its checkpoint."""
+
+
 def run_command(prog: str, body: Callable[[], int]) -> int:
     """Run a command's ``body`` and return its exit code; a :class:`UserError` is printed as
     ``<prog>: error: <message>`` on stderr and becomes :data:`EXIT_USAGE`."""
@@ -34,3 +41,6 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except TrialPreempted as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED

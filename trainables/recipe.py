@@ -78,8 +78,9 @@ def inert_keys(search: SearchConfig) -> frozenset[str]:
 def deciding_items(trial: TrialConfig) -> dict[str, Any]:
     """The trial's dotted keys and values without its :func:`inert_keys`: two trials with equal
     items train the same network (a sweep's repeat check compares these)."""
-    inert = inert_keys(trial.search)
-    return {k: v for k, v in flatten_overrides(trial.to_dict()).items() if k not in inert}
+    inert = inert_keys(trial.search)  # and when checkpoints are written (they change no result)
+    return {k: v for k, v in flatten_overrides(trial.to_dict()).items()
+            if k not in inert and not k.startswith("checkpoint.")}
 
 
 def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

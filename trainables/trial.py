@@ -28,12 +28,14 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrialConfig
 from .data import LoaderSettings, build_data, make_loader
 from .engine import SearchEngine, derive_seed
+from .errors import TrialPreempted
 from .export import export_model
 from .failures import check_finite
 from .hooks import TrialHook
 from .memory import PeakMemory
 from .metrics import EPOCH_METRICS
 from .placement import Placement, trial_cpus
+from .preemption import PreemptionNotice
 from .schema import ConfigError
 
 __all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
@@ -112,6 +114,7 @@ def run_trial(
     placement: Placement | None = None,
     durable_checkpoints: bool = True,
     gpus_held: float | None = None,
+    notice: PreemptionNotice | None = None,
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
 
@@ -121,6 +124,9 @@ def run_trial(
     run's storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
     ``gpus_held``: the GPUs the whole trial holds (``gpu_seconds`` = ``train_seconds`` times it;
     0.25 for a quarter of a GPU); None: one on a CUDA device, none on the CPU.
+    ``notice``: mid-epoch checkpoints into ``workdir/checkpoint`` (single process only): on
+    SIGTERM at once, then ``TrialPreempted`` is raised; and every ``checkpoint.every_steps`` /
+    ``every_seconds``. Without it (Ray Tune, whose checkpoints are the reported ones), epoch ends only.
 
     Raises ``ConfigError`` for user errors (bad data path, budget above the candidate
     count, ...), ``CheckpointError`` for an unreadable ``resume_from``.
@@ -159,9 +165,21 @@ def run_trial(
             if (Path(resume_from) / EXPORT_DIR).is_dir() and Path(resume_from).resolve() != ckpt_dir.resolve():
                 shutil.rmtree(export_dir, ignore_errors=True)
                 shutil.copytree(Path(resume_from) / EXPORT_DIR, export_dir)
+        def checkpoint(extra: dict[str, Path]) -> None:
+            tensors, engine_meta = engine.state_dict()
+            meta = {"engine": engine_meta, "history": history, "config": config.to_dict(),
+                    "hooks": [hook.state_dict() for hook in hooks], "trial_name": trial_name}
+            if place.is_main:
+                save_checkpoint(ckpt_dir, tensors, meta, extra, durable=durable_checkpoints)
+
+        mid_epoch = _MidEpoch(config, notice, checkpoint) if notice is not None and engine.sync.world_size == 1 else None
         while engine.epoch < config.search.epochs:
             tick = time.perf_counter()
-            train = engine.train_epoch(train_loader)
+            train = engine.train_epoch(train_loader, mid_epoch.after_step if mid_epoch else None)
+            if train is None:
+                raise TrialPreempted(f"preempted (SIGTERM) in epoch {engine.epoch + 1} after step "
+                                     f"{engine.progress.steps if engine.progress else 0}: checkpoint written to "
+                                     f"{ckpt_dir}; continue with --resume")
             val_loss, val_acc = engine.evaluate(val_loader)
             check_finite(val_loss, engine.epoch, what="validation loss")
             mask = engine.eval_mask()
@@ -192,13 +210,14 @@ def run_trial(
                 for hook in hooks:
                     hook.on_end(metrics, export_dir)
                 extra = {EXPORT_DIR: export_dir}
-            tensors, engine_meta = engine.state_dict()
-            meta = {"engine": engine_meta, "history": history, "config": config.to_dict(),
-                    "hooks": [hook.state_dict() for hook in hooks], "trial_name": trial_name}
-            if place.is_main:
-                save_checkpoint(ckpt_dir, tensors, meta, extra, durable=durable_checkpoints)
+            checkpoint(extra)
             if report is not None:
                 report(metrics, ckpt_dir)
+            if mid_epoch is not None:
+                mid_epoch.saved()
+                if notice is not None and notice.requested and not last:  # the notice came outside a step
+                    raise TrialPreempted(f"preempted (SIGTERM) after epoch {engine.epoch}: checkpoint written to "
+                                         f"{ckpt_dir}; continue with --resume")
     except BaseException as err:
         for hook in hooks:
             hook.on_error(err)
@@ -206,6 +225,30 @@ def run_trial(
     summary_path = export_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return TrialResult(history[-1] if history else {}, history, export_dir, ckpt_dir, summary)
+
+
+class _MidEpoch:
+    """When to write a checkpoint inside an epoch: on a preemption notice (then stop) or on the
+    ``checkpoint.every_steps`` / ``every_seconds`` interval since the last one."""
+
+    def __init__(self, config: TrialConfig, notice: PreemptionNotice, write: Callable[[dict[str, Path]], None]) -> None:
+        self.every_steps, self.every_seconds = config.checkpoint.every_steps, config.checkpoint.every_seconds
+        self.notice, self.write = notice, write
+        self.saved()
+
+    def saved(self) -> None:
+        """A checkpoint was just written: the intervals start again."""
+        self.steps, self.since = 0, time.monotonic()
+
+    def after_step(self) -> bool:
+        """Called by the engine after every step; True stops the epoch (preempted)."""
+        self.steps += 1
+        due = (self.every_steps is not None and self.steps >= self.every_steps) or (
+            self.every_seconds is not None and time.monotonic() - self.since >= self.every_seconds)
+        if self.notice.requested or due:
+            self.write({})
+            self.saved()
+        return self.notice.requested
 
 
 def _summary(config: TrialConfig, trial_name: str, history: list[dict[str, float]], device: torch.device,
