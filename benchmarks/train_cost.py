@@ -205,9 +205,9 @@ def _worker(model_key: str, config_key: str, reparam: str, size: int, args: argp
     from torch._dynamo.utils import counters
     from torch.utils.data import DataLoader, TensorDataset
 
-    from trainables.build import build_trial_model
-    from trainables.config import TrialConfig
-    from trainables.engine import SearchEngine
+    from trainables.run.build import build_trial_model
+    from trainables.config.sections import TrialConfig
+    from trainables.search.engine import SearchEngine
 
     device = torch.device(args.device)
     warmup, batch_size, steps = 3, args.batch_size, args.steps

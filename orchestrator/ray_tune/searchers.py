@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainables.repeat import Repeat
+from trainables.config.repeat import Repeat
 
 from ..sweep import SearcherConfig
 

@@ -6,19 +6,19 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from trainables import ray_adapter
-from trainables.errors import UserError
+from . import adapter as ray_adapter
+from trainables.errors import NothingToResumeError, SweepExistsError
 
 from ..sweep import SweepConfig, param_space, storage
 from .searchers import WarmTrial, make_searcher
 
 if TYPE_CHECKING:
     from ray import tune
-    from trainables.hooks import TrialHook
+    from trainables.run.hooks import TrialHook
 
     from .progress import SweepReporter, TrialLines
 
-__all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "can_restore", "build_tuner",
+__all__ = ["check_fresh", "can_restore", "build_tuner",
            "restore_tuner", "make_scheduler"]
 
 RUNG_TIME = "epochs_trained"
@@ -27,14 +27,6 @@ so a retrain is compared at equal epochs, not at its dip; benchmarks/README.md).
 # Columns of Ray's progress table (``--verbose``).
 PROGRESS_METRICS: tuple[str, ...] = ("epoch", "train_loss", "val_acc", "branches_kept",
                                      "fused_val_acc", "latency_fused_ms")
-
-
-class SweepExistsError(UserError):
-    """The sweep name is taken in this storage path and ``--resume`` was not given."""
-
-
-class NothingToResumeError(UserError):
-    """``--resume`` was given but there is no Tune experiment to restore."""
 
 
 def check_fresh(cfg: SweepConfig) -> None:
@@ -66,7 +58,7 @@ def _trainable(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> Any:
     import trainables
     from ray import tune
 
-    from trainables.distributed import WorkerResources
+    from trainables.ray_tune.distributed import WorkerResources
 
     from .cluster import ddp_trial_resources
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from trainables.schema import flatten_overrides
+from trainables.config.schema import flatten_overrides
 
 from ..mlflow_adapter import tracking_uri_for_block
 from ..records import RunLink, TrialStatus

@@ -13,8 +13,8 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.ray_tune.repeats import RepeatSkipper, config_key
-from trainables.metrics import FINAL_METRICS
-from trainables.repeat import REPEAT_KEY, Repeat
+from trainables.config.metrics import FINAL_METRICS
+from trainables.config.repeat import REPEAT_KEY, Repeat
 
 SPACE = {"search.budget": tune.choice([0.5]), "optim.lr": tune.choice([0.1])}  # one configuration only
 
@@ -94,7 +94,7 @@ def test_the_state_tune_saves_restores_the_repeats() -> None:
 
 def test_proposals_that_differ_only_in_inert_keys_are_repeats(kit: Any) -> None:
     """Compared as the trials they describe over the sweep's ``trial:``: ``random_sampling``
-    cannot matter without a random phase (``trainables.recipe.inert_keys``), so a proposal that
+    cannot matter without a random phase (``trainables.config.identity.inert_keys``), so a proposal that
     differs from a finished trial only there is its repeat; with a random phase it trains."""
     earlier = Repeat("repnas_trial_u", {"val_acc": 0.93})
     for random_epochs, repeated in ((0, True), (1, False)):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.build import build_trial_model
-from trainables.config import BASELINES, TrialConfig
-from trainables.data import build_data, make_loader
-from trainables.engine import SearchEngine
-from trainables.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from trainables.run.build import build_trial_model
+from trainables.config.sections import BASELINES, TrialConfig
+from trainables.run.data import build_data, make_loader
+from trainables.search.engine import SearchEngine
+from trainables.config.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 
 
 def _engine(cfg: TrialConfig) -> tuple[SearchEngine, torch.utils.data.DataLoader]:

@@ -15,10 +15,11 @@ from _metrics import computed
 import torch
 
 from trainables import RECIPE_PRESETS, ConfigError, SearchConfig, TrialConfig, apply_overrides, load_checkpoint, run_trial
-from trainables.build import build_trial_model
-from trainables.data import build_data, make_loader
-from trainables.engine import _STREAM_REBUILD, SearchEngine, derive_seed
-from trainables.gates import (
+from trainables.run.build import build_trial_model
+from trainables.run.data import build_data, make_loader
+from trainables.config.seeds import Stream, derive_seed
+from trainables.search.engine import SearchEngine
+from trainables.search.gates import (
     LOGISTIC_STD,
     auto_arch_lr,
     cosine,
@@ -30,8 +31,8 @@ from trainables.gates import (
     noise_temperature,
     topk_mask,
 )
-from trainables.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
-from trainables.trial import _check_resumable
+from trainables.config.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from trainables.run.trial import _check_resumable
 
 
 
@@ -332,7 +333,7 @@ def test_two_stage_reinitialises_with_the_searched_mask(tiny) -> None:
     engine.fix(loader=loader)
     assert torch.equal(engine.fixed_mask, searched) and torch.equal(_active(engine), searched)
     assert not engine.optimizer.state  # SGD restarts from zero momentum
-    torch.manual_seed(derive_seed(cfg.seed, _STREAM_REBUILD))
+    torch.manual_seed(derive_seed(cfg.seed, Stream.REBUILD))
     fresh = build_trial_model(cfg, 10, 1).state_dict()
     now = engine.model.state_dict()
     weights = [k for k, v in now.items() if v.is_floating_point() and v.ndim > 1]
@@ -393,7 +394,7 @@ def _ddp_worker(rank: int, world: int, port: int, trial: dict[str, Any], out: st
 
     import torch.distributed as dist
 
-    from trainables.distributed import DDPPlacement
+    from trainables.ray_tune.distributed import DDPPlacement
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -422,7 +423,7 @@ def test_two_gloo_ranks_agree_under_the_recipe(tmp_path: Path, tiny_dict: dict[s
 
     from _servers import free_port
 
-    from trainables.distributed import TRACE_FILE
+    from trainables.ray_tune.distributed import TRACE_FILE
 
     trial = apply_overrides(tiny_dict, {"runtime.workers": 2, "search.epochs": 4, "search.random_epochs": 1,
                                         "search.search_epochs": 1, "data.limit_train": 128,

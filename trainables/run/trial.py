@@ -1,7 +1,7 @@
 """``run_trial``: one whole trial (data -> model -> epochs with checkpoints -> export).
 
 The single entry that the CLI (``trainables.cli``) and the Ray Tune trainable
-(``trainables.tune``) both call. Layout of ``workdir``::
+(``trainables.ray_tune.tune``) both call. Layout of ``workdir``::
 
     metrics.jsonl      one JSON line of flat metrics per epoch
     alpha.json         alpha and the current mask, layers x branch types (every epoch)
@@ -22,21 +22,23 @@ from typing import Any
 
 import torch
 
+from ..config.identity import identity_difference, trial_identity
+from ..config.metrics import EPOCH_METRICS
+from ..config.schema import flatten_overrides
+from ..config.sections import TrialConfig
+from ..config.seeds import Stream, derive_seed
+from ..errors import ConfigError, TrialPreempted
+from ..search.engine import SearchEngine
+from ..search.failures import check_finite
 from .alpha import alpha_table, plot_alpha, save_alpha
 from .build import build_trial_model
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrialConfig
 from .data import LoaderSettings, build_data, make_loader
-from .engine import SearchEngine, derive_seed
-from .errors import TrialPreempted
 from .export import export_model
-from .failures import check_finite
 from .hooks import TrialHook
 from .memory import PeakMemory
-from .metrics import EPOCH_METRICS
 from .placement import Placement, trial_cpus
 from .preemption import PreemptionNotice
-from .schema import ConfigError
 
 __all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
 
@@ -44,8 +46,6 @@ CHECKPOINT_DIR, EXPORT_DIR = "checkpoint", "export"
 ReportFn = Callable[[dict[str, float], Path], None]
 """``report(metrics, checkpoint_dir)``: called after every epoch's checkpoint is written."""
 
-_INIT_STREAM = 0  # seed stream of the weight init (the engine's per-epoch streams are 1-3)
-_RESUME_SECTIONS = ("seed", "model", "data", "search", "optim")  # must match to resume exactly
 
 
 @dataclass
@@ -60,19 +60,21 @@ class TrialResult:
 
 
 def _check_resumable(saved: dict[str, Any], config: TrialConfig) -> None:
-    """Refuse to resume a checkpoint written under a different model/data/search/optim config.
+    """Refuse to resume a checkpoint written under another trial identity
+    (``trainables.config.identity``): a key that decides the result changed.
 
     The saved config is read through ``TrialConfig`` first, so keys added since it was
     written (with their defaults, the old behaviour) do not count as a difference.
     """
-    now = config.to_dict()
     try:
-        saved = TrialConfig.from_dict(saved).to_dict()
+        written = flatten_overrides(TrialConfig.from_dict(saved).to_dict())
     except ConfigError:
-        pass  # compare as written: the sections that differ are named below
-    for section in _RESUME_SECTIONS:
-        if saved.get(section) != now[section]:
-            raise ConfigError(f"trial.{section}", f"differs from the checkpoint's config ({saved.get(section)!r}); resuming needs the same settings")
+        written = flatten_overrides(saved)  # compare as written: the key that differs is named below
+    key = identity_difference(config, written) or next(
+        (k for k in trial_identity(config) if k not in written), None)
+    if key is not None:
+        raise ConfigError(f"trial.{key}", f"differs from the checkpoint's config ({written.get(key)!r}); "
+                                          "resuming needs the same settings")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
@@ -118,7 +120,7 @@ def run_trial(
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
 
-    ``placement``: one process by default; a ``trainables.distributed.DDPPlacement`` runs
+    ``placement``: one process by default; a ``trainables.ray_tune.distributed.DDPPlacement`` runs
     this on every rank of a DDP group, where only rank 0 exports and writes checkpoints.
     ``durable_checkpoints``: fsync every checkpoint; off when ``report`` copies it to the
     run's storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
@@ -150,7 +152,7 @@ def run_trial(
         device = place.device(config.runtime)
         memory = PeakMemory(device)  # this trial's window, also after a resume in a reused process
         data = build_data(config.data, config.seed)
-        torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))  # weight init is seeded too
+        torch.manual_seed(derive_seed(config.seed, Stream.INIT))  # weight init is seeded too
         model = build_trial_model(config, data.num_classes, data.in_channels)
         loading = LoaderSettings.resolve(config.data, trial_cpus(config.runtime), device, data.train)
         loaders = place.loaders(data, config.data, loading)

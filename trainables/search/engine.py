@@ -7,7 +7,7 @@ architecture (a baseline) runs the same loop in the fixed phase from epoch 0, wi
 The recipe options of ``SearchConfig`` (issue #13; paper behaviour by default) change
 these steps: fair random-phase sampling, a per-layer floor in every top-k, annealed noise,
 an auto-sized alpha lr, a restarted fixed-phase lr, BN recalibration at the fix, or a
-two-stage retrain from scratch (``trainables.recipe``). ``keep_kxk`` (a search from trained
+two-stage retrain from scratch (``trainables.search.recipe``). ``keep_kxk`` (a search from trained
 weights) puts every layer's ``kxk`` first in every top-k.
 
 Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
@@ -17,7 +17,7 @@ written mid-epoch (``train_epoch``'s ``after_step``) also holds the epoch's prog
 (``trainables.midepoch``), and the resumed run finishes that epoch as the uninterrupted one did.
 
 Runtime (``RuntimeConfig``): ``precision`` autocasts the training forward and loss and the
-supernet's evaluation (``trainables.amp``; the fused model is always evaluated in float32);
+supernet's evaluation (``trainables.search.amp``; the fused model is always evaluated in float32);
 ``channels_last`` puts the model and every input batch in that memory format; ``compile``
 runs the training forward through ``torch.compile`` while the architecture is fixed (a
 baseline throughout, a search in its fixed phase). The random and search phases stay eager:
@@ -28,7 +28,7 @@ phase included; docs/sweep-config.md).
 DDP seam: ``sync`` (an :class:`EngineSync`) broadcasts every sampled mask and the search
 noise from rank 0, averages alpha's gradient, sums the epoch's loss/accuracy counts and
 aligns BN buffers before evaluation; ``train_model`` is what the training forward calls
-(the DDP wrapper). ``trainables.distributed`` sets both; the defaults are single-process
+(the DDP wrapper). ``trainables.ray_tune.distributed`` sets both; the defaults are single-process
 no-ops. Ranks > 0 seed their noise differently on purpose: the broadcast, not the seeding,
 makes every rank use rank 0's mask.
 """
@@ -39,7 +39,6 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,23 +46,36 @@ from torch.utils.data import DataLoader
 
 from searchspace import odbb_layers
 
+from ..config.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from ..config.sections import OptimConfig, RuntimeConfig, SearchConfig
+from ..config.seeds import Stream, derive_seed
 from .amp import MixedPrecision
-from .config import OptimConfig, RuntimeConfig, SearchConfig
 from .failures import check_finite
-from .gates import (apply_fallback, budget_to_k, cosine, fair_mask, fair_update, floored_topk, keep_slots,
-                    logistic_noise, min_kept, noise_temperature, random_mask, straight_through)
-from .metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from .gates import (
+    apply_fallback,
+    budget_to_k,
+    cosine,
+    fair_mask,
+    fair_update,
+    floored_topk,
+    keep_slots,
+    logistic_noise,
+    min_kept,
+    noise_temperature,
+    random_mask,
+    straight_through,
+)
 from .midepoch import EpochProgress
-from .recipe import arch_lr, average_bn_stats, lr_lambda, recalibrate_bn, reinitialise, reset_bn_stats
+from .recipe import (
+    arch_lr,
+    average_bn_stats,
+    lr_lambda,
+    recalibrate_bn,
+    reinitialise,
+    reset_bn_stats,
+)
 
-__all__ = ["SearchEngine", "EngineSync", "derive_seed"]
-
-_STREAM_DATA, _STREAM_TORCH, _STREAM_MASK, _STREAM_CALIBRATE, _STREAM_REBUILD = 1, 2, 3, 4, 5
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """An independent 63-bit seed for ``(seed, *keys)`` (numpy SeedSequence hashing)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+__all__ = ["SearchEngine", "EngineSync"]
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -256,11 +268,11 @@ class SearchEngine:
             return
         if self.search.two_stage:  # same seed on every rank: identical fresh weights under DDP
             assert self.rebuild is not None
-            reinitialise(self.model, self.rebuild, derive_seed(self.seed, _STREAM_REBUILD))
+            reinitialise(self.model, self.rebuild, derive_seed(self.seed, Stream.REBUILD))
             self.optimizer.state.clear()
             self._apply(self.fixed_mask)
         elif self.search.fix_bn == "recalibrate" and loader is not None:
-            self._reseed(loader, _STREAM_CALIBRATE)
+            self._reseed(loader, Stream.CALIBRATE)
             with self.amp.autocast():
                 recalibrate_bn(self.model, ((self._inputs(x),) for x, *_ in loader), self.search.fix_bn_batches,
                                self.device)
@@ -274,12 +286,12 @@ class SearchEngine:
         if self.alpha is not None:
             yield self.alpha
 
-    def _reseed(self, loader: DataLoader, torch_stream: int, data_stream: int | None = None) -> None:
+    def _reseed(self, loader: DataLoader, torch_stream: Stream, data_stream: Stream | None = None) -> None:
         """Seed torch's global RNG and ``loader``'s order from ``(seed, epoch, stream)``."""
         rank = (self.rank,) if self.rank else ()
         torch.manual_seed(derive_seed(self.seed, self.epoch, torch_stream, *rank))
         if isinstance(loader.generator, torch.Generator):
-            loader.generator.manual_seed(derive_seed(self.seed, self.epoch, data_stream or torch_stream))
+            loader.generator.manual_seed(derive_seed(self.seed, self.epoch, torch_stream if data_stream is None else data_stream))
         if callable(getattr(loader.sampler, "set_epoch", None)):
             loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
 
@@ -305,12 +317,12 @@ class SearchEngine:
         if phase == PHASE_FIXED:
             self.fix(loader=loader)
             self._apply(self.fixed_mask)  # type: ignore[arg-type]
-        self._reseed(loader, _STREAM_TORCH, _STREAM_DATA)
+        self._reseed(loader, Stream.TORCH, Stream.DATA)
         rank = (self.rank,) if self.rank else ()
         progress = EpochProgress(
             0, float(self.optimizer.param_groups[0]["lr"]), torch.zeros((), device=self.device),
             torch.zeros((), device=self.device), 0,
-            torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _STREAM_MASK, *rank)))
+            torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, Stream.MASK, *rank)))
         batches = iter(loader)
         if self._resume_epoch is not None:  # replay the epoch's order up to the checkpoint's step
             tensors, meta = self._resume_epoch
