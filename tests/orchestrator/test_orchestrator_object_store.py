@@ -13,7 +13,8 @@ import pyarrow.fs as pafs
 import pytest
 from _servers import S3Server
 
-from orchestrator.sweep import SweepLock, SweepLockedError
+from orchestrator.sweep import SweepLock
+from trainables.errors import SweepLockedError
 from orchestrator.sweep.lease import ObjectLease
 
 

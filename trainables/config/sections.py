@@ -337,7 +337,7 @@ class ExportConfig:
 class CheckpointConfig:
     """Checkpoints inside an epoch (every epoch always ends with one): for nodes that vanish
     without notice, a trial then loses at most this much work. A preemption notice (SIGTERM)
-    checkpoints at once regardless (``trainables.preemption``). Both unset: epoch ends only."""
+    checkpoints at once regardless (``trainables.run.preemption``). Both unset: epoch ends only."""
 
     every_steps: int | None = field(default=None, metadata=rule(at_least(1)))
     every_seconds: float | None = field(default=None, metadata=rule(between(0.0, 1e9, low_open=True)))

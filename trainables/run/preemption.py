@@ -2,7 +2,7 @@
 
 Spot/preemptible VMs, Kubernetes pod deletion and Slurm preemption all send SIGTERM and wait a
 grace period (about 30 s to 2 min) before SIGKILL. Inside :class:`PreemptionNotice` SIGTERM only
-sets a flag; the trial checks it after every training step (``trainables.trial``), writes a
+sets a flag; the trial checks it after every training step (``trainables.run.trial``), writes a
 mid-epoch checkpoint and raises :class:`~trainables.errors.TrialPreempted`, so at most the step
 in flight is lost. Signal handlers can only be installed from the main thread: elsewhere the
 notice is inert (``installed`` is False).

@@ -14,7 +14,7 @@ Reproducibility: every epoch reseeds torch's global RNG, the data order and the 
 noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is
 bit-identical to an uninterrupted one (fp16's loss scale is checkpointed too). A checkpoint
 written mid-epoch (``train_epoch``'s ``after_step``) also holds the epoch's progress
-(``trainables.midepoch``), and the resumed run finishes that epoch as the uninterrupted one did.
+(``trainables.search.midepoch``), and the resumed run finishes that epoch as the uninterrupted one did.
 
 Runtime (``RuntimeConfig``): ``precision`` autocasts the training forward and loss and the
 supernet's evaluation (``trainables.search.amp``; the fused model is always evaluated in float32);
