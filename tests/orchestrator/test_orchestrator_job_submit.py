@@ -62,11 +62,14 @@ def test_a_sweep_submitted_to_the_job_server_runs_on_both_nodes(kit: Any, tmp_pa
         sweep = kit.tiny_sweep(tmp_path, name="job", storage_path=str(shared), storage_shared=True,
                                ray={"num_cpus": None}, resources={"cpus": 1}, search={"num_samples": 2, "max_concurrent": 2})
         path = write_sweep(sweep)
-        submit = subprocess.run(
-            [*ray_cli, "job", "submit", "--address", url,
-             "--runtime-env-json", json.dumps({"env_vars": {"PYTHONPATH": str(ROOT)}}), "--",
-             sys.executable, "-m", "orchestrator.run", str(path)],
-            env=env, capture_output=True, text=True, timeout=600, check=False)
+        command = [*ray_cli, "job", "submit", "--address", url,
+                   "--runtime-env-json", json.dumps({"env_vars": {"PYTHONPATH": str(ROOT)}}), "--",
+                   sys.executable, "-m", "orchestrator.run", str(path)]
+        for _ in range(30):  # the head's dashboard agent starts after the job server answers
+            submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+            if "No available agent to submit job" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(2)
         out = submit.stdout + submit.stderr
         assert submit.returncode == 0 and "succeeded" in out, out[-5000:]
         assert "running sweep 'job': 2 trials" in out  # the driver's output, streamed back by the job server

@@ -1,20 +1,26 @@
-"""One driver per sweep on object storage: the lease, against a real S3 server on 127.0.0.1
-(moto's server mode, the ``s3`` fixture) through pyarrow's S3 file system, the one Ray Tune
-writes through. A whole sweep there: tests/reliability/test_reliability_object_store.py."""
+"""Object storage, against a real S3 server on 127.0.0.1 (moto's server mode, the ``s3``
+fixture) through pyarrow's S3 file system, the one Ray Tune writes through: one driver per sweep
+(the lease), and the resume repair (a snapshot naming a checkpoint retention deleted, a torn
+snapshot) on a bucket. A whole sweep there: tests/reliability/test_reliability_object_store.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
+import torch
 from _servers import S3Server
 
+from orchestrator.ray_tune.repair import plan_repair, set_aside_torn_snapshots
 from orchestrator.sweep import SweepLock
 from trainables.errors import SweepLockedError
+from trainables.run.checkpoint import save_checkpoint
 from orchestrator.sweep.lease import ObjectLease
 
 
@@ -54,8 +60,6 @@ def test_the_lease_is_renewed_while_the_driver_runs(s3: S3Server) -> None:
 def _plant(uri: str, **holder: Any) -> None:
     """A lease written by some other driver (that then stopped renewing it)."""
     fs, path = pafs.FileSystem.from_uri(uri)
-    import json
-
     with fs.open_output_stream(path) as f:
         f.write(json.dumps({"token": "other", "renewed": 0.0, **holder}).encode())
 
@@ -104,3 +108,26 @@ def test_of_two_drivers_starting_together_exactly_one_runs(s3: S3Server) -> None
     for lock in locks:
         lock.release()
     assert sorted(outcomes) == ["refused", "refused", "refused", "runs"]
+
+
+def test_the_resume_repair_works_on_a_bucket(s3: S3Server, tmp_path: Path) -> None:
+    """ray #27790 on S3: the snapshot names checkpoint 2, retention kept 3 and 4; and a torn snapshot."""
+    local = tmp_path / "repnas_trial_x"
+    for n in (3, 4):
+        save_checkpoint(local / f"checkpoint_{n:06d}", {"w": torch.full((64,), float(n))},
+                        {"history": [{"epoch": e + 1.0} for e in range(n + 1)]})
+    fs, root = pafs.FileSystem.from_uri(f"s3://{s3.bucket}/repair")
+    pafs.copy_files(str(local), f"{root}/exp/repnas_trial_x", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    trial = f"{root}/exp/repnas_trial_x"
+    plan = plan_repair(fs, trial, f"{trial}/checkpoint_000002", num_to_keep=2)
+    assert plan.latest is not None and plan.latest.endswith("checkpoint_000004")
+    assert plan.note is not None and "missing checkpoint" in plan.note
+    for name, text in [("experiment_state-2026-01-01_00-00-00.json", json.dumps({"trial_data": []})),
+                       ("experiment_state-2026-01-02_00-00-00.json", '{"trial_data": [["{\\"trial_id')]:
+        with fs.open_output_stream(f"{root}/exp/{name}") as f:
+            f.write(text.encode())
+    assert set_aside_torn_snapshots(f"s3://{s3.bucket}/repair/exp") == ["experiment_state-2026-01-02_00-00-00.json"]
+    names = {i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{root}/exp"))}
+    assert {"experiment_state-2026-01-01_00-00-00.json", "experiment_state-2026-01-02_00-00-00.json.torn"} <= names
+    assert "experiment_state-2026-01-02_00-00-00.json" not in names

@@ -107,6 +107,7 @@ _EXAMPLES: dict[str, tuple[object, ...]] = {
     "NothingToConvertError": ("nothing to convert: 5 convs, no BatchNorm after any",),
     "RepnasError": ("a project error",),
     "UserError": ("no trial: section",),
+    "TrialPreempted": ("preempted (SIGTERM) in epoch 2 after step 7: checkpoint written to /x; continue with --resume",),
 }
 
 
