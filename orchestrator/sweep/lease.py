@@ -4,8 +4,8 @@ Object stores have no ``flock``, and pyarrow (the file system Ray Tune writes th
 no conditional write, so the lease is a small JSON object (token, pid, host) that its driver
 rewrites every ``ttl_s / 4`` seconds from a daemon thread and deletes when it ends:
 
-- a lease renewed within two renewal intervals (by the store's clock: the object's mtime)
-  belongs to a live driver: the second driver is refused at once;
+- a lease renewed within two renewal intervals (by the store's clock: the object's mtime, or
+  the time its writer put in it when that is later) belongs to a live driver: the second driver is refused at once;
 - one older than that has missed renewals (its driver was killed): the new driver waits until
   it renews (refused) or is ``ttl_s`` old (taken over); a lease left by a dead process of this
   host is taken at once;
@@ -24,11 +24,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.fs as pafs
 
-__all__ = ["ObjectLease", "LEASE_FILE"]
+__all__ = ["LEASE_FILE", "ObjectLease"]
 
 LEASE_FILE = "repnas_sweep.lease"
 
@@ -45,15 +46,10 @@ class ObjectLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def _fs(self) -> pafs.FileSystem:
+    def _resolve(self) -> tuple[pafs.FileSystem, str]:
         if self._resolved is None:
             self._resolved = pafs.FileSystem.from_uri(self.uri)
-        return self._resolved[0]
-
-    @property
-    def _path(self) -> str:
-        return self._resolved[1] if self._resolved else pafs.FileSystem.from_uri(self.uri)[1]
+        return self._resolved
 
     @property
     def interval_s(self) -> float:
@@ -62,20 +58,23 @@ class ObjectLease:
 
     def _read(self) -> tuple[dict[str, Any], float] | None:
         """(holder, age in seconds by the store's mtime) or None when there is no lease."""
-        info = self._fs.get_file_info(self._path)
+        fs, path = self._resolve()
+        info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             return None
         try:
-            with self._fs.open_input_stream(self._path) as f:
+            with fs.open_input_stream(path) as f:
                 holder = dict(json.loads(f.read().decode("utf-8") or "{}"))
         except (OSError, ValueError):  # deleted between the two calls, or torn: no holder
             return None
-        mtime = info.mtime.timestamp() if info.mtime is not None else holder.get("renewed", 0.0)
-        return holder, max(0.0, time.time() - mtime)
+        # the store's clock (whole seconds on S3), or the writer's when later: a lease never looks older than it is
+        renewed = max(info.mtime.timestamp() if info.mtime is not None else 0.0, float(holder.get("renewed", 0.0)))
+        return holder, max(0.0, time.time() - renewed)
 
     def _write(self) -> None:
-        self._fs.create_dir(self._path.rsplit("/", 1)[0], recursive=True)
-        with self._fs.open_output_stream(self._path) as f:
+        fs, path = self._resolve()
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
             f.write(json.dumps({**self._me, "renewed": time.time(), "ttl_s": self.ttl_s}).encode("utf-8"))
 
     def _dead_here(self, holder: dict[str, Any]) -> bool:
@@ -88,7 +87,7 @@ class ObjectLease:
         read = self._read()
         return read[0] if read else None
 
-    def acquire(self, refuse: Any) -> None:
+    def acquire(self, refuse: Callable[[dict[str, Any], float], Exception]) -> None:
         """Take the lease, or raise ``refuse(holder, age)`` when another live driver holds it."""
         if self._thread is not None:
             return
@@ -133,6 +132,7 @@ class ObjectLease:
         try:
             holder = self.holder()
             if holder is not None and holder.get("token") == self._me["token"]:
-                self._fs.delete_file(self._path)
+                fs, path = self._resolve()
+                fs.delete_file(path)
         except OSError:  # unreachable store: the lease expires after ttl_s
             pass

@@ -19,9 +19,9 @@ from _servers import S3Server
 
 from orchestrator.ray_tune.repair import plan_repair, set_aside_torn_snapshots
 from orchestrator.sweep import SweepLock
+from orchestrator.sweep.lease import ObjectLease
 from trainables.errors import SweepLockedError
 from trainables.run.checkpoint import save_checkpoint
-from orchestrator.sweep.lease import ObjectLease
 
 
 def _lease_object(uri: str) -> dict[str, Any] | None:
@@ -45,14 +45,14 @@ def test_a_second_driver_is_refused_until_the_first_releases(s3: S3Server) -> No
 
 def test_the_lease_is_renewed_while_the_driver_runs(s3: S3Server) -> None:
     uri = f"s3://{s3.bucket}/renew/repnas_sweep.lease"
-    lease = ObjectLease(uri, ttl_s=2.0, settle_s=0.1)
+    lease = ObjectLease(uri, ttl_s=4.0, settle_s=0.1)
     lease.acquire(lambda holder, age: AssertionError("refused"))
     try:
         first = _lease_object(uri)
-        threading.Event().wait(1.5)  # three renewal intervals
+        threading.Event().wait(2.5)  # two and a half renewal intervals
         assert _lease_object(uri)["renewed"] > first["renewed"]  # type: ignore[index]
         with pytest.raises(SweepLockedError):  # still refused after the ttl: it is renewed
-            SweepLock(uri.rsplit("/", 1)[0], lease_ttl_s=2.0).acquire()
+            SweepLock(uri.rsplit("/", 1)[0], lease_ttl_s=4.0).acquire()
     finally:
         lease.release()
 

@@ -215,7 +215,7 @@ _SWEEP_CALL = {  # the one line that starts the sweep, per script
 @pytest.mark.parametrize("name", _SCRIPTS)
 def test_slurm_scripts_parse_and_ask_for_requeue(name: str) -> None:
     subprocess.run(["bash", "-n", str(CLUSTER / name)], check=True)
-    directives = re.findall(r"^#SBATCH (\S+)", (CLUSTER / name).read_text(), flags=re.M)
+    directives = re.findall(r"^#SBATCH (\S+)", (CLUSTER / name).read_text(), flags=re.MULTILINE)
     assert "--requeue" in directives and "--signal=B:USR1@300" in directives
 
 

@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from _faults import BUDGETS, Driver, assert_mlflow_complete, assert_same_finals, cli, result_grid, sweep, write
+from _faults import (
+    BUDGETS,
+    Driver,
+    assert_mlflow_complete,
+    assert_same_finals,
+    cli,
+    result_grid,
+    sweep,
+    write,
+)
 from _servers import S3Server
 from mlflow.tracking import MlflowClient
 

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["PreemptionNotice"]
 
@@ -34,7 +34,7 @@ class PreemptionNotice:
         if not self.requested:
             self.requested, self.received_at = True, time.monotonic()
 
-    def __enter__(self) -> PreemptionNotice:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
