@@ -44,15 +44,20 @@ def test_a_sweep_submitted_to_the_job_server_runs_on_both_nodes(kit: Any, tmp_pa
     env = kit.cli_env(RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))  # a test cluster on 127.0.0.1 only
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
     start = [*ray_cli, "start", "--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+
+    def agent_ports() -> list[str]:  # two nodes on one host (and other tests' clusters): no fixed port shared
+        return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+                "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(subprocess.Popen(
-            [*start, "--head", "--port", str(port), "--temp-dir", temp_dirs[0], "--include-dashboard", "true",
+            [*start, *agent_ports(), "--head", "--port", str(port), "--temp-dir", temp_dirs[0], "--include-dashboard", "true",
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         address = f"127.0.0.1:{port}"
         _wait_nodes(address, 1, env)
-        procs.append(subprocess.Popen([*start, "--address", address, "--temp-dir", temp_dirs[1]], env=env,
+        procs.append(subprocess.Popen([*start, *agent_ports(), "--address", address, "--temp-dir", temp_dirs[1]], env=env,
                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait_nodes(address, 2, env)
         url = f"http://127.0.0.1:{dashboard}"
@@ -65,7 +70,7 @@ def test_a_sweep_submitted_to_the_job_server_runs_on_both_nodes(kit: Any, tmp_pa
         command = [*ray_cli, "job", "submit", "--address", url,
                    "--runtime-env-json", json.dumps({"env_vars": {"PYTHONPATH": str(ROOT)}}), "--",
                    sys.executable, "-m", "orchestrator.run", str(path)]
-        for _ in range(30):  # the head's dashboard agent starts after the job server answers
+        for _ in range(10):  # the head's dashboard agent starts after the job server answers
             submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
             if "No available agent to submit job" not in submit.stdout + submit.stderr:
                 break
