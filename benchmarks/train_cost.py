@@ -253,7 +253,7 @@ def _worker(model_key: str, config_key: str, reparam: str, size: int, args: argp
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / steps
     return {"step_s": step_s, "peak_mb": peak / 2**20, "warmup_s": warmup_s,
-            "branches": float(engine.eval_mask().sum()), "candidates": float(engine.num_candidates),
+            "branches": float(engine.eval_mask().sum()), "candidates": float(engine.masks.num_candidates),
             "graphs": float(counters["stats"]["unique_graphs"]),
             "breaks": float(sum(counters["graph_break"].values()))}
 

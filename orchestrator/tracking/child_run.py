@@ -235,7 +235,7 @@ class MLflowTrialHook(TrialHook):
                   "continues. Fill it in later with `python -m orchestrator.sync SWEEP.yaml`.", file=sys.stderr)
 
     def on_start(self, config: TrialConfig, trial_name: str, resumed: bool) -> None:
-        client_defaults()
+        client_defaults(self.tracking_uri)
         self._log = TrialLog(TrialRecord(_current_trial_id() or "", trial_name, TrialStatus.RUNNING), config.to_dict())
         self._attempt("the child run", self._open)
 

@@ -124,7 +124,7 @@ def _clean_orphans(client: MlflowClient, runs: Mapping[str, Run], trial_names: s
 
 def sync_mlflow(cfg: SweepConfig, state: SweepState, results: ResultGrid) -> SyncReport:
     """Make MLflow match Ray's results for every trial (idempotent)."""
-    client_defaults()
+    client_defaults(state.tracking_uri)
     client = MlflowClient(state.tracking_uri)
     runs = child_runs(state)
     report = SyncReport()

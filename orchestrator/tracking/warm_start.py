@@ -92,7 +92,7 @@ def resolve_warm_start(cfg: SweepConfig) -> WarmStart:
     warm = WarmStart()
     if not cfg.search.warm_start:
         return warm
-    client_defaults()
+    client_defaults(cfg.mlflow.tracking_uri)
     for i, entry in enumerate(cfg.search.warm_start):
         path = f"search.warm_start[{i}]"
         source = _source(cfg, entry, path)

@@ -106,3 +106,22 @@ def test_proposals_that_differ_only_in_inert_keys_are_repeats(kit: Any) -> None:
         assert (REPEAT_KEY in searcher.suggest("a")) is repeated
     assert config_key({"optim.lr": 0.1}, base) != config_key({"optim.lr": 0.2}, base)
     assert config_key({"optim.lr": 0.1}) == '{"optim.lr": 0.1}'  # without a base: the sampled keys as they are
+
+
+def test_a_grid_that_holds_a_configuration_twice_trains_it_once() -> None:
+    """Grid sweeps run through a VariantList wrapped by the repeat check: the duplicate grid point
+    waits for its twin and takes its result; Tune's saved state keeps the list's position."""
+    from orchestrator.ray_tune.searchers import VariantList
+
+    points = [{"search.budget": b} for b in (0.34, 0.34, 0.5)]
+    searcher = RepeatSkipper(VariantList(points))
+    first, second, third = searcher.suggest("a"), searcher.suggest("b"), searcher.suggest("c")
+    assert first == points[0] and second is None and third == points[2]  # the twin is held, 0.5 runs beside
+    assert searcher.suggest("d") is None  # the list is used up; the twin still waits
+    saved = pickle.loads(pickle.dumps(searcher.get_state()))
+    searcher.on_trial_complete("a", _done(0.7))
+    twin = searcher.suggest("e")
+    assert Repeat.from_dict(twin.pop(REPEAT_KEY)).metrics["val_acc"] == 0.7 and twin == points[1]
+    restored = RepeatSkipper(VariantList(points))
+    restored.set_state(saved)
+    assert restored.held and restored.suggest("f") is None  # after a restore it still waits for the original

@@ -44,7 +44,7 @@ from ..run.hooks import TrialHook
 from ..run.placement import Loaders, Placement
 from ..run.restore import restore_checkpoint
 from ..run.trial import run_trial
-from ..search.engine import EngineSync, SearchEngine
+from ..search import EngineSync, SearchEngine
 from . import adapter
 
 if TYPE_CHECKING:

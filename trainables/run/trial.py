@@ -97,7 +97,7 @@ def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: An
     if data.test is not None:
         test_loader = make_loader(data.test, config.data.eval_batch_size, train=False, settings=loading)
         metrics["test_acc"] = engine.evaluate(test_loader, model=fused)[1]
-    table = alpha_table(engine.layers, engine.alpha, engine.eval_mask())
+    table = alpha_table(engine.masks.layers, engine.alpha, engine.eval_mask())
     save_alpha(table, out / "alpha.json")
     plot_alpha(table, out / "alpha.png")
     metrics["done"] = 1.0
@@ -189,11 +189,11 @@ def run_trial(
             seconds = took + sum(row["epoch_time_s"] for row in history)
             values = {**train, "epoch": float(engine.epoch), "epochs_trained": float(engine.epochs_trained),
                       "val_loss": val_loss, "val_acc": val_acc, "branches_kept": float(mask.sum()),
-                      "branches_total": float(engine.num_candidates), "epoch_time_s": took, "train_seconds": seconds,
+                      "branches_total": float(engine.masks.num_candidates), "epoch_time_s": took, "train_seconds": seconds,
                       "gpu_seconds": seconds * (float(device.type == "cuda") if gpus_held is None else gpus_held),
                       "peak_memory_mb": memory.peak_mb()}
             metrics = {name: float(values[name]) for name in EPOCH_METRICS}
-            save_alpha({"epoch": engine.epoch, **alpha_table(engine.layers, engine.alpha, mask)}, workdir / "alpha.json")
+            save_alpha({"epoch": engine.epoch, **alpha_table(engine.masks.layers, engine.alpha, mask)}, workdir / "alpha.json")
             extra: dict[str, Path] = {}
             summary_extra: dict[str, Any] = {}
             last = engine.epoch == config.search.epochs
