@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 from trainables.errors import EXIT_FAILED, EXIT_OK, ConfigError, NothingToResumeError, run_command
+from trainables.run.data_facts import data_facts
 
 from . import console
 from .redact import error_line, redact
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     again.add_argument("--auto-resume", action="store_true",
                        help="continue the sweep if its folder exists in storage_path, else start it: for "
                             "schedulers that rerun the same command (Slurm requeue, a RayJob's retry)")
-    parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved sweep and sample trials; no Ray")
+    parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved sweep, sample trials and the data facts; no Ray")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep key (dotted path, YAML value); repeatable")
     parser.add_argument("--verbose", action="store_true",
@@ -57,6 +59,21 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)):
         cfg.trial_config(override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
+    print()
+    for line in _data_lines(cfg, dry_run=True):
+        print(line)
+
+
+def _data_lines(cfg: SweepConfig, dry_run: bool) -> list[str]:
+    """The base trial's data facts (dry run) or notices (a run); an image folder that exists here
+    is checked (``ConfigError``: exit 2 naming the path); one that does not (a cluster's shared
+    folder, seen from a laptop) is left to the trials, which read it where they run."""
+    trial = cfg.trial_config({})
+    root = Path(trial.data.root or "").expanduser()
+    if trial.data.dataset == "imagefolder" and not (root / "train").is_dir():
+        return [f"note: {root / 'train'} is not on this machine: each trial reads (and checks) the folders where it runs"]
+    facts = data_facts(trial, stats=dry_run)
+    return facts.lines() if dry_run else facts.notices
 
 
 def _init_ray(cfg: SweepConfig) -> None:
@@ -149,6 +166,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(cfg)
         return EXIT_OK
+    for line in _data_lines(cfg, dry_run=False):  # an empty or unreadable class folder: exit 2 here
+        print(line, flush=True)
     problem = check_tracking(cfg.mlflow.tracking_uri)
     if problem:
         _error(problem + "; start it or point mlflow.tracking_uri / MLFLOW_TRACKING_URI elsewhere")

@@ -23,6 +23,7 @@ from trainables.config.sweepfile import read_sweep_yaml
 from .tracking_uri import resolve_tracking_uri
 from .fit import check_fit, check_request
 from .schema import SchedulerConfig, SweepConfig
+from .control import with_control
 from .space import SpaceParam, parse_space
 from .trials import validate_trials
 
@@ -105,6 +106,10 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
         raise ConfigError("storage_path", f"options after '?' are not supported ({cfg.storage_path!r}: the sweep's "
                           "name is appended to the path); give an S3-compatible store's endpoint as AWS_ENDPOINT_URL "
                           "and its credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (docs/cluster.md)")
+    if cfg.search.control is not None:
+        search = trial.get("search") if isinstance(trial.get("search"), dict) else {}
+        constant = next((p.values[0] for p in space if p.key.removeprefix("trial.") == "search.method"), None)
+        space = with_control(space, cfg.search.control, constant or search.get("method", "odbb"))
     cfg = replace(
         cfg, source=source, space=space,
         storage_path=cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).expanduser().resolve()),
