@@ -1,4 +1,4 @@
-"""CLI: ``python -m orchestrator.run SWEEP.yaml [--resume] [--dry-run] [--verbose] [--set KEY=VALUE ...]``.
+"""CLI: ``python -m orchestrator.run SWEEP.yaml [--resume | --auto-resume] [--dry-run] [--verbose] [--set KEY=VALUE ...]``.
 
 Exit codes (``trainables.errors``): 0 success, 2 configuration / usage error (reported
 before Ray starts), 1 the sweep failed (a trial errored, MLflow unreachable), 130 interrupted
@@ -38,7 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(prog=PROG, description="Run a RepNAS sweep on Ray Tune.")
     parser.add_argument("sweep", help="sweep YAML file (see docs/sweep-config.md)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    again.add_argument("--auto-resume", action="store_true",
+                       help="continue the sweep if its folder exists in storage_path, else start it: for "
+                            "schedulers that rerun the same command (Slurm requeue, a RayJob's retry)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check what every trial's start checks (model built and run on one batch, weights, "
                              "device, warm starts), print the resolved sweep, sample trials and the data facts; "
@@ -213,7 +217,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.dry_run:
         dry_run(cfg)
         return EXIT_OK
-    return run_sweep(cfg, resume=args.resume, init_ray=_init_ray, warm=warm,
+    resume = args.resume or (args.auto_resume and storage.exists(cfg.experiment_path))
+    return run_sweep(cfg, resume=resume, init_ray=_init_ray, warm=warm,
                      resume_with=resume_command(cfg.source, args.set))
 
 

@@ -1,5 +1,5 @@
-"""Shared test root: puts ``tests/`` on ``sys.path`` so suites can import ``_servers``, and
-keeps one test's ``MLFLOW_TRACKING_URI`` from reaching the next."""
+"""Shared test root: puts ``tests/`` on ``sys.path`` so suites can import ``_servers``, keeps one
+test's ``MLFLOW_TRACKING_URI`` from reaching the next, and serves S3 on 127.0.0.1 (``s3``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from _servers import S3Server
 
 
 @pytest.fixture(autouse=True)
@@ -19,3 +20,20 @@ def _tracking_uri_unchanged() -> Iterator[None]:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """An S3 server on 127.0.0.1 (moto) with a bucket; its endpoint and credentials are in this
+    process's environment meanwhile (pyarrow, Ray and subprocesses read ``AWS_*``)."""
+    server = S3Server()
+    server.start()
+    before = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()

@@ -6,7 +6,9 @@
 ``trial.`` is accepted; a mapping value sets each of its keys, as a space group does).
 Writes DIR/summary.json, DIR/architecture.json, DIR/metrics.jsonl, DIR/export/ (fused
 model in every format) and DIR/checkpoint/ (for ``--resume``).
-User errors print one message to stderr and exit with status 2.
+User errors print one message to stderr and exit with status 2. SIGTERM (a preemption notice)
+writes a checkpoint after the step in flight and exits with status 143; ``--resume`` continues
+from that step. ``trial.checkpoint.every_steps`` / ``every_seconds`` add checkpoints inside an epoch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .config.sections import TrialConfig
 from .config.sweepfile import load_trial_section
 from .errors import EXIT_OK, UserError, run_command
 from .run.checkpoint import is_checkpoint
+from .run.preemption import PreemptionNotice
 from .run.trial import CHECKPOINT_DIR, run_trial
 
 __all__ = ["main"]
@@ -63,8 +66,9 @@ def _run(args: argparse.Namespace) -> None:
         raise UserError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     print(f"trainables.cli: {config.model.host} on {config.data.dataset}, method {config.search.method}, "
           f"budget {config.search.budget}, {config.search.epochs} epochs -> {output}", flush=True)
-    result = run_trial(config, output, resume_from=checkpoint if args.resume else None,
-                       report=_progress(config.search.epochs), trial_name=output.name)
+    with PreemptionNotice() as notice:  # SIGTERM: checkpoint mid-epoch, exit 143; --resume continues
+        result = run_trial(config, output, resume_from=checkpoint if args.resume else None,
+                           report=_progress(config.search.epochs), trial_name=output.name, notice=notice)
     (output / "summary.json").write_text((result.export_dir / "summary.json").read_text())
     shutil.copyfile(result.export_dir / "architecture.json", output / "architecture.json")
     errors = result.summary.get("export_errors") or {}

@@ -16,14 +16,16 @@ from searchspace.errors import FactoryError, NothingToConvertError, RepnasError
 
 __all__ = ["RepnasError", "UserError", "ConfigError", "CheckpointError", "NothingToConvertError", "FactoryError",
            "FusionMismatchError", "NonFiniteLossError", "RankDivergenceError", "SweepLockedError",
-           "SweepExistsError", "NothingToResumeError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED",
-           "run_command"]
+           "SweepExistsError", "NothingToResumeError", "TrialPreempted", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE",
+           "EXIT_INTERRUPTED", "EXIT_PREEMPTED", "run_command"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 """Exit codes of every command: success; the work failed; bad input or usage (nothing started)."""
 EXIT_INTERRUPTED = 130
-"""Stopped by Ctrl-C (SIGINT) or SIGTERM: 128 + SIGINT, as shells report a Ctrl-C; what was
+"""A sweep stopped by Ctrl-C (SIGINT) or SIGTERM: 128 + SIGINT, as shells report a Ctrl-C; what was
 saved stays, and ``--resume`` continues."""
+EXIT_PREEMPTED = 128 + 15
+"""A single trial (``trainables.cli``) stopped by SIGTERM after checkpointing: ``--resume`` continues."""
 
 
 class UserError(RepnasError):
@@ -81,6 +83,10 @@ class NonFiniteLossError(RepnasError, ArithmeticError):
         return type(self), (self.value, self.epoch, self.step, self.what)
 
 
+class TrialPreempted(RepnasError):
+    """A trial stopped on a preemption notice (SIGTERM) after writing its checkpoint."""
+
+
 def run_command(prog: str, body: Callable[[], int]) -> int:
     """Run a command's ``body`` and return its exit code; a :class:`UserError` is printed as
     ``<prog>: error: <message>`` on stderr and becomes :data:`EXIT_USAGE`."""
@@ -89,3 +95,6 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except TrialPreempted as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED

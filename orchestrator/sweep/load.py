@@ -102,6 +102,10 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
     if workers not in (None, cfg.resources.workers):
         raise ConfigError("trial.runtime.workers", "set resources.workers instead (the sweep copies it into the trial)")
     _check_space(space, cfg.search.algorithm)
+    if "://" in cfg.storage_path and "?" in cfg.storage_path:
+        raise ConfigError("storage_path", f"options after '?' are not supported ({cfg.storage_path!r}: the sweep's "
+                          "name is appended to the path); give an S3-compatible store's endpoint as AWS_ENDPOINT_URL "
+                          "and its credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (docs/cluster.md)")
     if cfg.search.control is not None:
         search = trial.get("search") if isinstance(trial.get("search"), dict) else {}
         constant = next((p.values[0] for p in space if p.key.removeprefix("trial.") == "search.method"), None)

@@ -1,10 +1,10 @@
-"""One driver per sweep: a lock file ``<storage>/<name>/repnas_sweep.lock`` (pid and host).
+"""One driver per sweep: a lock file ``<storage>/<name>/repnas_sweep.lock`` (pid and host), or
+on object storage (``s3://``, ``gs://``, ...) a lease object (:mod:`.lease`).
 
 Held with ``fcntl.flock`` for the driver's lifetime, so the kernel drops it when the driver
 dies, even by SIGKILL. Where ``flock`` is unsupported (some network file systems), the
 pid and host written in the file decide: a lock left by a dead process on this host is
 stale and taken over; a live one, or one from another host, refuses the second driver.
-Object-store paths (``s3://``, ...) cannot be locked and are not.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from trainables.errors import SweepLockedError
+
+from .lease import LEASE_FILE, ObjectLease
 
 __all__ = ["SweepLock", "LOCK_FILE", "pid_alive"]
 
@@ -43,11 +45,22 @@ def _holder(path: Path) -> dict[str, Any]:
 
 
 class SweepLock:
-    """The sweep's lock file; ``acquire`` raises :class:`SweepLockedError`, ``with`` releases it."""
+    """The sweep's lock file (or lease object); ``acquire`` raises :class:`SweepLockedError`,
+    ``with`` releases it."""
 
-    def __init__(self, experiment_path: str) -> None:
-        self.path = None if "://" in experiment_path else Path(experiment_path) / LOCK_FILE
+    def __init__(self, experiment_path: str, lease_ttl_s: float = 60.0) -> None:
+        remote = "://" in experiment_path and not experiment_path.startswith("file://")
+        self.path = None if remote else Path(experiment_path.removeprefix("file://")) / LOCK_FILE
+        self.lease = ObjectLease(f"{experiment_path.rstrip('/')}/{LEASE_FILE}", lease_ttl_s) if remote else None
         self._file: IO[str] | None = None
+
+    def _refuse_lease(self, holder: dict[str, Any], age: float) -> SweepLockedError:
+        assert self.lease is not None
+        who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}"
+        return SweepLockedError(
+            f"sweep at {self.lease.uri.rsplit('/', 1)[0]} is already being run by another driver ({who}; its "
+            f"lease was renewed {age:.0f} s ago); wait for it to end or stop it. A driver that died leaves a "
+            f"lease that expires {self.lease.ttl_s:.0f} s after its last renewal; to take it now, delete {self.lease.uri}")
 
     def _refuse(self, holder: dict[str, Any]) -> SweepLockedError:
         who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}"
@@ -57,6 +70,9 @@ class SweepLock:
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`SweepLockedError` naming the holder."""
+        if self.lease is not None:
+            self.lease.acquire(self._refuse_lease)
+            return
         if self.path is None or self._file is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +98,9 @@ class SweepLock:
         self._file = handle
 
     def release(self) -> None:
-        """Drop the lock (the file stays; its content is only informative)."""
+        """Drop the lock (the file stays; its content is only informative) or the lease (deleted)."""
+        if self.lease is not None:
+            self.lease.release()
         if self._file is not None:
             self._file.close()
             self._file = None

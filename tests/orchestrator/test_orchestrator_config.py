@@ -79,6 +79,7 @@ BAD: list[tuple[str, Any, str]] = [
     ("tracking-uri-plain-path", lambda s: _set(s, "mlflow.tracking_uri", "./mlruns"), "mlflow.tracking_uri"),
     ("register-typo", lambda s: _set(s, "mlflow.register", "best"), "mlflow.register"),
     ("name-with-slash", lambda s: {**s, "name": "a/b"}, "name"),
+    ("storage-uri-query", lambda s: {**s, "storage_path": "s3://b/p?endpoint_override=h:9000"}, "storage_path"),
     ("trial-not-mapping", lambda s: {**s, "trial": 5}, "trial"),
     ("trial-unknown-key", lambda s: _set(s, "trial.optim.lrr", 0.1), "trial.optim.lrr"),
     ("trial-bad-model", lambda s: _set(s, "trial.model.name", "resnet19"), "trial.model.name"),

@@ -108,6 +108,7 @@ _EXAMPLES: dict[str, tuple[object, ...]] = {
     "FactoryError": ("factory 'nets:build' returned a dict; allowed: an nn.Module",),
     "RepnasError": ("a project error",),
     "UserError": ("no trial: section",),
+    "TrialPreempted": ("preempted (SIGTERM) in epoch 2 after step 7: checkpoint written to /x; continue with --resume",),
 }
 
 

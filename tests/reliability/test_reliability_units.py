@@ -33,7 +33,8 @@ def test_second_lock_refused_then_free_after_release(tmp_path: Path) -> None:
     first.release()
     with SweepLock(str(tmp_path / "sweep")) as again:
         again.acquire()
-    assert SweepLock("s3://bucket/sweeps/x").path is None  # object stores cannot be locked
+    remote = SweepLock("s3://bucket/sweeps/x")  # object stores: a lease object (test_orchestrator_object_store.py)
+    assert remote.path is None and remote.lease is not None and remote.lease.uri.endswith("/x/repnas_sweep.lease")
 
 
 def test_credentials_never_reach_params_or_text() -> None:

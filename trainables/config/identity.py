@@ -36,6 +36,8 @@ NOT_DECIDING: frozenset[str] = frozenset({
     "runtime.latency_batch_size",   # what the latency measurement feeds, after training
     "export.formats",               # which files the fused model is written to
     "export.latency_min_run_time",  # how long latency is measured
+    "checkpoint.every_steps",       # mid-epoch checkpoints: same bits (tests/trainables/test_trainables_preemption.py)
+    "checkpoint.every_seconds",
 })
 """Keys outside every trial's identity: how a trial runs or what it writes, not what it learns."""
 

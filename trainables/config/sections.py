@@ -43,7 +43,7 @@ __all__ = [
     "SearchConfig",
     "OptimConfig",
     "RuntimeConfig",
-    "ExportConfig",
+    "ExportConfig", "CheckpointConfig",
     "ConfigError",
     "apply_overrides",
     "BASELINES",
@@ -369,6 +369,16 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints inside an epoch (every epoch always ends with one): for nodes that vanish
+    without notice, a trial then loses at most this much work. A preemption notice (SIGTERM)
+    checkpoints at once regardless (``trainables.run.preemption``). Both unset: epoch ends only."""
+
+    every_steps: int | None = field(default=None, metadata=rule(at_least(1)))
+    every_seconds: float | None = field(default=None, metadata=rule(between(0.0, 1e9, low_open=True)))
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs; the ``trial:`` section of a sweep file."""
 
@@ -379,6 +389,7 @@ class TrialConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     @property
     def keeps_kxk(self) -> bool:

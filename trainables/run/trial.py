@@ -27,7 +27,7 @@ from ..config.metrics import EPOCH_METRICS
 from ..config.schema import flatten_overrides
 from ..config.sections import TrialConfig
 from ..config.seeds import Stream, derive_seed
-from ..errors import ConfigError
+from ..errors import ConfigError, TrialPreempted
 from ..search.engine import SearchEngine
 from ..search.failures import check_finite
 from .alpha import alpha_table, plot_alpha, save_alpha
@@ -38,6 +38,7 @@ from .export import export_model
 from .hooks import TrialHook
 from .memory import PeakMemory
 from .placement import Placement, trial_cpus
+from .preemption import PreemptionNotice
 
 __all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
 
@@ -126,6 +127,7 @@ def run_trial(
     placement: Placement | None = None,
     durable_checkpoints: bool = True,
     gpus_held: float | None = None,
+    notice: PreemptionNotice | None = None,
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
 
@@ -135,6 +137,9 @@ def run_trial(
     run's storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
     ``gpus_held``: the GPUs the whole trial holds (``gpu_seconds`` = ``train_seconds`` times it;
     0.25 for a quarter of a GPU); None: one on a CUDA device, none on the CPU.
+    ``notice``: mid-epoch checkpoints into ``workdir/checkpoint`` (single process only): on
+    SIGTERM at once, then ``TrialPreempted`` is raised; and every ``checkpoint.every_steps`` /
+    ``every_seconds``. Without it (Ray Tune, whose checkpoints are the reported ones), epoch ends only.
 
     Raises ``ConfigError`` for user errors (bad data path, budget above the candidate
     count, ...), ``CheckpointError`` for an unreadable ``resume_from``.
@@ -176,9 +181,22 @@ def run_trial(
         start = saved[1].get("start", {}) if saved is not None else {}
         if config.model.weights is not None and not start:  # collective under DDP, as every evaluation
             start = _weights_accuracy(engine, val_loader, data, config, loading)
+
+        def checkpoint(extra: dict[str, Path]) -> None:
+            tensors, engine_meta = engine.state_dict()
+            meta = {"engine": engine_meta, "history": history, "config": config.to_dict(), "start": start,
+                    "hooks": [hook.state_dict() for hook in hooks], "trial_name": trial_name}
+            if place.is_main:
+                save_checkpoint(ckpt_dir, tensors, meta, extra, durable=durable_checkpoints)
+
+        mid_epoch = _MidEpoch(config, notice, checkpoint) if notice is not None and engine.sync.world_size == 1 else None
         while engine.epoch < config.search.epochs:
             tick = time.perf_counter()
-            train = engine.train_epoch(train_loader)
+            train = engine.train_epoch(train_loader, mid_epoch.after_step if mid_epoch else None)
+            if train is None:
+                raise TrialPreempted(f"preempted (SIGTERM) in epoch {engine.epoch + 1} after step "
+                                     f"{engine.progress.steps if engine.progress else 0}: checkpoint written to "
+                                     f"{ckpt_dir}; continue with --resume")
             val_loss, val_acc = engine.evaluate(val_loader)
             check_finite(val_loss, engine.epoch, what="validation loss")
             mask = engine.eval_mask()
@@ -209,13 +227,14 @@ def run_trial(
                 for hook in hooks:
                     hook.on_end(metrics, export_dir)
                 extra = {EXPORT_DIR: export_dir}
-            tensors, engine_meta = engine.state_dict()
-            meta = {"engine": engine_meta, "history": history, "config": config.to_dict(), "start": start,
-                    "hooks": [hook.state_dict() for hook in hooks], "trial_name": trial_name}
-            if place.is_main:
-                save_checkpoint(ckpt_dir, tensors, meta, extra, durable=durable_checkpoints)
+            checkpoint(extra)
             if report is not None:
                 report(metrics, ckpt_dir)
+            if mid_epoch is not None:
+                mid_epoch.saved()
+                if notice is not None and notice.requested and not last:  # the notice came outside a step
+                    raise TrialPreempted(f"preempted (SIGTERM) after epoch {engine.epoch}: checkpoint written to "
+                                         f"{ckpt_dir}; continue with --resume")
     except BaseException as err:
         for hook in hooks:
             hook.on_error(err)
@@ -223,6 +242,30 @@ def run_trial(
     summary_path = export_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     return TrialResult(history[-1] if history else {}, history, export_dir, ckpt_dir, summary)
+
+
+class _MidEpoch:
+    """When to write a checkpoint inside an epoch: on a preemption notice (then stop) or on the
+    ``checkpoint.every_steps`` / ``every_seconds`` interval since the last one."""
+
+    def __init__(self, config: TrialConfig, notice: PreemptionNotice, write: Callable[[dict[str, Path]], None]) -> None:
+        self.every_steps, self.every_seconds = config.checkpoint.every_steps, config.checkpoint.every_seconds
+        self.notice, self.write = notice, write
+        self.saved()
+
+    def saved(self) -> None:
+        """A checkpoint was just written: the intervals start again."""
+        self.steps, self.since = 0, time.monotonic()
+
+    def after_step(self) -> bool:
+        """Called by the engine after every step; True stops the epoch (preempted)."""
+        self.steps += 1
+        due = (self.every_steps is not None and self.steps >= self.every_steps) or (
+            self.every_seconds is not None and time.monotonic() - self.since >= self.every_seconds)
+        if self.notice.requested or due:
+            self.write({})
+            self.saved()
+        return self.notice.requested
 
 
 def _summary(config: TrialConfig, trial_name: str, history: list[dict[str, float]], device: torch.device,

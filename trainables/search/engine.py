@@ -12,7 +12,9 @@ weights) puts every layer's ``kxk`` first in every top-k.
 
 Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
 noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is
-bit-identical to an uninterrupted one (fp16's loss scale is checkpointed too).
+bit-identical to an uninterrupted one (fp16's loss scale is checkpointed too). A checkpoint
+written mid-epoch (``train_epoch``'s ``after_step``) also holds the epoch's progress
+(``trainables.search.midepoch``), and the resumed run finishes that epoch as the uninterrupted one did.
 
 Runtime (``RuntimeConfig``): ``precision`` autocasts the training forward and loss and the
 supernet's evaluation (``trainables.search.amp``; the fused model is always evaluated in float32);
@@ -56,6 +58,7 @@ from .gates import (
     cosine,
 )
 from .masks import MaskSampler
+from .midepoch import EpochProgress
 from .recipe import (
     arch_lr,
     average_bn_stats,
@@ -109,6 +112,8 @@ class SearchEngine:
         self.steps_per_epoch = steps_per_epoch
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimisation steps
+        self.progress: EpochProgress | None = None  # the epoch in progress (None between epochs)
+        self._resume_epoch: tuple[dict[str, Any], dict[str, Any]] | None = None  # a mid-epoch checkpoint's
         self.train_model: nn.Module = self.model  # the training forward (a DDP wrapper under DDP)
         self.rank = 0  # ranks > 0 draw other noise, overridden by rank 0's broadcast
         self.optimizer = torch.optim.SGD(_param_groups(model, optim.weight_decay), lr=optim.lr, momentum=optim.momentum)
@@ -216,29 +221,41 @@ class SearchEngine:
             self._compiled = torch.compile(self.train_model)
         return self._compiled
 
-    def train_epoch(self, loader: DataLoader) -> dict[str, float]:
-        """Train one epoch; returns phase_id, train_loss, train_acc, lr (at its first step)."""
+    def train_epoch(self, loader: DataLoader, after_step: Callable[[], bool] | None = None) -> dict[str, float] | None:
+        """Train one epoch (or the rest of one a mid-epoch checkpoint started); returns phase_id,
+        train_loss, train_acc, lr (at its first step). ``after_step`` runs after every step, with
+        :meth:`state_dict` then describing the epoch so far (a mid-epoch checkpoint); when it
+        returns True the epoch stops there and this returns None (``progress`` stays set)."""
         phase = self.phase()
         if phase == PHASE_FIXED:
             self.fix(loader=loader)
             self.masks.apply(self.fixed_mask)  # type: ignore[arg-type]
         self._reseed(loader, Stream.TORCH, Stream.DATA)
         rank = (self.rank,) if self.rank else ()
-        noise = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, Stream.MASK, *rank))
+        progress = EpochProgress(
+            0, float(self.optimizer.param_groups[0]["lr"]), torch.zeros((), device=self.device),
+            torch.zeros((), device=self.device), 0,
+            torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, Stream.MASK, *rank)))
+        batches = iter(loader)
+        if self._resume_epoch is not None:  # replay the epoch's order up to the checkpoint's step
+            tensors, meta = self._resume_epoch
+            self._resume_epoch = None
+            for _ in range(int(meta["steps"])):
+                next(batches)
+            EpochProgress.restore(progress, tensors, meta)
+        self.progress = progress
         search_start = self.search.random_epochs * self.steps_per_epoch
         search_total = self.search.search_epochs * self.steps_per_epoch
-        lr = float(self.optimizer.param_groups[0]["lr"])
         forward = self._train_forward(phase)
         self.model.train()
-        loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
-        for inputs, targets in loader:
+        for inputs, targets in batches:
             inputs, targets = self._inputs(inputs), targets.to(self.device, non_blocking=True)
             # set to None before the forward, not before the backward: the last step's gradients
             # would otherwise stay resident beside this step's activations (the peak of a step)
             self.optimizer.zero_grad(set_to_none=True)
             if self.arch_optimizer is not None:
                 self.arch_optimizer.zero_grad(set_to_none=True)
-            self.masks.sample(phase, noise, self.alpha, self.step, self.steps_per_epoch)
+            self.masks.sample(phase, progress.noise, self.alpha, self.step, self.steps_per_epoch)
             with self.amp.autocast():
                 logits = forward(inputs)
                 loss = F.cross_entropy(logits.float(), targets)
@@ -257,20 +274,24 @@ class SearchEngine:
             self.amp.step(stepping, self._parameters(), self.optim.grad_clip)
             self.scheduler.step()
             self.step += 1
-            loss_sum += loss.detach() * len(targets)
-            correct += (logits.detach().argmax(1) == targets).sum()
-            seen += len(targets)
+            progress.steps += 1
+            progress.loss_sum += loss.detach() * len(targets)
+            progress.correct += (logits.detach().argmax(1) == targets).sum()
+            progress.seen += len(targets)
+            if after_step is not None and after_step():
+                return None
+        self.progress = None
         self.masks.apply(self.eval_mask())  # drop the step's gates (and their graph)
         self.epoch += 1
-        totals = self.sync.sum(torch.stack([loss_sum.double(), correct.double(),
-                                            torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
+        totals = self.sync.sum(torch.stack([progress.loss_sum.double(), progress.correct.double(),
+                                            torch.tensor(float(progress.seen), dtype=torch.float64, device=self.device)]))
         loss_total, correct_total, seen_total = totals.tolist()
         check_finite(loss_total, self.epoch)  # the reduced sum: the same verdict on every rank
         return {
             "phase_id": float(phase),
             "train_loss": loss_total / max(seen_total, 1),
             "train_acc": correct_total / max(seen_total, 1),
-            "lr": lr,
+            "lr": progress.lr,
         }
 
     @torch.no_grad()
@@ -331,6 +352,8 @@ class SearchEngine:
             tensors["grad_scaler"] = self.amp.state_dict()
         meta = {"epoch": self.epoch, "step": self.step, "phase_id": self.phase(), "k": self.masks.k,
                 "num_candidates": self.masks.num_candidates}
+        if self.progress is not None:  # mid-epoch
+            tensors["epoch_progress"], meta["epoch_progress"] = self.progress.state()
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -356,6 +379,9 @@ class SearchEngine:
             masks.fair_counts = tensors["fair_counts"].long().cpu().clone()
         self.amp.load_state_dict(tensors.get("grad_scaler"))
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        self.progress = None
+        self._resume_epoch = ((tensors["epoch_progress"], meta["epoch_progress"])
+                              if "epoch_progress" in meta else None)  # train_epoch continues it
         torch.set_rng_state(tensors["rng_cpu"])
         if "rng_cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(tensors["rng_cuda"])

@@ -1,0 +1,48 @@
+"""A preemption notice (SIGTERM) turned into "checkpoint now, then stop".
+
+Spot/preemptible VMs, Kubernetes pod deletion and Slurm preemption all send SIGTERM and wait a
+grace period (about 30 s to 2 min) before SIGKILL. Inside :class:`PreemptionNotice` SIGTERM only
+sets a flag; the trial checks it after every training step (``trainables.run.trial``), writes a
+mid-epoch checkpoint and raises :class:`~trainables.errors.TrialPreempted`, so at most the step
+in flight is lost. Signal handlers can only be installed from the main thread: elsewhere the
+notice is inert (``installed`` is False).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any, Self
+
+__all__ = ["PreemptionNotice"]
+
+
+class PreemptionNotice:
+    """``with PreemptionNotice() as notice:`` SIGTERM sets ``notice.requested`` (and ``received_at``,
+    a ``time.monotonic()``) instead of ending the process; the previous handler is restored on exit."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> None:
+        self.signals = signals
+        self.requested = False
+        self.received_at: float | None = None
+        self.installed = False
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            self.requested, self.received_at = True, time.monotonic()
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        self.installed = False
