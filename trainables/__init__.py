@@ -13,6 +13,7 @@ from .config import (
     EXPORT_FORMATS,
     DataConfig,
     ExportConfig,
+    Int8Config,
     ModelConfig,
     OptimConfig,
     RuntimeConfig,
@@ -27,9 +28,10 @@ from .export import FusionMismatchError
 from .failures import NonFiniteLossError
 from .hooks import TrialHook
 from .repeat import REPEAT_KEY, Repeat
-from .metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS, PHASES, objective_metric_names, scheduler_metric_names
+from .metrics import EPOCH_METRICS, FINAL_METRICS, INT8_METRICS, OPTIONAL_FINAL_METRICS, PHASES, objective_metric_names, scheduler_metric_names
 from .schema import ConfigError, apply_overrides, did_you_mean, flatten_overrides, parse_override
 from .sweepfile import load_trial_section, read_sweep_yaml
+from .quantize import INT8_FILE, quantize_onnx
 from .trial import TrialResult, run_trial
 from .tune import make_trainable
 
@@ -42,6 +44,7 @@ __all__ = [
     "OptimConfig",
     "RuntimeConfig",
     "ExportConfig",
+    "Int8Config",
     "BASELINES",
     "DATASETS",
     "EXPORT_FORMATS",
@@ -61,6 +64,7 @@ __all__ = [
     "EPOCH_METRICS",
     "FINAL_METRICS",
     "OPTIONAL_FINAL_METRICS",
+    "INT8_METRICS",
     "PHASES",
     "objective_metric_names",
     "scheduler_metric_names",
@@ -79,5 +83,7 @@ __all__ = [
     "REPEAT_KEY",
     "TrialResult",
     "run_trial",
+    "INT8_FILE",
+    "quantize_onnx",
     "make_trainable",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["PHASES", "PHASE_RANDOM", "PHASE_SEARCH", "PHASE_FIXED", "EPOCH_METRICS", "FINAL_METRICS", "OPTIONAL_FINAL_METRICS",
-           "objective_metric_names", "scheduler_metric_names"]
+           "INT8_METRICS", "objective_metric_names", "scheduler_metric_names"]
 
 PHASE_RANDOM, PHASE_SEARCH, PHASE_FIXED = 0, 1, 2
 PHASES = ("random", "search", "fixed")
@@ -46,10 +46,18 @@ FINAL_METRICS = (
 )
 """Added to the last epoch's report."""
 
-OPTIONAL_FINAL_METRICS = ("test_acc",)
-"""Added to the last report when the dataset has a test split (fused model's accuracy)."""
+INT8_METRICS = ("int8_val_acc", "int8_val_drop", "int8_test_acc", "int8_test_drop", "latency_int8_ms",
+                "latency_onnx_fp32_ms", "int8_seconds")
+"""Added to the last report with ``export.int8.enabled`` (``trainables.quantize``): the INT8 model's
+accuracies, their drops from the float32 fused model's (``fused_val_acc``, ``test_acc``; fractions,
+positive when INT8 loses), its ONNX Runtime latency beside the float32 ONNX model's (same session
+options and batch), and the seconds the step took. The ``*_test_*`` ones need a test split."""
 
-_NOT_OBJECTIVES = ("done", "epoch", "epochs_trained", "phase_id")  # markers and counters, not quantities to optimise
+OPTIONAL_FINAL_METRICS = ("test_acc", *INT8_METRICS)
+"""Added to the last report when the dataset has a test split (``test_acc``: the fused model's
+accuracy) or INT8 quantization is on (``INT8_METRICS``)."""
+
+_NOT_OBJECTIVES = ("done", "epoch", "epochs_trained", "phase_id", "int8_seconds")  # markers and counters, not quantities to optimise
 
 
 def objective_metric_names() -> tuple[str, ...]:

@@ -24,9 +24,9 @@ __all__ = [
 BUDGET_KEY = "search.budget"  # labels the plot's points; a column of its own in the table
 # Metrics shown in the table next to the objectives (when reported); peak_memory_mb tells
 # whether trials packed onto one GPU (resources.gpus < 1) fit it together.
-TABLE_METRICS: tuple[str, ...] = ("val_acc", "fused_val_acc", "branches_kept", "branches_total",
-                                  "params_fused", "latency_fused_ms", "epoch", "train_seconds", "gpu_seconds",
-                                  "peak_memory_mb")
+TABLE_METRICS: tuple[str, ...] = ("val_acc", "fused_val_acc", "int8_val_acc", "int8_val_drop", "branches_kept",
+                                  "branches_total", "params_fused", "latency_fused_ms", "latency_int8_ms", "epoch",
+                                  "train_seconds", "gpu_seconds", "peak_memory_mb")
 # Extra plot panels: primary objective against these (all minimised).
 _EXTRA_X: tuple[str, ...] = ("branches_kept", "latency_fused_ms", "params_fused", "train_seconds")
 
