@@ -1,7 +1,7 @@
 """Do re-parameterized models survive INT8? Float32 vs ONNX Runtime INT8 per block form.
 
 Trains every (host, method, block form, seed) of the grid below as one trial (``run_trial``,
-no Ray) with ``trial.export.int8.enabled`` (``trainables.quantize``: QDQ, per-channel INT8
+no Ray) with ``trial.export.int8.enabled`` (``trainables.run.quantize``: QDQ, per-channel INT8
 weights, MinMax calibration on 256 training images), and records the fused float32 and the
 INT8 test accuracy, the drop, the ONNX Runtime latency of both (same session options, batch
 1), and the weight and activation ranges of the fused model that INT8 has to cover:
@@ -36,9 +36,9 @@ from torch import nn
 from orchestrator.tracking.fused_model import load_fused
 from searchspace import odbb_layers
 from trainables import TrialConfig, apply_overrides, run_trial
-from trainables.build import build_trial_model
-from trainables.data import build_data
-from trainables.quantize import calibration_set
+from trainables.run.build import build_trial_model
+from trainables.run.data import build_data
+from trainables.run.quantize import calibration_set
 
 FASHION = {"dataset": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "batch_size": 128}
 HOSTS: dict[str, dict[str, Any]] = {

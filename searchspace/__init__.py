@@ -22,7 +22,6 @@ from .branches import (
 from .convert import (
     Conversion,
     ConvertedLayer,
-    NothingToConvertError,
     check_original_state,
     conversion_of,
     convert,
@@ -44,6 +43,7 @@ from .models import (
     resolve_factory,
     torchvision_model_names,
 )
+from .errors import NothingToConvertError, RepnasError
 from .odbb import ODBB, check_branches
 from .forms import QUANT_AWARE_FORMS, REPARAM_FORMS, odbb_class
 from .online import (
@@ -110,6 +110,7 @@ __all__ = [
     "Conversion",
     "ConvertedLayer",
     "NothingToConvertError",
+    "RepnasError",
     "SkippedConv",
     "PairPlan",
     "find_pairs",

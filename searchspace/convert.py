@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .errors import NothingToConvertError
 from .branches import BRANCH_TYPES, IDENTITY, ConvBN, IdentityBN, OneByOneAvg, OneByOneKxK
 from .odbb import ODBB, check_branches
 from .forms import QUANT_AWARE_FORMS, odbb_class
@@ -44,7 +45,6 @@ from .online import OnlineConv, OnlineODBB
 from .pairs import SkippedConv, find_pairs
 
 __all__ = [
-    "NothingToConvertError",
     "ConvertedLayer",
     "Conversion",
     "convert",
@@ -57,10 +57,6 @@ __all__ = [
 
 _BN_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _SHOWN = 5  # keys named in a mismatch message, per kind
-
-
-class NothingToConvertError(ValueError):
-    """The model has no conv -> BN pair that can become an ODBB (the message lists why)."""
 
 
 @dataclass(frozen=True)

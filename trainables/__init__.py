@@ -1,39 +1,71 @@
 """What one trial does: data, the RepNAS one-stage search engine, checkpoints, export.
 
+Subpackages by job: ``config`` (what a trial is; shared with the driver), ``search`` (the
+engine), ``run`` (one trial's run), ``ray_tune`` (the trial's side of Ray); ``errors`` holds
+every exception the project raises.
+
 Runs with Ray Tune (``make_trainable``) or without (``run_trial``,
 ``python -m trainables.cli``). Tracking is injected through ``TrialHook``s;
 nothing here imports MLflow. See docs/architecture.md for the contract.
 """
 
-from . import gates, metrics, schema, sweepfile
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import (
     BASELINES,
     DATASETS,
+    EPOCH_METRICS,
     EXPORT_FORMATS,
+    FINAL_METRICS,
+    INT8_METRICS,
+    OPTIONAL_FINAL_METRICS,
+    PHASES,
+    RECIPE_PRESETS,
+    REPEAT_KEY,
     DataConfig,
     ExportConfig,
     Int8Config,
     ModelConfig,
     OptimConfig,
+    Repeat,
     RuntimeConfig,
     SearchConfig,
     TrialConfig,
+    apply_overrides,
     check_trial_key,
+    did_you_mean,
+    flatten_overrides,
+    layer_trial,
+    load_trial_section,
+    metrics,
+    objective_metric_names,
+    parse_override,
+    read_sweep_yaml,
+    scheduler_metric_names,
+    schema,
+    sweepfile,
 )
-from .presets import RECIPE_PRESETS, layer_trial
-from .data import DataBundle, LoaderSettings, build_data, make_loader
-from .engine import SearchEngine
-from .export import FusionMismatchError
-from .failures import NonFiniteLossError
-from .hooks import TrialHook
-from .repeat import REPEAT_KEY, Repeat
-from .metrics import EPOCH_METRICS, FINAL_METRICS, INT8_METRICS, OPTIONAL_FINAL_METRICS, PHASES, objective_metric_names, scheduler_metric_names
-from .schema import ConfigError, apply_overrides, did_you_mean, flatten_overrides, parse_override
-from .sweepfile import load_trial_section, read_sweep_yaml
-from .quantize import INT8_FILE, quantize_onnx
-from .trial import TrialResult, run_trial
-from .tune import make_trainable
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    FusionMismatchError,
+    NonFiniteLossError,
+    RepnasError,
+    UserError,
+)
+from .ray_tune import make_trainable
+from .run import (
+    INT8_FILE,
+    DataBundle,
+    LoaderSettings,
+    TrialHook,
+    TrialResult,
+    build_data,
+    load_checkpoint,
+    make_loader,
+    quantize_onnx,
+    run_trial,
+    save_checkpoint,
+)
+from .search import SearchEngine, gates
 
 __all__ = [
     "TrialConfig",
@@ -78,6 +110,8 @@ __all__ = [
     "load_checkpoint",
     "FusionMismatchError",
     "NonFiniteLossError",
+    "RepnasError",
+    "UserError",
     "TrialHook",
     "Repeat",
     "REPEAT_KEY",

@@ -4,7 +4,7 @@ its storage folder and lock. No Ray or MLflow is imported here."""
 
 from .fit import check_fit, check_request
 from .load import apply_set, load_sweep, local_gpu_count, parse_sweep
-from .lock import LOCK_FILE, SweepLock, SweepLockedError
+from .lock import LOCK_FILE, SweepLock
 from .schema import (
     CheckpointSettings,
     FailureSettings,
@@ -24,5 +24,5 @@ __all__ = [
     "CheckpointSettings", "FailureSettings", "MlflowConfig", "Objective", "RayConfig", "ResourcesConfig",
     "SchedulerConfig", "SearcherConfig", "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "local_gpu_count",
     "check_fit", "check_request", "SpaceParam", "parse_space", "param_space", "sample_overrides", "trial_count", "validate_trials",
-    "SweepLock", "SweepLockedError", "LOCK_FILE", "sqlite_path", "sqlite_file", "resolve_tracking_uri",
+    "SweepLock", "LOCK_FILE", "sqlite_path", "sqlite_file", "resolve_tracking_uri",
 ]

@@ -14,10 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from trainables.presets import layer_trial
-from trainables.metrics import INT8_METRICS, objective_metric_names, scheduler_metric_names
-from trainables.schema import ConfigError, apply_overrides, did_you_mean, join_path, load_dataclass, parse_override
-from trainables.sweepfile import read_sweep_yaml
+from trainables.config.presets import layer_trial
+from trainables.config.metrics import INT8_METRICS, objective_metric_names, scheduler_metric_names
+from trainables.config.schema import apply_overrides, did_you_mean, join_path, load_dataclass, parse_override
+from trainables.errors import ConfigError
+from trainables.config.sweepfile import read_sweep_yaml
 
 from .tracking_uri import resolve_tracking_uri
 from .fit import check_fit, check_request

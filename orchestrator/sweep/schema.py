@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trainables.config import TrialConfig
-from trainables.metrics import objective_metric_names
-from trainables.schema import ConfigError, at_least, between, derived, did_you_mean, dump_dataclass, join_path, rule
+from trainables.config.sections import TrialConfig
+from trainables.config.metrics import objective_metric_names
+from trainables.config.schema import at_least, between, derived, did_you_mean, dump_dataclass, join_path, rule
+from trainables.errors import ConfigError
 
 from .space import SpaceParam
 

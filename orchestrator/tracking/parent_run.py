@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from trainables.schema import flatten_overrides
+from trainables.config.schema import flatten_overrides
 
 from ..mlflow_adapter import tracking_uri_for_block
 from ..records import RunLink, TrialStatus
@@ -83,13 +83,16 @@ def mlflow_params(data: Mapping[str, Any]) -> list[Param]:
     return [Param(k, redact(str(v))[:6000]) for k, v in public_items(flatten_overrides(data)).items()]
 
 
-def client_defaults() -> None:
+def client_defaults(tracking_uri: str) -> None:
     """MLflow client settings unless set in the environment: short HTTP retries (an unreachable
     server costs seconds, not minutes per call; the hook buffers instead) and no run URLs
-    printed (a tracking URI may carry credentials); SQLite stores in WAL mode (``_sqlite``)."""
+    printed (a tracking URI may carry credentials); a SQLite store at ``tracking_uri`` in WAL
+    mode (``tracking.sqlite``)."""
     for key, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    use_wal()
+    db = sqlite_file(tracking_uri)
+    if db is not None:
+        use_wal(db)
 
 
 @contextmanager
@@ -129,7 +132,7 @@ def _experiment_id(client: MlflowClient, cfg: SweepConfig) -> str:
 
 def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     """Create the sweep's parent run (or reopen it on resume) and persist its id."""
-    client_defaults()
+    client_defaults(cfg.mlflow.tracking_uri)
     db = sqlite_file(cfg.mlflow.tracking_uri)
     if db is not None:
         create_database(db)

@@ -279,7 +279,7 @@ def test_asha_max_t_is_the_longest_trial_the_space_can_sample(tmp_path: Path, ki
 
 def test_extends_merges_a_base_sweep_file(tmp_path: Path, write_sweep: Any, kit: Any,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from trainables.sweepfile import load_trial_section
+    from trainables.config.sweepfile import load_trial_section
 
     base = kit.tiny_sweep(tmp_path, name="base")
     base["space"] = {"search.budget": {"choice": [0.2, 0.5]}, "optim.lr": {"loguniform": [0.05, 0.2]}}

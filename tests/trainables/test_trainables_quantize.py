@@ -16,9 +16,9 @@ onnxruntime = pytest.importorskip("onnxruntime")
 from onnx import numpy_helper  # noqa: E402
 
 from trainables import INT8_FILE, INT8_METRICS, ConfigError, TrialConfig, apply_overrides, quantize_onnx, run_trial  # noqa: E402
-from trainables.data import build_data, make_loader  # noqa: E402
-from trainables.export import export_onnx  # noqa: E402
-from trainables.quantize import onnx_accuracy, session  # noqa: E402
+from trainables.run.data import build_data, make_loader  # noqa: E402
+from trainables.run.export import export_onnx  # noqa: E402
+from trainables.run.quantize import onnx_accuracy, session  # noqa: E402
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:

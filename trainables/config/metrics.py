@@ -31,7 +31,7 @@ scheduler judges trials at). ``train_seconds`` sums ``epoch_time_s`` over the tr
 far (its training cost, across resumes); ``gpu_seconds`` is that times the GPUs the trial holds
 (a fraction when trials share a GPU; 0 on CPU): the cost a sweep can minimise.
 ``peak_memory_mb`` is the trial's peak so far: CUDA tensors on a GPU, process RSS on CPU
-(``trainables.memory``)."""
+(``trainables.run.memory``)."""
 
 FINAL_METRICS = (
     "fused_val_acc",
@@ -48,7 +48,7 @@ FINAL_METRICS = (
 
 INT8_METRICS = ("int8_val_acc", "int8_val_drop", "int8_test_acc", "int8_test_drop", "latency_int8_ms",
                 "latency_onnx_fp32_ms", "int8_seconds")
-"""Added to the last report with ``export.int8.enabled`` (``trainables.quantize``): the INT8 model's
+"""Added to the last report with ``export.int8.enabled`` (``trainables.run.quantize``): the INT8 model's
 accuracies, their drops from the float32 fused model's (``fused_val_acc``, ``test_acc``; fractions,
 positive when INT8 loses), its ONNX Runtime latency beside the float32 ONNX model's (same session
 options and batch), and the seconds the step took. The ``*_test_*`` ones need a test split."""

@@ -3,7 +3,7 @@
 Defaults are the RepNAS paper's values (DESIGN.md section 3). ``TrialConfig.from_dict``
 rejects wrong types, out-of-range values and unknown keys with a ``ConfigError`` whose
 path is the YAML key (``trial.search.budget``). Checks that need the built model (budget
-larger than the candidate count) happen in ``trainables.build``.
+larger than the candidate count) happen in ``trainables.run.build``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,19 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_origin, get_type_hints
 
-from searchspace import BRANCH_TYPES, IDENTITY, QUANT_AWARE_FORMS, TORCHVISION_PREFIX, is_external, list_models, torchvision_model_names
+from searchspace import (
+    BRANCH_TYPES,
+    IDENTITY,
+    QUANT_AWARE_FORMS,
+    TORCHVISION_PREFIX,
+    is_external,
+    list_models,
+    torchvision_model_names,
+)
 
+from ..errors import ConfigError
 from .presets import check_preset, layer_trial, with_preset
 from .schema import (
-    ConfigError,
     apply_overrides,
     at_least,
     between,
@@ -158,7 +166,7 @@ class DataConfig:
     eval_batch_size: int = field(default=256, metadata=rule(at_least(1)))
     num_workers: int | Literal["auto"] = field(default=0, metadata=rule(lambda v: None if v == "auto" else at_least(0)(v)))
     """Loader processes per loader; ``auto``: from the trial's CPUs, the device and whether items
-    need per-item work (``trainables.data.auto_num_workers``)."""
+    need per-item work (``trainables.run.data.auto_num_workers``)."""
     image_size: int | None = field(default=None, metadata=rule(at_least(1)))
     augment: bool = False
     limit_train: int | None = field(default=None, metadata=rule(at_least(1)))
@@ -313,7 +321,7 @@ class RuntimeConfig:
     latency_batch_size: int = field(default=1, metadata=rule(at_least(1)))
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast dtype of the training and evaluation forwards (``fp16`` with a gradient scaler);
-    weights, optimiser state, alpha, gates and all fusion math stay float32 (``trainables.amp``)."""
+    weights, optimiser state, alpha, gates and all fusion math stay float32 (``trainables.search.amp``)."""
     channels_last: bool = False
     """Model and inputs in ``torch.channels_last`` memory format (faster convs on tensor cores)."""
     compile: bool = False
@@ -328,7 +336,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class Int8Config:
-    """INT8 post-training static quantization of the fused model (ONNX Runtime, ``trainables.quantize``).
+    """INT8 post-training static quantization of the fused model (ONNX Runtime, ``trainables.run.quantize``).
 
     Off by default: it adds an ONNX export, calibration and two accuracy passes in ONNX Runtime
     to every trial (seconds on small hosts, more on large ones). ``calibration_images``: the

@@ -35,7 +35,7 @@ __all__ = ["INT8_FILE", "Int8Result", "session", "onnx_accuracy", "onnx_latency"
 
 INT8_FILE = "model_int8.onnx"
 """The quantized model's file name in the export folder (logged to the trial's MLflow run)."""
-_INPUT = "input"  # the input name ``trainables.export`` gives the ONNX graph
+_INPUT = "input"  # the input name ``trainables.run.export`` gives the ONNX graph
 
 
 def session(path: Path, num_threads: int) -> onnxruntime.InferenceSession:
