@@ -122,6 +122,14 @@ def run_row(host: str, method: str, form: str, seed: int, args: argparse.Namespa
     return row
 
 
+def _welch(a: list[float], b: list[float]) -> str:
+    """Welch's t-test p-value of two samples ('-' with fewer than 2 in either; 'n/a' when both are constant)."""
+    if len(a) < 2 or len(b) < 2:
+        return "-"
+    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    return "n/a" if p != p else f"{p:.3f}"
+
+
 def _mean_std(values: list[float], scale: float = 1.0) -> str:
     if not values:
         return "-"
@@ -136,7 +144,7 @@ def report(rows: list[dict[str, Any]], out: Path, settings: dict[str, Any]) -> s
     for r in rows:
         groups.setdefault((r["host"], r["method"], r["form"]), []).append(r)
     lines = [f"Settings: {json.dumps(settings)}", "",
-             "| host | method | form | seeds | fp32 test % | INT8 test % | drop (pts) | Welch p (INT8 acc, QA vs std) "
+             "| host | method | form | seeds | fp32 test % | INT8 test % | drop (pts) | Welch p, QA vs std (INT8 acc / drop) "
              "| fp32 ORT ms | INT8 ORT ms | weight range med/max | act range med/max | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (host, method, form), rs in sorted(groups.items()):
@@ -144,9 +152,8 @@ def report(rows: list[dict[str, Any]], out: Path, settings: dict[str, Any]) -> s
         p = "-"
         if form.endswith("_qa"):
             std = groups.get((host, method, form.removesuffix("_qa")), [])
-            a, b = col("int8_test_acc"), [r["int8_test_acc"] for r in std if "int8_test_acc" in r]
-            if len(a) > 1 and len(b) > 1:
-                p = f"{stats.ttest_ind(a, b, equal_var=False).pvalue:.3f}"
+            pair = [_welch(col(k), [r[k] for r in std if k in r]) for k in ("int8_test_acc", "int8_test_drop")]
+            p = " / ".join(pair)
         lines.append(
             f"| {host} | {method} | {form} | {len(rs)} | {_mean_std(col('test_acc'), 100)} | "
             f"{_mean_std(col('int8_test_acc'), 100)} | {_mean_std(col('int8_test_drop'), 100)} | {p} | "
