@@ -111,8 +111,9 @@ def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: An
     return metrics, extra
 
 
-def _int8(fused: torch.nn.Module, device: torch.device, config: TrialConfig, data: Any, val_loader: Any, test_loader: Any, out: Path,
-          loading: LoaderSettings, metrics: dict[str, float], result: ExportResult) -> None:
+def _int8(fused: torch.nn.Module, device: torch.device, config: TrialConfig, data: Any, val_loader: Any,
+          test_loader: Any, out: Path, loading: LoaderSettings, metrics: dict[str, float],
+          result: ExportResult) -> None:
     """INT8 metrics into ``metrics`` and the quantized file into ``result`` (``trainables.run.quantize``);
     a failure is recorded in ``result.errors["int8"]``, as a failing export format is."""
     example = torch.randn(config.runtime.latency_batch_size, *data.example_shape)
