@@ -38,7 +38,7 @@ from searchspace import odbb_layers
 from trainables import TrialConfig, apply_overrides, run_trial
 from trainables.run.build import build_trial_model
 from trainables.run.data import build_data
-from trainables.run.quantize import calibration_set
+from trainables.run.quantize import calibration_set, weight_ranges
 
 FASHION = {"dataset": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "batch_size": 128}
 HOSTS: dict[str, dict[str, Any]] = {
@@ -88,11 +88,8 @@ def apply_plain(cfg: TrialConfig) -> TrialConfig:
 @torch.no_grad()
 def ranges(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
     """Weight and activation ranges of the fused ``model`` (module doc), over its convs."""
+    weight = weight_ranges(model)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    weight = []
-    for conv in convs:
-        w = conv.weight.flatten(1)
-        weight.append(float((w.abs().amax(1) / w.std(1).clamp_min(1e-12)).max()))
     seen: list[torch.Tensor] = []
     handles = [c.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0].abs().flatten())) for c in convs]
     model(images)

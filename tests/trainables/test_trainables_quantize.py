@@ -4,6 +4,7 @@ are quantized per channel, and the keys are validated before any compute."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from onnx import numpy_helper  # noqa: E402
 from trainables import INT8_FILE, INT8_METRICS, ConfigError, TrialConfig, apply_overrides, quantize_onnx, run_trial  # noqa: E402
 from trainables.run.data import build_data, make_loader  # noqa: E402
 from trainables.run.export import export_onnx  # noqa: E402
-from trainables.run.quantize import onnx_accuracy, session  # noqa: E402
+from trainables.run.quantize import onnx_accuracy, session, weight_ranges  # noqa: E402
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
@@ -55,6 +56,7 @@ def test_int8_trial_reports_metrics_and_the_artifact_reproduces_them(tmp_path: P
     fused.load_state_dict(torch.load(result.export_dir / "fused_state_dict.pt", weights_only=True))
     with torch.no_grad():
         fp32_logits = fused.eval()(torch.from_numpy(x)).numpy()
+    assert m["fused_weight_range"] == pytest.approx(statistics.median(weight_ranges(fused)))
     assert not np.array_equal(int8_logits, fp32_logits)
     assert (int8_logits.argmax(1) == fp32_logits.argmax(1)).mean() >= 0.9
     assert np.abs(int8_logits - fp32_logits).mean() <= 0.25 * np.abs(fp32_logits).mean()

@@ -47,11 +47,13 @@ FINAL_METRICS = (
 """Added to the last epoch's report."""
 
 INT8_METRICS = ("int8_val_acc", "int8_val_drop", "int8_test_acc", "int8_test_drop", "latency_int8_ms",
-                "latency_onnx_fp32_ms", "int8_seconds")
+                "latency_onnx_fp32_ms", "fused_weight_range", "int8_seconds")
 """Added to the last report with ``export.int8.enabled`` (``trainables.run.quantize``): the INT8 model's
 accuracies, their drops from the float32 fused model's (``fused_val_acc``, ``test_acc``; fractions,
 positive when INT8 loses), its ONNX Runtime latency beside the float32 ONNX model's (same session
-options and batch), and the seconds the step took. The ``*_test_*`` ones need a test split."""
+options and batch), ``fused_weight_range`` (median over the fused convs of the largest per-channel
+``max|w| / std(w)``: how far fused identity/1x1 taps stretch the INT8 weight grid; a signal a search
+can minimise), and the seconds the step took. The ``*_test_*`` ones need a test split."""
 
 OPTIONAL_FINAL_METRICS = ("test_acc", *INT8_METRICS)
 """Added to the last report when the dataset has a test split (``test_acc``: the fused model's

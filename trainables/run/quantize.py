@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import onnxruntime
 
 __all__ = ["INT8_FILE", "Int8Result", "session", "onnx_accuracy", "onnx_latency", "quantize_onnx", "calibration_set",
-           "quantize_int8"]
+           "weight_ranges", "quantize_int8"]
 
 INT8_FILE = "model_int8.onnx"
 """The quantized model's file name in the export folder (logged to the trial's MLflow run)."""
@@ -72,6 +72,21 @@ def onnx_latency(sess: onnxruntime.InferenceSession, example: np.ndarray, min_ru
     feed = {_INPUT: example}
     timer = benchmark.Timer(stmt="sess.run(None, feed)", globals={"sess": sess, "feed": feed})
     return float(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
+
+
+@torch.no_grad()
+def weight_ranges(model: torch.nn.Module) -> list[float]:
+    """Per conv of ``model``: the largest ``max|w| / std(w)`` over its output channels.
+
+    The span, in standard deviations, that a per-channel INT8 weight grid must cover: 2-3 for
+    a plain trained conv, several times more where a fused identity or 1x1 put a large centre
+    tap into the kernel (the outlier weights QARepVGG blames for RepVGG's INT8 loss).
+    """
+    spans = []
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv2d)):
+        w = conv.weight.flatten(1).double()
+        spans.append(float((w.abs().amax(1) / w.std(1).clamp_min(1e-12)).max()))
+    return spans
 
 
 class _Reader:
@@ -131,7 +146,8 @@ def quantize_int8(
     baselines. ``example``: the latency batch; both models run it in sessions with the same
     options. Metrics: ``int8_val_acc``, ``int8_val_drop`` (float32 minus INT8, a fraction),
     ``int8_test_acc`` / ``int8_test_drop`` with a test loader, ``latency_onnx_fp32_ms``,
-    ``latency_int8_ms``, ``int8_seconds`` (the whole step).
+    ``latency_int8_ms``, ``int8_seconds`` (the whole step). ``fused_weight_range`` (the median of
+    :func:`weight_ranges` over the fused model's convs) is the caller's: it needs the torch model.
     """
     started = time.perf_counter()
     path = quantize_onnx(fp32, out / INT8_FILE, calibration)

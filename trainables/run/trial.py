@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +41,7 @@ from .export import ExportResult, export_model, export_onnx
 from .hooks import TrialHook
 from .memory import PeakMemory
 from .placement import Placement, trial_cpus
-from .quantize import calibration_set, quantize_int8
+from .quantize import calibration_set, quantize_int8, weight_ranges
 
 __all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
 
@@ -133,6 +134,7 @@ def _int8(fused: torch.nn.Module, device: torch.device, config: TrialConfig, dat
     finally:
         fused.to(device)  # the ONNX export moved it to the CPU
     metrics.update(int8.metrics)
+    metrics["fused_weight_range"] = statistics.median(weight_ranges(fused))
     result.files["int8"] = str(int8.path)
 
 
