@@ -2,122 +2,29 @@
 
 Subpackages by job: ``config`` (what a trial is; shared with the driver), ``search`` (the
 engine), ``run`` (one trial's run), ``ray_tune`` (the trial's side of Ray); ``errors`` holds
-every exception the project raises.
+every exception the project raises. Names are imported on first use (PEP 562), so the
+driver can read ``trainables.config`` without importing the engine or a trial's run.
 
 Runs with Ray Tune (``make_trainable``) or without (``run_trial``,
 ``python -m trainables.cli``). Tracking is injected through ``TrialHook``s;
 nothing here imports MLflow. See docs/architecture.md for the contract.
 """
 
-from .config import (
-    BASELINES,
-    DATASETS,
-    EPOCH_METRICS,
-    EXPORT_FORMATS,
-    FINAL_METRICS,
-    INT8_METRICS,
-    OPTIONAL_FINAL_METRICS,
-    PHASES,
-    RECIPE_PRESETS,
-    REPEAT_KEY,
-    DataConfig,
-    ExportConfig,
-    Int8Config,
-    ModelConfig,
-    OptimConfig,
-    Repeat,
-    RuntimeConfig,
-    SearchConfig,
-    TrialConfig,
-    apply_overrides,
-    check_trial_key,
-    did_you_mean,
-    flatten_overrides,
-    layer_trial,
-    load_trial_section,
-    metrics,
-    objective_metric_names,
-    parse_override,
-    read_sweep_yaml,
-    scheduler_metric_names,
-    schema,
-    sweepfile,
-)
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    FusionMismatchError,
-    NonFiniteLossError,
-    RepnasError,
-    UserError,
-)
-from .ray_tune import make_trainable
-from .run import (
-    INT8_FILE,
-    DataBundle,
-    LoaderSettings,
-    TrialHook,
-    TrialResult,
-    build_data,
-    load_checkpoint,
-    make_loader,
-    quantize_onnx,
-    run_trial,
-    save_checkpoint,
-)
-from .search import SearchEngine, gates
+from ._lazy import lazy_exports
 
-__all__ = [
-    "TrialConfig",
-    "check_trial_key",
-    "ModelConfig",
-    "DataConfig",
-    "SearchConfig",
-    "OptimConfig",
-    "RuntimeConfig",
-    "ExportConfig",
-    "Int8Config",
-    "BASELINES",
-    "DATASETS",
-    "EXPORT_FORMATS",
-    "RECIPE_PRESETS",
-    "layer_trial",
-    "ConfigError",
-    "apply_overrides",
-    "flatten_overrides",
-    "parse_override",
-    "did_you_mean",
-    "schema",
-    "sweepfile",
-    "read_sweep_yaml",
-    "load_trial_section",
-    "gates",
-    "metrics",
-    "EPOCH_METRICS",
-    "FINAL_METRICS",
-    "OPTIONAL_FINAL_METRICS",
-    "INT8_METRICS",
-    "PHASES",
-    "objective_metric_names",
-    "scheduler_metric_names",
-    "DataBundle",
-    "build_data",
-    "make_loader",
-    "LoaderSettings",
-    "SearchEngine",
-    "CheckpointError",
-    "save_checkpoint",
-    "load_checkpoint",
-    "FusionMismatchError",
-    "NonFiniteLossError",
-    "RepnasError",
-    "UserError",
-    "TrialHook",
-    "Repeat",
-    "REPEAT_KEY",
-    "TrialResult",
-    "run_trial",
-    "INT8_FILE",
-    "quantize_onnx",
-    "make_trainable",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "TrialConfig": "config", "check_trial_key": "config", "ModelConfig": "config", "DataConfig": "config",
+    "SearchConfig": "config", "OptimConfig": "config", "RuntimeConfig": "config", "ExportConfig": "config",
+    "BASELINES": "config", "DATASETS": "config", "EXPORT_FORMATS": "config", "RECIPE_PRESETS": "config",
+    "layer_trial": "config", "apply_overrides": "config", "flatten_overrides": "config", "parse_override": "config",
+    "did_you_mean": "config", "schema": "config", "sweepfile": "config", "read_sweep_yaml": "config",
+    "load_trial_section": "config", "metrics": "config", "EPOCH_METRICS": "config", "FINAL_METRICS": "config",
+    "OPTIONAL_FINAL_METRICS": "config", "INT8_METRICS": "config", "Int8Config": "config", "PHASES": "config", "objective_metric_names": "config",
+    "scheduler_metric_names": "config", "Repeat": "config", "REPEAT_KEY": "config",
+    "ConfigError": "errors", "CheckpointError": "errors", "FusionMismatchError": "errors", "NonFiniteLossError":
+    "errors", "RepnasError": "errors", "UserError": "errors",
+    "make_trainable": "ray_tune",
+    "DataBundle": "run", "build_data": "run", "make_loader": "run", "LoaderSettings": "run", "save_checkpoint":
+    "run", "load_checkpoint": "run", "TrialHook": "run", "TrialResult": "run", "run_trial": "run", "INT8_FILE": "run", "quantize_onnx": "run",
+    "gates": "search", "SearchEngine": "search",
+})

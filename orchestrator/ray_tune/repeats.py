@@ -29,7 +29,7 @@ from trainables.config.identity import identity_key
 from trainables.config.sections import TrialConfig
 from trainables.config.repeat import REPEAT_KEY, Repeat
 from trainables.errors import ConfigError
-from trainables.ray_tune.tune import TRAINABLE_NAME
+from trainables.ray_tune import trial_name
 
 from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics, status_from_result
 
@@ -114,7 +114,7 @@ class RepeatSkipper(Searcher):
         status = status_from_result(result or {}, errored=error)
         if status in (TrialStatus.FINISHED, TrialStatus.STOPPED) and key not in self.finished:
             metrics = numeric_metrics(result or {}, TRIAL_METRICS)
-            self.finished[key] = Repeat(f"{TRAINABLE_NAME}_{trial_id}", metrics).to_dict()
+            self.finished[key] = Repeat(trial_name(trial_id), metrics).to_dict()
 
     def get_state(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -20,7 +20,7 @@ from ray.tune.search import Searcher
 from trainables.config.metrics import scheduler_metric_names
 from trainables.config.repeat import Repeat
 
-from ..sweep import SearcherConfig
+from ..sweep import SweepSearchConfig
 
 __all__ = ["WarmTrial", "VariantList", "make_searcher"]
 
@@ -39,7 +39,7 @@ class WarmTrial:
     intermediate: Mapping[int, float] = field(default_factory=dict)
 
 
-def _sampler(search: SearcherConfig) -> Any:
+def _sampler(search: SweepSearchConfig) -> Any:
     import optuna
 
     kwargs: dict[str, Any] = {"seed": search.seed}
@@ -50,7 +50,7 @@ def _sampler(search: SearcherConfig) -> Any:
     return cls[search.sampler](**kwargs)
 
 
-def _warm_study(search: SearcherConfig, param_space: Mapping[str, Any], warm: Sequence[WarmTrial]) -> dict[str, Any]:
+def _warm_study(search: SweepSearchConfig, param_space: Mapping[str, Any], warm: Sequence[WarmTrial]) -> dict[str, Any]:
     """OptunaSearch's ``storage`` and ``study_name``: an in-memory study already holding the warm
     trials (OptunaSearch loads it when Tune gives it the space): finished ones with every
     objective's value, stopped ones pruned with their intermediate values. Both count towards
@@ -107,7 +107,7 @@ class VariantList(Searcher):
         self.points, self.next = state["points"], state["next"]
 
 
-def make_searcher(search: SearcherConfig, param_space: Mapping[str, Any] | None = None,
+def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | None = None,
                   warm: Sequence[WarmTrial] = (), base_trial: Mapping[str, Any] | None = None,
                   variants: Sequence[Mapping[str, Any]] | None = None) -> Searcher | Any:
     """OptunaSearch (objective lists go to the searcher only; ``warm`` trials in its study;

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainables.config.metrics import scheduler_metric_names
 from trainables.errors import NothingToResumeError, SweepExistsError
+from trainables.ray_tune import trial_name
 
 from ..sweep import SweepConfig, param_space, sample_overrides, storage, trial_count
 from . import adapter as ray_adapter
@@ -53,7 +54,7 @@ def can_restore(cfg: SweepConfig) -> bool:
 
 def trial_dirname(trial: Any) -> str:
     """Short trial directory names (Ray's default embeds the whole config)."""
-    return f"{trial.trainable_name}_{trial.trial_id}"
+    return trial_name(trial.trial_id)
 
 
 def _trainable(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> Any:

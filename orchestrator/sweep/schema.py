@@ -18,7 +18,7 @@ from trainables.errors import ConfigError
 
 from .space import SpaceParam
 
-__all__ = ["Mode", "Objective", "RayConfig", "ResourcesConfig", "SearcherConfig", "SchedulerConfig", "FailureSettings",
+__all__ = ["Mode", "Objective", "RayConfig", "ResourcesConfig", "SweepSearchConfig", "SchedulerConfig", "FailureSettings",
            "CheckpointSettings", "MlflowConfig", "SweepConfig"]
 
 Mode = Literal["min", "max"]
@@ -64,7 +64,7 @@ def _default_objectives() -> list[Objective]:
 
 
 @dataclass(frozen=True)
-class SearcherConfig:
+class SweepSearchConfig:
     """The outer search algorithm and its budget: the sweep's ``search:`` section."""
 
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
@@ -153,7 +153,7 @@ class SweepConfig:
     storage_shared: bool = False  # the local storage_path is one shared folder on every node
     ray: RayConfig = field(default_factory=RayConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    search: SearcherConfig = field(default_factory=SearcherConfig)
+    search: SweepSearchConfig = field(default_factory=SweepSearchConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     stop: dict[str, int | float] = field(default_factory=dict)
     failure: FailureSettings = field(default_factory=FailureSettings)

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from trainables.config.schema import flatten_overrides
 
 from ..mlflow_adapter import tracking_uri_for_block
-from ..records import RunLink, TrialStatus
+from ..records import RunLink
 from ..redact import public_items, redact
 from ..sweep import storage
 from ..sweep.tracking_uri import sqlite_file, sqlite_path
@@ -139,12 +139,12 @@ def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     client = MlflowClient(cfg.mlflow.tracking_uri)
     state = SweepState.load(cfg) if resume else None
     if state is not None:
-        client.update_run(state.parent_run_id, status=TrialStatus.RUNNING.mlflow)
+        client.update_run(state.parent_run_id, status="RUNNING")
         return state
     experiment_id = _experiment_id(client, cfg)
     orphan = _unsaved_parent(client, experiment_id, cfg) if resume else None
     if orphan is not None:  # the driver died before it saved the parent run's id: reopen that run
-        client.update_run(orphan, status=TrialStatus.RUNNING.mlflow)
+        client.update_run(orphan, status="RUNNING")
         state = SweepState(cfg.name, cfg.mlflow.tracking_uri, experiment_id, orphan)
         state.save(cfg)
         return state
@@ -199,8 +199,7 @@ def log_parent_values(state: SweepState, metrics: Mapping[str, float], tags: Map
 
 def finish_parent_run(state: SweepState, ok: bool) -> None:
     """Mark the parent run FINISHED or FAILED."""
-    status = TrialStatus.FINISHED if ok else TrialStatus.FAILED
-    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, status.mlflow)
+    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
 
 
 def child_runs(state: SweepState) -> dict[str, Run]:

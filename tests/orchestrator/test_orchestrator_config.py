@@ -212,7 +212,8 @@ def test_unset_threads_are_the_trials_cpus(tmp_path: Path, kit: Any, runtime: di
     raw = kit.tiny_sweep(tmp_path, resources={"cpus": cpus}, ray={"num_cpus": 4})
     raw["trial"]["runtime"] = {"device": "cpu", **runtime}
     cfg = parse_sweep(raw)
-    assert cfg.trial["runtime"]["num_threads"] == threads and cfg.base.runtime.num_threads == threads
+    assert cfg.base.runtime.num_threads == threads and cfg.trial_config({"search.budget": 0.5}).runtime.num_threads == threads
+    assert cfg.trial["runtime"].get("num_threads") == runtime.get("num_threads")  # decided in one place: with_threads
 
 
 def test_apply_set_creates_sections() -> None:

@@ -16,7 +16,7 @@ from trainables.config.identity import NOT_DECIDING, identity_difference, identi
 
 RUNTIME_KEYS = {f"runtime.{name}" for name in RuntimeConfig.__dataclass_fields__}
 KEPT_RUNTIME = {"runtime.device", "runtime.workers", "runtime.sync_bn", "runtime.precision",
-                "runtime.channels_last", "runtime.compile"}
+                "runtime.channels_last", "runtime.compile", "runtime.num_threads"}
 
 
 def _train(tiny: Any, tmp_path: Path, name: str, overrides: dict[str, Any]) -> tuple[list[dict[str, float]], dict]:
@@ -37,14 +37,10 @@ def test_every_runtime_key_has_a_decided_place() -> None:
     assert KEPT_RUNTIME <= identity.keys() and not (NOT_DECIDING & identity.keys())
 
 
-@pytest.mark.parametrize(("key", "values"), [("runtime.num_threads", (1, 2)), ("data.num_workers", (0, 1))])
+@pytest.mark.parametrize(("key", "values"), [("data.num_workers", (0, 1))])
 def test_a_key_left_out_trains_the_same_bits(key: str, values: tuple[Any, Any], tiny: Any, tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    try:
-        (history_a, state_a), (history_b, state_b) = (_train(tiny, tmp_path, f"v{i}", {key: v})
-                                                      for i, v in enumerate(values))
-    finally:
-        torch.set_num_threads(threads)
+    (history_a, state_a), (history_b, state_b) = (_train(tiny, tmp_path, f"v{i}", {key: v})
+                                                  for i, v in enumerate(values))
     assert history_a == history_b and _same_bits(state_a, state_b)
     assert identity_key(tiny(**{key: values[0]})) == identity_key(tiny(**{key: values[1]}))
 
@@ -62,4 +58,5 @@ def test_identity_difference_names_the_first_deciding_key_and_ignores_missing_on
     logged = {k: v for k, v in trial_identity(trial).items() if not k.startswith("runtime.")}  # an older run
     assert identity_difference(trial, logged) is None
     assert identity_difference(trial, {**logged, "optim.lr": trial.optim.lr * 2}) == "optim.lr"
-    assert identity_difference(trial, {**logged, "runtime.num_threads": 64}) is None
+    assert identity_difference(trial, {**logged, "data.num_workers": 8}) is None  # not deciding
+    assert identity_difference(trial, {**logged, "runtime.num_threads": 64}) == "runtime.num_threads"

@@ -13,8 +13,11 @@ A trial's identity is every dotted key of its config except:
 - :data:`NOT_DECIDING`: keys that change how fast a trial runs or what it writes, never what it
   learns. Each is tested by training both values to the same bits
   (tests/trainables/test_trainables_identity.py). ``runtime.precision``, ``runtime.device``,
+  ``runtime.num_threads`` (measured: 1 and 2 intra-op threads give different sums in the last bits),
   ``runtime.channels_last``, ``runtime.compile``, ``runtime.workers`` and ``runtime.sync_bn``
-  change the numbers and are part of the identity.
+  change the numbers or may, and are part of the identity. A sweep resolves an unset
+  ``num_threads`` from ``resources.cpus`` (``TrialConfig.with_threads``), so every trial of a sweep,
+  resumed on any node, has the same.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from .sections import SearchConfig, TrialConfig
 __all__ = ["NOT_DECIDING", "inert_keys", "trial_identity", "identity_key", "identity_difference"]
 
 NOT_DECIDING: frozenset[str] = frozenset({
-    "runtime.num_threads",          # intra-op threads: same bits (tested), and a resumed trial may land on another node
     "data.num_workers",             # loader processes: the order comes from the seeded sampler (tested)
     "runtime.latency_batch_size",   # what the latency measurement feeds, after training
     "export.formats",               # which files the fused model is written to

@@ -2,6 +2,8 @@
 Ray Train, and the Ray internals a trial uses (``adapter``). The driver's side is
 ``orchestrator.ray_tune``."""
 
-from .tune import TRAINABLE_NAME, make_trainable
+from .._lazy import lazy_exports
 
-__all__ = ["make_trainable", "TRAINABLE_NAME"]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "TRAINABLE_NAME": "tune", "make_trainable": "tune", "trial_name": "tune"
+})

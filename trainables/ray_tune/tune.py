@@ -34,10 +34,15 @@ from ..search.failures import failure_metrics
 from . import adapter
 from .distributed import NODE_KEY, WorkerResources, run_distributed
 
-__all__ = ["make_trainable", "TRAINABLE_NAME"]
+__all__ = ["make_trainable", "TRAINABLE_NAME", "trial_name"]
 
 TRAINABLE_NAME = "repnas_trial"
 """What Tune calls the trainable (its function's name): trials are ``repnas_trial_<id>``."""
+
+
+def trial_name(trial_id: str) -> str:
+    """Ray Tune's name (and folder name) of the trial with ``trial_id``: ``repnas_trial_<id>``."""
+    return f"{TRAINABLE_NAME}_{trial_id}"
 
 
 def _run_ddp(cfg: TrialConfig, workers: WorkerResources, hooks: list[TrialHook], trial_name: str) -> None:

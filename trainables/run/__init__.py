@@ -3,11 +3,11 @@
 :func:`run_trial` is the single entry that the CLI and the Ray Tune trainable both call.
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DataBundle, LoaderSettings, build_data, make_loader
-from .hooks import TrialHook
-from .quantize import INT8_FILE, quantize_onnx
-from .trial import CHECKPOINT_DIR, EXPORT_DIR, TrialResult, run_trial
+from .._lazy import lazy_exports
 
-__all__ = ["run_trial", "TrialResult", "TrialHook", "CHECKPOINT_DIR", "EXPORT_DIR", "DataBundle", "LoaderSettings",
-           "build_data", "make_loader", "save_checkpoint", "load_checkpoint", "INT8_FILE", "quantize_onnx"]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint", "DataBundle": "data", "LoaderSettings":
+    "data", "build_data": "data", "make_loader": "data", "TrialHook": "hooks", "CHECKPOINT_DIR": "trial",
+    "EXPORT_DIR": "trial", "TrialResult": "trial", "run_trial": "trial", "INT8_FILE": "quantize",
+    "quantize_onnx": "quantize",
+})

@@ -2,10 +2,9 @@
 pieces, mixed precision, divergence checks, and :class:`SearchEngine`, which trains one supernet
 through the random, search and fixed phases."""
 
-from . import gates
-from .engine import SearchEngine
-from .masks import MaskSampler
-from .sync import EngineSync
-from .failures import check_finite, failure_metrics
+from .._lazy import lazy_exports
 
-__all__ = ["SearchEngine", "MaskSampler", "EngineSync", "gates", "check_finite", "failure_metrics"]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "SearchEngine": "engine", "MaskSampler": "masks", "EngineSync": "sync", "check_finite": "failures",
+    "failure_metrics": "failures"
+})
