@@ -185,6 +185,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--forms", nargs="+", default=None, help="block forms instead of each host's own pair "
+                        "(e.g. online online_qa: offline DBB on the deep host is ~10x plain on a busy CPU)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +197,7 @@ def main() -> None:
     if not args.report_only:
         done = {(r["host"], r["method"], r["form"], r["seed"]) for r in rows}
         for host, method in _order(args.hosts, args.methods):
-            for form in HOSTS[host]["forms"]:
+            for form in args.forms or HOSTS[host]["forms"]:
                 if method == "plain" and form.endswith("_qa"):
                     continue  # kxk alone: no identity or 1x1 to change
                 for seed in args.seeds:
