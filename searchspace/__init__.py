@@ -43,7 +43,7 @@ from .models import (
     resolve_factory,
     torchvision_model_names,
 )
-from .errors import NothingToConvertError, RepnasError
+from .errors import FactoryError, NothingToConvertError, RepnasError
 from .odbb import ODBB, check_branches
 from .forms import QUANT_AWARE_FORMS, REPARAM_FORMS, odbb_class
 from .online import (
@@ -120,6 +120,7 @@ __all__ = [
     "check_original_state",
     "load_original_state_dict",
     "TORCHVISION_PREFIX",
+    "FactoryError",
     "torchvision_model_names",
     "is_external",
     "resolve_factory",

@@ -55,9 +55,13 @@ options and batch), ``fused_weight_range`` (median over the fused convs of the l
 ``max|w| / std(w)``: how far fused identity/1x1 taps stretch the INT8 weight grid; a signal a search
 can minimise), and the seconds the step took. The ``*_test_*`` ones need a test split."""
 
-OPTIONAL_FINAL_METRICS = ("test_acc", *INT8_METRICS)
-"""Added to the last report when the dataset has a test split (``test_acc``: the fused model's
-accuracy) or INT8 quantization is on (``INT8_METRICS``)."""
+OPTIONAL_FINAL_METRICS = ("test_acc", "weights_val_acc", "weights_test_acc", *INT8_METRICS)
+"""``test_acc``: added to the last report when the dataset has a test split (fused model's
+accuracy). ``weights_val_acc``/``weights_test_acc``: with ``model.weights``, the accuracy of the
+loaded model before any training step (measured once, at the start; in every report); new
+branches start at zero, so this is the weights' own accuracy. ``INT8_METRICS``: with
+``export.int8.enabled``."""
+
 
 _NOT_OBJECTIVES = ("done", "epoch", "epochs_trained", "phase_id", "int8_seconds")  # markers and counters, not quantities to optimise
 
