@@ -45,8 +45,8 @@ from .models import (
 )
 from .errors import FactoryError, NothingToConvertError, RepnasError
 from .odbb import ODBB, check_branches
+from .forms import QUANT_AWARE_FORMS, REPARAM_FORMS, odbb_class
 from .online import (
-    REPARAM_FORMS,
     SCALE_INIT,
     Online1x1Avg,
     Online1x1KxK,
@@ -54,9 +54,9 @@ from .online import (
     OnlineIdentity,
     OnlineODBB,
     build_online_branch,
-    odbb_class,
 )
 from .original import to_original
+from .qa import QA_BRANCHES, QAODBB, BareConv1x1, BareIdentity, OnlineQAODBB
 from .pairs import PairPlan, SkippedConv, find_pairs
 from .reparam import odbb_layers, reparameterize
 
@@ -72,6 +72,12 @@ __all__ = [
     "OnlineIdentity",
     "SCALE_INIT",
     "REPARAM_FORMS",
+    "QUANT_AWARE_FORMS",
+    "QAODBB",
+    "OnlineQAODBB",
+    "BareConv1x1",
+    "BareIdentity",
+    "QA_BRANCHES",
     "build_online_branch",
     "odbb_class",
     "ConvBN",

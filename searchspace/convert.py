@@ -15,6 +15,9 @@ Function preservation (``preserve=True``), exact in train and eval mode:
   and still learn (the weight gets a gradient), as zero-init residuals do.
 * online: the block's BN is the original BN; the ``kxk`` scale is 1 over the conv's weight,
   every other scale (and the identity's) is 0.
+* the quantization-aware forms (``offline_qa``, ``online_qa``) cannot: their identity is
+  ``x`` itself, with nothing to set to 0, and the offline one normalises the sum once more.
+  They convert with ``preserve=False`` only (fresh blocks, as ``build_model`` makes them).
 
 A conv bias is folded into the BN's running mean (``mean - bias``): the BN's output is the
 same in eval mode, and in train mode the batch statistics shift by the same constant, so
@@ -37,7 +40,8 @@ from torch import Tensor, nn
 from .errors import NothingToConvertError
 from .branches import BRANCH_TYPES, IDENTITY, ConvBN, IdentityBN, OneByOneAvg, OneByOneKxK
 from .odbb import ODBB, check_branches
-from .online import OnlineConv, OnlineODBB, odbb_class
+from .forms import QUANT_AWARE_FORMS, odbb_class
+from .online import OnlineConv, OnlineODBB
 from .pairs import SkippedConv, find_pairs
 
 __all__ = [
@@ -140,10 +144,17 @@ def _new_block(conv: nn.Conv2d, bn_args: Mapping[str, Any], reparam: str, branch
     return block
 
 
+def _qa_preserve_error(reparam: str) -> str:
+    return (f"reparam={reparam!r} cannot start from a trained conv -> BN pair: its identity branch has no "
+            f"parameter to start at 0 (module doc); allowed: reparam 'offline' or 'online', or preserve=False")
+
+
 @torch.no_grad()
 def _init_from_pair(block: ODBB, weight: Tensor, bias: Tensor | None, bn: Mapping[str, Tensor]) -> None:
     """Make ``block`` compute ``BN(conv(x))`` of the given conv weight/bias and BN state exactly:
     the ``kxk`` branch carries them, everything else adds exactly 0 (see the module doc)."""
+    if block.reparam in QUANT_AWARE_FORMS:
+        raise ValueError(_qa_preserve_error(block.reparam))
     if "kxk" not in block.branch_names:
         raise ValueError(f"{block._describe()} has no 'kxk' branch to carry the original conv; "
                          f"allowed: a branch list with 'kxk' (it holds {block.branch_names})")
@@ -198,6 +209,8 @@ def convert(
     if any(isinstance(m, ODBB) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} already holds ODBBs (a converted model or a host of this "
                          f"project); allowed: a model of plain convs and BatchNorms")
+    if preserve and reparam in QUANT_AWARE_FORMS:
+        raise ValueError(_qa_preserve_error(reparam))
     if preserve and "kxk" not in names:
         raise ValueError(f"branches={list(names)} has no 'kxk': a function-preserving conversion puts the "
                          f"original conv there; allowed: a branch list with 'kxk', or preserve=False")

@@ -49,8 +49,6 @@ __all__ = [
     "OnlineIdentity",
     "OnlineODBB",
     "build_online_branch",
-    "REPARAM_FORMS",
-    "odbb_class",
 ]
 
 SCALE_INIT: dict[str, float] = {
@@ -313,15 +311,3 @@ class OnlineODBB(ODBB):
         bn = self.bn
         assert bn.running_mean is not None and bn.running_var is not None
         return fold_bn(kernel, bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)  # type: ignore[arg-type]
-
-
-REPARAM_FORMS: tuple[str, ...] = ("offline", "online")
-"""How ODBBs train: ``offline`` (a module per branch, DBB/RepNAS) or ``online`` (one composed conv, OREPA)."""
-
-
-def odbb_class(reparam: str) -> type[ODBB]:
-    """The block class of a re-parameterization form (one of ``REPARAM_FORMS``)."""
-    forms: dict[str, type[ODBB]] = {"offline": ODBB, "online": OnlineODBB}
-    if reparam not in forms:
-        raise ValueError(f"reparam={reparam!r} is invalid; allowed: {', '.join(REPARAM_FORMS)}")
-    return forms[reparam]

@@ -7,7 +7,8 @@ unmodified instance (for torchvision: ``torchvision.models.<builder>(num_classes
 
 * A block that keeps only its ``kxk`` branch (no identity) comes back exactly as the conv
   and BN it trains (offline: the branch's conv and BN; online: the scaled kernel and the
-  block's BN): equal in train and eval mode, so the model can be trained further.
+  block's BN): equal in train and eval mode, so the model can be trained further. An
+  ``offline_qa`` block normalises twice (branch BN, block BN) and always folds.
 * Any other block folds (T1-T6) into one kernel and bias, in eval semantics. The kernel
   goes into the conv (its own bias, if the class has one, is 0) and the BN becomes an exact
   identity plus bias: running mean 0, running variance ``1 - eps``, weight 1, bias ``b``,
@@ -25,6 +26,7 @@ from .convert import ConvertedLayer, _require_conversion, replace_module
 from .fusion import scale_kernel
 from .odbb import ODBB
 from .online import OnlineConv, OnlineODBB
+from .qa import QAODBB
 
 __all__ = ["to_original"]
 
@@ -37,7 +39,7 @@ def _restore_pair(block: ODBB, layer: ConvertedLayer) -> tuple[nn.Conv2d, nn.Bat
     bn = nn.BatchNorm2d(**layer.bn_args, **like)
     if conv.bias is not None:
         conv.bias.zero_()
-    if block.active_branches == ("kxk",) and block.identity is None:
+    if block.active_branches == ("kxk",) and block.identity is None and not isinstance(block, QAODBB):
         kxk = block.branches["kxk"]
         if isinstance(block, OnlineODBB):
             assert isinstance(kxk, OnlineConv)

@@ -185,3 +185,22 @@ def test_sweep_overhead_per_trial_costs_sum_the_spans_inside_each_trial(tmp_path
     path = tmp_path / "sweep.jsonl"
     path.write_text("\n".join(json.dumps(s) for s in spans))
     assert _script("sweep_overhead").per_trial_costs(path) == [1.75, 0.125]
+
+
+def test_int8_ranges_measure_weight_and_activation_outliers() -> None:
+    """The INT8 benchmark's range columns: a weight outlier shows in max|w|/std, an activation
+    outlier in max|a| / p99.9|a|, and a model without outliers reads low on both."""
+    import torch
+    from torch import nn
+
+    bench = _script("int8_accuracy")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    images = torch.randn(64, 1, 8, 8)
+    calm = bench.ranges(model, images)
+    with torch.no_grad():
+        model[1].weight[0, 0, 1, 1] = 100 * model[1].weight.abs().max()  # an identity-like centre spike
+    images[0, 0, 0, 0] = 1000.0  # one pixel far outside the rest
+    loud = bench.ranges(model, images)
+    assert calm["weight_range_max"] < 4 and loud["weight_range_max"] > 5  # sqrt(36) = 6 for one spike in 36
+    assert calm["act_range_max"] < 2 and loud["act_range_max"] > 100

@@ -19,12 +19,12 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "layer_trial": "config", "apply_overrides": "config", "flatten_overrides": "config", "parse_override": "config",
     "did_you_mean": "config", "schema": "config", "sweepfile": "config", "read_sweep_yaml": "config",
     "load_trial_section": "config", "metrics": "config", "EPOCH_METRICS": "config", "FINAL_METRICS": "config",
-    "OPTIONAL_FINAL_METRICS": "config", "PHASES": "config", "objective_metric_names": "config",
+    "OPTIONAL_FINAL_METRICS": "config", "INT8_METRICS": "config", "Int8Config": "config", "PHASES": "config", "objective_metric_names": "config",
     "scheduler_metric_names": "config", "Repeat": "config", "REPEAT_KEY": "config",
     "ConfigError": "errors", "CheckpointError": "errors", "FusionMismatchError": "errors", "NonFiniteLossError":
     "errors", "RepnasError": "errors", "UserError": "errors",
     "make_trainable": "ray_tune",
     "DataBundle": "run", "build_data": "run", "make_loader": "run", "LoaderSettings": "run", "save_checkpoint":
-    "run", "load_checkpoint": "run", "TrialHook": "run", "TrialResult": "run", "run_trial": "run",
+    "run", "load_checkpoint": "run", "TrialHook": "run", "TrialResult": "run", "run_trial": "run", "INT8_FILE": "run", "quantize_onnx": "run",
     "gates": "search", "SearchEngine": "search",
 })

@@ -49,10 +49,14 @@ def driver_env() -> None:
     engine (it honours a custom ``ProgressReporter``), no warnings about snapshot frequency
     (``num_to_keep`` snapshots per checkpoint, by design), and no default worker prestarted per
     CPU for the first driver of a local Ray (Tune's trial actors carry a ``runtime_env`` and
-    never run in them; ~1.5 s of ``ray.init`` saved)."""
+    never run in them; ~1.5 s of ``ray.init`` saved), and no strict check that every result holds
+    the objectives: those reported only at a trial's end (``fused_val_acc``, ``test_acc``, the
+    ``int8_*`` metrics) are missing from its epoch reports by design, and the sweep's objectives
+    are checked against the trial's metric names before anything runs (``sweep.load``)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 def checkpoint_state(trial: Trial) -> tuple[list[Any], Any, int | None] | None:

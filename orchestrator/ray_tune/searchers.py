@@ -17,6 +17,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from trainables.config.metrics import scheduler_metric_names
 from trainables.config.repeat import Repeat
 
 from ..sweep import SweepSearchConfig
@@ -122,7 +123,9 @@ def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | No
         metrics = [o.metric for o in search.objectives]
         modes = [o.mode for o in search.objectives]
         study = _warm_study(search, param_space or {}, warm) if warm else {}
-        single = len(metrics) == 1
+        # one objective reported every epoch goes as a plain metric (Optuna sees its history); one
+        # reported only at the end as a one-item list, which OptunaSearch reads at completion only
+        single = len(metrics) == 1 and metrics[0] in scheduler_metric_names()
         searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
                                 sampler=_sampler(search), **study)
         if search.skip_repeats:

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from trainables.config.metrics import scheduler_metric_names
 from trainables.errors import NothingToResumeError, SweepExistsError
 from trainables.ray_tune import trial_name
 
@@ -111,7 +112,9 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[War
     objective = cfg.objectives[0]
     inherit = single and cfg.scheduler.type == "asha" and cfg.scheduler.metric == objective.metric \
         and cfg.scheduler.mode == objective.mode
-    top_metric = single and (cfg.scheduler.type != "asha" or inherit)
+    # Tune's own metric only for one objective reported every epoch: Tune hands it to the searcher,
+    # whose per-epoch history an objective reported only at the end cannot have (make_searcher)
+    top_metric = single and objective.metric in scheduler_metric_names() and (cfg.scheduler.type != "asha" or inherit)
     reporter, trial_lines = _console(cfg)
     space = param_space(cfg.space, cfg.search.algorithm)
     listed = cfg.search.algorithm != "optuna" and cfg.search.skip_repeats  # grid/random as a VariantList

@@ -20,7 +20,8 @@ from ..records import TrialRecord
 
 __all__ = ["hypervolume", "reference_point", "NATURAL_WORST"]
 
-NATURAL_WORST: dict[str, float] = {"val_acc": 0.0, "fused_val_acc": 0.0, "test_acc": 0.0, "train_acc": 0.0}
+NATURAL_WORST: dict[str, float] = {"val_acc": 0.0, "fused_val_acc": 0.0, "test_acc": 0.0, "train_acc": 0.0,
+                                   "int8_val_acc": 0.0, "int8_test_acc": 0.0}
 """Objectives with a natural worst value (a maximised accuracy's is 0)."""
 _COUNT, _TOTAL = "branches_kept", "branches_total"
 

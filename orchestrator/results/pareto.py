@@ -25,6 +25,7 @@ BUDGET_KEY = "search.budget"  # labels the plot's points; a column of its own in
 # Metrics shown in the table next to the objectives (when reported); peak_memory_mb tells
 # whether trials packed onto one GPU (resources.gpus < 1) fit it together.
 TABLE_METRICS: tuple[str, ...] = ("val_acc", "fused_val_acc", "gain_val_acc", "test_acc", "gain_test_acc",
+                                  "int8_val_acc", "int8_val_drop", "latency_int8_ms",
                                   "weights_val_acc", "branches_kept", "branches_total",
                                   "params_fused", "latency_fused_ms", "epoch", "train_seconds", "gpu_seconds",
                                   "peak_memory_mb")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config.presets import layer_trial
-from trainables.config.metrics import objective_metric_names, scheduler_metric_names
+from trainables.config.metrics import INT8_METRICS, objective_metric_names, scheduler_metric_names
 from trainables.config.schema import apply_overrides, did_you_mean, join_path, load_dataclass, parse_override
 from trainables.errors import ConfigError
 from trainables.config.sweepfile import read_sweep_yaml
@@ -117,6 +117,7 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
         trial=_base_trial(trial, space, cfg))
     cfg = replace(cfg, base=validate_trials(cfg.trial, cfg.sampled).with_threads(cfg.resources.cpus))
     _check_stop(cfg)
+    _check_int8(cfg)
     if starts_local_ray(cfg, env):
         _check_local_resources(cfg)
     else:  # a cluster's nodes are known once connected (ray_tune.cluster); Ray's own rules now
@@ -180,6 +181,23 @@ def _check_stop(cfg: SweepConfig) -> None:
         if key not in known + RAY_RESULT_KEYS:
             raise ConfigError(join_path("stop", key), f"unknown stop criterion{did_you_mean(key, known + RAY_RESULT_KEYS)}; "
                                                       f"expected a reported metric or one of: {', '.join(RAY_RESULT_KEYS)}")
+
+
+def _check_int8(cfg: SweepConfig) -> None:
+    """An INT8 metric as an objective or stop criterion needs every trial to quantize (and,
+    for the ``int8_test_*`` ones, a dataset with a test split): a trial without it would never
+    report the metric, and the search would learn nothing from it."""
+    used = [(join_path(join_path("search.objectives", i), "metric"), o.metric) for i, o in enumerate(cfg.objectives)]
+    used += [(join_path("stop", key), key) for key in cfg.stop]
+    for path, metric in used:
+        if metric not in INT8_METRICS:
+            continue
+        if False in cfg.values_of("export.int8.enabled"):
+            raise ConfigError(path, f"{metric} is reported only by trials with trial.export.int8.enabled: true; "
+                                    f"set it in the trial section (some trials of this space have it off)")
+        if "_test_" in metric and "digits" in cfg.values_of("data.dataset"):
+            raise ConfigError(path, f"{metric} needs a test split, and digits has none; use int8_val_acc / "
+                                    f"int8_val_drop, or a dataset with a test split")
 
 
 def _scheduler(cfg: SweepConfig) -> SchedulerConfig:

@@ -15,11 +15,12 @@ from .parent_run import fluent_tracking_uri
 __all__ = ["artifact_files", "load_fused", "log_fused_model"]
 
 log = logging.getLogger(__name__)
-ARTIFACTS: tuple[str, ...] = ("architecture.json", "alpha.json", "alpha.png")
+ARTIFACTS: tuple[str, ...] = ("architecture.json", "alpha.json", "alpha.png", "model_int8.onnx")
 
 
 def artifact_files(export_dir: Path) -> list[Path]:
-    """Architecture JSON and the alpha table / picture (in the export folder or next to it)."""
+    """Architecture JSON, the alpha table / picture (in the export folder or next to it) and the
+    INT8 ONNX model where the trial quantized (``trial.export.int8``)."""
     found = []
     for name in ARTIFACTS:
         for folder in (export_dir, export_dir.parent):

@@ -21,8 +21,8 @@ from torch import nn
 
 from ..branches import BRANCH_TYPES
 from ..convert import convert
+from ..forms import REPARAM_FORMS
 from ..odbb import check_branches, check_positive_int
-from ..online import REPARAM_FORMS
 from .external import build_original, is_external
 
 __all__ = ["ModelSpec", "register_model", "build_model", "list_models", "model_options"]
@@ -92,8 +92,9 @@ def build_model(
     """Build a registered host whose every KxK conv is an ODBB with ``branches`` as candidates.
 
     ``reparam`` is how the ODBBs train: ``"offline"`` (a module per branch) or ``"online"``
-    (:class:`searchspace.online.OnlineODBB`, one composed conv per block); both fuse into
-    the same deploy network. The model carries ``model.spec`` (a :class:`ModelSpec`) so it
+    (:class:`searchspace.online.OnlineODBB`, one composed conv per block), or their
+    quantization-aware arrangements ``"offline_qa"`` / ``"online_qa"`` (:mod:`searchspace.qa`);
+    all fuse into the same deploy network. The model carries ``model.spec`` (a :class:`ModelSpec`) so it
     can be described and rebuilt.
 
     ``torchvision.<builder>`` and ``package.module:function`` build that model (``options``

@@ -16,7 +16,7 @@ from functools import partial
 from torch import Tensor, nn
 
 from ..branches import BRANCH_TYPES
-from ..online import odbb_class
+from ..forms import odbb_class
 from .common import classifier_head, stage_plan
 from .registry import register_model
 

@@ -9,6 +9,7 @@ from . import metrics, schema, sweepfile
 from .metrics import (
     EPOCH_METRICS,
     FINAL_METRICS,
+    INT8_METRICS,
     OPTIONAL_FINAL_METRICS,
     PHASES,
     objective_metric_names,
@@ -23,6 +24,7 @@ from .sections import (
     EXPORT_FORMATS,
     DataConfig,
     ExportConfig,
+    Int8Config,
     ModelConfig,
     OptimConfig,
     RuntimeConfig,
@@ -34,8 +36,8 @@ from .sweepfile import load_trial_section, read_sweep_yaml
 
 __all__ = [
     "TrialConfig", "ModelConfig", "DataConfig", "SearchConfig", "OptimConfig", "RuntimeConfig", "ExportConfig",
-    "check_trial_key", "BASELINES", "DATASETS", "EXPORT_FORMATS", "RECIPE_PRESETS", "layer_trial",
+    "Int8Config", "check_trial_key", "BASELINES", "DATASETS", "EXPORT_FORMATS", "RECIPE_PRESETS", "layer_trial",
     "apply_overrides", "flatten_overrides", "parse_override", "did_you_mean", "read_sweep_yaml",
     "load_trial_section", "REPEAT_KEY", "Repeat", "EPOCH_METRICS", "FINAL_METRICS", "OPTIONAL_FINAL_METRICS",
-    "PHASES", "objective_metric_names", "scheduler_metric_names", "metrics", "schema", "sweepfile",
+    "INT8_METRICS", "PHASES", "objective_metric_names", "scheduler_metric_names", "metrics", "schema", "sweepfile",
 ]

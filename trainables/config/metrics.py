@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["PHASES", "PHASE_RANDOM", "PHASE_SEARCH", "PHASE_FIXED", "EPOCH_METRICS", "FINAL_METRICS", "OPTIONAL_FINAL_METRICS",
-           "objective_metric_names", "scheduler_metric_names"]
+           "INT8_METRICS", "objective_metric_names", "scheduler_metric_names"]
 
 PHASE_RANDOM, PHASE_SEARCH, PHASE_FIXED = 0, 1, 2
 PHASES = ("random", "search", "fixed")
@@ -46,13 +46,24 @@ FINAL_METRICS = (
 )
 """Added to the last epoch's report."""
 
-OPTIONAL_FINAL_METRICS = ("test_acc", "weights_val_acc", "weights_test_acc")
+INT8_METRICS = ("int8_val_acc", "int8_val_drop", "int8_test_acc", "int8_test_drop", "latency_int8_ms",
+                "latency_onnx_fp32_ms", "fused_weight_range", "int8_seconds")
+"""Added to the last report with ``export.int8.enabled`` (``trainables.run.quantize``): the INT8 model's
+accuracies, their drops from the float32 fused model's (``fused_val_acc``, ``test_acc``; fractions,
+positive when INT8 loses), its ONNX Runtime latency beside the float32 ONNX model's (same session
+options and batch), ``fused_weight_range`` (median over the fused convs of the largest per-channel
+``max|w| / std(w)``: how far fused identity/1x1 taps stretch the INT8 weight grid; a signal a search
+can minimise), and the seconds the step took. The ``*_test_*`` ones need a test split."""
+
+OPTIONAL_FINAL_METRICS = ("test_acc", "weights_val_acc", "weights_test_acc", *INT8_METRICS)
 """``test_acc``: added to the last report when the dataset has a test split (fused model's
 accuracy). ``weights_val_acc``/``weights_test_acc``: with ``model.weights``, the accuracy of the
 loaded model before any training step (measured once, at the start; in every report); new
-branches start at zero, so this is the weights' own accuracy."""
+branches start at zero, so this is the weights' own accuracy. ``INT8_METRICS``: with
+``export.int8.enabled``."""
 
-_NOT_OBJECTIVES = ("done", "epoch", "epochs_trained", "phase_id")  # markers and counters, not quantities to optimise
+
+_NOT_OBJECTIVES = ("done", "epoch", "epochs_trained", "phase_id", "int8_seconds")  # markers and counters, not quantities to optimise
 
 
 def objective_metric_names() -> tuple[str, ...]:

@@ -8,6 +8,7 @@ larger than the candidate count) happen in ``trainables.run.build``.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Literal, get_origin, get_type_hints
 from searchspace import (
     BRANCH_TYPES,
     IDENTITY,
+    QUANT_AWARE_FORMS,
     TORCHVISION_PREFIX,
     is_external,
     list_models,
@@ -43,7 +45,9 @@ __all__ = [
     "SearchConfig",
     "OptimConfig",
     "RuntimeConfig",
-    "ExportConfig", "CheckpointConfig",
+    "ExportConfig",
+    "Int8Config",
+    "CheckpointConfig",
     "ConfigError",
     "apply_overrides",
     "BASELINES",
@@ -82,13 +86,15 @@ class ModelConfig:
     ``state_dict`` of the original (unconverted) model to start from, loaded
     function-preserving (never downloaded). ``reparam``: ``offline`` trains every branch as
     its own convs and BNs (DBB, RepNAS); ``online`` composes each block's one KxK kernel from
-    its branches at every step and runs one conv and one BN (OREPA). Both fuse into the same
-    deploy network.
+    its branches at every step and runs one conv and one BN (OREPA). ``offline_qa`` and
+    ``online_qa``: the same with the quantization-aware arrangement (QARepVGG: no normalisation
+    on the identity and 1x1 branches, one BN after the branch sum; ``searchspace.qa``). All fuse
+    into the same kind of deploy network.
     """
 
     name: str = "repvgg_tiny"
     options: dict[str, Any] = field(default_factory=dict)
-    reparam: Literal["offline", "online"] = "offline"
+    reparam: Literal["offline", "online", "offline_qa", "online_qa"] = "offline"
     factory: str | None = None
     weights: str | None = None
 
@@ -112,6 +118,10 @@ class ModelConfig:
             if not is_external(self.host):
                 raise ConfigError(wpath, f"loads a state_dict of a torchvision.<builder> or model.factory model; "
                                          f"{self.name!r} is this project's own host")
+            if self.reparam in QUANT_AWARE_FORMS:
+                raise ConfigError(join_path(path, "reparam"), f"{self.reparam} cannot start from model.weights "
+                                                              f"(its identity branch has no parameter to start at 0); "
+                                                              f"use offline or online with weights")
             if not Path(self.weights).expanduser().is_file():
                 raise ConfigError(wpath, f"weights file {self.weights} not found (a state_dict saved with torch.save)")
 
@@ -361,11 +371,30 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class Int8Config:
+    """INT8 post-training static quantization of the fused model (ONNX Runtime, ``trainables.run.quantize``).
+
+    Off by default: it adds an ONNX export, calibration and two accuracy passes in ONNX Runtime
+    to every trial (seconds on small hosts, more on large ones). ``calibration_images``: the
+    first that many training images of the trial's split calibrate the activation ranges.
+    """
+
+    enabled: bool = False
+    calibration_images: int = field(default=256, metadata=rule(at_least(1)))
+
+    def validate(self, path: str) -> None:
+        if self.enabled and importlib.util.find_spec("onnxruntime") is None:
+            raise ConfigError(join_path(path, "enabled"), "quantizes with onnxruntime, which is not installed "
+                                                          "(pip install 'repnas-tune[onnx]')")
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """What the end of a trial writes, and how long latency is measured per model."""
 
     formats: list[_Format] = field(default_factory=lambda: list(EXPORT_FORMATS))
     latency_min_run_time: float = field(default=0.5, metadata=rule(between(0.0, 60.0, low_open=True)))
+    int8: Int8Config = field(default_factory=Int8Config)
 
 
 @dataclass(frozen=True)

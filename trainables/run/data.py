@@ -53,6 +53,9 @@ class DataBundle:
     num_classes: int
     in_channels: int
     example_shape: tuple[int, int, int]  # C, H, W of one input
+    train_eval: Dataset | None = None
+    """The training images as evaluation sees them (no augmentation), in the split's fixed order:
+    what INT8 calibration reads (``trainables.run.quantize``)."""
 
 
 class TensorImages(Dataset):
@@ -237,6 +240,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
         num_classes=len(train_full.classes),
         in_channels=int(example.shape[0]),
         example_shape=tuple(example.shape),
+        train_eval=Subset(eval_full, train_idx),
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "count_params",
     "count_flops",
     "measure_latency",
+    "export_onnx",
     "export_model",
 ]
 
@@ -120,8 +121,9 @@ def measure_latency(model: nn.Module, example: torch.Tensor, min_run_time: float
     return float(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
 
 
-def _onnx(fused: nn.Module, example: torch.Tensor, path: Path) -> float:
-    """Export ONNX (TorchScript-based exporter) and return max |onnxruntime - torch|."""
+def export_onnx(fused: nn.Module, example: torch.Tensor, path: Path) -> float:
+    """Export ONNX (TorchScript-based exporter, input ``input``, dynamic batch) and return
+    max |onnxruntime - torch|; raises FusionMismatchError beyond ``LOGIT_TOLERANCE``."""
     import onnxruntime
 
     cpu_model, cpu_example = fused.cpu(), example.cpu()
@@ -143,7 +145,7 @@ def _write_formats(fused: nn.Module, example: torch.Tensor, out: Path, formats: 
     """Write each requested format; a failing format is recorded in ``result.errors``."""
 
     def write_onnx(path: Path) -> None:
-        result.onnx_max_diff = _onnx(fused, example, path)
+        result.onnx_max_diff = export_onnx(fused, example, path)
 
     writers = {
         "state_dict": ("fused_state_dict.pt", lambda p: torch.save(fused.state_dict(), p)),

@@ -7,13 +7,16 @@ The single entry that the CLI (``trainables.cli``) and the Ray Tune trainable
     alpha.json         alpha and the current mask, layers x branch types (every epoch)
     checkpoint/        latest epoch's checkpoint (atomic); the last one also holds export/
     export/            architecture.json, model.pt2, model.ts, model.onnx,
-                       fused_state_dict.pt, alpha.json, alpha.png, summary.json
+                       fused_state_dict.pt, alpha.json, alpha.png, summary.json,
+                       model_int8.onnx (with ``export.int8.enabled``)
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,18 +37,18 @@ from .alpha import alpha_table, plot_alpha, save_alpha
 from .build import build_trial_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import LoaderSettings, build_data, make_loader
-from .export import export_model
+from .export import ExportResult, export_model, export_onnx
 from .hooks import TrialHook
 from .memory import PeakMemory
 from .placement import Placement, trial_cpus
 from .preemption import PreemptionNotice
+from .quantize import calibration_set, quantize_int8, weight_ranges
 
 __all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
 
 CHECKPOINT_DIR, EXPORT_DIR = "checkpoint", "export"
 ReportFn = Callable[[dict[str, float], Path], None]
 """``report(metrics, checkpoint_dir)``: called after every epoch's checkpoint is written."""
-
 
 
 @dataclass
@@ -94,9 +97,12 @@ def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: An
         latency_min_run_time=config.export.latency_min_run_time,
     )
     metrics = dict(result.metrics)
+    test_loader = None
     if data.test is not None:
         test_loader = make_loader(data.test, config.data.eval_batch_size, train=False, settings=loading)
         metrics["test_acc"] = engine.evaluate(test_loader, model=fused)[1]
+    if config.export.int8.enabled:
+        _int8(fused, engine.device, config, data, val_loader, test_loader, out, loading, metrics, result)
     table = alpha_table(engine.masks.layers, engine.alpha, engine.eval_mask())
     save_alpha(table, out / "alpha.json")
     plot_alpha(table, out / "alpha.png")
@@ -104,6 +110,32 @@ def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: An
     extra = {"files": result.files, "export_errors": result.errors, "onnx_max_diff": result.onnx_max_diff,
              "input_shape": list(data.example_shape), "loader_workers": loading.num_workers}
     return metrics, extra
+
+
+def _int8(fused: torch.nn.Module, device: torch.device, config: TrialConfig, data: Any, val_loader: Any,
+          test_loader: Any, out: Path, loading: LoaderSettings, metrics: dict[str, float],
+          result: ExportResult) -> None:
+    """INT8 metrics into ``metrics`` and the quantized file into ``result`` (``trainables.run.quantize``);
+    a failure is recorded in ``result.errors["int8"]``, as a failing export format is."""
+    example = torch.randn(config.runtime.latency_batch_size, *data.example_shape)
+    calibration = make_loader(calibration_set(data.train_eval, config.export.int8.calibration_images),
+                              config.data.eval_batch_size, train=False, settings=loading)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(result.files["onnx"]) if "onnx" in result.files else Path(tmp) / "model.onnx"
+            if "onnx" not in result.files:
+                export_onnx(fused, example, fp32)
+            int8 = quantize_int8(fp32, out, calibration=calibration, val=val_loader, test=test_loader,
+                                 reference=metrics, example=example, num_threads=torch.get_num_threads(),
+                                 latency_min_run_time=config.export.latency_min_run_time)
+    except Exception as err:  # noqa: BLE001 - a failed quantization must not lose the trial
+        result.errors["int8"] = f"{type(err).__name__}: {err}"
+        return
+    finally:
+        fused.to(device)  # the ONNX export moved it to the CPU
+    metrics.update(int8.metrics)
+    metrics["fused_weight_range"] = statistics.median(weight_ranges(fused))
+    result.files["int8"] = str(int8.path)
 
 
 def _weights_accuracy(engine: SearchEngine, val_loader: Any, data: Any, config: TrialConfig,
