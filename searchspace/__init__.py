@@ -30,6 +30,7 @@ from .convert import (
     original_state_shapes,
 )
 from .models import (
+    TIMM_PREFIX,
     TORCHVISION_PREFIX,
     BasicBlock,
     ModelSpec,
@@ -40,10 +41,13 @@ from .models import (
     is_external,
     list_models,
     model_options,
+    refused_options,
     register_model,
     resolve_factory,
+    timm_model_names,
     torchvision_model_names,
 )
+from .layers import NormTail
 from .odbb import ODBB, check_branches
 from .online import (
     REPARAM_FORMS,
@@ -114,7 +118,11 @@ __all__ = [
     "load_original_state_dict",
     "TORCHVISION_PREFIX",
     "torchvision_model_names",
+    "TIMM_PREFIX",
+    "timm_model_names",
+    "refused_options",
     "is_external",
     "resolve_factory",
     "build_original",
+    "NormTail",
 ]

@@ -37,7 +37,7 @@ from searchspace import (
     resolve_factory,
 )
 
-from .config import BASELINES, TrialConfig
+from .config import BASELINES, TrialConfig, check_options
 from .gates import budget_to_k, min_kept
 from .schema import ConfigError
 
@@ -66,11 +66,12 @@ def _build(cfg: TrialConfig, num_classes: int, in_channels: int, branches: list[
             resolve_factory(cfg.model.factory)
         except ValueError as err:
             raise ConfigError("trial.model.factory", str(err)) from None
+        check_options(cfg.model.factory, cfg.model.options, "trial.model.options")
     if host.startswith(TORCHVISION_PREFIX) and in_channels != 3:
         raise ConfigError("trial.data.channels", f"{host} takes 3 input channels and {cfg.data.dataset} has "
                                                  f"{in_channels}: set data.channels: 3 (gray images repeated)")
     try:
-        return build_model(host, num_classes, in_channels, branches, cfg.model.reparam, **cfg.model.options)
+        return build_model(host, num_classes, in_channels, branches, cfg.model.reparam, options=cfg.model.options)
     except NothingToConvertError as err:
         raise ConfigError(_host_key(cfg), str(err)) from None
     except (TypeError, ValueError) as err:

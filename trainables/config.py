@@ -13,7 +13,17 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_origin, get_type_hints
 
-from searchspace import BRANCH_TYPES, IDENTITY, TORCHVISION_PREFIX, is_external, list_models, torchvision_model_names
+from searchspace import (
+    BRANCH_TYPES,
+    IDENTITY,
+    TIMM_PREFIX,
+    TORCHVISION_PREFIX,
+    is_external,
+    list_models,
+    refused_options,
+    timm_model_names,
+    torchvision_model_names,
+)
 
 from .presets import check_preset, layer_trial, with_preset
 from .schema import (
@@ -31,6 +41,7 @@ from .schema import (
 __all__ = [
     "TrialConfig",
     "check_trial_key",
+    "check_options",
     "ModelConfig",
     "DataConfig",
     "SearchConfig",
@@ -68,10 +79,12 @@ _Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
 class ModelConfig:
     """Host network, its build options, training form and starting weights.
 
-    ``name``: a host of ``searchspace.list_models()`` or ``torchvision.<builder>`` (any
-    torchvision classification builder, converted: every eligible KxK conv -> BN pair becomes
-    an ODBB). ``factory``: instead of ``name``, a user's builder ``package.module:function``,
-    converted the same way. ``options``: the builder's keyword arguments. ``weights``: a local
+    ``name``: a host of ``searchspace.list_models()``, ``torchvision.<builder>`` (any
+    torchvision classification builder) or ``timm.<name>`` (any model of ``timm.list_models()``,
+    timm installed), converted: every eligible KxK conv -> BN pair becomes an ODBB.
+    ``factory``: instead of ``name``, a user's builder ``package.module:function``, converted
+    the same way. ``options``: the builder's keyword arguments, whatever their names (those
+    filled from the data, ``num_classes``, ``in_chans``/``in_channels``, and downloads are refused). ``weights``: a local
     ``state_dict`` of the original (unconverted) model to start from, loaded
     function-preserving (never downloaded). ``reparam``: ``offline`` trains every branch as
     its own convs and BNs (DBB, RepNAS); ``online`` composes each block's one KxK kernel from
@@ -95,11 +108,15 @@ class ModelConfig:
             _check_factory(self, path)
         elif self.name.startswith(TORCHVISION_PREFIX):
             _check_torchvision_name(self.name, join_path(path, "name"))
+        elif self.name.startswith(TIMM_PREFIX):
+            _check_timm_name(self.name, join_path(path, "name"))
         elif self.name not in list_models():
             names = list_models()
             hint = did_you_mean(self.name, names) or _torchvision_hint(self.name)
             raise ConfigError(join_path(path, "name"), f"unknown model {self.name!r}{hint}; available: "
-                                                       f"{', '.join(names)}, or torchvision.<builder>")
+                                                       f"{', '.join(names)}, torchvision.<builder> or timm.<name>")
+        if self.factory is None:  # a factory's own parameters show once it is imported (the model check)
+            check_options(self.host, self.options, join_path(path, "options"))
         if self.weights is not None:
             wpath = join_path(path, "weights")
             if not is_external(self.host):
@@ -124,6 +141,24 @@ def _check_torchvision_name(name: str, path: str) -> None:
     if name not in names:
         raise ConfigError(path, f"unknown torchvision model {name!r}{did_you_mean(name, names)}; expected "
                                 f"torchvision.<builder> for a builder of torchvision.models.list_models()")
+
+
+def _check_timm_name(name: str, path: str) -> None:
+    try:
+        names = timm_model_names()
+    except ImportError:
+        raise ConfigError(path, f"{name} needs timm, which is not installed; install it with "
+                                f"pip install 'repnas-tune[timm]' (timm>=1.0)") from None
+    if name not in names:
+        raise ConfigError(path, f"unknown timm model {name!r}{did_you_mean(name, names)}; expected "
+                                f"timm.<name> for a name of timm.list_models()")
+
+
+def check_options(host: str, options: dict[str, Any], path: str) -> None:
+    """Raise ``ConfigError`` at ``<path>.<key>`` for an option the host's builder cannot take
+    (filled from the data, or a download)."""
+    for key, why in refused_options(host, options).items():
+        raise ConfigError(join_path(path, key), f"{host} does not take {key!r} as an option: {why}")
 
 
 def _torchvision_hint(name: str) -> str:
