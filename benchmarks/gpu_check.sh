@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 from searchspace import reparameterize
 from trainables import TrialConfig, build_data, load_checkpoint, make_loader
-from trainables.build import build_trial_model
+from trainables.run.build import build_trial_model
 
 run = Path(sys.argv[1])
 tensors, meta = load_checkpoint(run / "checkpoint")

@@ -1,7 +1,7 @@
 """Random-architecture control: is a searched ODBB better than a random one of its branch count?
 
 For each seed, draws a uniformly random ``k``-subset of the host's candidate branches (the
-random phase's draw: ``trainables.gates.random_mask``; a layer without identity that drew
+random phase's draw: ``trainables.search.gates.random_mask``; a layer without identity that drew
 nothing keeps ``kxk``, as the search's fallback does), writes it as an architecture JSON and
 trains it as a fixed architecture with ``python -m trainables.cli`` (no Ray) for the sweep
 file's full schedule. Prints fused test and validation accuracy per seed and their mean;
@@ -24,9 +24,9 @@ import torch
 
 from searchspace import Architecture, LayerArch, odbb_layers
 from trainables import TrialConfig, load_trial_section, parse_override
-from trainables.build import build_trial_model
-from trainables.data import build_data
-from trainables.gates import random_mask
+from trainables.run.build import build_trial_model
+from trainables.run.data import build_data
+from trainables.search.gates import random_mask
 
 
 def random_architecture(cfg: TrialConfig, budget: int, seed: int) -> Architecture:

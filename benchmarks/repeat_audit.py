@@ -1,6 +1,6 @@
 """Which trials of a finished sweep trained a network an earlier trial of it had already trained,
 judged by the repeat check this code runs (``orchestrator.ray_tune.repeats.config_key``: the
-trial over the sweep's ``trial:``, without the keys ``trainables.recipe.inert_keys`` names).
+trial over the sweep's ``trial:``, without the keys ``trainables.config.identity.inert_keys`` names).
 
     python benchmarks/repeat_audit.py configs/fashion_mnist_deep_recipe_asha.yaml [--name NAME]
 

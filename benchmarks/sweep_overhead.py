@@ -145,7 +145,7 @@ def per_trial_costs(sweep_spans: Path) -> list[float]:
     measured directly rather than as a difference of two noisy walls."""
     costs = []
     for spans in _spans(sweep_spans).values():
-        for trial in sorted((x for x in spans if x["f"] == "trainables.trial.run_trial"), key=lambda x: x["s"]):
+        for trial in sorted((x for x in spans if x["f"] == "trainables.run.trial.run_trial"), key=lambda x: x["s"]):
             inside = [x for x in spans if x["f"] in _IN_TRIAL and trial["s"] <= x["s"] <= trial["s"] + trial["d"]]
             costs.append(sum(x["d"] for x in inside))
     return costs
@@ -154,7 +154,7 @@ def per_trial_costs(sweep_spans: Path) -> list[float]:
 def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float) -> list[tuple[str, float]]:
     """(step, seconds per trial) of a concurrency-1 sweep's ``overhead`` (wall seconds over the
     plain run), from the timing spans of both sides; the last rows are trial work both sides do."""
-    (plain,) = [s for s in _spans(plain_spans).values() if any(x["f"] == "trainables.trial.run_trial" for x in s)]
+    (plain,) = [s for s in _spans(plain_spans).values() if any(x["f"] == "trainables.run.trial.run_trial" for x in s)]
     by_pid = _spans(sweep_spans)
     (driver,) = [s for s in by_pid.values() if any(x["f"] == "ray.tune.tuner.Tuner.fit" for x in s)]
     workers = [x for s in by_pid.values() if s is not driver for x in s]
@@ -171,10 +171,10 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
     p0, d0 = first(plain, "process")["s"], first(driver, "process")["s"]
     fit, connect, parent = (first(driver, n) for n in ("ray.tune.tuner.Tuner.fit", "orchestrator.ray_tune.cluster.connect",
                                                       "orchestrator.tracking.parent_run.start_parent_run"))
-    trial = "trainables.trial.run_trial"
+    trial = "trainables.run.trial.run_trial"
     worker_trial = total(workers, trial) - sum(total(workers, f) for f in _IN_TRIAL) \
-        - total(workers, "trainables.checkpoint.save_checkpoint")
-    plain_trial = total(plain, trial) - total(plain, "trainables.checkpoint.save_checkpoint")
+        - total(workers, "trainables.run.checkpoint.save_checkpoint")
+    plain_trial = total(plain, trial) - total(plain, "trainables.run.checkpoint.save_checkpoint")
     rows = [
         ("driver start to ray.init: imports, validation, lock (over the plain run's)",
          (connect["s"] - d0) - (first(plain, trial)["s"] - p0)),
@@ -187,8 +187,8 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
         ("MLflow final metrics, artifacts, fused model (on_end)", total(workers, _HOOKS[2])),
         ("  of which mlflow.pytorch.log_model of the fused model", total(workers, "orchestrator.tracking.fused_model.log_fused_model")),
         ("checkpoint persisted to Ray storage (tune.report)", total(workers, "ray.tune.report")),
-        ("checkpoint writing (over the plain run's)", total(workers, "trainables.checkpoint.save_checkpoint")
-         - total(plain, "trainables.checkpoint.save_checkpoint")),
+        ("checkpoint writing (over the plain run's)", total(workers, "trainables.run.checkpoint.save_checkpoint")
+         - total(plain, "trainables.run.checkpoint.save_checkpoint")),
         ("training and export itself (over the plain run's: noise)", worker_trial - plain_trial),
         ("Tune between trials", end(fit) - first(workers, trial)["s"] - total(workers, trial)),
         ("after the trials: MLflow sync, Pareto table and plot, registry, summary",
@@ -199,8 +199,8 @@ def breakdown(plain_spans: Path, sweep_spans: Path, trials: int, overhead: float
     rows.append(("rest: interpreter start and exit of both sides",
                  overhead - sum(seconds for name, seconds in rows if not name.startswith(" "))))
     rows += [
-        ("in both: export formats (state_dict, torch_export)", total(plain, "trainables.export._write_formats")),
-        ("in both: latency measurement (fused, unfused)", total(plain, "trainables.export.measure_latency")),
+        ("in both: export formats (state_dict, torch_export)", total(plain, "trainables.run.export._write_formats")),
+        ("in both: latency measurement (fused, unfused)", total(plain, "trainables.run.export.measure_latency")),
     ]
     return [(name, seconds / trials) for name, seconds in rows]
 

@@ -205,9 +205,9 @@ def _worker(model_key: str, config_key: str, reparam: str, size: int, args: argp
     from torch._dynamo.utils import counters
     from torch.utils.data import DataLoader, TensorDataset
 
-    from trainables.build import build_trial_model
-    from trainables.config import TrialConfig
-    from trainables.engine import SearchEngine
+    from trainables.run.build import build_trial_model
+    from trainables.config.sections import TrialConfig
+    from trainables.search.engine import SearchEngine
 
     device = torch.device(args.device)
     warmup, batch_size, steps = 3, args.batch_size, args.steps
@@ -253,7 +253,7 @@ def _worker(model_key: str, config_key: str, reparam: str, size: int, args: argp
         torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / steps
     return {"step_s": step_s, "peak_mb": peak / 2**20, "warmup_s": warmup_s,
-            "branches": float(engine.eval_mask().sum()), "candidates": float(engine.num_candidates),
+            "branches": float(engine.eval_mask().sum()), "candidates": float(engine.masks.num_candidates),
             "graphs": float(counters["stats"]["unique_graphs"]),
             "breaks": float(sum(counters["graph_break"].values()))}
 

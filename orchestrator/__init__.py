@@ -14,7 +14,7 @@ trial record and status vocabulary they share. See docs/sweep-config.md for ever
 and docs/architecture.md for the contract with ``trainables``.
 """
 
-from ._lazy import lazy_exports
+from trainables._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "SweepConfig": "sweep", "Objective": "sweep", "load_sweep": "sweep", "parse_sweep": "sweep", "apply_set": "sweep",

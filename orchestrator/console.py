@@ -23,7 +23,7 @@ __all__ = ["configure", "is_verbose", "quiet_optuna", "quiet_worker", "worker_ru
 
 def _levels(where: str) -> dict[str, int]:
     """Logger -> level of the notices hidden in the driver or in the trial workers."""
-    from trainables import ray_adapter
+    from .ray_tune import adapter as ray_adapter
 
     from . import mlflow_adapter
 
@@ -84,11 +84,11 @@ def quiet_mlflow() -> Iterator[None]:
 
 def warn_untested_versions(prog: str) -> list[str]:
     """One line on stderr per installed Ray or MLflow outside the range this project is tested
-    with (``TESTED`` of ``trainables.ray_adapter`` and ``orchestrator.mlflow_adapter``); the lines."""
+    with (``TESTED`` of ``trainables.ray_tune.adapter`` and ``orchestrator.mlflow_adapter``); the lines."""
     from importlib.metadata import PackageNotFoundError, version
 
     from packaging.specifiers import SpecifierSet
-    from trainables import ray_adapter
+    from .ray_tune import adapter as ray_adapter
 
     from . import mlflow_adapter
 

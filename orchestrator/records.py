@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from trainables.failures import failure_reason
-from trainables.metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS
-from trainables.schema import flatten_overrides
+from trainables.search.failures import failure_reason
+from trainables.config.metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS
+from trainables.config.schema import flatten_overrides
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial

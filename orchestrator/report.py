@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from trainables.errors import EXIT_OK, run_command
-from trainables.schema import ConfigError
+from trainables.errors import ConfigError
 
 from .results.method_report import DEFAULT_METRIC, SweepPart, build_report, plot_report
 from .sweep import load_sweep

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import yaml
-from trainables.errors import EXIT_FAILED, EXIT_OK, run_command
-from trainables.schema import ConfigError
+from trainables.errors import EXIT_FAILED, EXIT_OK, ConfigError, NothingToResumeError, run_command
 
 from . import console
 from .redact import error_line, redact
@@ -60,7 +59,7 @@ def _init_ray(cfg: SweepConfig) -> None:
     """Connect to ``ray.address`` (or ``RAY_ADDRESS``, as under ``ray job submit``); with
     neither, start a fresh local Ray sized to the machine (never an unrelated running one).
     Then check that the trials fit the cluster and its storage (``ConfigError`` otherwise)."""
-    from trainables import ray_adapter
+    from .ray_tune import adapter as ray_adapter
 
     from .ray_tune.cluster import connect, validate_cluster
 
@@ -74,7 +73,7 @@ def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], 
     """Parent run -> Tuner (new or restored; ``warm``: earlier sweeps' trials for a new one's
     sampler) -> fit -> Pareto, registry, summary."""
     from .ray_tune.repair import set_aside_torn_snapshots
-    from .ray_tune.tuner import NothingToResumeError, can_restore, check_fresh
+    from .ray_tune.tuner import can_restore, check_fresh
 
     with SweepLock(cfg.experiment_path) as lock:
         if storage.exists(cfg.experiment_path):

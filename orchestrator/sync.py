@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from trainables.errors import EXIT_FAILED, EXIT_OK, run_command
-from trainables.schema import ConfigError
+from trainables.errors import ConfigError
 
 from .console import warn_untested_versions
 from .redact import error_line, redact

@@ -22,7 +22,6 @@ from .branches import (
 from .convert import (
     Conversion,
     ConvertedLayer,
-    NothingToConvertError,
     check_original_state,
     conversion_of,
     convert,
@@ -47,6 +46,7 @@ from .models import (
     timm_model_names,
     torchvision_model_names,
 )
+from .errors import NothingToConvertError, RepnasError
 from .layers import NormTail
 from .odbb import ODBB, check_branches
 from .online import (
@@ -108,6 +108,7 @@ __all__ = [
     "Conversion",
     "ConvertedLayer",
     "NothingToConvertError",
+    "RepnasError",
     "SkippedConv",
     "PairPlan",
     "find_pairs",

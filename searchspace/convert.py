@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .errors import NothingToConvertError
 from .branches import BRANCH_TYPES, IDENTITY, ConvBN, IdentityBN, OneByOneAvg, OneByOneKxK
 from .layers import NormTail, norm_tail_names, template
 from .odbb import ODBB, check_branches
@@ -43,7 +44,6 @@ from .online import OnlineConv, OnlineODBB, odbb_class
 from .pairs import SkippedConv, find_pairs
 
 __all__ = [
-    "NothingToConvertError",
     "ConvertedLayer",
     "Conversion",
     "convert",
@@ -56,10 +56,6 @@ __all__ = [
 
 _BN_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _SHOWN = 5  # keys named in a mismatch message, per kind
-
-
-class NothingToConvertError(ValueError):
-    """The model has no conv -> BN pair that can become an ODBB (the message lists why)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 from searchspace import Architecture
 from trainables import TrialConfig
-from trainables.build import build_trial_model
+from trainables.run.build import build_trial_model
 
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,14 +172,14 @@ def test_sweep_overhead_per_trial_costs_sum_the_spans_inside_each_trial(tmp_path
 
     hook = "orchestrator.tracking.child_run.MLflowTrialHook."
     spans = [  # one worker, two trials in sequence; the driver's spans and a span between trials do not count
-        {"pid": 1, "f": "trainables.trial.run_trial", "s": 0.0, "d": 10.0},
+        {"pid": 1, "f": "trainables.run.trial.run_trial", "s": 0.0, "d": 10.0},
         {"pid": 1, "f": hook + "on_start", "s": 0.5, "d": 1.0},
         {"pid": 1, "f": "ray.tune.report", "s": 5.0, "d": 0.25},
         {"pid": 1, "f": hook + "on_end", "s": 9.0, "d": 0.5},
         {"pid": 1, "f": "ray.tune.report", "s": 10.5, "d": 9.0},
-        {"pid": 1, "f": "trainables.trial.run_trial", "s": 11.0, "d": 10.0},
+        {"pid": 1, "f": "trainables.run.trial.run_trial", "s": 11.0, "d": 10.0},
         {"pid": 1, "f": hook + "on_epoch", "s": 12.0, "d": 0.125},
-        {"pid": 1, "f": "trainables.checkpoint.save_checkpoint", "s": 13.0, "d": 5.0},
+        {"pid": 1, "f": "trainables.run.checkpoint.save_checkpoint", "s": 13.0, "d": 5.0},
         {"pid": 2, "f": "orchestrator.tracking.parent_run.start_parent_run", "s": 12.0, "d": 3.0},
     ]
     path = tmp_path / "sweep.jsonl"

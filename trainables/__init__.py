@@ -1,83 +1,30 @@
 """What one trial does: data, the RepNAS one-stage search engine, checkpoints, export.
 
+Subpackages by job: ``config`` (what a trial is; shared with the driver), ``search`` (the
+engine), ``run`` (one trial's run), ``ray_tune`` (the trial's side of Ray); ``errors`` holds
+every exception the project raises. Names are imported on first use (PEP 562), so the
+driver can read ``trainables.config`` without importing the engine or a trial's run.
+
 Runs with Ray Tune (``make_trainable``) or without (``run_trial``,
 ``python -m trainables.cli``). Tracking is injected through ``TrialHook``s;
 nothing here imports MLflow. See docs/architecture.md for the contract.
 """
 
-from . import gates, metrics, schema, sweepfile
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import (
-    BASELINES,
-    DATASETS,
-    EXPORT_FORMATS,
-    DataConfig,
-    ExportConfig,
-    ModelConfig,
-    OptimConfig,
-    RuntimeConfig,
-    SearchConfig,
-    TrialConfig,
-    check_trial_key,
-)
-from .presets import RECIPE_PRESETS, layer_trial
-from .data import DataBundle, LoaderSettings, build_data, make_loader
-from .engine import SearchEngine
-from .export import FusionMismatchError
-from .failures import NonFiniteLossError
-from .hooks import TrialHook
-from .repeat import REPEAT_KEY, Repeat
-from .metrics import EPOCH_METRICS, FINAL_METRICS, OPTIONAL_FINAL_METRICS, PHASES, objective_metric_names, scheduler_metric_names
-from .schema import ConfigError, apply_overrides, did_you_mean, flatten_overrides, parse_override
-from .sweepfile import load_trial_section, read_sweep_yaml
-from .trial import TrialResult, run_trial
-from .tune import make_trainable
+from ._lazy import lazy_exports
 
-__all__ = [
-    "TrialConfig",
-    "check_trial_key",
-    "ModelConfig",
-    "DataConfig",
-    "SearchConfig",
-    "OptimConfig",
-    "RuntimeConfig",
-    "ExportConfig",
-    "BASELINES",
-    "DATASETS",
-    "EXPORT_FORMATS",
-    "RECIPE_PRESETS",
-    "layer_trial",
-    "ConfigError",
-    "apply_overrides",
-    "flatten_overrides",
-    "parse_override",
-    "did_you_mean",
-    "schema",
-    "sweepfile",
-    "read_sweep_yaml",
-    "load_trial_section",
-    "gates",
-    "metrics",
-    "EPOCH_METRICS",
-    "FINAL_METRICS",
-    "OPTIONAL_FINAL_METRICS",
-    "PHASES",
-    "objective_metric_names",
-    "scheduler_metric_names",
-    "DataBundle",
-    "build_data",
-    "make_loader",
-    "LoaderSettings",
-    "SearchEngine",
-    "CheckpointError",
-    "save_checkpoint",
-    "load_checkpoint",
-    "FusionMismatchError",
-    "NonFiniteLossError",
-    "TrialHook",
-    "Repeat",
-    "REPEAT_KEY",
-    "TrialResult",
-    "run_trial",
-    "make_trainable",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "TrialConfig": "config", "check_trial_key": "config", "ModelConfig": "config", "DataConfig": "config",
+    "SearchConfig": "config", "OptimConfig": "config", "RuntimeConfig": "config", "ExportConfig": "config",
+    "BASELINES": "config", "DATASETS": "config", "EXPORT_FORMATS": "config", "RECIPE_PRESETS": "config",
+    "layer_trial": "config", "apply_overrides": "config", "flatten_overrides": "config", "parse_override": "config",
+    "did_you_mean": "config", "schema": "config", "sweepfile": "config", "read_sweep_yaml": "config",
+    "load_trial_section": "config", "metrics": "config", "EPOCH_METRICS": "config", "FINAL_METRICS": "config",
+    "OPTIONAL_FINAL_METRICS": "config", "PHASES": "config", "objective_metric_names": "config",
+    "scheduler_metric_names": "config", "Repeat": "config", "REPEAT_KEY": "config",
+    "ConfigError": "errors", "CheckpointError": "errors", "FusionMismatchError": "errors", "NonFiniteLossError":
+    "errors", "RepnasError": "errors", "UserError": "errors",
+    "make_trainable": "ray_tune",
+    "DataBundle": "run", "build_data": "run", "make_loader": "run", "LoaderSettings": "run", "save_checkpoint":
+    "run", "load_checkpoint": "run", "TrialHook": "run", "TrialResult": "run", "run_trial": "run",
+    "gates": "search", "SearchEngine": "search",
+})

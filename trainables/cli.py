@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import is_checkpoint
-from .config import TrialConfig
+from .config.metrics import PHASES
+from .config.schema import parse_override
+from .config.sections import TrialConfig
+from .config.sweepfile import load_trial_section
 from .errors import EXIT_OK, UserError, run_command
-from .metrics import PHASES
-from .schema import parse_override
-from .sweepfile import load_trial_section
-from .trial import CHECKPOINT_DIR, run_trial
+from .run.checkpoint import is_checkpoint
+from .run.trial import CHECKPOINT_DIR, run_trial
 
 __all__ = ["main"]
 

@@ -27,9 +27,9 @@ SPANS: dict[str, tuple[str, ...]] = {
     "orchestrator.tracking.fused_model": ("log_fused_model",),
     "orchestrator.tracking.from_ray": ("sync_mlflow",),
     "orchestrator.results.sweep_summary": ("summarize", "print_summary"),
-    "trainables.trial": ("run_trial",),
-    "trainables.checkpoint": ("save_checkpoint",),
-    "trainables.export": ("export_model", "measure_latency", "_write_formats"),
+    "trainables.run.trial": ("run_trial",),
+    "trainables.run.checkpoint": ("save_checkpoint",),
+    "trainables.run.export": ("export_model", "measure_latency", "_write_formats"),
     "ray.tune": ("report",),
     "ray.tune.tuner": ("Tuner.fit",),
 }

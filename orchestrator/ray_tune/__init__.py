@@ -2,7 +2,7 @@
 scheduler, the cluster checks, the repair of restored trials' checkpoints, the console
 progress, and the sweep's Ray results read as records. Ray is imported on first use."""
 
-from .._lazy import lazy_exports
+from trainables._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "build_tuner": "tuner", "restore_tuner": "tuner", "can_restore": "tuner", "check_fresh": "tuner",

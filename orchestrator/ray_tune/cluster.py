@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainables.schema import ConfigError
+from trainables.errors import ConfigError
 
 from ..sweep import SweepConfig, check_fit
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback, CLIReporter, ProgressReporter
 
-from trainables.failures import failure_reason
-from trainables.repeat import REPEAT_KEY, Repeat
-from trainables.schema import flatten_overrides
+from trainables.search.failures import failure_reason
+from trainables.config.repeat import REPEAT_KEY, Repeat
+from trainables.config.schema import flatten_overrides
 
 from ..console import is_verbose
 from ..records import TrialStatus, status_from_result, status_of_ray_trial

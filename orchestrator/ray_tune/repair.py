@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from trainables import ray_adapter
-from trainables.restore import checkpoint_number, stored_checkpoints, stored_history, stored_problem
+from . import adapter as ray_adapter
+from trainables.run.restore import checkpoint_number, stored_checkpoints, stored_history, stored_problem
 
 from ..records import ray_terminated
 

@@ -4,12 +4,12 @@ Trials are deterministic (seeded), so a proposal equal to an earlier trial's con
 seed included, would train the same network again: Optuna's TPE proposed the best recipe of
 our recipe sweep three times (benchmarks/README.md, "A sweep that never pays twice"). Equal
 means the same trial once the sweep's ``trial:`` is layered under it, leaving out the keys
-that cannot change its training given the others (``trainables.recipe.deciding_items``: e.g.
+that cannot change its training given the others (``trainables.config.identity.trial_identity``: e.g.
 ``random_sampling`` without a random phase; three trials of the ASHA recipe sweep differed
 only in such keys and trained the same network).
 :class:`RepeatSkipper` sits between Tune and the searcher. A proposal equal to a trial that
 finished (or that the scheduler stopped: it would stop again) becomes a *repeat*: a trial
-whose config carries that trial's result (``trainables.repeat``), which the trainable reports
+whose config carries that trial's result (``trainables.config.repeat``), which the trainable reports
 without training. A proposal equal to a running trial is held until that trial ends, then
 released as its repeat (or as a normal trial, if it failed). The searcher is told every
 result under its own trial ids, as if each proposal had been trained. Warm-start trials of
@@ -25,11 +25,11 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from trainables.config import TrialConfig
-from trainables.recipe import deciding_items
-from trainables.repeat import REPEAT_KEY, Repeat
-from trainables.schema import ConfigError
-from trainables.tune import TRAINABLE_NAME
+from trainables.config.identity import identity_key
+from trainables.config.sections import TrialConfig
+from trainables.config.repeat import REPEAT_KEY, Repeat
+from trainables.errors import ConfigError
+from trainables.ray_tune import trial_name
 
 from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics, status_from_result
 
@@ -47,7 +47,7 @@ def config_key(config: Mapping[str, Any], base_trial: Mapping[str, Any] | None =
         except ConfigError:
             pass
         else:
-            return json.dumps(deciding_items(trial), sort_keys=True, default=str)
+            return identity_key(trial)
     return json.dumps(sampled, sort_keys=True, default=str)
 
 
@@ -114,7 +114,7 @@ class RepeatSkipper(Searcher):
         status = status_from_result(result or {}, errored=error)
         if status in (TrialStatus.FINISHED, TrialStatus.STOPPED) and key not in self.finished:
             metrics = numeric_metrics(result or {}, TRIAL_METRICS)
-            self.finished[key] = Repeat(f"{TRAINABLE_NAME}_{trial_id}", metrics).to_dict()
+            self.finished[key] = Repeat(trial_name(trial_id), metrics).to_dict()
 
     def get_state(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -7,10 +7,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainables import ray_adapter
-from trainables.failures import failure_reason
-from trainables.repeat import REPEAT_KEY, Repeat
-from trainables.schema import ConfigError, flatten_overrides
+from . import adapter as ray_adapter
+from trainables.search.failures import failure_reason
+from trainables.config.repeat import REPEAT_KEY, Repeat
+from trainables.config.schema import flatten_overrides
+from trainables.errors import ConfigError
 
 from ..records import RunLink, TrialRecord, error_message, make_record, status_from_result
 from .repair import plan_repair, stored_metrics

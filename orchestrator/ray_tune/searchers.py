@@ -3,23 +3,25 @@
 Optuna's sampler may start from earlier sweeps' finished trials (:class:`WarmTrial`, read by
 ``tracking.warm_start``): they are added to its study, with every objective's value, before
 it proposes anything, and never trained again. With ``search.skip_repeats`` the searcher is
-wrapped so that no configuration is trained twice (``ray_tune.repeats``).
+wrapped so that no configuration is trained twice (``ray_tune.repeats``); grid and random sweeps
+then run through a :class:`VariantList` so that a grid's duplicates are repeats too.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-from trainables.repeat import Repeat
+from ray.tune.search import Searcher
 
-from ..sweep import SearcherConfig
+from trainables.config.repeat import Repeat
 
-if TYPE_CHECKING:
-    from ray.tune.search import Searcher
+from ..sweep import SweepSearchConfig
 
-__all__ = ["WarmTrial", "make_searcher"]
+__all__ = ["WarmTrial", "VariantList", "make_searcher"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class WarmTrial:
     intermediate: Mapping[int, float] = field(default_factory=dict)
 
 
-def _sampler(search: SearcherConfig) -> Any:
+def _sampler(search: SweepSearchConfig) -> Any:
     import optuna
 
     kwargs: dict[str, Any] = {"seed": search.seed}
@@ -47,7 +49,7 @@ def _sampler(search: SearcherConfig) -> Any:
     return cls[search.sampler](**kwargs)
 
 
-def _warm_study(search: SearcherConfig, param_space: Mapping[str, Any], warm: Sequence[WarmTrial]) -> dict[str, Any]:
+def _warm_study(search: SweepSearchConfig, param_space: Mapping[str, Any], warm: Sequence[WarmTrial]) -> dict[str, Any]:
     """OptunaSearch's ``storage`` and ``study_name``: an in-memory study already holding the warm
     trials (OptunaSearch loads it when Tune gives it the space): finished ones with every
     objective's value, stopped ones pruned with their intermediate values. Both count towards
@@ -76,15 +78,46 @@ def _warm_study(search: SearcherConfig, param_space: Mapping[str, Any], warm: Se
     return {"storage": storage, "study_name": name}
 
 
-def make_searcher(search: SearcherConfig, param_space: Mapping[str, Any] | None = None,
-                  warm: Sequence[WarmTrial] = (), base_trial: Mapping[str, Any] | None = None) -> Searcher | Any:
+class VariantList(Searcher):
+    """Grid and random sweeps as a Tune searcher: the sweep's trials, drawn up front
+    (``sweep.sample_overrides``, the list ``--dry-run`` previews), proposed in order. As a
+    searcher it can be wrapped by ``RepeatSkipper``, so a grid that holds one configuration twice
+    trains it once: the twin waits for the original and takes its result."""
+
+    def __init__(self, points: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__()
+        self.points = [dict(p) for p in points]
+        self.next = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.next >= len(self.points):
+            return None  # every point proposed; Tune stops at num_samples (= len(points))
+        self.next += 1
+        return dict(self.points[self.next - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        """Nothing to learn: the list is fixed."""
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"points": self.points, "next": self.next}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.points, self.next = state["points"], state["next"]
+
+
+def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | None = None,
+                  warm: Sequence[WarmTrial] = (), base_trial: Mapping[str, Any] | None = None,
+                  variants: Sequence[Mapping[str, Any]] | None = None) -> Searcher | Any:
     """OptunaSearch (objective lists go to the searcher only; ``warm`` trials in its study;
-    repeats skipped, proposals compared as trials over ``base_trial``, the sweep's ``trial:``)
-    or a BasicVariantGenerator. ``param_space``: Tune's, needed with ``warm``."""
+    repeats skipped, proposals compared as trials over ``base_trial``, the sweep's ``trial:``);
+    for grid and random sweeps, the sweep's ``variants`` (every trial's sampled keys) through a
+    :class:`VariantList` with repeats skipped, or a BasicVariantGenerator over ``param_space``
+    when ``skip_repeats`` is off. ``param_space``: Tune's, needed with ``warm``."""
+    from .repeats import RepeatSkipper
+
     if search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
-
-        from .repeats import RepeatSkipper
 
         metrics = [o.metric for o in search.objectives]
         modes = [o.mode for o in search.objectives]
@@ -95,6 +128,8 @@ def make_searcher(search: SearcherConfig, param_space: Mapping[str, Any] | None 
         if search.skip_repeats:
             return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm if not t.stopped], base_trial)
         return searcher
+    if search.skip_repeats and variants is not None:
+        return RepeatSkipper(VariantList(variants), (), base_trial)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)

@@ -6,19 +6,21 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from trainables import ray_adapter
-from trainables.errors import UserError
+from trainables.errors import NothingToResumeError, SweepExistsError
+from trainables.ray_tune import trial_name
 
-from ..sweep import SweepConfig, param_space, storage
+from ..sweep import SweepConfig, param_space, sample_overrides, storage, trial_count
+from . import adapter as ray_adapter
 from .searchers import WarmTrial, make_searcher
 
 if TYPE_CHECKING:
     from ray import tune
-    from trainables.hooks import TrialHook
+
+    from trainables.run.hooks import TrialHook
 
     from .progress import SweepReporter, TrialLines
 
-__all__ = ["SweepExistsError", "NothingToResumeError", "check_fresh", "can_restore", "build_tuner",
+__all__ = ["check_fresh", "can_restore", "build_tuner",
            "restore_tuner", "make_scheduler"]
 
 RUNG_TIME = "epochs_trained"
@@ -27,14 +29,6 @@ so a retrain is compared at equal epochs, not at its dip; benchmarks/README.md).
 # Columns of Ray's progress table (``--verbose``).
 PROGRESS_METRICS: tuple[str, ...] = ("epoch", "train_loss", "val_acc", "branches_kept",
                                      "fused_val_acc", "latency_fused_ms")
-
-
-class SweepExistsError(UserError):
-    """The sweep name is taken in this storage path and ``--resume`` was not given."""
-
-
-class NothingToResumeError(UserError):
-    """``--resume`` was given but there is no Tune experiment to restore."""
 
 
 def check_fresh(cfg: SweepConfig) -> None:
@@ -59,14 +53,14 @@ def can_restore(cfg: SweepConfig) -> bool:
 
 def trial_dirname(trial: Any) -> str:
     """Short trial directory names (Ray's default embeds the whole config)."""
-    return f"{trial.trainable_name}_{trial.trial_id}"
+    return trial_name(trial.trial_id)
 
 
 def _trainable(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> Any:
-    import trainables
     from ray import tune
 
-    from trainables.distributed import WorkerResources
+    import trainables
+    from trainables.ray_tune.distributed import WorkerResources
 
     from .cluster import ddp_trial_resources
 
@@ -118,14 +112,16 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[War
     inherit = single and cfg.scheduler.type == "asha" and cfg.scheduler.metric == objective.metric \
         and cfg.scheduler.mode == objective.mode
     top_metric = single and (cfg.scheduler.type != "asha" or inherit)
-    optuna = cfg.search.algorithm == "optuna"
     reporter, trial_lines = _console(cfg)
     space = param_space(cfg.space, cfg.search.algorithm)
+    listed = cfg.search.algorithm != "optuna" and cfg.search.skip_repeats  # grid/random as a VariantList
+    count = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples)
+    variants = sample_overrides(cfg.space, cfg.search.algorithm, count, cfg.search.seed) if listed else None
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(search, space, warm, cfg.trial),
+        search_alg=make_searcher(search, space, warm, cfg.trial, variants),
         scheduler=make_scheduler(cfg, inherit_metric=inherit),
-        num_samples=cfg.search.num_samples,
-        max_concurrent_trials=search.max_concurrent if optuna else None,
+        num_samples=len(variants) if listed else cfg.search.num_samples,
+        max_concurrent_trials=search.max_concurrent if cfg.search.algorithm == "optuna" or listed else None,
         metric=objective.metric if top_metric else None,
         mode=objective.mode if top_metric else None,
         trial_dirname_creator=trial_dirname,
@@ -141,7 +137,8 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[War
         progress_reporter=reporter,
         verbose=1,
     )
-    return tune.Tuner(_trainable(cfg, hooks), param_space=space, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(_trainable(cfg, hooks), param_space={} if listed else space, tune_config=tune_config,
+                      run_config=run_config)
 
 
 def restore_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook]) -> tune.Tuner:

@@ -3,7 +3,7 @@ per-method statistics over seeds with Welch verdicts, the method-comparison repo
 end-of-sweep summary. Pure functions over ``orchestrator.records.TrialRecord`` lists, apart
 from the summary and the report's loading, which read and write MLflow."""
 
-from .._lazy import lazy_exports
+from trainables._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "dominates": "pareto", "non_dominated": "pareto", "mark_front": "pareto", "front": "pareto",

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.schema import ConfigError
+from trainables.errors import ConfigError
 
 from ..records import TrialRecord
 from ..sweep import SweepConfig

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainables.presets import RECIPE_PRESETS
+from trainables.config.presets import RECIPE_PRESETS
 
 from ..records import TrialRecord
 

@@ -4,7 +4,7 @@ its storage folder and lock. No Ray or MLflow is imported here."""
 
 from .fit import check_fit, check_request
 from .load import apply_set, load_sweep, local_gpu_count, parse_sweep
-from .lock import LOCK_FILE, SweepLock, SweepLockedError
+from .lock import LOCK_FILE, SweepLock
 from .schema import (
     CheckpointSettings,
     FailureSettings,
@@ -13,7 +13,7 @@ from .schema import (
     RayConfig,
     ResourcesConfig,
     SchedulerConfig,
-    SearcherConfig,
+    SweepSearchConfig,
     SweepConfig,
 )
 from .space import SpaceParam, param_space, parse_space, sample_overrides, trial_count
@@ -22,7 +22,7 @@ from .trials import validate_trials
 
 __all__ = [
     "CheckpointSettings", "FailureSettings", "MlflowConfig", "Objective", "RayConfig", "ResourcesConfig",
-    "SchedulerConfig", "SearcherConfig", "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "local_gpu_count",
+    "SchedulerConfig", "SweepSearchConfig", "SweepConfig", "load_sweep", "parse_sweep", "apply_set", "local_gpu_count",
     "check_fit", "check_request", "SpaceParam", "parse_space", "param_space", "sample_overrides", "trial_count", "validate_trials",
-    "SweepLock", "SweepLockedError", "LOCK_FILE", "sqlite_path", "sqlite_file", "resolve_tracking_uri",
+    "SweepLock", "LOCK_FILE", "sqlite_path", "sqlite_file", "resolve_tracking_uri",
 ]

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from trainables.schema import ConfigError
+from trainables.errors import ConfigError
 
 if TYPE_CHECKING:
     from .schema import ResourcesConfig

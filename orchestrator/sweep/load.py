@@ -14,10 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from trainables.presets import layer_trial
-from trainables.metrics import objective_metric_names, scheduler_metric_names
-from trainables.schema import ConfigError, apply_overrides, did_you_mean, join_path, load_dataclass, parse_override
-from trainables.sweepfile import read_sweep_yaml
+from trainables.config.presets import layer_trial
+from trainables.config.metrics import objective_metric_names, scheduler_metric_names
+from trainables.config.schema import apply_overrides, did_you_mean, join_path, load_dataclass, parse_override
+from trainables.errors import ConfigError
+from trainables.config.sweepfile import read_sweep_yaml
 
 from .tracking_uri import resolve_tracking_uri
 from .fit import check_fit, check_request
@@ -105,7 +106,7 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
         storage_path=cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).expanduser().resolve()),
         mlflow=replace(cfg.mlflow, tracking_uri=resolve_tracking_uri(cfg.mlflow.tracking_uri, "mlflow.tracking_uri")),
         trial=_base_trial(trial, space, cfg))
-    cfg = replace(cfg, base=validate_trials(cfg.trial, cfg.sampled))
+    cfg = replace(cfg, base=validate_trials(cfg.trial, cfg.sampled).with_threads(cfg.resources.cpus))
     _check_stop(cfg)
     if cfg.ray.address is None and not (os.environ if env is None else env).get("RAY_ADDRESS"):
         _check_local_resources(cfg)
@@ -142,14 +143,12 @@ def _absolute_paths_in(p: SpaceParam) -> SpaceParam:
 
 
 def _base_trial(trial: dict[str, Any], space: tuple[SpaceParam, ...], cfg: SweepConfig) -> dict[str, Any]:
-    """The ``trial:`` mapping with the space's constants and ``resources`` applied:
-    ``runtime.workers``, and an unset ``runtime.num_threads`` as the CPUs each trial (or DDP
-    worker) is given, so the config a trial runs is known on the driver too (MLflow params)."""
+    """The ``trial:`` mapping with the space's constants and ``resources.workers`` applied (an
+    unset ``runtime.num_threads`` is resolved by ``TrialConfig.with_threads``, on the driver for
+    ``SweepConfig.base`` and in each trial from the CPUs Ray gave it)."""
     fixed = {p.key: p.values[0] for p in space if not p.sampled}
     if cfg.resources.workers > 1:
         fixed["runtime.workers"] = cfg.resources.workers
-    if (trial.get("runtime") or {}).get("num_threads") is None:
-        fixed.setdefault("runtime.num_threads", max(1, int(cfg.resources.cpus)))
     return layer_trial(trial, fixed)
 
 

@@ -17,15 +17,11 @@ import socket
 from pathlib import Path
 from typing import IO, Any
 
-from trainables.errors import UserError
+from trainables.errors import SweepLockedError
 
-__all__ = ["SweepLockedError", "SweepLock", "LOCK_FILE", "pid_alive"]
+__all__ = ["SweepLock", "LOCK_FILE", "pid_alive"]
 
 LOCK_FILE = "repnas_sweep.lock"
-
-
-class SweepLockedError(UserError):
-    """Another driver is running this sweep."""
 
 
 def pid_alive(pid: int) -> bool:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trainables.config import TrialConfig
-from trainables.metrics import objective_metric_names
-from trainables.schema import ConfigError, at_least, between, derived, did_you_mean, dump_dataclass, join_path, rule
+from trainables.config.sections import TrialConfig
+from trainables.config.metrics import objective_metric_names
+from trainables.config.schema import at_least, between, derived, did_you_mean, dump_dataclass, join_path, rule
+from trainables.errors import ConfigError
 
 from .space import SpaceParam
 
-__all__ = ["Mode", "Objective", "RayConfig", "ResourcesConfig", "SearcherConfig", "SchedulerConfig", "FailureSettings",
+__all__ = ["Mode", "Objective", "RayConfig", "ResourcesConfig", "SweepSearchConfig", "SchedulerConfig", "FailureSettings",
            "CheckpointSettings", "MlflowConfig", "SweepConfig"]
 
 Mode = Literal["min", "max"]
@@ -63,7 +64,7 @@ def _default_objectives() -> list[Objective]:
 
 
 @dataclass(frozen=True)
-class SearcherConfig:
+class SweepSearchConfig:
     """The outer search algorithm and its budget: the sweep's ``search:`` section."""
 
     algorithm: Literal["optuna", "random", "grid"] = "optuna"
@@ -152,7 +153,7 @@ class SweepConfig:
     storage_shared: bool = False  # the local storage_path is one shared folder on every node
     ray: RayConfig = field(default_factory=RayConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    search: SearcherConfig = field(default_factory=SearcherConfig)
+    search: SweepSearchConfig = field(default_factory=SweepSearchConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     stop: dict[str, int | float] = field(default_factory=dict)
     failure: FailureSettings = field(default_factory=FailureSettings)

@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trainables.schema import ConfigError, did_you_mean, flatten_overrides, join_path
+from trainables.config.schema import did_you_mean, flatten_overrides, join_path
+from trainables.errors import ConfigError
 
 __all__ = ["SpaceParam", "parse_space", "param_space", "sample_overrides", "trial_count"]
 

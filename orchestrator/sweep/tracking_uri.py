@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainables.schema import ConfigError
+from trainables.errors import ConfigError
 
 __all__ = ["sqlite_path", "sqlite_file", "resolve_tracking_uri"]
 

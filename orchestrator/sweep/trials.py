@@ -6,9 +6,10 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from trainables.build import check_trial_model
-from trainables.config import TrialConfig, check_trial_key
-from trainables.schema import ConfigError, join_path
+from trainables.run.build import check_trial_model
+from trainables.config.sections import TrialConfig, check_trial_key
+from trainables.config.schema import join_path
+from trainables.errors import ConfigError
 
 from .space import SpaceParam
 

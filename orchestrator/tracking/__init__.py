@@ -3,7 +3,7 @@ trial or afterwards from Ray's results), fused models and the Model Registry, th
 store and the tracking-store preflight (MLflow's internals: ``orchestrator.mlflow_adapter``).
 MLflow is imported on first use."""
 
-from .._lazy import lazy_exports
+from trainables._lazy import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "SweepState": "parent_run", "start_parent_run": "parent_run", "finish_parent_run": "parent_run",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
-from trainables.hooks import TrialHook
+from trainables.run.hooks import TrialHook
 
 from ..records import TrialRecord, TrialStatus, error_message, numeric_metrics
 from ..redact import error_line, redact
@@ -29,8 +29,8 @@ from .parent_run import (MODEL_NAME, TAG_ERROR, TAG_MODEL_URI, TAG_PARENT, TAG_R
                          TAG_TRIAL, TAG_TRIAL_ID, client_defaults, mlflow_params)
 
 if TYPE_CHECKING:
-    from trainables.config import TrialConfig
-    from trainables.repeat import Repeat
+    from trainables.config.sections import TrialConfig
+    from trainables.config.repeat import Repeat
 
 __all__ = ["TrialLog", "ChildRun", "Reconciled", "reconcile", "MLflowTrialHook"]
 
@@ -235,7 +235,7 @@ class MLflowTrialHook(TrialHook):
                   "continues. Fill it in later with `python -m orchestrator.sync SWEEP.yaml`.", file=sys.stderr)
 
     def on_start(self, config: TrialConfig, trial_name: str, resumed: bool) -> None:
-        client_defaults()
+        client_defaults(self.tracking_uri)
         self._log = TrialLog(TrialRecord(_current_trial_id() or "", trial_name, TrialStatus.RUNNING), config.to_dict())
         self._attempt("the child run", self._open)
 

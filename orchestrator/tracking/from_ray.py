@@ -70,7 +70,7 @@ def _checkpoint_meta(result: Result) -> dict[str, Any] | None:
     """The trial's own record in its latest checkpoint (``run_trial``'s meta), None if unreadable."""
     if result.checkpoint is None:
         return None
-    from trainables.restore import stored_meta
+    from trainables.run.restore import stored_meta
 
     try:
         meta = stored_meta(result.checkpoint.filesystem, result.checkpoint.path)
@@ -82,7 +82,7 @@ def _checkpoint_meta(result: Result) -> dict[str, Any] | None:
 def _epoch_rows(result: Result) -> dict[int, dict[str, float]]:
     """The trial's metrics per completed epoch from Ray's progress (the last report of an epoch
     wins; failure rows and Ray's own keys skipped)."""
-    from trainables.failures import FAILED_KEY
+    from trainables.search.failures import FAILED_KEY
 
     frame = result.metrics_dataframe
     rows: dict[int, dict[str, float]] = {}
@@ -124,7 +124,7 @@ def _clean_orphans(client: MlflowClient, runs: Mapping[str, Run], trial_names: s
 
 def sync_mlflow(cfg: SweepConfig, state: SweepState, results: ResultGrid) -> SyncReport:
     """Make MLflow match Ray's results for every trial (idempotent)."""
-    client_defaults()
+    client_defaults(state.tracking_uri)
     client = MlflowClient(state.tracking_uri)
     runs = child_runs(state)
     report = SyncReport()

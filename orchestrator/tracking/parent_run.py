@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from trainables.schema import flatten_overrides
+from trainables.config.schema import flatten_overrides
 
 from ..mlflow_adapter import tracking_uri_for_block
-from ..records import RunLink, TrialStatus
+from ..records import RunLink
 from ..redact import public_items, redact
 from ..sweep import storage
 from ..sweep.tracking_uri import sqlite_file, sqlite_path
@@ -83,13 +83,16 @@ def mlflow_params(data: Mapping[str, Any]) -> list[Param]:
     return [Param(k, redact(str(v))[:6000]) for k, v in public_items(flatten_overrides(data)).items()]
 
 
-def client_defaults() -> None:
+def client_defaults(tracking_uri: str) -> None:
     """MLflow client settings unless set in the environment: short HTTP retries (an unreachable
     server costs seconds, not minutes per call; the hook buffers instead) and no run URLs
-    printed (a tracking URI may carry credentials); SQLite stores in WAL mode (``_sqlite``)."""
+    printed (a tracking URI may carry credentials); a SQLite store at ``tracking_uri`` in WAL
+    mode (``tracking.sqlite``)."""
     for key, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    use_wal()
+    db = sqlite_file(tracking_uri)
+    if db is not None:
+        use_wal(db)
 
 
 @contextmanager
@@ -129,19 +132,19 @@ def _experiment_id(client: MlflowClient, cfg: SweepConfig) -> str:
 
 def start_parent_run(cfg: SweepConfig, resume: bool) -> SweepState:
     """Create the sweep's parent run (or reopen it on resume) and persist its id."""
-    client_defaults()
+    client_defaults(cfg.mlflow.tracking_uri)
     db = sqlite_file(cfg.mlflow.tracking_uri)
     if db is not None:
         create_database(db)
     client = MlflowClient(cfg.mlflow.tracking_uri)
     state = SweepState.load(cfg) if resume else None
     if state is not None:
-        client.update_run(state.parent_run_id, status=TrialStatus.RUNNING.mlflow)
+        client.update_run(state.parent_run_id, status="RUNNING")
         return state
     experiment_id = _experiment_id(client, cfg)
     orphan = _unsaved_parent(client, experiment_id, cfg) if resume else None
     if orphan is not None:  # the driver died before it saved the parent run's id: reopen that run
-        client.update_run(orphan, status=TrialStatus.RUNNING.mlflow)
+        client.update_run(orphan, status="RUNNING")
         state = SweepState(cfg.name, cfg.mlflow.tracking_uri, experiment_id, orphan)
         state.save(cfg)
         return state
@@ -196,8 +199,7 @@ def log_parent_values(state: SweepState, metrics: Mapping[str, float], tags: Map
 
 def finish_parent_run(state: SweepState, ok: bool) -> None:
     """Mark the parent run FINISHED or FAILED."""
-    status = TrialStatus.FINISHED if ok else TrialStatus.FAILED
-    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, status.mlflow)
+    MlflowClient(state.tracking_uri).set_terminated(state.parent_run_id, "FINISHED" if ok else "FAILED")
 
 
 def child_runs(state: SweepState) -> dict[str, Run]:

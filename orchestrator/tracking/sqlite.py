@@ -24,10 +24,17 @@ from .. import mlflow_adapter
 __all__ = ["use_wal", "create_database"]
 
 
+_WAL_FILES: set[str] = set()  # the MLflow stores of this process (real paths)
+
+
 def _wal(connection: Any, _record: Any) -> None:
+    """SQLAlchemy's connect hook: WAL for connections to a registered MLflow store, nothing else."""
     if not isinstance(connection, sqlite3.Connection):
         return
     try:
+        files = {os.path.realpath(row[2]) for row in connection.execute("PRAGMA database_list") if row[1] == "main"}
+        if not files & _WAL_FILES:
+            return  # another program's database (Optuna's, a user's): left as it is
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.Error:  # a read-only or locked file keeps its mode: MLflow works as before
@@ -35,12 +42,18 @@ def _wal(connection: Any, _record: Any) -> None:
 
 
 @functools.cache
-def use_wal() -> None:
-    """From now on in this process, every new SQLAlchemy connection to a SQLite file uses WAL."""
+def _listen() -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
     event.listen(Engine, "connect", _wal)
+
+
+def use_wal(path: Path) -> None:
+    """From now on in this process, new SQLAlchemy connections to the MLflow store at ``path``
+    use WAL; connections to any other SQLite database are untouched."""
+    _WAL_FILES.add(os.path.realpath(path))
+    _listen()
 
 
 def create_database(path: Path) -> None:
@@ -61,6 +74,7 @@ def create_database(path: Path) -> None:
     private = path.with_name(f".{path.name}.creating-{os.getpid()}")
     try:
         # the store MlflowClient would make (same default artifact root), on the private file
+        use_wal(private)
         mlflow_adapter.create_sql_store(f"sqlite:///{private}")  # connections closed: the log is folded in
         try:
             os.link(private, path)

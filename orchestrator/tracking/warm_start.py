@@ -6,8 +6,9 @@ runs), or its name in this sweep's tracking store. Read from MLflow, so it works
 results are gone. A trial is used when it finished with a finite value of every objective, or
 its scheduler stopped it early (it reaches the study as pruned, with the single objective's
 value at each epoch: what an ASHA sweep learnt is mostly in such trials); when its values of
-this sweep's sampled keys lie in this space; and when every other key that decides a result
-(seed, model, data, search, optim) equals this sweep's base trial. Failed trials and repeats
+this sweep's sampled keys lie in this space; and when it has the identity of this sweep's trial
+at that point (``trainables.config.identity``: every key that decides a result, ``runtime.precision``
+and the other runtime keys that change the numbers included). Failed trials and repeats
 are not used. Bad entries are ``ConfigError`` s naming ``search.warm_start[i]`` (exit 2 before
 Ray starts): an unknown sweep, or one whose space shares no sampled key with this one.
 """
@@ -21,13 +22,24 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from mlflow.tracking import MlflowClient
-from trainables.repeat import Repeat
-from trainables.schema import ConfigError, flatten_overrides
+
+from trainables.config.identity import identity_difference
+from trainables.config.repeat import Repeat
+from trainables.config.schema import flatten_overrides
+from trainables.errors import ConfigError
 
 from ..ray_tune.searchers import WarmTrial
 from ..records import TrialStatus, status_from_mlflow
 from ..sweep import SpaceParam, SweepConfig, load_sweep, parse_space
-from .parent_run import TAG_ERROR, TAG_PARENT, TAG_REPEAT_OF, TAG_STOPPED, TAG_SWEEP, TAG_TRIAL, client_defaults
+from .parent_run import (
+    TAG_ERROR,
+    TAG_PARENT,
+    TAG_REPEAT_OF,
+    TAG_STOPPED,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    client_defaults,
+)
 from .runs import typed
 
 if TYPE_CHECKING:
@@ -38,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["WarmStart", "resolve_warm_start", "record_warm_start", "WARM_START_ARTIFACT", "TAG_WARM_START"]
 
 WARM_START_ARTIFACT, TAG_WARM_START = "warm_start.json", "repnas.warm_start"
-_RESULT_SECTIONS = ("seed", "model.", "data.", "search.", "optim.")  # keys that decide a trial's result
 
 
 @dataclass
@@ -81,7 +92,7 @@ def resolve_warm_start(cfg: SweepConfig) -> WarmStart:
     warm = WarmStart()
     if not cfg.search.warm_start:
         return warm
-    client_defaults()
+    client_defaults(cfg.mlflow.tracking_uri)
     for i, entry in enumerate(cfg.search.warm_start):
         path = f"search.warm_start[{i}]"
         source = _source(cfg, entry, path)
@@ -178,10 +189,13 @@ def _fit(cfg: SweepConfig, client: MlflowClient, run: Run, sweep: str) -> tuple[
         if value is _MISSING:
             return None, f"outside the space at {p.key}"
         point[p.key] = value
-    covered = {k for p in cfg.sampled for k in _flat_keys(p)}
-    for key, base in flatten_overrides(cfg.base.to_dict()).items():
-        if key.startswith(_RESULT_SECTIONS) and key not in covered and params.get(key, base) != base:
-            return None, f"with another {key}"
+    try:
+        here = cfg.trial_config(point)  # this sweep's trial at that point
+    except ConfigError:
+        return None, "not a valid trial of this sweep"
+    differs = identity_difference(here, params)  # the one trial identity, runtime keys included
+    if differs is not None:
+        return None, f"with another {differs}"
     name = tags.get(TAG_TRIAL, run.info.run_name)
     intermediate = {}
     if stopped and len(cfg.objectives) == 1:  # Optuna keeps intermediate values for one objective only
@@ -191,13 +205,6 @@ def _fit(cfg: SweepConfig, client: MlflowClient, run: Run, sweep: str) -> tuple[
 
 
 _MISSING = object()
-
-
-def _flat_keys(p: SpaceParam) -> set[str]:
-    """The dotted trial keys a space dimension sets (a group: each of its mappings' keys)."""
-    own = p.key.removeprefix("trial.")
-    nested = {k for v in p.values if isinstance(v, dict) for k in flatten_overrides(v)}
-    return {f"{own}.{k}" for k in nested} if nested else {own}
 
 
 def _value_in(p: SpaceParam, params: dict[str, Any]) -> Any:

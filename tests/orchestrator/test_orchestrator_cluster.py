@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.ray_tune.cluster import check_cluster, check_storage, max_concurrent
 from orchestrator.sweep import ResourcesConfig, check_fit, parse_sweep
-from trainables.schema import ConfigError
+from trainables.errors import ConfigError
 
 CPU2 = [{"CPU": 2.0}]
 TWO_NODES = [{"CPU": 1.0}, {"CPU": 1.0}]

@@ -212,7 +212,8 @@ def test_unset_threads_are_the_trials_cpus(tmp_path: Path, kit: Any, runtime: di
     raw = kit.tiny_sweep(tmp_path, resources={"cpus": cpus}, ray={"num_cpus": 4})
     raw["trial"]["runtime"] = {"device": "cpu", **runtime}
     cfg = parse_sweep(raw)
-    assert cfg.trial["runtime"]["num_threads"] == threads and cfg.base.runtime.num_threads == threads
+    assert cfg.base.runtime.num_threads == threads and cfg.trial_config({"search.budget": 0.5}).runtime.num_threads == threads
+    assert cfg.trial["runtime"].get("num_threads") == runtime.get("num_threads")  # decided in one place: with_threads
 
 
 def test_apply_set_creates_sections() -> None:
@@ -279,7 +280,7 @@ def test_asha_max_t_is_the_longest_trial_the_space_can_sample(tmp_path: Path, ki
 
 def test_extends_merges_a_base_sweep_file(tmp_path: Path, write_sweep: Any, kit: Any,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from trainables.sweepfile import load_trial_section
+    from trainables.config.sweepfile import load_trial_section
 
     base = kit.tiny_sweep(tmp_path, name="base")
     base["space"] = {"search.budget": {"choice": [0.2, 0.5]}, "optim.lr": {"loguniform": [0.05, 0.2]}}

@@ -50,7 +50,7 @@ def test_suppressed_event_logs_silence_mlflow_event_lines(capsys: pytest.Capture
 def test_an_untested_version_gets_one_warning_line_naming_the_range(monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from orchestrator.console import warn_untested_versions
-    from trainables import ray_adapter
+    from orchestrator.ray_tune import adapter as ray_adapter
 
     assert warn_untested_versions("repnas-sweep") == []  # the installed versions are the tested ones
     monkeypatch.setattr(ray_adapter, "TESTED", ">=9.0,<9.1")

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 from ray.tune import Result
-from trainables.failures import NonFiniteLossError, failure_metrics
-from trainables.metrics import FINAL_METRICS
-from trainables.schema import ConfigError
+from trainables.search.failures import failure_metrics
+from trainables.errors import NonFiniteLossError
+from trainables.config.metrics import FINAL_METRICS
+from trainables.errors import ConfigError
 
 from orchestrator.ray_tune.results import records_from_results, resume_advice
 from orchestrator.records import TrialStatus, make_record, numeric_metrics, status_from_mlflow, status_from_result
@@ -97,7 +98,7 @@ def test_a_record_means_the_same_from_ray_and_from_mlflow(tmp_path: Path, kit: A
     """The same trial read from Ray's result and from its MLflow run's params and metrics: one record."""
     from orchestrator.tracking.parent_run import mlflow_params
     from orchestrator.tracking.runs import typed
-    from trainables.schema import flatten_overrides
+    from trainables.config.schema import flatten_overrides
 
     sweep = kit.tiny_sweep(tmp_path)
     sweep["space"]["optim.momentum"] = 0.8  # a constant of the space: in both records' configs

@@ -1,7 +1,7 @@
 """``_repair_trial`` on a real Ray Tune ``Trial`` (no cluster, fast): a restored trial whose
 snapshot names a checkpoint that retention deleted (ray-project/ray #27790) continues from one
 that exists, its manager keeps ``num_to_keep``, and new checkpoints never reuse a folder name.
-This also exercises the checkpoint-bookkeeping internals of ``trainables.ray_adapter``."""
+This also exercises the checkpoint-bookkeeping internals of ``trainables.ray_tune.adapter``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from ray.tune import Checkpoint, CheckpointConfig
 from ray.tune.experiment import Trial
 
 from orchestrator.ray_tune.repair import CheckpointRepair, _repair_trial
-from trainables import ray_adapter
-from trainables.checkpoint import save_checkpoint
+from orchestrator.ray_tune import adapter as ray_adapter
+from trainables.run.checkpoint import save_checkpoint
 
 
 def _trial(tmp_path: Path, on_disk: list[int], registered: list[int]) -> Trial:

@@ -13,8 +13,8 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.ray_tune.repeats import RepeatSkipper, config_key
-from trainables.metrics import FINAL_METRICS
-from trainables.repeat import REPEAT_KEY, Repeat
+from trainables.config.metrics import FINAL_METRICS
+from trainables.config.repeat import REPEAT_KEY, Repeat
 
 SPACE = {"search.budget": tune.choice([0.5]), "optim.lr": tune.choice([0.1])}  # one configuration only
 
@@ -94,7 +94,7 @@ def test_the_state_tune_saves_restores_the_repeats() -> None:
 
 def test_proposals_that_differ_only_in_inert_keys_are_repeats(kit: Any) -> None:
     """Compared as the trials they describe over the sweep's ``trial:``: ``random_sampling``
-    cannot matter without a random phase (``trainables.recipe.inert_keys``), so a proposal that
+    cannot matter without a random phase (``trainables.config.identity.inert_keys``), so a proposal that
     differs from a finished trial only there is its repeat; with a random phase it trains."""
     earlier = Repeat("repnas_trial_u", {"val_acc": 0.93})
     for random_epochs, repeated in ((0, True), (1, False)):
@@ -106,3 +106,22 @@ def test_proposals_that_differ_only_in_inert_keys_are_repeats(kit: Any) -> None:
         assert (REPEAT_KEY in searcher.suggest("a")) is repeated
     assert config_key({"optim.lr": 0.1}, base) != config_key({"optim.lr": 0.2}, base)
     assert config_key({"optim.lr": 0.1}) == '{"optim.lr": 0.1}'  # without a base: the sampled keys as they are
+
+
+def test_a_grid_that_holds_a_configuration_twice_trains_it_once() -> None:
+    """Grid sweeps run through a VariantList wrapped by the repeat check: the duplicate grid point
+    waits for its twin and takes its result; Tune's saved state keeps the list's position."""
+    from orchestrator.ray_tune.searchers import VariantList
+
+    points = [{"search.budget": b} for b in (0.34, 0.34, 0.5)]
+    searcher = RepeatSkipper(VariantList(points))
+    first, second, third = searcher.suggest("a"), searcher.suggest("b"), searcher.suggest("c")
+    assert first == points[0] and second is None and third == points[2]  # the twin is held, 0.5 runs beside
+    assert searcher.suggest("d") is None  # the list is used up; the twin still waits
+    saved = pickle.loads(pickle.dumps(searcher.get_state()))
+    searcher.on_trial_complete("a", _done(0.7))
+    twin = searcher.suggest("e")
+    assert Repeat.from_dict(twin.pop(REPEAT_KEY)).metrics["val_acc"] == 0.7 and twin == points[1]
+    restored = RepeatSkipper(VariantList(points))
+    restored.set_state(saved)
+    assert restored.held and restored.suggest("f") is None  # after a restore it still waits for the original

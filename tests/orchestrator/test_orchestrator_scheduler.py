@@ -60,7 +60,7 @@ def test_a_trial_the_scheduler_stopped_says_so_on_the_console(capsys: Any) -> No
     """Ray marks a scheduler-stopped trial's last result ``done`` without the final metrics: its
     console line says it stopped early, not that it finished."""
     from orchestrator.ray_tune.progress import TrialLines
-    from trainables.metrics import FINAL_METRICS
+    from trainables.config.metrics import FINAL_METRICS
 
     lines = TrialLines(["val_acc"], [])
     ended = {"training_iteration": 4, "epoch": 4, "time_total_s": 12.0, "val_acc": 0.9, "done": True}

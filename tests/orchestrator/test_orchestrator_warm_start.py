@@ -10,7 +10,6 @@ from typing import Any
 
 import optuna
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.ray_tune.repeats import config_key
@@ -20,8 +19,8 @@ from orchestrator.sweep import param_space, parse_sweep
 from orchestrator.tracking.parent_run import (TAG_PARENT, TAG_REPEAT_OF, TAG_STOPPED, TAG_TRIAL, mlflow_params,
                                               start_parent_run)
 from orchestrator.tracking.warm_start import resolve_warm_start
-from trainables.repeat import REPEAT_KEY
-from trainables.schema import ConfigError
+from trainables.config.repeat import REPEAT_KEY
+from trainables.errors import ConfigError
 
 LRS, BUDGETS = [0.05, 0.08, 0.1, 0.15], [0.2, 0.5, 0.75]
 OBJECTIVES = [{"metric": "val_acc", "mode": "max"}, {"metric": "branches_kept", "mode": "min"}]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from orchestrator.ray_tune.repair import plan_repair, set_aside_torn_snapshots
-from trainables.checkpoint import save_checkpoint
+from trainables.run.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.reliability
 

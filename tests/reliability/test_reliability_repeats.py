@@ -81,3 +81,50 @@ def test_repeats_and_warm_starts_are_trained_once_across_a_kill(tmp_path: Path,
     assert sorted(str(t["point"]["optim.lr"]) for t in warm) == sorted(configs)  # the trained trials of "first", once
     assert parent.data.tags["repnas.warm_start"] == \
         f"warm start: {len(trained)} trial(s) of sweep 'first' (not used: {len(repeats)} repeats)"
+
+
+@pytest.mark.parametrize("concurrency", [2, 4])
+def test_a_duplicated_grid_point_trains_once_across_a_kill(concurrency: int, tmp_path: Path,
+                                                          start_driver: Callable[..., Driver]) -> None:
+    """``search.budget: {grid: [0.34, 0.34, 0.5]}``: the twin trains nothing, logs no model and
+    carries its original's result, whether both run at once or not, and after a kill and --resume."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data = sweep(tmp_path, "grid", search={"algorithm": "grid", "num_samples": 1, "max_concurrent": concurrency,
+                                           "seed": 0}, space={"search.budget": {"grid": [0.34, 0.34, 0.5]}})
+    data["trial"]["search"]["epochs"] = 2
+    path = write(tmp_path, data)
+    driver = start_driver([str(path)], "grid.log")
+    experiment = tmp_path / "ray_results" / "grid"
+    driver.wait_for(lambda: any(p.stat().st_size for p in experiment.glob("repnas_trial_*/result.json")), "a result")
+    driver.sigkill()
+    resumed = cli("orchestrator.run", [str(path), "--resume"], tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    _, kids = _runs(uri, "grid")
+    trained = [k for k in kids if "repnas.model_uri" in k.data.tags]
+    repeats = [k for k in kids if "repnas.repeat_of" in k.data.tags]
+    assert len(kids) == 3 and len(trained) == 2 and len(repeats) == 1
+    twin = repeats[0]
+    original = next(k for k in trained if k.info.run_id == twin.data.tags["repnas.repeat_of_run"])
+    assert twin.data.params["search.budget"] == original.data.params["search.budget"] == "0.34"
+    assert twin.data.metrics["val_acc"] == original.data.metrics["val_acc"]
+    versions = MlflowClient(uri).search_model_versions("name = 'repnas-grid'")
+    assert {v.run_id for v in versions} <= {k.info.run_id for k in trained}
+
+
+def test_a_warm_start_from_bf16_trials_does_not_stand_for_fp32_ones(tmp_path: Path) -> None:
+    """The precision decides a trial's result: a follow-up in fp32 warm-started from a bf16 sweep
+    trains its own trials, and the warm start says why it used none of the earlier ones."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    bf16 = _sweep(tmp_path, "bf16", 2)
+    bf16["trial"].setdefault("runtime", {})["precision"] = "bf16"
+    first = cli("orchestrator.run", [str(write(tmp_path, bf16))], tmp_path, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    fp32 = cli("orchestrator.run", [str(write(tmp_path, _sweep(tmp_path, "fp32", 2, warm_start=["bf16"])))],
+               tmp_path, timeout=600)
+    assert fp32.returncode == 0, fp32.stdout[-3000:] + fp32.stderr[-3000:]
+    _, bf16_kids = _runs(uri, "bf16")
+    parent, kids = _runs(uri, "fp32")
+    trained = [k for k in kids if "repnas.model_uri" in k.data.tags]
+    assert not [k for k in kids if "repnas.repeat_of" in k.data.tags]
+    assert len(trained) == len({k.data.params["optim.lr"] for k in kids}) >= 1
+    assert "with another runtime.precision" in parent.data.tags.get("repnas.warm_start", "") + fp32.stdout

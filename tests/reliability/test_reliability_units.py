@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.sweep.lock import LOCK_FILE, SweepLock, SweepLockedError
+from orchestrator.sweep.lock import LOCK_FILE, SweepLock
+from trainables.errors import SweepLockedError
 from orchestrator.redact import is_secret_key, redact
 from orchestrator.tracking.parent_run import mlflow_params
 from trainables import CheckpointError, NonFiniteLossError, save_checkpoint
-from trainables.checkpoint import load_checkpoint, verify_checkpoint
-from trainables.failures import check_finite, failure_metrics, failure_reason
+from trainables.run.checkpoint import load_checkpoint, verify_checkpoint
+from trainables.search.failures import check_finite, failure_metrics, failure_reason
 
 pytestmark = pytest.mark.reliability
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from trainables import ConfigError, TrialConfig, apply_overrides, check_trial_key, parse_override
-from trainables.build import build_trial_model
-from trainables.data import build_data
+from trainables.run.build import build_trial_model
+from trainables.run.data import build_data
 
 
 def test_defaults_are_the_paper_values_and_round_trip() -> None:

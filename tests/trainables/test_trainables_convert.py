@@ -23,12 +23,12 @@ from torch import nn
 from orchestrator.run import main as sweep_main
 from searchspace import odbb_layers, reparameterize
 from trainables import TrialConfig, apply_overrides
-from trainables.build import build_trial_model, check_trial_model
+from trainables.run.build import build_trial_model, check_trial_model
 from trainables.cli import main as cli_main
-from trainables.data import build_data, make_loader
-from trainables.engine import SearchEngine
-from trainables.schema import ConfigError
-from trainables.trial import run_trial
+from trainables.run.data import build_data, make_loader
+from trainables.search.engine import SearchEngine
+from trainables.errors import ConfigError
+from trainables.run.trial import run_trial
 
 TESTS = Path(__file__).resolve().parents[1]
 TOL = 1e-9
@@ -278,7 +278,7 @@ def test_ddp_trains_a_converted_model_from_weights(tmp_path: Path, tiny_dict: di
     verified torchvision model."""
     import ray
 
-    from trainables.distributed import WorkerResources, run_distributed
+    from trainables.ray_tune.distributed import WorkerResources, run_distributed
 
     _save_trained(tmp_path / "w.pt")
     cfg = _cfg(tiny_dict, **_TV, **{"model.name": "torchvision.mobilenet_v2", "model.options": _BUILDERS["mobilenet_v2"],

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainables.config import DataConfig
-from trainables.data import build_data
+from trainables.config.sections import DataConfig
+from trainables.run.data import build_data
 
 
 def _indices(subset) -> set[int]:
@@ -48,7 +48,7 @@ def test_flat_gzipped_mnist_layout_is_prepared_without_download(tmp_path: Path, 
 def test_decoded_tensors_normalised_once_augmented_per_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from trainables.data import TensorImages
+    from trainables.run.data import TensorImages
 
     monkeypatch.setenv("REPNAS_DATA_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "fashion-mnist"
@@ -78,7 +78,7 @@ def test_peak_memory_window_excludes_freed_memory_of_a_previous_trial() -> None:
 
     import torch
 
-    from trainables.memory import PeakMemory
+    from trainables.run.memory import PeakMemory
 
     if not sys.platform.startswith("linux"):
         pytest.skip("RSS high-water mark reset is Linux-only")

@@ -12,7 +12,7 @@ from torch import nn
 
 from searchspace import build_model, reparameterize
 from trainables import TrialConfig, apply_overrides
-from trainables.distributed import TRACE_FILE, ShardSampler, WorkerResources, convert_sync_bn, run_distributed
+from trainables.ray_tune.distributed import TRACE_FILE, ShardSampler, WorkerResources, convert_sync_bn, run_distributed
 
 ray = pytest.importorskip("ray")
 

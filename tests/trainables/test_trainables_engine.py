@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.build import build_trial_model
-from trainables.config import BASELINES, TrialConfig
-from trainables.data import build_data, make_loader
-from trainables.engine import SearchEngine
-from trainables.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from trainables.run.build import build_trial_model
+from trainables.config.sections import BASELINES, TrialConfig
+from trainables.run.data import build_data, make_loader
+from trainables.search.engine import SearchEngine
+from trainables.config.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 
 
 def _engine(cfg: TrialConfig) -> tuple[SearchEngine, torch.utils.data.DataLoader]:
@@ -22,13 +22,13 @@ def _engine(cfg: TrialConfig) -> tuple[SearchEngine, torch.utils.data.DataLoader
 
 
 def _active(engine: SearchEngine) -> torch.Tensor:
-    return torch.cat([block.active for _, block in engine.layers])
+    return torch.cat([block.active for _, block in engine.masks.layers])
 
 
 @pytest.mark.parametrize(("budget", "k"), [(0.34, 10), (0.5, 15), (7, 7), (1.0, 30)])
 def test_mask_keeps_exactly_the_budget(tiny, budget: float, k: int) -> None:
     engine, loader = _engine(tiny(**{"search.budget": budget, "data.limit_train": 64}))
-    assert engine.k == k
+    assert engine.masks.k == k
     fallbacks = 0
     seen = []
 
@@ -42,8 +42,8 @@ def test_mask_keeps_exactly_the_budget(tiny, budget: float, k: int) -> None:
     for mask in seen:
         # top-k picks exactly k; layers without identity that picked nothing add their kxk
         fallbacks = int(mask.sum()) - k
-        assert 0 <= fallbacks <= int((engine.fallback >= 0).sum())
-        assert int(mask[engine.fallback[engine.fallback >= 0]].sum()) >= fallbacks
+        assert 0 <= fallbacks <= int((engine.masks.fallback >= 0).sum())
+        assert int(mask[engine.masks.fallback[engine.masks.fallback >= 0]].sum()) >= fallbacks
     exact = [m for m in seen if int(m.sum()) == k]
     assert exact, "some steps must keep exactly k"
 
@@ -72,12 +72,12 @@ def test_baselines_keep_their_branch_sets(tiny, method) -> None:
     engine, loader = _engine(tiny(**{"search.method": method, "data.limit_train": 64}))
     wanted, identity = BASELINES[method] if isinstance(method, str) else (("kxk", "1xk"), True)
     assert engine.alpha is None and engine.phase(0) == PHASE_FIXED
-    before = [(block.branch_names, block.has_identity) for _, block in engine.layers]
+    before = [(block.branch_names, block.has_identity) for _, block in engine.masks.layers]
     engine.train_epoch(loader)
-    for (name, block), (names, has_id) in zip(engine.layers, before):
+    for (name, block), (names, has_id) in zip(engine.masks.layers, before):
         assert set(block.active_branches) == set(wanted) & set(names) == set(block.branch_names)
         assert block.has_identity == has_id == (identity and block.stride == 1 and block.in_channels == block.out_channels)
-    assert int(engine.eval_mask().sum()) == engine.num_candidates
+    assert int(engine.eval_mask().sum()) == engine.masks.num_candidates
 
 
 @pytest.mark.parametrize("sampling", ["uniform", "fair"])
@@ -88,8 +88,8 @@ def test_keep_kxk_keeps_every_layers_kxk_in_every_mask(tiny, sampling: str) -> N
     engine, loader = _engine(cfg)
     engine = SearchEngine(engine.model, cfg.search, cfg.optim, steps_per_epoch=len(loader), seed=0,
                           device=torch.device("cpu"), keep_kxk=True)
-    kxk = engine.kept
-    assert int(kxk.sum()) == len(engine.layers) == 5
+    kxk = engine.masks.kept
+    assert int(kxk.sum()) == len(engine.masks.layers) == 5
     seen = []
     handle = engine.model.register_forward_pre_hook(lambda *_: seen.append(_active(engine).clone()))
     for _ in range(2):  # random, then search

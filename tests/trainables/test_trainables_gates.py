@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.gates import apply_fallback, budget_to_k, cosine, logistic_noise, random_mask, straight_through, topk_mask
+from trainables.search.gates import apply_fallback, budget_to_k, cosine, logistic_noise, random_mask, straight_through, topk_mask
 
 
 def test_budget_to_k_ratio_and_absolute() -> None:
@@ -68,7 +68,7 @@ def test_cosine_schedule() -> None:
 
 
 def test_kept_slots_are_always_in_the_top_k() -> None:
-    from trainables.gates import fair_mask, fair_update, floored_topk, keep_slots
+    from trainables.search.gates import fair_mask, fair_update, floored_topk, keep_slots
 
     scores = torch.tensor([5.0, -9.0, 3.0, 1.0, -7.0, 0.0])
     kept = torch.tensor([False, True, False, False, True, False])

@@ -1,4 +1,4 @@
-"""``trainables.recipe.inert_keys``: each rule that a ``search.*`` key cannot change a trial's
+"""``trainables.config.identity.inert_keys``: each rule that a ``search.*`` key cannot change a trial's
 training given the others is checked by training both of its values (same bits), and the same
 two values under the opposite condition (they differ, so the check can fail). A sweep's repeat
 check relies on these rules (``orchestrator.ray_tune.repeats``)."""
@@ -13,7 +13,7 @@ import torch
 from _metrics import computed
 
 from trainables import RECIPE_PRESETS, TrialConfig, load_checkpoint, run_trial
-from trainables.recipe import deciding_items, inert_keys
+from trainables.config.identity import inert_keys, trial_identity
 
 NO_RANDOM = {"search.random_epochs": 0, "search.search_epochs": 1}
 # rule: (inert key, its two values, the condition under which it is inert, the opposite condition)
@@ -63,8 +63,8 @@ def test_a_preset_is_inert_once_layered(tiny_dict: dict[str, Any]) -> None:
     short = TrialConfig.from_overrides(tiny_dict, {"search.preset": "short"})
     written = TrialConfig.from_overrides(tiny_dict, {f"search.{k}": v for k, v in RECIPE_PRESETS["short"].items()})
     assert short != written and short.search.preset == "short" and "search.preset" in inert_keys(short.search)
-    assert deciding_items(short) == deciding_items(written)
-    assert deciding_items(short) != deciding_items(TrialConfig.from_overrides(tiny_dict, {}))  # paper differs
+    assert trial_identity(short) == trial_identity(written)
+    assert trial_identity(short) != trial_identity(TrialConfig.from_overrides(tiny_dict, {}))  # paper differs
 
 
 def test_a_fixed_architecture_has_no_inert_search_keys_but_its_preset(tiny: Any) -> None:

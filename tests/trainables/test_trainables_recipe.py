@@ -15,10 +15,11 @@ from _metrics import computed
 import torch
 
 from trainables import RECIPE_PRESETS, ConfigError, SearchConfig, TrialConfig, apply_overrides, load_checkpoint, run_trial
-from trainables.build import build_trial_model
-from trainables.data import build_data, make_loader
-from trainables.engine import _STREAM_REBUILD, SearchEngine, derive_seed
-from trainables.gates import (
+from trainables.run.build import build_trial_model
+from trainables.run.data import build_data, make_loader
+from trainables.config.seeds import Stream, derive_seed
+from trainables.search.engine import SearchEngine
+from trainables.search.gates import (
     LOGISTIC_STD,
     auto_arch_lr,
     cosine,
@@ -30,8 +31,8 @@ from trainables.gates import (
     noise_temperature,
     topk_mask,
 )
-from trainables.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
-from trainables.trial import _check_resumable
+from trainables.config.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from trainables.run.trial import _check_resumable
 
 
 
@@ -48,7 +49,7 @@ def _engine(cfg: TrialConfig) -> tuple[SearchEngine, torch.utils.data.DataLoader
 
 
 def _active(engine: SearchEngine) -> torch.Tensor:
-    return torch.cat([block.active for _, block in engine.layers]).cpu()
+    return torch.cat([block.active for _, block in engine.masks.layers]).cpu()
 
 
 def _record_steps(engine: SearchEngine) -> tuple[list[dict[str, torch.Tensor]], Any]:
@@ -167,9 +168,9 @@ def test_annealed_noise_shrinks_to_noise_final_at_the_end_of_the_search(tiny, sc
     assert stds[0] == pytest.approx(float(noises[0].std())) and stds[-1] == 0.0
     # noise-free at the last step: the mask is exactly the top-k of alpha as it stood
     last = seen[-1]
-    assert torch.equal(last["mask"], engine._complete(topk_mask(last["alpha"], engine.k)))
+    assert torch.equal(last["mask"], engine.masks.complete(topk_mask(last["alpha"], engine.masks.k)))
     # and the early, noisy steps were not all alpha's top-k (the noise acted)
-    assert any(not torch.equal(s["mask"], engine._complete(topk_mask(s["alpha"], engine.k))) for s in seen[:5])
+    assert any(not torch.equal(s["mask"], engine.masks.complete(topk_mask(s["alpha"], engine.masks.k))) for s in seen[:5])
 
 
 # ---------------------------------------------------------------- fixed-phase lr
@@ -253,10 +254,10 @@ def test_layer_floor_in_every_mask_the_engine_draws(tiny) -> None:
     for _ in range(3):  # random, search, fixed
         engine.train_epoch(loader)
     handle.remove()
-    layer = layer_index(engine.sizes)
+    layer = layer_index(engine.masks.sizes)
     for mask in [s["mask"] for s in seen] + [engine.eval_mask()]:
         assert int(mask.sum()) == 6  # exactly k: no layer is empty, so no kxk fallback either
-        assert bool((torch.zeros(len(engine.sizes), dtype=torch.long).index_add_(0, layer, mask.long()) >= 1).all())
+        assert bool((torch.zeros(len(engine.masks.sizes), dtype=torch.long).index_add_(0, layer, mask.long()) >= 1).all())
 
 
 # ---------------------------------------------------------------- fair random phase
@@ -291,16 +292,16 @@ def test_fair_sampling_in_the_engine_and_its_counts_resume(tiny) -> None:
     engine.train_epoch(loader)  # 3 steps of 7 over 30 candidates: the counts are uneven now
     tensors, meta = copy.deepcopy(engine.state_dict())
     assert int(tensors["fair_counts"].max()) == 1
-    assert torch.equal(tensors["fair_counts"], engine.fair_counts)
+    assert torch.equal(tensors["fair_counts"], engine.masks.fair_counts)
     engine.train_epoch(loader)
     handle.remove()
     masks = torch.stack([s["mask"] for s in seen])
     counts = masks.sum(0)
-    fallback = engine.fallback[engine.fallback >= 0]
-    others = torch.ones(engine.num_candidates, dtype=torch.bool)
+    fallback = engine.masks.fallback[engine.masks.fallback >= 0]
+    others = torch.ones(engine.masks.num_candidates, dtype=torch.bool)
     others[fallback] = False  # an emptied stride-2 layer's kxk fallback is extra, outside the count
     assert int(counts[others].max() - counts[others].min()) <= 1
-    assert int(engine.fair_counts.max() - engine.fair_counts.min()) <= 1
+    assert int(engine.masks.fair_counts.max() - engine.masks.fair_counts.min()) <= 1
     # resume: the counts come back, so the next epoch's masks are the uninterrupted ones
     resumed, _ = _engine(cfg)
     resumed.load_state_dict(tensors, meta)
@@ -332,7 +333,7 @@ def test_two_stage_reinitialises_with_the_searched_mask(tiny) -> None:
     engine.fix(loader=loader)
     assert torch.equal(engine.fixed_mask, searched) and torch.equal(_active(engine), searched)
     assert not engine.optimizer.state  # SGD restarts from zero momentum
-    torch.manual_seed(derive_seed(cfg.seed, _STREAM_REBUILD))
+    torch.manual_seed(derive_seed(cfg.seed, Stream.REBUILD))
     fresh = build_trial_model(cfg, 10, 1).state_dict()
     now = engine.model.state_dict()
     weights = [k for k, v in now.items() if v.is_floating_point() and v.ndim > 1]
@@ -393,7 +394,7 @@ def _ddp_worker(rank: int, world: int, port: int, trial: dict[str, Any], out: st
 
     import torch.distributed as dist
 
-    from trainables.distributed import DDPPlacement
+    from trainables.ray_tune.distributed import DDPPlacement
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -403,7 +404,7 @@ def _ddp_worker(rank: int, world: int, port: int, trial: dict[str, Any], out: st
         result = run_trial(cfg, Path(out) / f"rank{rank}", report=lambda *_: placement.verify(), placement=placement)
         engine = placement.engine
         torch.save({"params": {k: v.detach() for k, v in engine.model.named_parameters()},
-                    "alpha": engine.alpha.detach(), "fair_counts": engine.fair_counts, "history": result.history},
+                    "alpha": engine.alpha.detach(), "fair_counts": engine.masks.fair_counts, "history": result.history},
                    Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -422,7 +423,7 @@ def test_two_gloo_ranks_agree_under_the_recipe(tmp_path: Path, tiny_dict: dict[s
 
     from _servers import free_port
 
-    from trainables.distributed import TRACE_FILE
+    from trainables.ray_tune.distributed import TRACE_FILE
 
     trial = apply_overrides(tiny_dict, {"runtime.workers": 2, "search.epochs": 4, "search.random_epochs": 1,
                                         "search.search_epochs": 1, "data.limit_train": 128,

@@ -17,9 +17,9 @@ from torch.utils.data import Subset
 
 from searchspace import reparameterize
 from trainables import SearchEngine, TrialConfig, load_checkpoint, run_trial
-from trainables.amp import MixedPrecision
-from trainables.build import build_trial_model
-from trainables.data import LoaderSettings, TensorImages, auto_num_workers, build_data, light_items, make_loader
+from trainables.search.amp import MixedPrecision
+from trainables.run.build import build_trial_model
+from trainables.run.data import LoaderSettings, TensorImages, auto_num_workers, build_data, light_items, make_loader
 
 
 

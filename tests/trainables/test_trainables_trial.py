@@ -13,8 +13,8 @@ import torch
 
 from searchspace import Architecture, build_from_architecture, odbb_layers, reparameterize
 from trainables import EPOCH_METRICS, FINAL_METRICS, CheckpointError, SearchEngine, TrialHook, load_checkpoint, run_trial
-from trainables.build import build_trial_model
-from trainables.data import build_data, make_loader
+from trainables.run.build import build_trial_model
+from trainables.run.data import build_data, make_loader
 
 
 
@@ -77,7 +77,7 @@ def test_the_architecture_is_finalized_once_at_the_end(tmp_path: Path, tiny, mon
             finalized.append(self.epoch)
             super().finalize()
 
-    monkeypatch.setattr("trainables.trial.SearchEngine", _Spy)
+    monkeypatch.setattr("trainables.run.trial.SearchEngine", _Spy)
     result = run_trial(tiny(**{"search.epochs": 2, "search.random_epochs": 1, "search.search_epochs": 0}), tmp_path / "run")
     assert finalized == [2] and result.metrics["done"] == 1.0
 

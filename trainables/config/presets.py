@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .schema import ConfigError, apply_overrides, did_you_mean, flatten_overrides, join_path
+from ..errors import ConfigError
+from .schema import apply_overrides, did_you_mean, flatten_overrides, join_path
 
 __all__ = ["RECIPE_PRESETS", "check_preset", "layer_trial", "with_preset"]
 

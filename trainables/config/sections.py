@@ -3,7 +3,7 @@
 Defaults are the RepNAS paper's values (DESIGN.md section 3). ``TrialConfig.from_dict``
 rejects wrong types, out-of-range values and unknown keys with a ``ConfigError`` whose
 path is the YAML key (``trial.search.budget``). Checks that need the built model (budget
-larger than the candidate count) happen in ``trainables.build``.
+larger than the candidate count) happen in ``trainables.run.build``.
 """
 
 from __future__ import annotations
@@ -13,21 +13,12 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_origin, get_type_hints
 
-from searchspace import (
-    BRANCH_TYPES,
-    IDENTITY,
-    TIMM_PREFIX,
-    TORCHVISION_PREFIX,
-    is_external,
-    list_models,
-    refused_options,
-    timm_model_names,
-    torchvision_model_names,
-)
+from searchspace import BRANCH_TYPES, IDENTITY, is_external
 
+from ..errors import ConfigError
+from .hosts import check_factory_name, check_model_name, check_options
 from .presets import check_preset, layer_trial, with_preset
 from .schema import (
-    ConfigError,
     apply_overrides,
     at_least,
     between,
@@ -41,7 +32,6 @@ from .schema import (
 __all__ = [
     "TrialConfig",
     "check_trial_key",
-    "check_options",
     "ModelConfig",
     "DataConfig",
     "SearchConfig",
@@ -105,65 +95,21 @@ class ModelConfig:
 
     def validate(self, path: str) -> None:
         if self.factory is not None:
-            _check_factory(self, path)
-        elif self.name.startswith(TORCHVISION_PREFIX):
-            _check_torchvision_name(self.name, join_path(path, "name"))
-        elif self.name.startswith(TIMM_PREFIX):
-            _check_timm_name(self.name, join_path(path, "name"))
-        elif self.name not in list_models():
-            names = list_models()
-            hint = did_you_mean(self.name, names) or _torchvision_hint(self.name)
-            raise ConfigError(join_path(path, "name"), f"unknown model {self.name!r}{hint}; available: "
-                                                       f"{', '.join(names)}, torchvision.<builder> or timm.<name>")
-        if self.factory is None:  # a factory's own parameters show once it is imported (the model check)
+            if self.name != ModelConfig.name:
+                raise ConfigError(join_path(path, "factory"), f"set model.name ({self.name!r}) or model.factory, "
+                                                              f"not both")
+            check_factory_name(self.factory, join_path(path, "factory"))
+        else:
+            check_model_name(self.name, join_path(path, "name"))
+            # a factory's own parameters show once it is imported (trainables.run.build's model check)
             check_options(self.host, self.options, join_path(path, "options"))
         if self.weights is not None:
             wpath = join_path(path, "weights")
             if not is_external(self.host):
-                raise ConfigError(wpath, f"loads a state_dict of a torchvision.<builder> or model.factory model; "
-                                         f"{self.name!r} is this project's own host")
+                raise ConfigError(wpath, f"loads a state_dict of a torchvision.<builder>, timm.<name> or "
+                                         f"model.factory model; {self.name!r} is this project's own host")
             if not Path(self.weights).expanduser().is_file():
                 raise ConfigError(wpath, f"weights file {self.weights} not found (a state_dict saved with torch.save)")
-
-
-def _check_factory(model: ModelConfig, path: str) -> None:
-    fpath = join_path(path, "factory")
-    if model.name != ModelConfig.name:
-        raise ConfigError(fpath, f"set model.name ({model.name!r}) or model.factory, not both")
-    module, _, function = model.factory.partition(":") if model.factory else ("", "", "")
-    parts = [*module.split("."), *function.split(".")]
-    if not module or not function or not all(p.isidentifier() for p in parts):
-        raise ConfigError(fpath, f"{model.factory!r} is invalid; expected 'package.module:function'")
-
-
-def _check_torchvision_name(name: str, path: str) -> None:
-    names = torchvision_model_names()
-    if name not in names:
-        raise ConfigError(path, f"unknown torchvision model {name!r}{did_you_mean(name, names)}; expected "
-                                f"torchvision.<builder> for a builder of torchvision.models.list_models()")
-
-
-def _check_timm_name(name: str, path: str) -> None:
-    try:
-        names = timm_model_names()
-    except ImportError:
-        raise ConfigError(path, f"{name} needs timm, which is not installed; install it with "
-                                f"pip install 'repnas-tune[timm]' (timm>=1.0)") from None
-    if name not in names:
-        raise ConfigError(path, f"unknown timm model {name!r}{did_you_mean(name, names)}; expected "
-                                f"timm.<name> for a name of timm.list_models()")
-
-
-def check_options(host: str, options: dict[str, Any], path: str) -> None:
-    """Raise ``ConfigError`` at ``<path>.<key>`` for an option the host's builder cannot take
-    (filled from the data, or a download)."""
-    for key, why in refused_options(host, options).items():
-        raise ConfigError(join_path(path, key), f"{host} does not take {key!r} as an option: {why}")
-
-
-def _torchvision_hint(name: str) -> str:
-    """`` (did you mean 'torchvision.<name>'?)`` when ``name`` is a torchvision builder's name."""
-    return did_you_mean(TORCHVISION_PREFIX + name, torchvision_model_names()) if "." not in name else ""
 
 
 @dataclass(frozen=True)
@@ -185,7 +131,7 @@ class DataConfig:
     eval_batch_size: int = field(default=256, metadata=rule(at_least(1)))
     num_workers: int | Literal["auto"] = field(default=0, metadata=rule(lambda v: None if v == "auto" else at_least(0)(v)))
     """Loader processes per loader; ``auto``: from the trial's CPUs, the device and whether items
-    need per-item work (``trainables.data.auto_num_workers``)."""
+    need per-item work (``trainables.run.data.auto_num_workers``)."""
     image_size: int | None = field(default=None, metadata=rule(at_least(1)))
     augment: bool = False
     limit_train: int | None = field(default=None, metadata=rule(at_least(1)))
@@ -340,7 +286,7 @@ class RuntimeConfig:
     latency_batch_size: int = field(default=1, metadata=rule(at_least(1)))
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Autocast dtype of the training and evaluation forwards (``fp16`` with a gradient scaler);
-    weights, optimiser state, alpha, gates and all fusion math stay float32 (``trainables.amp``)."""
+    weights, optimiser state, alpha, gates and all fusion math stay float32 (``trainables.search.amp``)."""
     channels_last: bool = False
     """Model and inputs in ``torch.channels_last`` memory format (faster convs on tensor cores)."""
     compile: bool = False

@@ -1,7 +1,7 @@
 """``run_trial``: one whole trial (data -> model -> epochs with checkpoints -> export).
 
 The single entry that the CLI (``trainables.cli``) and the Ray Tune trainable
-(``trainables.tune``) both call. Layout of ``workdir``::
+(``trainables.ray_tune.tune``) both call. Layout of ``workdir``::
 
     metrics.jsonl      one JSON line of flat metrics per epoch
     alpha.json         alpha and the current mask, layers x branch types (every epoch)
@@ -22,19 +22,22 @@ from typing import Any
 
 import torch
 
+from ..config.identity import identity_difference, trial_identity
+from ..config.metrics import EPOCH_METRICS
+from ..config.schema import flatten_overrides
+from ..config.sections import TrialConfig
+from ..config.seeds import Stream, derive_seed
+from ..errors import ConfigError
+from ..search.engine import SearchEngine
+from ..search.failures import check_finite
 from .alpha import alpha_table, plot_alpha, save_alpha
 from .build import build_trial_model
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrialConfig
 from .data import LoaderSettings, build_data, make_loader
-from .engine import SearchEngine, derive_seed
 from .export import export_model
-from .failures import check_finite
 from .hooks import TrialHook
 from .memory import PeakMemory
-from .metrics import EPOCH_METRICS
 from .placement import Placement, trial_cpus
-from .schema import ConfigError
 
 __all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
 
@@ -42,8 +45,6 @@ CHECKPOINT_DIR, EXPORT_DIR = "checkpoint", "export"
 ReportFn = Callable[[dict[str, float], Path], None]
 """``report(metrics, checkpoint_dir)``: called after every epoch's checkpoint is written."""
 
-_INIT_STREAM = 0  # seed stream of the weight init (the engine's per-epoch streams are 1-3)
-_RESUME_SECTIONS = ("seed", "model", "data", "search", "optim")  # must match to resume exactly
 
 
 @dataclass
@@ -58,19 +59,21 @@ class TrialResult:
 
 
 def _check_resumable(saved: dict[str, Any], config: TrialConfig) -> None:
-    """Refuse to resume a checkpoint written under a different model/data/search/optim config.
+    """Refuse to resume a checkpoint written under another trial identity
+    (``trainables.config.identity``): a key that decides the result changed.
 
     The saved config is read through ``TrialConfig`` first, so keys added since it was
     written (with their defaults, the old behaviour) do not count as a difference.
     """
-    now = config.to_dict()
     try:
-        saved = TrialConfig.from_dict(saved).to_dict()
+        written = flatten_overrides(TrialConfig.from_dict(saved).to_dict())
     except ConfigError:
-        pass  # compare as written: the sections that differ are named below
-    for section in _RESUME_SECTIONS:
-        if saved.get(section) != now[section]:
-            raise ConfigError(f"trial.{section}", f"differs from the checkpoint's config ({saved.get(section)!r}); resuming needs the same settings")
+        written = flatten_overrides(saved)  # compare as written: the key that differs is named below
+    key = identity_difference(config, written) or next(
+        (k for k in trial_identity(config) if k not in written), None)
+    if key is not None:
+        raise ConfigError(f"trial.{key}", f"differs from the checkpoint's config ({written.get(key)!r}); "
+                                          "resuming needs the same settings")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, float]]) -> None:
@@ -93,7 +96,7 @@ def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: An
     if data.test is not None:
         test_loader = make_loader(data.test, config.data.eval_batch_size, train=False, settings=loading)
         metrics["test_acc"] = engine.evaluate(test_loader, model=fused)[1]
-    table = alpha_table(engine.layers, engine.alpha, engine.eval_mask())
+    table = alpha_table(engine.masks.layers, engine.alpha, engine.eval_mask())
     save_alpha(table, out / "alpha.json")
     plot_alpha(table, out / "alpha.png")
     metrics["done"] = 1.0
@@ -115,7 +118,7 @@ def run_trial(
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
 
-    ``placement``: one process by default; a ``trainables.distributed.DDPPlacement`` runs
+    ``placement``: one process by default; a ``trainables.ray_tune.distributed.DDPPlacement`` runs
     this on every rank of a DDP group, where only rank 0 exports and writes checkpoints.
     ``durable_checkpoints``: fsync every checkpoint; off when ``report`` copies it to the
     run's storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
@@ -144,7 +147,7 @@ def run_trial(
         device = place.device(config.runtime)
         memory = PeakMemory(device)  # this trial's window, also after a resume in a reused process
         data = build_data(config.data, config.seed)
-        torch.manual_seed(derive_seed(config.seed, _INIT_STREAM))  # weight init is seeded too
+        torch.manual_seed(derive_seed(config.seed, Stream.INIT))  # weight init is seeded too
         model = build_trial_model(config, data.num_classes, data.in_channels)
         loading = LoaderSettings.resolve(config.data, trial_cpus(config.runtime), device, data.train)
         loaders = place.loaders(data, config.data, loading)
@@ -169,11 +172,11 @@ def run_trial(
             seconds = took + sum(row["epoch_time_s"] for row in history)
             values = {**train, "epoch": float(engine.epoch), "epochs_trained": float(engine.epochs_trained),
                       "val_loss": val_loss, "val_acc": val_acc, "branches_kept": float(mask.sum()),
-                      "branches_total": float(engine.num_candidates), "epoch_time_s": took, "train_seconds": seconds,
+                      "branches_total": float(engine.masks.num_candidates), "epoch_time_s": took, "train_seconds": seconds,
                       "gpu_seconds": seconds * (float(device.type == "cuda") if gpus_held is None else gpus_held),
                       "peak_memory_mb": memory.peak_mb()}
             metrics = {name: float(values[name]) for name in EPOCH_METRICS}
-            save_alpha({"epoch": engine.epoch, **alpha_table(engine.layers, engine.alpha, mask)}, workdir / "alpha.json")
+            save_alpha({"epoch": engine.epoch, **alpha_table(engine.masks.layers, engine.alpha, mask)}, workdir / "alpha.json")
             extra: dict[str, Path] = {}
             summary_extra: dict[str, Any] = {}
             last = engine.epoch == config.search.epochs

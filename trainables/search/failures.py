@@ -14,26 +14,12 @@ from typing import Any
 
 import torch
 
-from .errors import RepnasError
-from .metrics import EPOCH_METRICS
+from ..config.metrics import EPOCH_METRICS
+from ..errors import NonFiniteLossError
 
-__all__ = ["NonFiniteLossError", "check_finite", "failure_metrics", "failure_reason", "FAILED_KEY", "ERROR_KEY"]
+__all__ = ["check_finite", "failure_metrics", "failure_reason", "FAILED_KEY", "ERROR_KEY"]
 
 FAILED_KEY, ERROR_KEY = "failed", "error"
-
-
-class NonFiniteLossError(RepnasError, ArithmeticError):
-    """The training (or validation) loss became NaN or infinite."""
-
-    def __init__(self, value: float, epoch: int, step: int | None = None, what: str = "training loss") -> None:
-        self.value, self.epoch, self.step, self.what = value, epoch, step, what
-        where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
-        super().__init__(f"{what} became {value} at {where}; the trial diverged (lower optim.lr or "
-                         "optim.weight_decay, or set optim.grad_clip); retrying would fail the same way")
-
-    def __reduce__(self) -> tuple[type[NonFiniteLossError], tuple[float, int, int | None, str]]:
-        """Pickle by the constructor's arguments (Ray ships trial exceptions to the driver)."""
-        return type(self), (self.value, self.epoch, self.step, self.what)
 
 
 def check_finite(loss: torch.Tensor | float, epoch: int, step: int | None = None, what: str = "training loss") -> None:

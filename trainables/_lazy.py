@@ -1,5 +1,6 @@
 """Lazy re-exports for package ``__init__`` modules (PEP 562), so that validating a sweep
-or printing ``--help`` does not import MLflow, Ray or matplotlib."""
+or printing ``--help`` does not import MLflow, Ray or matplotlib, and the driver reads
+``trainables.config`` without importing the search engine or a trial's run."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[list[str], C
     def __getattr__(name: str) -> Any:
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(f".{exports[name]}", package), name)
+        module = importlib.import_module(f".{exports[name]}", package)
+        try:
+            return getattr(module, name)
+        except AttributeError:  # a submodule of that package re-exported by name (``gates``)
+            return importlib.import_module(f".{exports[name]}.{name}", package)
 
     def __dir__() -> list[str]:
         return names

@@ -37,9 +37,10 @@ from searchspace import (
     resolve_factory,
 )
 
-from .config import BASELINES, TrialConfig, check_options
-from .gates import budget_to_k, min_kept
-from .schema import ConfigError
+from ..config.hosts import check_options
+from ..config.sections import BASELINES, TrialConfig
+from ..errors import ConfigError
+from ..search.gates import budget_to_k, min_kept
 
 __all__ = ["build_trial_model", "check_trial_model", "num_candidates"]
 

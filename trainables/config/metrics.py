@@ -31,7 +31,7 @@ scheduler judges trials at). ``train_seconds`` sums ``epoch_time_s`` over the tr
 far (its training cost, across resumes); ``gpu_seconds`` is that times the GPUs the trial holds
 (a fraction when trials share a GPU; 0 on CPU): the cost a sweep can minimise.
 ``peak_memory_mb`` is the trial's peak so far: CUDA tensors on a GPU, process RSS on CPU
-(``trainables.memory``)."""
+(``trainables.run.memory``)."""
 
 FINAL_METRICS = (
     "fused_val_acc",

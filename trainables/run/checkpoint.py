@@ -19,18 +19,14 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from ..errors import CheckpointError
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint", "is_checkpoint",
+__all__ = ["save_checkpoint", "load_checkpoint", "verify_checkpoint", "is_checkpoint",
            "MANIFEST", "META", "CHECKED_FILES"]
 
 _TENSORS, _META, _MANIFEST = "state.pt", "state.json", "manifest.json"
 MANIFEST, META, CHECKED_FILES = _MANIFEST, _META, (_TENSORS, _META)
 """The manifest's and the JSON meta's file names, and the files whose size and SHA-256 it records."""
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, truncated or corrupt."""
 
 
 def _digest(path: Path) -> str:

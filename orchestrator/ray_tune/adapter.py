@@ -1,12 +1,12 @@
-"""Every use of Ray's internals in one place: private classes and attributes, file layouts,
-environment knobs and logger names that Ray does not promise to keep.
+"""Ray's internals used by the sweep driver, in one place: private classes and attributes,
+file layouts, environment knobs and logger names that Ray does not promise to keep.
 
-The rest of the project calls these functions instead of reaching into Ray, so a Ray upgrade
-that moves one of them breaks here, and a fast test without a cluster says which
-(``tests/trainables/test_trainables_ray_adapter.py``; the checkpoint bookkeeping in
+The rest of the driver calls these functions instead of reaching into Ray, so a Ray upgrade that
+moves one of them breaks here, and a fast test without a cluster says which
+(``tests/orchestrator/test_orchestrator_ray_adapter.py``; the checkpoint bookkeeping in
 ``tests/orchestrator/test_orchestrator_repair.py``). ``TESTED`` is the Ray range the project is
-tested with (``pyproject.toml`` declares the same bounds; README, "Supported versions"). Public
-Ray APIs (``ray.tune``, ``ray.train``, ``ray.util.queue``) are used directly elsewhere.
+tested with (``pyproject.toml`` declares the same bounds; README, "Supported versions"). The
+trial's half is ``trainables.ray_tune.adapter``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from ray.tune import Checkpoint
     from ray.tune.experiment import Trial
 
-__all__ = ["TESTED", "SNAPSHOT_PREFIX", "SNAPSHOT_SUFFIX", "QUIET_LOGGERS", "driver_env", "trial_cpus",
-           "trial_storage", "user_callback_class", "worker_exception", "checkpoint_state", "set_checkpoint_state",
-           "trial_filesystem", "training_result", "raise_checkpoint_index", "invalidate_trial", "load_result_grid"]
+__all__ = ["TESTED", "SNAPSHOT_PREFIX", "SNAPSHOT_SUFFIX", "QUIET_LOGGERS", "driver_env", "checkpoint_state",
+           "set_checkpoint_state", "trial_filesystem", "training_result", "raise_checkpoint_index",
+           "invalidate_trial", "load_result_grid"]
 
 TESTED = ">=2.52,<2.61"
 """The Ray versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds).
@@ -52,40 +52,6 @@ def driver_env() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-
-
-def trial_cpus() -> float | None:
-    """CPUs Ray reserved for the running Tune trial (None outside a trial)."""
-    from ray import tune
-
-    try:
-        return tune.get_context().get_trial_resources().required_resources.get("CPU")
-    except Exception:  # noqa: BLE001 - outside a Tune session
-        return None
-
-
-def trial_storage() -> tuple[str, pafs.FileSystem]:
-    """(the running trial's folder on storage, its pyarrow filesystem)."""
-    from ray import tune
-
-    storage = tune.get_context().get_storage()
-    return storage.trial_fs_path, storage.storage_filesystem
-
-
-def user_callback_class() -> type:
-    """Ray Train's ``UserCallback`` base (run on the Train controller after each report)."""
-    from ray.train.v2.api.callback import UserCallback
-
-    return UserCallback
-
-
-def worker_exception(error: BaseException) -> BaseException:
-    """The lowest failing rank's own exception inside a Train ``WorkerGroupError`` (else ``error``)."""
-    failures = getattr(error, "worker_failures", None) or {}
-    if not failures:
-        return error
-    wrapped = failures[min(failures)]
-    return getattr(wrapped, "_base_exc", wrapped)  # Train's UserExceptionWithTraceback
 
 
 def checkpoint_state(trial: Trial) -> tuple[list[Any], Any, int | None] | None:

@@ -6,11 +6,11 @@ the ``trial:`` section (``"search.budget"``, ``"optim.lr"``; a leading ``"trial.
 accepted), applied on top of ``base_trial``.
 Every epoch is reported with ``ray.tune.report(metrics, checkpoint=...)``; a restored trial
 continues from ``ray.tune.get_checkpoint()``. The last checkpoint holds ``export/``. A config
-carrying ``REPEAT_KEY`` (``trainables.repeat``) is not trained: it reports the earlier trial's
+carrying ``REPEAT_KEY`` (``trainables.config.repeat``) is not trained: it reports the earlier trial's
 result once and calls its hooks' ``on_repeat``.
 Only ``ray.tune`` APIs are used (``ray.train.report`` raises inside Tune in Ray 2.60).
 With ``runtime.workers > 1`` the trial drives a Ray Train ``TorchTrainer`` instead and
-re-reports rank 0's results (``trainables.distributed``). Every result carries
+re-reports rank 0's results (``trainables.ray_tune.distributed``). Every result carries
 ``node_id``, the Ray node that trained it (rank 0's under DDP).
 """
 
@@ -24,27 +24,33 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import ray_adapter
-from .config import TrialConfig
+from ..config.repeat import REPEAT_KEY, Repeat
+from ..config.sections import TrialConfig
+from ..errors import NonFiniteLossError
+from ..run.hooks import TrialHook
+from ..run.restore import restore_checkpoint
+from ..run.trial import run_trial
+from ..search.failures import failure_metrics
+from . import adapter
 from .distributed import NODE_KEY, WorkerResources, run_distributed
-from .failures import NonFiniteLossError, failure_metrics
-from .hooks import TrialHook
-from .repeat import REPEAT_KEY, Repeat
-from .restore import restore_checkpoint
-from .trial import run_trial
 
-__all__ = ["make_trainable", "TRAINABLE_NAME"]
+__all__ = ["make_trainable", "TRAINABLE_NAME", "trial_name"]
 
 TRAINABLE_NAME = "repnas_trial"
 """What Tune calls the trainable (its function's name): trials are ``repnas_trial_<id>``."""
 
 
+def trial_name(trial_id: str) -> str:
+    """Ray Tune's name (and folder name) of the trial with ``trial_id``: ``repnas_trial_<id>``."""
+    return f"{TRAINABLE_NAME}_{trial_id}"
+
+
 def _run_ddp(cfg: TrialConfig, workers: WorkerResources, hooks: list[TrialHook], trial_name: str) -> None:
     """The trial on a TorchTrainer whose storage lives under this trial's folder; rank 0's
-    reports are re-reported to Tune with their checkpoints (``trainables.distributed``)."""
+    reports are re-reported to Tune with their checkpoints (``trainables.ray_tune.distributed``)."""
     from ray import tune
 
-    path, filesystem = ray_adapter.trial_storage()
+    path, filesystem = adapter.trial_storage()
 
     def report(metrics: dict[str, float], checkpoint: Any) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, filesystem=checkpoint.filesystem))
@@ -85,7 +91,7 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
         config = dict(config)
         repeat = config.pop(REPEAT_KEY, None)
         cfg = TrialConfig.from_overrides(dict(base_trial), config) if config else base_config
-        cfg = cfg.with_threads(per_worker.cpus if cfg.runtime.workers > 1 else ray_adapter.trial_cpus())
+        cfg = cfg.with_threads(per_worker.cpus if cfg.runtime.workers > 1 else adapter.trial_cpus())
         context = tune.get_context()
         workdir = Path(tempfile.mkdtemp(prefix=f"repnas-{context.get_trial_id()}-"))
         try:

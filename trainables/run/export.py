@@ -22,10 +22,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from searchspace import architecture_of, odbb_layers, reparameterize
 
-from .errors import RepnasError
+from ..errors import FusionMismatchError
 
 __all__ = [
-    "FusionMismatchError",
     "ExportResult",
     "verify_fused",
     "count_params",
@@ -36,10 +35,6 @@ __all__ = [
 
 LOGIT_TOLERANCE = 1e-3
 """Allowed max |fused - supernet| logit difference, relative to max(1, |logits|)."""
-
-
-class FusionMismatchError(RepnasError, RuntimeError):
-    """The fused model does not compute what the supernet computes."""
 
 
 @dataclass
@@ -115,7 +110,9 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
 @torch.no_grad()
 def measure_latency(model: nn.Module, example: torch.Tensor, min_run_time: float) -> float:
     """Median forward latency in ms (torch.utils.benchmark, CUDA-synchronised on GPU)."""
-    from torch.utils import benchmark  # imported here: it imports cpp_extension, which warns on CPU-only hosts
+    from torch.utils import (
+        benchmark,  # imported here: it imports cpp_extension, which warns on CPU-only hosts
+    )
 
     model.eval()
     timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example},

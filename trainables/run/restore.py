@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import CHECKED_FILES, MANIFEST, META, CheckpointError, verify_checkpoint
+from ..errors import CheckpointError
+from .checkpoint import CHECKED_FILES, MANIFEST, META, verify_checkpoint
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .config import DataConfig
-from .schema import ConfigError
+from ..config.sections import DataConfig
+from ..errors import ConfigError
 
 if TYPE_CHECKING:  # torchvision is imported where a dataset needs it (~1.3 s; digits does not)
     from torchvision import datasets

@@ -24,7 +24,7 @@ from typing import Any, ContextManager
 import torch
 from torch import Tensor
 
-from .schema import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["PRECISIONS", "MixedPrecision"]
 

@@ -1,9 +1,8 @@
 """Recipe options beyond the paper's one-stage schedule (issue #13): the pieces with state.
 
 ``SearchEngine`` calls these at construction (alpha's lr, the weight-lr schedule) and at
-the fix (BN recalibration, the two-stage re-initialisation); ``inert_keys`` says which options
-cannot matter given the others (a sweep's repeat check). The pure math (schedules,
-floored top-k, fair sampling) lives in ``trainables.gates``. Every option's default in
+the fix (BN recalibration, the two-stage re-initialisation). The pure math (schedules,
+floored top-k, fair sampling) lives in ``trainables.search.gates``. Every option's default in
 ``SearchConfig`` is the paper's behaviour, for which these return exactly what the engine
 did before they existed.
 """
@@ -16,16 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import SearchConfig, TrialConfig
+from ..config.sections import SearchConfig
 from .gates import auto_arch_lr, cosine, lr_factor
-from .schema import flatten_overrides
 
-__all__ = ["arch_lr", "lr_lambda", "fixed_start_step", "inert_keys", "deciding_items", "reset_bn_stats",
+__all__ = ["arch_lr", "lr_lambda", "fixed_start_step", "reset_bn_stats",
            "recalibrate_bn", "average_bn_stats", "reinitialise"]
 
 
 def arch_lr(search: SearchConfig, steps_per_epoch: int) -> float:
-    """Alpha's Adam lr: ``search.arch_lr``, or for ``auto`` :func:`trainables.gates.auto_arch_lr`
+    """Alpha's Adam lr: ``search.arch_lr``, or for ``auto`` :func:`trainables.search.gates.auto_arch_lr`
     over the search phase's ``search_epochs * steps_per_epoch`` steps."""
     if search.arch_lr == "auto":
         return auto_arch_lr(search.search_epochs * steps_per_epoch, search.arch_lr_travel)
@@ -50,36 +48,6 @@ def lr_lambda(search: SearchConfig, steps_per_epoch: int) -> Callable[[int], flo
         warmup = search.fixed_warmup_epochs * steps_per_epoch
         return lambda step: lr_factor(step, total, restart, warmup)
     return lambda step: cosine(step, total, 1.0)
-
-
-def inert_keys(search: SearchConfig) -> frozenset[str]:
-    """The ``search.*`` keys whose values cannot change a trial's training given the others, so
-    two trials that differ only in them train the same bits (a sweep's repeat check leaves them
-    out): ``preset`` (its values are already in the other keys); for a search, ``random_sampling``
-    without a random phase, the fix recipe (``fix_bn``, ``fix_bn_batches``,
-    ``fixed_lr_schedule``) under ``two_stage``, ``fix_bn_batches`` without recalibration,
-    ``noise_final`` with constant noise and ``arch_lr_travel`` without ``arch_lr: auto``.
-    Each rule is checked by training both values (tests/trainables/test_trainables_inert_keys.py)."""
-    inert = {"preset"}
-    if search.searching:
-        if search.random_epochs == 0:
-            inert.add("random_sampling")
-        if search.two_stage:
-            inert |= {"fix_bn", "fix_bn_batches", "fixed_lr_schedule"}
-        if search.fix_bn == "reset":
-            inert.add("fix_bn_batches")
-        if search.noise_schedule == "constant":
-            inert.add("noise_final")
-        if search.arch_lr != "auto":
-            inert.add("arch_lr_travel")
-    return frozenset(f"search.{key}" for key in inert)
-
-
-def deciding_items(trial: TrialConfig) -> dict[str, Any]:
-    """The trial's dotted keys and values without its :func:`inert_keys`: two trials with equal
-    items train the same network (a sweep's repeat check compares these)."""
-    inert = inert_keys(trial.search)
-    return {k: v for k, v in flatten_overrides(trial.to_dict()).items() if k not in inert}
 
 
 def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from .errors import UserError
+from ..errors import ConfigError
 
 __all__ = [
     "ConfigError",
@@ -40,19 +40,6 @@ __all__ = [
 T = TypeVar("T")
 Check = Callable[[Any], "str | None"]
 """A range check: returns None when the value is fine, else what is expected."""
-
-
-class ConfigError(UserError, ValueError):
-    """A user error in a config: ``path`` is the dotted key, ``message`` what is expected."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
-
-    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
-        """Pickle by (path, message): Ray ships a trial's exception to the driver this way."""
-        return type(self), (self.path, self.message)
 
 
 def join_path(path: str, key: str | int) -> str:

@@ -7,7 +7,7 @@ architecture (a baseline) runs the same loop in the fixed phase from epoch 0, wi
 The recipe options of ``SearchConfig`` (issue #13; paper behaviour by default) change
 these steps: fair random-phase sampling, a per-layer floor in every top-k, annealed noise,
 an auto-sized alpha lr, a restarted fixed-phase lr, BN recalibration at the fix, or a
-two-stage retrain from scratch (``trainables.recipe``). ``keep_kxk`` (a search from trained
+two-stage retrain from scratch (``trainables.search.recipe``). ``keep_kxk`` (a search from trained
 weights) puts every layer's ``kxk`` first in every top-k.
 
 Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
@@ -15,7 +15,7 @@ noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint
 bit-identical to an uninterrupted one (fp16's loss scale is checkpointed too).
 
 Runtime (``RuntimeConfig``): ``precision`` autocasts the training forward and loss and the
-supernet's evaluation (``trainables.amp``; the fused model is always evaluated in float32);
+supernet's evaluation (``trainables.search.amp``; the fused model is always evaluated in float32);
 ``channels_last`` puts the model and every input batch in that memory format; ``compile``
 runs the training forward through ``torch.compile`` while the architecture is fixed (a
 baseline throughout, a search in its fixed phase). The random and search phases stay eager:
@@ -23,10 +23,13 @@ their mask changes every step, and every new mask is a new graph (dynamo recompi
 its recompile limit, then runs that code eagerly for the rest of the process, the fixed
 phase included; docs/sweep-config.md).
 
-DDP seam: ``sync`` (an :class:`EngineSync`) broadcasts every sampled mask and the search
+Masks: ``masks`` (a :class:`~trainables.search.masks.MaskSampler`) draws each step's mask and
+gates and holds what they are drawn over (layers, budget ``k``, kept slots, fallbacks).
+
+DDP seam: ``sync`` (an :class:`~trainables.search.sync.EngineSync`) broadcasts every sampled mask and the search
 noise from rank 0, averages alpha's gradient, sums the epoch's loss/accuracy counts and
 aligns BN buffers before evaluation; ``train_model`` is what the training forward calls
-(the DDP wrapper). ``trainables.distributed`` sets both; the defaults are single-process
+(the DDP wrapper). ``trainables.ray_tune.distributed`` sets both; the defaults are single-process
 no-ops. Ranks > 0 seed their noise differently on purpose: the broadcast, not the seeding,
 makes every rank use rank 0's mask.
 """
@@ -37,7 +40,6 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,22 +47,26 @@ from torch.utils.data import DataLoader
 
 from searchspace import odbb_layers
 
+from ..config.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
+from ..config.sections import OptimConfig, RuntimeConfig, SearchConfig
+from ..config.seeds import Stream, derive_seed
 from .amp import MixedPrecision
-from .config import OptimConfig, RuntimeConfig, SearchConfig
 from .failures import check_finite
-from .gates import (apply_fallback, budget_to_k, cosine, fair_mask, fair_update, floored_topk, keep_slots,
-                    logistic_noise, min_kept, noise_temperature, random_mask, straight_through)
-from .metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
-from .recipe import arch_lr, average_bn_stats, lr_lambda, recalibrate_bn, reinitialise, reset_bn_stats
+from .gates import (
+    cosine,
+)
+from .masks import MaskSampler
+from .recipe import (
+    arch_lr,
+    average_bn_stats,
+    lr_lambda,
+    recalibrate_bn,
+    reinitialise,
+    reset_bn_stats,
+)
+from .sync import EngineSync
 
-__all__ = ["SearchEngine", "EngineSync", "derive_seed"]
-
-_STREAM_DATA, _STREAM_TORCH, _STREAM_MASK, _STREAM_CALIBRATE, _STREAM_REBUILD = 1, 2, 3, 4, 5
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """An independent 63-bit seed for ``(seed, *keys)`` (numpy SeedSequence hashing)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+__all__ = ["SearchEngine"]
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -70,26 +76,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
         {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
-
-
-class EngineSync:
-    """Collectives of a search spread over ranks; these defaults are the one-process no-ops."""
-
-    world_size: int = 1
-
-    def broadcast(self, tensor: Tensor) -> Tensor:
-        """Rank 0's ``tensor`` (same dtype and device) on every rank."""
-        return tensor
-
-    def sum(self, tensor: Tensor) -> Tensor:
-        """``tensor`` summed over ranks."""
-        return tensor
-
-    def average_grad(self, grad: Tensor) -> None:
-        """Replace ``grad`` in place by its mean over ranks."""
-
-    def sync_buffers(self, model: nn.Module) -> None:
-        """Copy rank 0's buffers (BN statistics) into ``model`` on every rank."""
 
 
 class SearchEngine:
@@ -119,60 +105,37 @@ class SearchEngine:
         self.amp = MixedPrecision(runtime.precision, device)
         self.compile = runtime.compile
         self._compiled: nn.Module | None = None  # torch.compile of train_model, made at the first fixed step
-        self.layers = odbb_layers(model)
-        self.sizes = [len(block.branch_names) for _, block in self.layers]
-        self.num_candidates = sum(self.sizes)
+        self.masks = MaskSampler(odbb_layers(model), search, keep_kxk)
         self.steps_per_epoch = steps_per_epoch
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimisation steps
-        self.sync = EngineSync()
         self.train_model: nn.Module = self.model  # the training forward (a DDP wrapper under DDP)
         self.rank = 0  # ranks > 0 draw other noise, overridden by rank 0's broadcast
         self.optimizer = torch.optim.SGD(_param_groups(model, optim.weight_decay), lr=optim.lr, momentum=optim.momentum)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(search, steps_per_epoch))
         self.alpha: nn.Parameter | None = None
         self.arch_optimizer: torch.optim.Adam | None = None
-        self.k = self.num_candidates
         self.fixed_mask: Tensor | None = None
-        self.fair_counts: Tensor | None = None  # random_sampling: fair, activations so far minus their minimum
         self.rebuild = rebuild
-        self.kept: Tensor | None = None  # slots every mask keeps (keep_kxk: each layer's kxk)
         if search.searching:
-            self.k = budget_to_k(search.budget, self.num_candidates)
-            if min_kept(self.sizes, search.layer_floor) > self.k:
-                raise ValueError(f"layer_floor {search.layer_floor} keeps {min_kept(self.sizes, search.layer_floor)} "
-                                 f"branches, more than the budget's {self.k}")
-            if keep_kxk:
-                self.kept = self._kxk_slots()
-                if int(self.kept.sum()) > self.k:
-                    raise ValueError(f"keep_kxk keeps the kxk of all {int(self.kept.sum())} layers, more than the "
-                                     f"budget's {self.k}")
             if search.two_stage and rebuild is None:
                 raise ValueError("search.two_stage needs the engine's rebuild (a fresh model of the same architecture)")
-            self.alpha = nn.Parameter(torch.zeros(self.num_candidates, device=device))
+            self.alpha = nn.Parameter(torch.zeros(self.masks.num_candidates, device=device))
             self.arch_optimizer = torch.optim.Adam(
                 [self.alpha], lr=arch_lr(search, steps_per_epoch), betas=tuple(search.arch_betas),
                 weight_decay=search.arch_weight_decay,
             )
-            if search.random_sampling == "fair":
-                self.fair_counts = torch.zeros(self.num_candidates, dtype=torch.long)
         else:
-            self.fixed_mask = torch.cat([block.active.cpu() for _, block in self.layers])
-        self.fallback = self._fallback_slots()
+            self.fixed_mask = self.masks.active()
 
-    # ----------------------------------------------------------------- masks
-    def _kxk_slots(self) -> Tensor:
-        """Bool mask over the candidates: every layer's ``kxk`` slot."""
-        return torch.tensor([name == "kxk" for _, block in self.layers for name in block.branch_names])
+    @property
+    def sync(self) -> EngineSync:
+        """The collectives of a search over ranks (the masks are broadcast through the same one)."""
+        return self.masks.sync
 
-    def _fallback_slots(self) -> Tensor:
-        """Flat ``kxk`` slot of each layer without identity (-1 where it has identity)."""
-        slots, offset = [], 0
-        for (_, block), size in zip(self.layers, self.sizes):
-            has_kxk = "kxk" in block.branch_names
-            slots.append(-1 if block.has_identity or not has_kxk else offset + block.branch_names.index("kxk"))
-            offset += size
-        return torch.tensor(slots, dtype=torch.long)
+    @sync.setter
+    def sync(self, sync: EngineSync) -> None:
+        self.masks.sync = sync
 
     @property
     def epochs_trained(self) -> int:
@@ -190,50 +153,12 @@ class SearchEngine:
             return PHASE_FIXED
         return PHASE_RANDOM if epoch < self.search.random_epochs else PHASE_SEARCH
 
-    def _complete(self, mask: Tensor) -> Tensor:
-        return self.sync.broadcast(apply_fallback(mask.cpu(), self.sizes, self.fallback))
-
     def eval_mask(self) -> Tensor:
         """The architecture as it stands: the fixed mask, else the noise-free top-k of alpha."""
         if self.fixed_mask is not None:
             return self.fixed_mask
         assert self.alpha is not None
-        return self._complete(self._topk(self.alpha.detach()))
-
-    def _topk(self, scores: Tensor) -> Tensor:
-        """Global top-k of ``scores`` with the per-layer floor (``search.layer_floor``), the kept slots first."""
-        return floored_topk(keep_slots(scores, self.kept), self.k, self.sizes, self.search.layer_floor)
-
-    def _apply(self, mask: Tensor, gates: Tensor | None = None) -> None:
-        """Write the (CPU) mask and the (device) gates into every block; no host sync."""
-        mask = mask.cpu()
-        offset = 0
-        for (_, block), size in zip(self.layers, self.sizes):
-            block.set_active(mask[offset : offset + size])
-            block.set_gates(None if gates is None else gates[offset : offset + size])
-            offset += size
-
-    def _step_gates(self, phase: int, generator: torch.Generator) -> None:
-        """Sample this step's mask (and gates in the search phase) into the model."""
-        floor = self.search.layer_floor
-        if phase == PHASE_RANDOM:
-            if self.fair_counts is not None:  # broadcast first: every rank updates its counts alike
-                pick = self.sync.broadcast(fair_mask(self.fair_counts, self.k, generator, self.sizes, floor, self.kept))
-                self.fair_counts = fair_update(self.fair_counts, pick)
-            elif floor or self.kept is not None:
-                pick = self._topk(torch.rand(self.num_candidates, generator=generator))
-            else:
-                pick = random_mask(self.num_candidates, self.k, generator)
-            self._apply(self._complete(pick))
-        elif phase == PHASE_SEARCH:
-            assert self.alpha is not None
-            noise = self.sync.broadcast(logistic_noise(self.num_candidates, generator))
-            start = self.search.random_epochs * self.steps_per_epoch
-            tau = noise_temperature(self.step - start, self.search.search_epochs * self.steps_per_epoch,
-                                    self.search.noise_schedule, self.search.noise_final)
-            logits = self.alpha + (noise if tau == 1.0 else noise * tau).to(self.device)
-            mask = self._complete(self._topk(logits))
-            self._apply(mask, straight_through(mask.to(self.device), logits))
+        return self.masks.best(self.alpha)
 
     def fix(self, reset_bn: bool = True, loader: DataLoader | None = None) -> None:
         """Freeze the mask at the noise-free top-k of alpha, then (``reset_bn``) the fix recipe.
@@ -246,16 +171,16 @@ class SearchEngine:
         if self.fixed_mask is not None:
             return
         self.fixed_mask = self.eval_mask().clone()
-        self._apply(self.fixed_mask)
+        self.masks.apply(self.fixed_mask)
         if not reset_bn:
             return
         if self.search.two_stage:  # same seed on every rank: identical fresh weights under DDP
             assert self.rebuild is not None
-            reinitialise(self.model, self.rebuild, derive_seed(self.seed, _STREAM_REBUILD))
+            reinitialise(self.model, self.rebuild, derive_seed(self.seed, Stream.REBUILD))
             self.optimizer.state.clear()
-            self._apply(self.fixed_mask)
+            self.masks.apply(self.fixed_mask)
         elif self.search.fix_bn == "recalibrate" and loader is not None:
-            self._reseed(loader, _STREAM_CALIBRATE)
+            self._reseed(loader, Stream.CALIBRATE)
             with self.amp.autocast():
                 recalibrate_bn(self.model, ((self._inputs(x),) for x, *_ in loader), self.search.fix_bn_batches,
                                self.device)
@@ -269,12 +194,12 @@ class SearchEngine:
         if self.alpha is not None:
             yield self.alpha
 
-    def _reseed(self, loader: DataLoader, torch_stream: int, data_stream: int | None = None) -> None:
+    def _reseed(self, loader: DataLoader, torch_stream: Stream, data_stream: Stream | None = None) -> None:
         """Seed torch's global RNG and ``loader``'s order from ``(seed, epoch, stream)``."""
         rank = (self.rank,) if self.rank else ()
         torch.manual_seed(derive_seed(self.seed, self.epoch, torch_stream, *rank))
         if isinstance(loader.generator, torch.Generator):
-            loader.generator.manual_seed(derive_seed(self.seed, self.epoch, data_stream or torch_stream))
+            loader.generator.manual_seed(derive_seed(self.seed, self.epoch, torch_stream if data_stream is None else data_stream))
         if callable(getattr(loader.sampler, "set_epoch", None)):
             loader.sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
 
@@ -296,10 +221,10 @@ class SearchEngine:
         phase = self.phase()
         if phase == PHASE_FIXED:
             self.fix(loader=loader)
-            self._apply(self.fixed_mask)  # type: ignore[arg-type]
-        self._reseed(loader, _STREAM_TORCH, _STREAM_DATA)
+            self.masks.apply(self.fixed_mask)  # type: ignore[arg-type]
+        self._reseed(loader, Stream.TORCH, Stream.DATA)
         rank = (self.rank,) if self.rank else ()
-        noise = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _STREAM_MASK, *rank))
+        noise = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, Stream.MASK, *rank))
         search_start = self.search.random_epochs * self.steps_per_epoch
         search_total = self.search.search_epochs * self.steps_per_epoch
         lr = float(self.optimizer.param_groups[0]["lr"])
@@ -313,7 +238,7 @@ class SearchEngine:
             self.optimizer.zero_grad(set_to_none=True)
             if self.arch_optimizer is not None:
                 self.arch_optimizer.zero_grad(set_to_none=True)
-            self._step_gates(phase, noise)
+            self.masks.sample(phase, noise, self.alpha, self.step, self.steps_per_epoch)
             with self.amp.autocast():
                 logits = forward(inputs)
                 loss = F.cross_entropy(logits.float(), targets)
@@ -335,7 +260,7 @@ class SearchEngine:
             loss_sum += loss.detach() * len(targets)
             correct += (logits.detach().argmax(1) == targets).sum()
             seen += len(targets)
-        self._apply(self.eval_mask())  # drop the step's gates (and their graph)
+        self.masks.apply(self.eval_mask())  # drop the step's gates (and their graph)
         self.epoch += 1
         totals = self.sync.sum(torch.stack([loss_sum.double(), correct.double(),
                                             torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
@@ -359,7 +284,7 @@ class SearchEngine:
         """
         reduce = model is None
         if model is None:
-            self._apply(self.eval_mask())
+            self.masks.apply(self.eval_mask())
             self.sync.sync_buffers(self.model)
             model = self.model
         model.eval()
@@ -382,7 +307,7 @@ class SearchEngine:
         exported model is the one just evaluated.
         """
         self.fix(reset_bn=False)
-        self._apply(self.fixed_mask)  # type: ignore[arg-type]
+        self.masks.apply(self.fixed_mask)  # type: ignore[arg-type]
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -400,20 +325,21 @@ class SearchEngine:
             tensors["arch_optimizer"] = self.arch_optimizer.state_dict()
         if self.fixed_mask is not None:
             tensors["fixed_mask"] = self.fixed_mask
-        if self.fair_counts is not None:
-            tensors["fair_counts"] = self.fair_counts
+        if self.masks.fair_counts is not None:
+            tensors["fair_counts"] = self.masks.fair_counts
         if self.amp.state_dict():
             tensors["grad_scaler"] = self.amp.state_dict()
-        meta = {"epoch": self.epoch, "step": self.step, "phase_id": self.phase(), "k": self.k,
-                "num_candidates": self.num_candidates}
+        meta = {"epoch": self.epoch, "step": self.step, "phase_id": self.phase(), "k": self.masks.k,
+                "num_candidates": self.masks.num_candidates}
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned (same model/config)."""
-        if meta["num_candidates"] != self.num_candidates or meta["k"] != self.k:
+        masks = self.masks
+        if meta["num_candidates"] != masks.num_candidates or meta["k"] != masks.k:
             raise ValueError(
                 f"checkpoint is for {meta['num_candidates']} candidates keeping {meta['k']}, "
-                f"this run has {self.num_candidates} keeping {self.k}: the config changed"
+                f"this run has {masks.num_candidates} keeping {masks.k}: the config changed"
             )
         self.model.load_state_dict(tensors["model"])
         self.optimizer.load_state_dict(tensors["optimizer"])
@@ -424,14 +350,14 @@ class SearchEngine:
             self.arch_optimizer.load_state_dict(tensors["arch_optimizer"])
         mask = tensors.get("fixed_mask")
         self.fixed_mask = None if mask is None else mask.bool().cpu()
-        if self.fair_counts is not None:
+        if masks.fair_counts is not None:
             if "fair_counts" not in tensors:
                 raise ValueError("checkpoint has no fair-sampling counts: it was written with another random_sampling")
-            self.fair_counts = tensors["fair_counts"].long().cpu().clone()
+            masks.fair_counts = tensors["fair_counts"].long().cpu().clone()
         self.amp.load_state_dict(tensors.get("grad_scaler"))
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         torch.set_rng_state(tensors["rng_cpu"])
         if "rng_cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(tensors["rng_cuda"])
-        self._apply(self.eval_mask())
+        self.masks.apply(self.eval_mask())
 

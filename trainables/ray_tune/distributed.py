@@ -36,32 +36,27 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from . import ray_adapter
-from .config import DataConfig, RuntimeConfig, TrialConfig
-from .data import DataBundle, LoaderSettings, make_loader
-from .engine import EngineSync, SearchEngine, derive_seed
-from .errors import RepnasError
-from .hooks import TrialHook
-from .placement import Loaders, Placement
-from .restore import restore_checkpoint
-from .schema import ConfigError
-from .trial import run_trial
+from ..config.sections import DataConfig, RuntimeConfig, TrialConfig
+from ..config.seeds import Stream, derive_seed
+from ..errors import ConfigError, RankDivergenceError
+from ..run.data import DataBundle, LoaderSettings, make_loader
+from ..run.hooks import TrialHook
+from ..run.placement import Loaders, Placement
+from ..run.restore import restore_checkpoint
+from ..run.trial import run_trial
+from ..search import EngineSync, SearchEngine
+from . import adapter
 
 if TYPE_CHECKING:
     import pyarrow.fs
     from ray.train import Checkpoint
 
 __all__ = ["WorkerResources", "run_distributed", "DDPPlacement", "DDPSync", "ShardSampler",
-           "RankDivergenceError", "convert_sync_bn", "TRACE_FILE", "NODE_KEY"]
+           "convert_sync_bn", "TRACE_FILE", "NODE_KEY"]
 
 TRACE_FILE = "sync_trace_rank{rank}.jsonl"
 NODE_KEY = "node_id"  # result key: the Ray node that trained the trial (rank 0's)
-_SHARD_STREAM = 4  # seed stream of the sharded data order (the engine's are 1-3)
 _POLL_S = 0.5
-
-
-class RankDivergenceError(RepnasError, RuntimeError):
-    """DDP ranks used different masks or alpha, or hold different weights."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +91,7 @@ class ShardSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _SHARD_STREAM))
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, Stream.SHARD))
         perm = torch.randperm(self.size, generator=generator).tolist()
         for b in range(self.steps):
             start = b * self.batch_size + self.rank * self.local
@@ -267,7 +262,7 @@ def _forwarder(items: Any, acks: Any) -> Any:
     """A Train ``UserCallback`` handing each report to the Tune function, then waiting for
     its acknowledgement (so a stopped Tune trial stops the Train run too)."""
 
-    class _Forward(ray_adapter.user_callback_class()):  # type: ignore[misc]
+    class _Forward(adapter.user_callback_class()):  # type: ignore[misc]
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
             items.put((metrics[0], checkpoint))
             if not acks.get():
@@ -355,4 +350,4 @@ def run_distributed(
         if not thread.is_alive():
             _remove_run(storage_path, run_name, storage_filesystem)  # the caller holds copies
     if acked and "error" in outcome:
-        raise ray_adapter.worker_exception(outcome["error"]) from outcome["error"]
+        raise adapter.worker_exception(outcome["error"]) from outcome["error"]

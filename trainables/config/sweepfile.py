@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError
 from .presets import layer_trial
-from .schema import ConfigError
 
 __all__ = ["EXTENDS", "read_sweep_yaml", "load_trial_section"]
 
@@ -29,7 +29,7 @@ def read_sweep_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     file's keys merged on top: mappings merge key by key, other values (lists too)
     replace, and each ``space`` entry replaces the base's entry of that key whole; a
     ``space`` entry set to null removes the base's entry (the key then comes from ``trial:``).
-    The ``trial:`` sections layer as every trial layer does (``trainables.presets.layer_trial``:
+    The ``trial:`` sections layer as every trial layer does (``trainables.config.presets.layer_trial``:
     an empty mapping empties the key; a ``search.preset`` replaces the base's values of its keys).
     """
     return _read_extended(Path(path), ())

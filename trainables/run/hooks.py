@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import TrialConfig
-    from .repeat import Repeat
+    from ..config.repeat import Repeat
+    from ..config.sections import TrialConfig
 
 __all__ = ["TrialHook"]
 

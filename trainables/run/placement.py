@@ -2,7 +2,7 @@
 
 ``run_trial`` asks its placement for the device, the data loaders and to attach itself to
 the engine, so the same loop runs on one process or on every rank of a DDP group
-(``trainables.distributed.DDPPlacement``): no second copy of the trial loop exists.
+(``trainables.ray_tune.distributed.DDPPlacement``): no second copy of the trial loop exists.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from .config import DataConfig, RuntimeConfig
+from ..config.sections import DataConfig, RuntimeConfig
+from ..errors import ConfigError
+from ..search.engine import SearchEngine
 from .data import DataBundle, LoaderSettings, make_loader
-from .engine import SearchEngine
-from .schema import ConfigError
 
 __all__ = ["Placement", "Loaders", "resolve_device", "trial_cpus"]
 
