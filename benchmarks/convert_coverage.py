@@ -304,12 +304,12 @@ def _pair_by_pair(row: dict[str, Any], model: Any, pairs: list[tuple[str, str]])
     row["checked"] = "pair by pair"
 
 
-def _worker(name: str, steps: int, whole_model_limit: float, library: str) -> dict[str, Any]:
+def _plan(name: str, library: str) -> tuple[dict[str, Any], Any, Any]:
+    """(row with the conv counts and skip reasons, the model (meta device where it builds there), its pairs)."""
     import torch
 
     from searchspace import find_pairs
 
-    row: dict[str, Any] = {"builder": name}
     build = _constructor(library, name)
     try:
         with torch.device("meta"):
@@ -321,17 +321,32 @@ def _worker(name: str, steps: int, whole_model_limit: float, library: str) -> di
     for skipped in plan.skipped:
         reasons[skipped.reason] = reasons.get(skipped.reason, 0) + 1
     params = sum(p.numel() for p in model.parameters())
-    row.update(convs=plan.num_convs, converted=len(plan.pairs), skipped=reasons, params=params)
+    row = {"builder": name, "convs": plan.num_convs, "converted": len(plan.pairs), "skipped": reasons, "params": params}
+    return row, model, plan
+
+
+def _worker(name: str, steps: int, whole_model_limit: float, library: str) -> dict[str, Any]:
+    row, model, plan = _plan(name, library)
     if not plan.pairs:
         return row
-    if params > whole_model_limit:
+    if row["params"] > whole_model_limit:
         if next(model.parameters()).is_meta:
-            model = build()
+            model = _constructor(library, name)()
         _pair_by_pair(row, model, plan.pairs)
     else:
         del model
         _whole_model(name, row, steps, library)
     return row
+
+
+def _counted(name: str, library: str) -> dict[str, Any] | None:
+    """The row of a model with nothing to convert, counted in this process (no subprocess to
+    start); None when it has pairs (or does not build here: its subprocess reports why)."""
+    try:
+        row, _, plan = _plan(name, library)
+    except Exception:  # noqa: BLE001 - the worker's run reports the error
+        return None
+    return None if plan.pairs else row
 
 
 def _fmt(value: float | None) -> str:
@@ -400,6 +415,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         print(json.dumps(_worker(args.worker, args.steps, args.whole_model_limit, args.library)))
         return
+    import warnings
+
+    warnings.simplefilter("ignore")  # model init notices
     library = __import__(args.library)
     if args.builders:
         names = args.builders
@@ -417,13 +435,23 @@ def main() -> None:
         row["seconds"] = round(time.perf_counter() - start, 1)
         return row
 
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({**header, "rows": rows}, f, indent=1)
+
+    converting = []
+    for name in names:  # one at a time: torch.fx patches torch while it traces
+        counted = _counted(name, args.library)
+        if counted is None:
+            converting.append(name)
+        else:
+            record(counted)
     with ThreadPoolExecutor(args.jobs) as pool:
-        for done in as_completed([pool.submit(run, name) for name in names]):
-            rows.append(done.result())
-            print(json.dumps(rows[-1]), flush=True)
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump({**header, "rows": rows}, f, indent=1)
+        for done in as_completed([pool.submit(run, name) for name in converting]):
+            record(done.result())
     rows.sort(key=lambda r: names.index(r["builder"]))
     table = markdown(rows)
     print(table)

@@ -89,7 +89,8 @@ def subclass_conv_problem(conv: nn.Conv2d) -> tuple[str, str] | None:
     g = torch.Generator().manual_seed(0)
     for p in probe.parameters():
         p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-    for size in _probe_sizes(k):
+    odd, even = _probe_sizes(k)
+    for size in (odd, even):
         x = torch.randn(2, conv.in_channels, size, size, generator=g, dtype=torch.float64)
         try:
             got = probe(x)
@@ -98,15 +99,17 @@ def subclass_conv_problem(conv: nn.Conv2d) -> tuple[str, str] | None:
         want = F.conv2d(x, probe.weight, probe.bias, probe.stride, k // 2, 1, probe.groups)
         if not isinstance(got, Tensor) or got.shape != want.shape:
             shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
-            return _mismatch(name, stride, size, k, f"output {shape} instead of {tuple(want.shape)}")
+            return _mismatch(name, stride, size, k, f"output {shape} instead of {tuple(want.shape)}", size == even)
         error = (got - want).abs().max().item() / max(1.0, want.abs().max().item())
         if not error <= _PROBE_TOLERANCE:
-            return _mismatch(name, stride, size, k, f"relative error {error:.1e}")
+            return _mismatch(name, stride, size, k, f"relative error {error:.1e}", size == even)
     return None
 
 
-def _mismatch(name: str, stride: int, size: int, k: int, what: str) -> tuple[str, str]:
+def _mismatch(name: str, stride: int, size: int, k: int, what: str, only_even: bool) -> tuple[str, str]:
+    """The reason: same padding when only the even-sized probe differs at stride > 1 (there TF
+    "same" padding is asymmetric; on the odd probe it is K//2 on every side), else the subclass."""
     detail = f"{name} on a {size}x{size} probe differs from a conv padded by {k // 2} on every side ({what})"
-    if "same" in name.lower() and stride > 1:
-        return "same padding at stride > 1", f"{detail}: 'same' padding at stride {stride} is not K//2 on every side"
+    if only_even and stride > 1:
+        return "same padding at stride > 1", f"{detail}: its padding at stride {stride} depends on the input size"
     return "conv subclass", detail

@@ -23,7 +23,7 @@ from searchspace import (
 )
 
 timm = pytest.importorskip("timm")
-from timm.layers import BatchNormAct2d, Conv2dSame  # noqa: E402 - after the importorskip
+from timm.layers import BatchNormAct2d, Conv2dSame, StdConv2dSame  # noqa: E402 - after the importorskip
 
 TOL = 1e-9
 X = 32  # input side: small, as every timm CNN accepts it
@@ -130,7 +130,9 @@ def test_conv2d_same_converts_at_stride_1_and_is_skipped_with_the_reason_at_stri
         convert(_Block(Conv2dSame(3, 6, 3, stride=2)))
     skipped = find_pairs(_Block(Conv2dSame(3, 6, 3, stride=2))).skipped
     assert [(s.name, s.reason) for s in skipped] == [("conv", "same padding at stride > 1"), ("head", "1x1 kernel")]
-    assert "on a 8x8 probe differs" in skipped[0].detail and "'same' padding at stride 2 is not K//2" in skipped[0].detail
+    assert "on a 8x8 probe differs" in skipped[0].detail and "its padding at stride 2 depends on the input size" in skipped[0].detail
+    (standardised, _) = find_pairs(_Block(StdConv2dSame(3, 6, 3, stride=2))).skipped  # differs on odd inputs too
+    assert standardised.reason == "conv subclass" and "StdConv2dSame on a 7x7 probe differs" in standardised.detail
 
 
 class _PlainBN(nn.BatchNorm2d):
