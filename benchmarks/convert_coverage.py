@@ -23,7 +23,7 @@ Errors are relative to max(1, max |reference|).
   supernet with every branch active over the original model's, median of a few steps each,
   measured side by side in the same process.
 
-The input is the smallest of 32, 64, 96, 128, 224, 299 pixels the original accepts (in eval
+The input is the smallest of 32, 64, 96, 128, 224, 256, 299 pixels the original accepts (in eval
 and train mode). Models above ``--whole-model-limit`` parameters (RegNetY-128GF) are checked pair by pair: every
 converted pair in float64 on its own (as its conv -> BN in a Sequential), the whole model's
 state-dict keys and shapes (what a strict load checks) from a conversion with ``kxk`` only,
@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from typing import Any
 
-SIZES = (32, 64, 96, 128, 224, 299)
+SIZES = (32, 64, 96, 128, 224, 256, 299)
 FORMS = ("offline", "online")
 
 
