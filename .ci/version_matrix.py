@@ -4,7 +4,7 @@ other two do not reach: Train v2's defaults, Optuna's API) in each.
 
     python .ci/version_matrix.py [--only lowest highest] [--keep] [--json FILE]
 
-The supported ranges in pyproject.toml (and ``TESTED`` in ``trainables/ray_tune/adapter.py`` and
+The supported ranges in pyproject.toml (and ``TESTED`` in ``orchestrator/ray_tune/adapter.py`` and
 ``orchestrator/mlflow_adapter.py``) are the ends of this matrix; README, "Supported versions",
 has its latest table. Each environment takes ~6 GB (torch's CUDA build) and 10-30 minutes on
 2 CPUs; it is created under ``$TMPDIR`` and removed afterwards unless ``--keep``. Exit code 1

@@ -9,11 +9,13 @@ declares the same bounds; README, "Supported versions").
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any, Literal
 
-__all__ = ["TESTED", "QUIET_LOGGERS", "SKIP_MODEL_CHECKS", "create_sql_store", "suppressed_event_logs",
+__all__ = ["TESTED", "QUIET_LOGGERS", "pytorch_log_kwargs", "create_sql_store", "suppressed_event_logs",
            "tracking_uri_for_block"]
 
 TESTED = ">=3.9,<3.18"
@@ -23,14 +25,30 @@ MLflow before 3.9 cannot open a SQL store next to SQLAlchemy 2.1, which pip inst
 
 QUIET_LOGGERS: Mapping[str, tuple[str, int]] = {
     "mlflow.store.db.utils": ("driver", logging.WARNING),  # "Creating initial MLflow database tables..."
+    "alembic.runtime.migration": ("driver", logging.WARNING),  # "Running upgrade ..." per migration (MLflow 3.9)
 }
 """MLflow's loggers of notices that need no action: where they print and the level below which
 a quiet sweep hides them."""
 
 
-SKIP_MODEL_CHECKS: Mapping[str, bool] = {"validate_serving_input": False}
-"""``log_model`` keywords (read by ``mlflow.models.Model.log``, undocumented) that skip MLflow's
-reload-and-predict check of the input example: the trial already checked its fused model."""
+def pytorch_log_kwargs(serialization: Literal["pt2", "pickle"] = "pt2") -> dict[str, Any]:
+    """``mlflow.pytorch.log_model`` keywords that save a model as ``serialization`` (pt2:
+    ``torch.export``; pickle: the fallback for graphs it cannot export) on the installed MLflow,
+    skipping MLflow's reload-and-predict check of the input example (``validate_serving_input``,
+    read by ``Model.log``, undocumented: the trial already checked its fused model).
+
+    Every tested MLflow hands unknown keywords on to ``torch.save`` in the pickle format
+    (``save() got an unexpected keyword argument 'validate_serving_input'``), so the pickle
+    fallback keeps the check. MLflows whose ``log_model`` has no ``serialization_format`` (3.9
+    among those tested) choose the format with ``export_model`` and default to pickle."""
+    import mlflow.pytorch
+
+    if serialization == "pickle":
+        return {}  # every tested MLflow's default without export_model / serialization_format
+    params = inspect.signature(mlflow.pytorch.log_model).parameters
+    if "serialization_format" in params:
+        return {"serialization_format": "pt2", "validate_serving_input": False}
+    return {"export_model": True, "validate_serving_input": False}
 
 
 def create_sql_store(uri: str) -> None:

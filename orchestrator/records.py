@@ -135,6 +135,7 @@ class TrialRecord:
     error: str | None = None
     repeat_of: str | None = None  # not trained: the earlier trial (``sweep/trial`` for another sweep's) whose result it has
     pareto: bool = False
+    control: bool = False  # a control trial (``search.control``): never on the Pareto front
 
     @property
     def finished(self) -> bool:
@@ -149,11 +150,10 @@ class TrialRecord:
 def record_keys(cfg: SweepConfig) -> list[str]:
     """The flat trial keys a record's config holds: the always-shown ones and every key the space
     sets, sampled or constant (a mapping-valued key: each of its keys)."""
-    keys: list[str] = list(_ALWAYS)
+    keys = [key.removeprefix("trial.") for key in _ALWAYS]
     for p in cfg.space:
-        nested = {k for v in p.values if isinstance(v, Mapping) for k in flatten_overrides(v)}
-        keys += [f"{p.key}.{k}" for k in sorted(nested)] if nested else [p.key]
-    return list(dict.fromkeys(key.removeprefix("trial.") for key in keys))
+        keys += p.trial_keys()
+    return list(dict.fromkeys(keys))
 
 
 def make_record(cfg: SweepConfig, trial_id: str, trial_name: str, status: TrialStatus, config: Mapping[str, Any],

@@ -46,7 +46,7 @@ from .models import (
     timm_model_names,
     torchvision_model_names,
 )
-from .errors import NothingToConvertError, RepnasError
+from .errors import FactoryError, NothingToConvertError, RepnasError
 from .layers import NormTail
 from .odbb import ODBB, check_branches
 from .online import (
@@ -118,6 +118,7 @@ __all__ = [
     "check_original_state",
     "load_original_state_dict",
     "TORCHVISION_PREFIX",
+    "FactoryError",
     "torchvision_model_names",
     "TIMM_PREFIX",
     "timm_model_names",

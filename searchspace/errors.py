@@ -6,7 +6,7 @@ re-exports it beside every other exception the project raises on purpose.
 
 from __future__ import annotations
 
-__all__ = ["RepnasError", "NothingToConvertError"]
+__all__ = ["RepnasError", "NothingToConvertError", "FactoryError"]
 
 
 class RepnasError(Exception):
@@ -15,3 +15,8 @@ class RepnasError(Exception):
 
 class NothingToConvertError(RepnasError, ValueError):
     """The model has no conv -> BN pair that can become an ODBB (the message lists why)."""
+
+
+class FactoryError(RepnasError, ValueError):
+    """A user's model factory failed while building (it raised, or returned no ``nn.Module``): the
+    factory is to blame, not the options it was given (those are checked against its signature first)."""

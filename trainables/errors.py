@@ -12,14 +12,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from searchspace.errors import NothingToConvertError, RepnasError
+from searchspace.errors import FactoryError, NothingToConvertError, RepnasError
 
-__all__ = ["RepnasError", "UserError", "ConfigError", "CheckpointError", "NothingToConvertError",
+__all__ = ["RepnasError", "UserError", "ConfigError", "CheckpointError", "NothingToConvertError", "FactoryError",
            "FusionMismatchError", "NonFiniteLossError", "RankDivergenceError", "SweepLockedError",
-           "SweepExistsError", "NothingToResumeError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "run_command"]
+           "SweepExistsError", "NothingToResumeError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED",
+           "run_command"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 """Exit codes of every command: success; the work failed; bad input or usage (nothing started)."""
+EXIT_INTERRUPTED = 130
+"""Stopped by Ctrl-C (SIGINT) or SIGTERM: 128 + SIGINT, as shells report a Ctrl-C; what was
+saved stays, and ``--resume`` continues."""
 
 
 class UserError(RepnasError):
@@ -33,6 +37,10 @@ class ConfigError(UserError, ValueError):
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+        """Pickle by (path, message): Ray ships a trial's exception to the driver this way."""
+        return type(self), (self.path, self.message)
 
 
 class CheckpointError(UserError):
@@ -67,6 +75,10 @@ class NonFiniteLossError(RepnasError, ArithmeticError):
         where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
         super().__init__(f"{what} became {value} at {where}; the trial diverged (lower optim.lr or "
                          "optim.weight_decay, or set optim.grad_clip); retrying would fail the same way")
+
+    def __reduce__(self) -> tuple[type[NonFiniteLossError], tuple[float, int, int | None, str]]:
+        """Pickle by the constructor's arguments: Ray ships a trial's exception to the driver this way."""
+        return type(self), (self.value, self.epoch, self.step, self.what)
 
 
 def run_command(prog: str, body: Callable[[], int]) -> int:

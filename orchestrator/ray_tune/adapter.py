@@ -38,6 +38,7 @@ QUIET_LOGGERS: Mapping[str, tuple[str, int]] = {
     "ray._private.authentication.authentication_token_setup": ("driver", logging.ERROR),  # token auth notice
     "ray.tune.tune": ("driver", logging.WARNING),  # "Wrote the latest version of all result files", "Total run time"
     "ray.train": ("worker", logging.WARNING),  # "Checkpoint successfully created at: ..." once per epoch
+    "ray.tune.trainable": ("worker", logging.WARNING),  # "Restored on <ip> from checkpoint: ..." on --resume
 }
 """Ray's loggers of notices that need no action: where they print (driver or trial worker) and
 the level below which a quiet sweep hides them."""

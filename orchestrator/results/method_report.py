@@ -37,6 +37,7 @@ from .method_stats import (
     reference_verdicts,
     select_best,
 )
+from .controls import control_report, mark_controls
 from .pareto import mark_front
 
 __all__ = ["FusionCheck", "SweepPart", "fusion_check", "front_matches", "build_report", "plot_report", "COLUMNS",
@@ -140,7 +141,10 @@ class SweepPart:
         state = SweepState.load(cfg)
         if state is None:
             raise ConfigError("name", f"no sweep state at {SweepState.path(cfg)}; run the sweep first")
-        return cls(cfg, records_from_mlflow(cfg, state), _parent_front(state)), state
+        records = records_from_mlflow(cfg, state)
+        if cfg.search.control is not None:  # controls and gains, as the sweep's own summary has them
+            mark_controls(records, cfg.search.control)
+        return cls(cfg, records, _parent_front(state)), state
 
     @property
     def front_matches(self) -> bool | None:
@@ -176,6 +180,12 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str, replic
         lines += ["", f"## Verdicts (against {ref}, any branch count)", "", *[f"- {v.line()}" for v in vs]]
     if forms:
         lines += ["", "## Verdicts (online vs offline re-parameterization)", "", *[f"- {v.line()}" for v in forms]]
+    controlled = [p for p in parts if p.cfg.search.control is not None]
+    controls = control_report([r for p in controlled for r in p.records], str(controlled[0].cfg.search.control),
+                              replicate_key) if controlled else None
+    if controls is not None:
+        head, *rest = controls.lines()
+        lines += ["", "## Against the control", "", head[0].upper() + head[1:] + ".", "", *[f"- {x.strip()}" for x in rest]]
     lines += ["", "## Checks", "",
               f"- fusion: fused val accuracy equals the supernet's in {fusion.equal_accuracy}/{fusion.trials} "
               f"trials (max gap {fusion.max_accuracy_gap:.2e}); max logit difference {fusion.max_logit_diff:.2e}"]
@@ -195,6 +205,7 @@ def build_report(parts: Sequence[SweepPart], metric: str, select_by: str, replic
                "verdicts": [_verdict_json(v) for v in verdicts],
                "form_verdicts": [_verdict_json(v) for v in forms],
                "reference_verdicts": {ref: [_verdict_json(v) for v in vs] for ref, vs in against.items()},
+               "controls": controls.to_dict() if controls is not None else None,
                "fusion": {**asdict(fusion), "ok": fusion.ok},
                "pareto_front_matches": {p.cfg.name: p.front_matches for p in parts},
                "trials": [asdict(r) for r in records]}

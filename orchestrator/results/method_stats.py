@@ -21,7 +21,7 @@ from trainables.config.presets import RECIPE_PRESETS
 from ..records import TrialRecord
 
 __all__ = ["GroupStats", "Verdict", "method_label", "target_count", "group_records", "select_best", "form_verdicts",
-           "equal_count_verdicts", "fixed_methods", "reference_verdicts"]
+           "equal_count_verdicts", "fixed_methods", "reference_verdicts", "compare"]
 
 SEARCHED = "odbb"
 
@@ -175,14 +175,15 @@ def _welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return se, float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def _verdict(a: GroupStats, b: GroupStats, metric: str) -> Verdict:
+def compare(a: GroupStats, b: GroupStats, metric: str) -> Verdict:
+    """``a`` against ``b`` on ``metric``: difference of the means, its standard error, Welch's p."""
     se, p = _welch(a.values[metric], b.values[metric])
     return Verdict(a, b, metric, statistics.fmean(a.values[metric]) - statistics.fmean(b.values[metric]), se, p)
 
 
 def equal_count_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Verdict]:
     """Each fixed method against every searched method with the same target branch count and training form."""
-    return [_verdict(match, fixed, metric)
+    return [compare(match, fixed, metric)
             for fixed in selected if not fixed.searched and metric in fixed.values
             for match in selected
             if match.searched and metric in match.values
@@ -203,12 +204,12 @@ def reference_verdicts(selected: Sequence[GroupStats], metric: str, reference: s
     """Every searched method against the fixed method ``reference`` (``plain``, ``dbb``) trained
     in the same form, whatever the two branch counts (ODBB at RepVGG's count vs DBB)."""
     fixed = {g.reparam: g for g in selected if not g.searched and _base_method(g) == reference and metric in g.values}
-    return [_verdict(g, fixed[g.reparam], metric)
+    return [compare(g, fixed[g.reparam], metric)
             for g in selected if g.searched and metric in g.values and g.reparam in fixed]
 
 
 def form_verdicts(selected: Sequence[GroupStats], metric: str) -> list[Verdict]:
     """Each method trained in another form (``dbb online``) against its offline form (``dbb``)."""
     offline = {g.method: g for g in selected if g.reparam == "offline" and metric in g.values}
-    return [_verdict(g, offline[_base_method(g)], metric)
+    return [compare(g, offline[_base_method(g)], metric)
             for g in selected if g.reparam != "offline" and metric in g.values and _base_method(g) in offline]

@@ -24,7 +24,8 @@ __all__ = [
 BUDGET_KEY = "search.budget"  # labels the plot's points; a column of its own in the table
 # Metrics shown in the table next to the objectives (when reported); peak_memory_mb tells
 # whether trials packed onto one GPU (resources.gpus < 1) fit it together.
-TABLE_METRICS: tuple[str, ...] = ("val_acc", "fused_val_acc", "branches_kept", "branches_total",
+TABLE_METRICS: tuple[str, ...] = ("val_acc", "fused_val_acc", "gain_val_acc", "test_acc", "gain_test_acc",
+                                  "weights_val_acc", "branches_kept", "branches_total",
                                   "params_fused", "latency_fused_ms", "epoch", "train_seconds", "gpu_seconds",
                                   "peak_memory_mb")
 # Extra plot panels: primary objective against these (all minimised).
@@ -52,16 +53,20 @@ def non_dominated(points: Sequence[Sequence[float]], modes: Sequence[str]) -> li
             for i, p in enumerate(points)]
 
 
+_ENDED_WITH_RESULT = (TrialStatus.FINISHED, TrialStatus.STOPPED)
+"""Trials whose values stand: a running or pending trial of an interrupted sweep is not on a front."""
+
+
 def is_valid(record: TrialRecord, metrics: Sequence[str]) -> bool:
-    """Finished without error and every metric present and finite."""
-    return record.status != TrialStatus.FAILED and record.error is None and all(
+    """Ended (finished, or stopped by the scheduler) without error, every metric present and finite."""
+    return record.status in _ENDED_WITH_RESULT and record.error is None and all(
         math.isfinite(record.value(m)) for m in metrics)
 
 
 def mark_front(records: Sequence[TrialRecord], objectives: Sequence[_Objective]) -> list[TrialRecord]:
-    """Set ``pareto`` on every record (errored / NaN trials are never on the front)."""
+    """Set ``pareto`` on every record (errored / NaN trials and controls are never on the front)."""
     metrics = [o.metric for o in objectives]
-    valid = [r for r in records if is_valid(r, metrics)]
+    valid = [r for r in records if is_valid(r, metrics) and not r.control]
     mask = non_dominated([[r.value(m) for m in metrics] for r in valid], [o.mode for o in objectives])
     for r in records:
         r.pareto = False
@@ -118,7 +123,7 @@ def _columns(records: Sequence[TrialRecord], objectives: Sequence[_Objective]) -
 
 def _row(r: TrialRecord, keys: list[str], metrics: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {"trial_name": r.trial_name, "trial_id": r.trial_id, "status": r.status,
-                           "pareto": r.pareto, "budget": r.config.get(BUDGET_KEY)}
+                           "pareto": r.pareto, "control": r.control, "budget": r.config.get(BUDGET_KEY)}
     row.update({k: r.config.get(k) for k in keys})
     row.update({m: r.metrics.get(m) for m in metrics})
     row.update({"run_id": r.run_id, "model_uri": r.model_uri, "repeat_of": r.repeat_of, "error": r.error})
@@ -144,10 +149,10 @@ def write_table(records: Sequence[TrialRecord], objectives: Sequence[_Objective]
 
 
 def format_table(records: Sequence[TrialRecord], objectives: Sequence[_Objective]) -> str:
-    """A fixed-width text table for the terminal, Pareto trials marked with ``*``."""
+    """A fixed-width text table for the terminal, Pareto trials marked with ``*``, controls with ``control``."""
     keys, metrics = _columns(records, objectives)
     header = ["", "trial", "status", *keys, *metrics]
-    lines = [[("*" if r.pareto else ""), r.trial_name, f"repeat of {r.repeat_of}" if r.repeat_of else r.status,
+    lines = [[("*" if r.pareto else "control" if r.control else ""), r.trial_name, f"repeat of {r.repeat_of}" if r.repeat_of else r.status,
               *(_fmt(r.config.get(k)) for k in keys), *(_fmt(r.metrics.get(m)) for m in metrics)] for r in records]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip()

@@ -15,6 +15,7 @@ from ..records import TrialRecord, TrialStatus
 from ..redact import redact
 from ..tracking.model_registry import Registered, register_models
 from ..tracking.parent_run import SweepState, child_runs, log_parent_artifacts, log_parent_values, run_links
+from .controls import GAINS, ControlReport, control_report, mark_controls
 from .hypervolume import hypervolume, reference_point
 from .pareto import format_table, is_valid, mark_front, plot_fronts, registry_aliases, write_table
 
@@ -23,9 +24,10 @@ if TYPE_CHECKING:
 
     from ..sweep import SweepConfig
 
-__all__ = ["Summary", "summarize", "print_summary", "HYPERVOLUME_METRIC", "TAG_REFERENCE"]
+__all__ = ["Summary", "summarize", "print_summary", "HYPERVOLUME_METRIC", "TAG_REFERENCE", "TAG_CONTROL"]
 
 HYPERVOLUME_METRIC, TAG_REFERENCE = "pareto_hypervolume", "repnas.hypervolume_reference"
+TAG_CONTROL = "repnas.control"
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Summary:
     advice: dict[str, str] = field(default_factory=dict)
     hypervolume: float | None = None
     reference: list[float] | None = None
+    controls: ControlReport | None = None
 
     @property
     def failed(self) -> list[TrialRecord]:
@@ -61,10 +64,12 @@ def _front_hypervolume(records: list[TrialRecord], cfg: SweepConfig) -> tuple[fl
     return hypervolume(points, [o.mode for o in cfg.objectives], reference), reference
 
 
-def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState) -> Summary:
+def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState, register: bool = True) -> Summary:
     """Pareto over the objectives -> ``pareto.csv/json/png`` on the parent run (``pareto/``)
-    and in ``<storage>/<name>/pareto/`` when local; then register the chosen models."""
+    and in ``<storage>/<name>/pareto/`` when local; then register the chosen models (not with
+    ``register=False``: an interrupted sweep registers when its resumed run completes)."""
     records = records_from_results(results, cfg, run_links(child_runs(state)))
+    controls = _controls(records, cfg, state) if cfg.search.control else None
     mark_front(records, cfg.objectives)
     volume, reference = _front_hypervolume(records, cfg)
     local = "://" not in cfg.experiment_path
@@ -72,14 +77,35 @@ def summarize(results: ResultGrid, cfg: SweepConfig, state: SweepState) -> Summa
     extra = {} if volume is None else {"hypervolume": volume, "hypervolume_reference": reference}
     files = [*write_table(records, cfg.objectives, out, extra), plot_fronts(records, cfg.objectives, out / "pareto.png")]
     log_parent_artifacts(state, files, "pareto")
+    if controls is not None:
+        (out / "controls.json").write_text(json.dumps(controls.to_dict(), indent=1, default=str))
+        (out / "controls.md").write_text("\n".join(controls.lines()) + "\n")
+        log_parent_artifacts(state, [out / "controls.json", out / "controls.md"], "controls")
     if volume is not None:
         log_parent_values(state, {HYPERVOLUME_METRIC: volume}, {TAG_REFERENCE: json.dumps(reference)})
-    with quiet_mlflow():
-        registered = register_models(cfg.mlflow.tracking_uri, cfg.registered_model_name,
-                                     registry_aliases(records, cfg.objectives, cfg.mlflow.register))
+    registered: list[Registered] = []
+    if register:
+        with quiet_mlflow():
+            registered = register_models(cfg.mlflow.tracking_uri, cfg.registered_model_name,
+                                         registry_aliases(records, cfg.objectives, cfg.mlflow.register))
     failed = {r.trial_name for r in records if r.status is TrialStatus.FAILED}
     advice = {trial_name(r): resume_advice(r) for r in results if trial_name(r) in failed}
-    return Summary(records, files if local else [], registered, advice, volume, reference)
+    return Summary(records, files if local else [], registered, advice, volume, reference, controls)
+
+
+def _controls(records: list[TrialRecord], cfg: SweepConfig, state: SweepState) -> ControlReport:
+    """Mark the controls, each trial's gain over its control (on its child run too: tag
+    ``repnas.control``, metrics ``gain_val_acc``/``gain_test_acc``), and the per-method
+    comparison (on the parent run: ``control.*`` metrics)."""
+    control = str(cfg.search.control)
+    mark_controls(records, control)
+    for r in records:
+        if r.run_id is not None:
+            gains = {g: r.metrics[g] for g in GAINS.values() if g in r.metrics}
+            log_parent_values(state, gains, {TAG_CONTROL: str(r.control).lower()}, run_id=r.run_id)
+    report = control_report(records, control)
+    log_parent_values(state, report.parent_metrics(), {TAG_CONTROL: control})
+    return report
 
 
 def print_summary(summary: Summary, cfg: SweepConfig, state: SweepState) -> None:
@@ -91,6 +117,9 @@ def print_summary(summary: Summary, cfg: SweepConfig, state: SweepState) -> None
         print(f"  ! {r.trial_name}: {r.error}")
         if r.trial_name in summary.advice:
             print(f"    {summary.advice[r.trial_name]}")
+    if summary.controls is not None:
+        print()
+        print("\n".join(summary.controls.lines()))
     trained, repeats = summary.trained, len(summary.records) - len(summary.trained)
     cost = sum(r.value("train_seconds") for r in trained if math.isfinite(r.value("train_seconds")))
     gpus = sum(r.value("gpu_seconds") for r in trained if math.isfinite(r.value("gpu_seconds")))

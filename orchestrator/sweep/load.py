@@ -23,10 +23,11 @@ from trainables.config.sweepfile import read_sweep_yaml
 from .tracking_uri import resolve_tracking_uri
 from .fit import check_fit, check_request
 from .schema import SchedulerConfig, SweepConfig
+from .control import with_control
 from .space import SpaceParam, parse_space
 from .trials import validate_trials
 
-__all__ = ["load_sweep", "parse_sweep", "apply_set", "local_gpu_count", "RAY_RESULT_KEYS"]
+__all__ = ["load_sweep", "parse_sweep", "apply_set", "local_gpu_count", "starts_local_ray", "RAY_RESULT_KEYS"]
 
 RAY_RESULT_KEYS: tuple[str, ...] = ("training_iteration", "time_total_s", "time_this_iter_s")
 """Keys Ray Tune adds to every result; valid in ``stop:``."""
@@ -101,6 +102,10 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
     if workers not in (None, cfg.resources.workers):
         raise ConfigError("trial.runtime.workers", "set resources.workers instead (the sweep copies it into the trial)")
     _check_space(space, cfg.search.algorithm)
+    if cfg.search.control is not None:
+        search = trial.get("search") if isinstance(trial.get("search"), dict) else {}
+        constant = next((p.values[0] for p in space if p.key.removeprefix("trial.") == "search.method"), None)
+        space = with_control(space, cfg.search.control, constant or search.get("method", "odbb"))
     cfg = replace(
         cfg, source=source, space=space,
         storage_path=cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).expanduser().resolve()),
@@ -108,7 +113,7 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
         trial=_base_trial(trial, space, cfg))
     cfg = replace(cfg, base=validate_trials(cfg.trial, cfg.sampled).with_threads(cfg.resources.cpus))
     _check_stop(cfg)
-    if cfg.ray.address is None and not (os.environ if env is None else env).get("RAY_ADDRESS"):
+    if starts_local_ray(cfg, env):
         _check_local_resources(cfg)
     else:  # a cluster's nodes are known once connected (ray_tune.cluster); Ray's own rules now
         check_request(cfg.resources)
@@ -203,6 +208,12 @@ def _check_local_resources(cfg: SweepConfig) -> None:
     gpus = cfg.ray.num_gpus if cfg.ray.num_gpus is not None else machine_gpus
     check_fit(cfg.resources, [{"CPU": float(cpus), "GPU": float(gpus)}], "the local Ray",
               "; lower the request or raise ray.num_cpus / ray.num_gpus")
+
+
+def starts_local_ray(cfg: SweepConfig, env: dict[str, str] | None = None) -> bool:
+    """Whether the sweep starts its own Ray on this machine: neither ``ray.address`` nor
+    ``RAY_ADDRESS`` (in ``env``, default the environment) names a cluster."""
+    return cfg.ray.address is None and not (os.environ if env is None else env).get("RAY_ADDRESS")
 
 
 def local_gpu_count() -> int:

@@ -81,7 +81,16 @@ class SweepSearchConfig:
     """Earlier sweeps (a sweep file, or a sweep name in this tracking store) whose finished trials
     that fit this space are given to the sampler before it proposes anything (``tracking.warm_start``)."""
 
+    control: Literal["plain"] | None = None
+    """Pair every trial with a control trained ``plain`` at the same settings (learning rate,
+    seed, every other sampled key, the same schedule): the space's method dimension gets this
+    method (``orchestrator.sweep.control``), the control trials stay off the Pareto front, and each trial
+    reports ``gain_val_acc``/``gain_test_acc`` over its control (``results.controls``)."""
+
     def validate(self, path: str) -> None:
+        if self.control is not None and self.algorithm != "grid":
+            raise ConfigError(join_path(path, "control"), f"pairs every trial with a plain trial at the same settings, "
+                                                          f"which needs search.algorithm: grid (got {self.algorithm})")
         if self.warm_start and self.algorithm != "optuna":
             raise ConfigError(join_path(path, "warm_start"), f"warm starts feed Optuna's sampler; set "
                                                              f"search.algorithm: optuna (got {self.algorithm})")

@@ -37,6 +37,13 @@ class SpaceParam:
             return (self.values[0], self.values[1] - 1)
         return self.values
 
+    def trial_keys(self) -> tuple[str, ...]:
+        """The dotted trial keys this dimension sets: its own, or (a group of mappings) each key
+        its mappings set."""
+        own = self.key.removeprefix("trial.")
+        nested = sorted({k for v in self.values if isinstance(v, Mapping) for k in flatten_overrides(v)})
+        return tuple(f"{own}.{k}" for k in nested) if nested else (own,)
+
     def key_values(self, key: str) -> tuple[Any, ...]:
         """This dimension's :meth:`probe_values` at dotted trial ``key`` (a group's values for it,
         from the mappings that set it); empty when it does not set ``key``."""

@@ -58,21 +58,20 @@ def load_fused(export_dir: Path) -> tuple[torch.nn.Module, np.ndarray]:
 
 def log_fused_model(tracking_uri: str, run_id: str, export_dir: Path, name: str, step: int) -> str:
     """``mlflow.pytorch.log_model(name=..., input_example=...)`` into ``run_id``; returns the
-    model URI. Uses MLflow's default torch.export (pt2) format; falls back to pickle if that fails."""
+    model URI. Saved as torch.export (pt2) on every supported MLflow; pickle if that fails."""
     import mlflow
     import mlflow.pytorch
 
     model, example = load_fused(export_dir)
     # explicit requirements: MLflow's inference re-imports the model in a subprocess (~7 s); the
     # trial has checked the fused model against its supernet, MLflow's own check reloads it
-    kwargs = {"name": name, "input_example": example, "step": step, "pip_requirements": _requirements(),
-              **mlflow_adapter.SKIP_MODEL_CHECKS}
+    kwargs = {"name": name, "input_example": example, "step": step, "pip_requirements": _requirements()}
     with fluent_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
         try:
-            info = mlflow.pytorch.log_model(model, **kwargs)
+            info = mlflow.pytorch.log_model(model, **kwargs, **mlflow_adapter.pytorch_log_kwargs("pt2"))
         except Exception as err:  # noqa: BLE001 - pt2 export can fail for exotic graphs
             log.warning("pt2 serialization of the fused model failed (%s); logging it as pickle", err)
-            info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
+            info = mlflow.pytorch.log_model(model, **kwargs, **mlflow_adapter.pytorch_log_kwargs("pickle"))
     return info.model_uri
 
 

@@ -189,11 +189,13 @@ def log_parent_artifacts(state: SweepState, files: list[Path], artifact_path: st
         client.log_artifact(state.parent_run_id, str(f), artifact_path)
 
 
-def log_parent_values(state: SweepState, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
-    """Sweep-level metrics (the Pareto hypervolume) and tags on the parent run."""
+def log_parent_values(state: SweepState, metrics: Mapping[str, float], tags: Mapping[str, str],
+                      run_id: str | None = None) -> None:
+    """Sweep-level metrics (the Pareto hypervolume) and tags on the parent run (or on the sweep's
+    child run ``run_id``: values known once the sweep ended, such as a trial's gain over its control)."""
     client = MlflowClient(state.tracking_uri)
-    client.log_batch(state.parent_run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
-                                                   for k, v in metrics.items()],
+    client.log_batch(run_id or state.parent_run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                                                             for k, v in metrics.items()],
                      tags=[RunTag(k, v) for k, v in tags.items()])
 
 

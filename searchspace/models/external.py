@@ -30,6 +30,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import FactoryError
+
 __all__ = ["TORCHVISION_PREFIX", "TIMM_PREFIX", "is_external", "torchvision_model_names", "timm_model_names",
            "resolve_factory", "refused_options", "build_original"]
 
@@ -148,7 +150,16 @@ def build_original(name: str, num_classes: int, in_channels: int = 3,
     except (TypeError, ValueError):
         params = {}  # a builtin or C callable: options only
     given = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
-    model = factory(**given, **options)
+    if params:
+        try:
+            inspect.signature(factory).bind(**given, **options)
+        except TypeError as err:
+            raise ValueError(f"options {options} do not fit factory {name!r}: {err}") from None
+    try:
+        model = factory(**given, **options)
+    except Exception as err:  # noqa: BLE001 - the user's code failing is the factory's problem
+        raise FactoryError(f"factory {name!r} raised {type(err).__name__}: {err}") from None
     if not isinstance(model, nn.Module):
-        raise ValueError(f"factory {name!r} returned a {type(model).__name__}; allowed: an nn.Module")
+        raise FactoryError(f"factory {name!r} returned a {type(model).__name__}; allowed: an nn.Module "
+                           f"(the model itself, e.g. `return Net(num_classes)`)")
     return model

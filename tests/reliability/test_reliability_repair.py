@@ -105,6 +105,7 @@ _EXAMPLES: dict[str, tuple[object, ...]] = {
     "SweepExistsError": ("sweep 'q' already exists",),
     "NothingToResumeError": ("nothing to resume",),
     "NothingToConvertError": ("nothing to convert: 5 convs, no BatchNorm after any",),
+    "FactoryError": ("factory 'nets:build' returned a dict; allowed: an nn.Module",),
     "RepnasError": ("a project error",),
     "UserError": ("no trial: section",),
 }

@@ -131,3 +131,19 @@ def test_fused_model_matches_supernet_and_exports_load_with_plain_torch(tmp_path
         got = session.run(None, {"input": inputs.numpy()})[0]
         assert np.abs(got - expected.numpy()).max() < 1e-4
 
+
+
+def test_weights_accuracy_before_training_is_the_weights_own(tmp_path: Path, tiny) -> None:
+    """With model.weights a trial reports the loaded model's accuracy before any step
+    (weights_val_acc): the accuracy the weights' own fused model had, in every report and
+    after a resume."""
+    user = {"model.factory": "_factories:small_net", "data.channels": 3, "search.epochs": 1, "search.random_epochs": 0,
+            "search.search_epochs": 0}
+    first = run_trial(tiny(**user, **{"search.method": "plain"}), tmp_path / "user")
+    assert "weights_val_acc" not in first.metrics
+    weights = str(first.export_dir / "fused_state_dict.pt")
+    cfg = tiny(**{**user, "model.weights": weights, "search.method": "dbb", "search.epochs": 2})
+    tuned = run_trial(cfg, tmp_path / "tuned")
+    assert [row["weights_val_acc"] for row in tuned.history] == [first.metrics["fused_val_acc"]] * 2
+    resumed = run_trial(cfg, tmp_path / "resumed", resume_from=tmp_path / "tuned" / "checkpoint")
+    assert resumed.metrics["weights_val_acc"] == first.metrics["fused_val_acc"]

@@ -46,8 +46,11 @@ FINAL_METRICS = (
 )
 """Added to the last epoch's report."""
 
-OPTIONAL_FINAL_METRICS = ("test_acc",)
-"""Added to the last report when the dataset has a test split (fused model's accuracy)."""
+OPTIONAL_FINAL_METRICS = ("test_acc", "weights_val_acc", "weights_test_acc")
+"""``test_acc``: added to the last report when the dataset has a test split (fused model's
+accuracy). ``weights_val_acc``/``weights_test_acc``: with ``model.weights``, the accuracy of the
+loaded model before any training step (measured once, at the start; in every report); new
+branches start at zero, so this is the weights' own accuracy."""
 
 _NOT_OBJECTIVES = ("done", "epoch", "epochs_trained", "phase_id")  # markers and counters, not quantities to optimise
 

@@ -116,11 +116,15 @@ class ModelConfig:
 class DataConfig:
     """Dataset, split and loader settings.
 
-    ``image_size``: resize every image to this side (null: native). ``channels``: repeat
-    single-channel images over this many channels (null: native), e.g. 3 for a torchvision
-    host on (Fashion-)MNIST or digits. ``split_seed``: the seed of the train/val split (null:
-    the trial's seed); fixed, every seed trains and validates on the same images (fine-tuning
-    from weights trained on that split's training part never validates on their images).
+    ``image_size``: resize every image to this side (null: native; an image folder's: its
+    first training image's size). ``channels``: repeat single-channel images over this many
+    channels (null: native), e.g. 3 for a torchvision host on (Fashion-)MNIST or digits; an
+    image folder's images are read as 1 (grayscale) or 3 (RGB, the default) channels.
+    ``split_seed``: the seed of the train/val split (null: the trial's seed); fixed, every seed
+    trains and validates on the same images (fine-tuning from weights trained on that split's
+    training part never validates on their images). Image folders only (``trainables.run.imagefolder``):
+    ``resize`` policy, ``normalize`` (``computed`` from the training images, ``imagenet``'s, or
+    ``given`` as ``mean``/``std``).
     """
 
     dataset: _Dataset = "digits"
@@ -137,14 +141,45 @@ class DataConfig:
     limit_train: int | None = field(default=None, metadata=rule(at_least(1)))
     channels: int | None = field(default=None, metadata=rule(at_least(1)))
     split_seed: int | None = field(default=None, metadata=rule(at_least(0)))
+    resize: Literal["crop", "stretch", "imagenet"] = "crop"
+    """Image folders: to ``image_size``, shorter side then centre crop (crop), both sides
+    (stretch), or shorter side to 256/224 of it then centre crop (imagenet)."""
+    normalize: Literal["computed", "imagenet", "given"] = "computed"
+    """Image folders: per-channel mean/std computed from (up to 2,000 of) the training images,
+    ImageNet's, or ``mean``/``std``."""
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def validate(self, path: str) -> None:
-        if self.dataset == "imagefolder" and not self.root:
-            raise ConfigError(join_path(path, "root"), "imagefolder needs a root folder holding train/ and val/")
+        if self.dataset == "imagefolder":
+            self._validate_folder(path)
+            return
+        for key, default in (("resize", "crop"), ("normalize", "computed"), ("mean", None), ("std", None)):
+            if getattr(self, key) != default:
+                raise ConfigError(join_path(path, key), f"applies to dataset: imagefolder; {self.dataset} is "
+                                                        f"normalised with its published statistics")
         native = NATIVE_CHANNELS[self.dataset]
         if self.channels is not None and self.channels != native and native != 1:
             raise ConfigError(join_path(path, "channels"), f"{self.dataset} has {native} channels; only "
                                                            f"single-channel images can be repeated (null keeps {native})")
+
+    def _validate_folder(self, path: str) -> None:
+        if not self.root:
+            raise ConfigError(join_path(path, "root"), "imagefolder needs a root folder holding train/ "
+                                                       "(and val/, test/ when you have them)")
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(join_path(path, "channels"), f"image folders are read as 1 (grayscale) or 3 (RGB) "
+                                                           f"channels, got {self.channels}")
+        given = self.normalize == "given"
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if given and (value is None or len(value) != self.in_channels):
+                raise ConfigError(join_path(path, key), f"normalize: given needs {self.in_channels} value(s), "
+                                                        f"one per channel; got {value}")
+            if not given and value is not None:
+                raise ConfigError(join_path(path, key), f"is used with normalize: given (normalize is {self.normalize})")
+        if given and min(self.std) <= 0:  # type: ignore[type-var]
+            raise ConfigError(join_path(path, "std"), f"expected values > 0, got {self.std}")
 
     @property
     def in_channels(self) -> int:

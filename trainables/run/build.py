@@ -24,6 +24,7 @@ from torch import nn
 from searchspace import (
     BRANCH_TYPES,
     IDENTITY,
+    FactoryError,
     TORCHVISION_PREFIX,
     Architecture,
     LayerArch,
@@ -41,13 +42,14 @@ from ..config.hosts import check_options
 from ..config.sections import BASELINES, TrialConfig
 from ..errors import ConfigError
 from ..search.gates import budget_to_k, min_kept
+from .weights import WEIGHTS_KEY as _WEIGHTS
+from .weights import read_state_dict
 
-__all__ = ["build_trial_model", "check_trial_model", "num_candidates"]
+__all__ = ["build_trial_model", "check_trial_model", "num_candidates", "dataset_classes"]
 
 # classes of the built-in datasets, known without reading them (imagefolder: its class folders)
 _CLASSES: dict[str, int | None] = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
                                    "imagefolder": None}
-_WEIGHTS = "trial.model.weights"
 
 
 def num_candidates(model: nn.Module) -> int:
@@ -73,7 +75,7 @@ def _build(cfg: TrialConfig, num_classes: int, in_channels: int, branches: list[
                                                  f"{in_channels}: set data.channels: 3 (gray images repeated)")
     try:
         return build_model(host, num_classes, in_channels, branches, cfg.model.reparam, options=cfg.model.options)
-    except NothingToConvertError as err:
+    except (NothingToConvertError, FactoryError) as err:
         raise ConfigError(_host_key(cfg), str(err)) from None
     except (TypeError, ValueError) as err:
         raise ConfigError("trial.model.options", str(err)) from None
@@ -141,21 +143,7 @@ def _check_kxk_kept(cfg: TrialConfig, layers: list[LayerArch]) -> None:
 
 def _read_weights(cfg: TrialConfig, mmap: bool = False) -> Mapping[str, torch.Tensor]:
     """The ``model.weights`` state dict (``weights_only``; ``mmap``: tensors not read)."""
-    path = Path(str(cfg.model.weights)).expanduser()
-    try:
-        try:
-            state: Any = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError:
-            if not mmap:
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
-    except Exception as err:  # noqa: BLE001 - unreadable, not a state dict, unsafe pickle...
-        raise ConfigError(_WEIGHTS, f"cannot read {path} as a state_dict (torch.load, weights_only): "
-                                    f"{type(err).__name__}: {err}") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(_WEIGHTS, f"{path} holds a {type(state).__name__}, not a state_dict of tensors "
-                                    f"(save one with torch.save(model.state_dict(), path))")
-    return state
+    return read_state_dict(str(cfg.model.weights), mmap=mmap).tensors
 
 
 def _weights_error(cfg: TrialConfig, err: ValueError) -> ConfigError:
@@ -164,16 +152,18 @@ def _weights_error(cfg: TrialConfig, err: ValueError) -> ConfigError:
 
 
 def _load_weights(cfg: TrialConfig, model: nn.Module) -> None:
+    state = _read_weights(cfg)  # a file that is not a state_dict: its own ConfigError
     try:
-        load_original_state_dict(model, _read_weights(cfg))
+        load_original_state_dict(model, state)
     except ValueError as err:
         raise _weights_error(cfg, err) from None
 
 
 def _check_weights(cfg: TrialConfig, model: nn.Module) -> None:
     """Keys and shapes of ``model.weights`` against the original of ``model`` (file not read in full)."""
+    shapes = {k: tuple(v.shape) for k, v in _read_weights(cfg, mmap=True).items()}
     try:
-        check_original_state(model, {k: tuple(v.shape) for k, v in _read_weights(cfg, mmap=True).items()})
+        check_original_state(model, shapes)
     except ValueError as err:
         raise _weights_error(cfg, err) from None
 
@@ -215,7 +205,7 @@ def build_trial_model(cfg: TrialConfig, num_classes: int, in_channels: int) -> n
     return model
 
 
-def _num_classes(cfg: TrialConfig) -> int | None:
+def dataset_classes(cfg: TrialConfig) -> int | None:
     """The dataset's classes without reading it (an image folder's: its class folders, if there)."""
     classes = _CLASSES[cfg.data.dataset]
     if classes is None and cfg.data.root:
@@ -231,7 +221,7 @@ def check_trial_model(cfg: TrialConfig, cache: dict[str, Any] | None = None) -> 
     weights whose keys or shapes do not fit), from the config alone: models are built on the
     meta device and the weights file's keys and shapes are read without its data. ``cache``
     keeps each check's result between calls (one build per model and method)."""
-    classes, channels = _num_classes(cfg), cfg.data.in_channels
+    classes, channels = dataset_classes(cfg), cfg.data.in_channels
     method = cfg.search.method
     cache = {} if cache is None else cache
     host = [cfg.model.host, cfg.model.options, classes, channels]

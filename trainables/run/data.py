@@ -1,6 +1,7 @@
 """Datasets through torchvision: build, split (train/val never overlap), load reproducibly.
 
-The validation set is carved out of the training split by a seeded permutation; the
+The validation set is carved out of the training split by a seeded permutation (an image
+folder's own ``val/`` is used instead when there is one, ``trainables.run.imagefolder``); the
 dataset's own test split (when it has one) is kept apart for the final ``test_acc``.
 Nothing downloads unless ``data.download`` is true; missing files raise a ``ConfigError``
 on ``trial.data.root`` that names the path and the fix.
@@ -27,18 +28,17 @@ if TYPE_CHECKING:  # torchvision is imported where a dataset needs it (~1.3 s; d
     from torchvision import datasets
 
 __all__ = ["DataBundle", "build_data", "make_loader", "TensorImages", "FASHION_MNIST_ROOT", "cache_dir", "LoaderSettings",
-           "auto_num_workers", "light_items"]
+           "auto_num_workers", "light_items", "split_indices", "NATIVE_SIZE", "STATS"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 _ROOT_PATH = "trial.data.root"
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_STATS = {  # per-channel mean/std used for normalisation
+STATS = {  # per-channel mean/std used for normalisation
     "digits": ((0.3055,), (0.3775,)),
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 Transform = Callable[[object], torch.Tensor]
 
@@ -129,16 +129,6 @@ def _mnist_root(root: Path, folder: str, download: bool, fix: str) -> Path:
     return prepared
 
 
-def _imagefolder_transform(cfg: DataConfig, train: bool) -> Transform:
-    """PIL pipeline of an ImageNet-style folder: (random-)resized crop, ToTensor, normalise."""
-    from torchvision import transforms
-
-    side = cfg.image_size or 224
-    crop = ([transforms.RandomResizedCrop(side), transforms.RandomHorizontalFlip()] if train and cfg.augment
-            else [transforms.Resize(int(side * 256 / 224)), transforms.CenterCrop(side)])
-    return transforms.Compose([*crop, transforms.ToTensor(), transforms.Normalize(*_STATS["imagefolder"])])
-
-
 def _augment(cfg: DataConfig, size: int) -> Transform | None:
     """Per-item training augmentation of a decoded tensor (None without ``augment``)."""
     if not cfg.augment:
@@ -159,26 +149,20 @@ def _prepared(cfg: DataConfig, images: TensorImages) -> TensorImages:
         from torchvision import transforms
 
         images.images = transforms.Resize(cfg.image_size, antialias=True)(images.images)
-    mean, std = (torch.tensor(v, dtype=images.images.dtype).view(-1, 1, 1) for v in _STATS[cfg.dataset])
+    mean, std = (torch.tensor(v, dtype=images.images.dtype).view(-1, 1, 1) for v in STATS[cfg.dataset])
     images.images = images.images.sub(mean).div_(std)
     if cfg.channels and cfg.channels != images.images.shape[1]:
         images.images = images.images.expand(-1, cfg.channels, -1, -1)
     return images
 
 
-def _open(cfg: DataConfig, train: bool) -> Dataset:
-    """The raw train (``train=True``) or test split of ``cfg.dataset``, decoded and normalised
-    (an ImageFolder keeps its eval-time PIL pipeline)."""
+def _open(cfg: DataConfig, train: bool) -> TensorImages:
+    """The raw train (``train=True``) or test split of a built-in dataset, decoded and normalised."""
     name = cfg.dataset
     if name == "digits":
         return _prepared(cfg, _digits())
     from torchvision import datasets
 
-    if name == "imagefolder":
-        folder = Path(cfg.root or "").expanduser() / ("train" if train else "val")
-        if not folder.is_dir():
-            raise _missing(folder, "expected an ImageNet-style root holding train/<class>/*.jpg and val/<class>/*.jpg")
-        return datasets.ImageFolder(str(folder), transform=_imagefolder_transform(cfg, False))
     default = FASHION_MNIST_ROOT if name == "fashion_mnist" else str(cache_dir() / "data")
     root = Path(cfg.root or default).expanduser()
     if name in ("mnist", "fashion_mnist"):
@@ -194,29 +178,16 @@ def _open(cfg: DataConfig, train: bool) -> Dataset:
         raise _missing(root, f"set trial.data.root to the folder holding {cls.base_folder}/, or set trial.data.download: true ({err})") from None
 
 
-def _train_view(cfg: DataConfig, eval_full: Dataset, size: int | None) -> Dataset:
-    """The training-split dataset with training-time augmentation (same storage as eval)."""
-    if isinstance(eval_full, TensorImages):
-        augment = _augment(cfg, size) if size is not None else None
-        return TensorImages(eval_full.images, eval_full.targets, eval_full.classes, augment)
-    if cfg.augment:
-        from torchvision import datasets
-
-        return datasets.ImageFolder(eval_full.root, transform=_imagefolder_transform(cfg, True))
-    return eval_full
+NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+"""Side of each built-in dataset's images."""
 
 
-_NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
-
-
-def build_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """Build the datasets; val is a seeded subset of the training split disjoint from train
-    (seeded by ``cfg.split_seed``, else by ``seed``)."""
-    size = cfg.image_size or _NATIVE_SIZE.get(cfg.dataset)
-    eval_full = _open(cfg, True)
-    train_full = _train_view(cfg, eval_full, size)
-    n = len(train_full)
-    n_val = max(1, round(n * cfg.val_fraction))
+def split_indices(cfg: DataConfig, n: int, seed: int, carve: bool = True) -> tuple[list[int], list[int]]:
+    """(train, val) indices into a training split of ``n`` items: a seeded permutation (by
+    ``cfg.split_seed``, else ``seed``) whose first ``val_fraction`` is validation (none when
+    ``carve`` is false: the data has its own validation set), the rest training, cut to
+    ``limit_train``."""
+    n_val = max(1, round(n * cfg.val_fraction)) if carve else 0
     if n_val >= n:
         raise ConfigError("trial.data.val_fraction", f"leaves no training samples out of {n}")
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
@@ -224,15 +195,46 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     val_idx, train_idx = order[:n_val], order[n_val:]
     if cfg.limit_train is not None:
         train_idx = train_idx[: cfg.limit_train]
+    return train_idx, val_idx
+
+
+def _folder_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """An image folder's splits (``trainables.run.imagefolder``): its own ``val/`` and ``test/`` when
+    present, else validation carved from ``train/``."""
+    from .imagefolder import ImageFiles, folder_stats, folder_transform, scan_folders
+
+    scan = scan_folders(cfg.root or "")
+    size = (cfg.image_size, cfg.image_size) if cfg.image_size else scan.size
+    train_all = scan.splits["train"]
+    train_idx, val_idx = split_indices(cfg, len(train_all), seed, carve="val" not in scan.splits)
+    train = [train_all[i] for i in train_idx]
+    val = scan.splits.get("val") or [train_all[i] for i in val_idx]
+    stats = folder_stats(cfg, train, size)
+    channels = cfg.in_channels
+
+    def files(samples: list, training: bool = False) -> ImageFiles:
+        return ImageFiles(samples, scan.classes, channels, folder_transform(cfg, size, stats, training))
+
+    return DataBundle(train=files(train, True), val=files(val), test=files(scan.splits["test"]) if "test" in scan.splits else None,
+                      num_classes=len(scan.classes), in_channels=channels, example_shape=(channels, *size))
+
+
+def build_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """Build the datasets; val is a seeded subset of the training split disjoint from train
+    (``split_indices``), or an image folder's own ``val/``."""
+    if cfg.dataset == "imagefolder":
+        return _folder_data(cfg, seed)
+    size = cfg.image_size or NATIVE_SIZE[cfg.dataset]
+    eval_full = _open(cfg, True)
+    train_full = TensorImages(eval_full.images, eval_full.targets, eval_full.classes, _augment(cfg, size))
+    train_idx, val_idx = split_indices(cfg, len(train_full), seed)
     test = None if cfg.dataset == "digits" else _open(cfg, False)
     example = eval_full[0][0]
-    classes = getattr(train_full, "classes", None)
-    num_classes = len(classes) if classes else int(max(int(t) for t in train_full.targets)) + 1
     return DataBundle(
         train=Subset(train_full, train_idx),
         val=Subset(eval_full, val_idx),
         test=test,
-        num_classes=num_classes,
+        num_classes=len(train_full.classes),
         in_channels=int(example.shape[0]),
         example_shape=tuple(example.shape),
     )

@@ -105,6 +105,17 @@ def _finish(engine: SearchEngine, config: TrialConfig, data: Any, val_loader: An
     return metrics, extra
 
 
+def _weights_accuracy(engine: SearchEngine, val_loader: Any, data: Any, config: TrialConfig,
+                      loading: LoaderSettings) -> dict[str, float]:
+    """``weights_val_acc`` (and ``weights_test_acc`` with a test split) of the model as loaded from
+    ``model.weights``, before any training step."""
+    out = {"weights_val_acc": float(engine.evaluate(val_loader)[1])}
+    if data.test is not None:
+        test_loader = make_loader(data.test, config.data.eval_batch_size, train=False, settings=loading)
+        out["weights_test_acc"] = float(engine.evaluate(test_loader)[1])
+    return out
+
+
 def run_trial(
     config: TrialConfig,
     workdir: Path,
@@ -162,6 +173,9 @@ def run_trial(
             if (Path(resume_from) / EXPORT_DIR).is_dir() and Path(resume_from).resolve() != ckpt_dir.resolve():
                 shutil.rmtree(export_dir, ignore_errors=True)
                 shutil.copytree(Path(resume_from) / EXPORT_DIR, export_dir)
+        start = saved[1].get("start", {}) if saved is not None else {}
+        if config.model.weights is not None and not start:  # collective under DDP, as every evaluation
+            start = _weights_accuracy(engine, val_loader, data, config, loading)
         while engine.epoch < config.search.epochs:
             tick = time.perf_counter()
             train = engine.train_epoch(train_loader)
@@ -175,7 +189,7 @@ def run_trial(
                       "branches_total": float(engine.masks.num_candidates), "epoch_time_s": took, "train_seconds": seconds,
                       "gpu_seconds": seconds * (float(device.type == "cuda") if gpus_held is None else gpus_held),
                       "peak_memory_mb": memory.peak_mb()}
-            metrics = {name: float(values[name]) for name in EPOCH_METRICS}
+            metrics = {**{name: float(values[name]) for name in EPOCH_METRICS}, **start}
             save_alpha({"epoch": engine.epoch, **alpha_table(engine.masks.layers, engine.alpha, mask)}, workdir / "alpha.json")
             extra: dict[str, Path] = {}
             summary_extra: dict[str, Any] = {}
@@ -196,7 +210,7 @@ def run_trial(
                     hook.on_end(metrics, export_dir)
                 extra = {EXPORT_DIR: export_dir}
             tensors, engine_meta = engine.state_dict()
-            meta = {"engine": engine_meta, "history": history, "config": config.to_dict(),
+            meta = {"engine": engine_meta, "history": history, "config": config.to_dict(), "start": start,
                     "hooks": [hook.state_dict() for hook in hooks], "trial_name": trial_name}
             if place.is_main:
                 save_checkpoint(ckpt_dir, tensors, meta, extra, durable=durable_checkpoints)
