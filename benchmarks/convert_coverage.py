@@ -325,7 +325,7 @@ def _plan(name: str, library: str) -> tuple[dict[str, Any], Any, Any]:
     return row, model, plan
 
 
-def _worker(name: str, steps: int, whole_model_limit: float, library: str) -> dict[str, Any]:
+def _worker(name: str, steps: int, whole_model_limit: float, library: str = "torchvision") -> dict[str, Any]:
     row, model, plan = _plan(name, library)
     if not plan.pairs:
         return row
