@@ -1,8 +1,9 @@
-"""Coverage of ``searchspace.convert`` over every torchvision classification builder.
+"""Coverage of ``searchspace.convert`` over every torchvision classification builder, or timm.
 
-For each name of ``torchvision.models.list_models(module=torchvision.models)``, in a
-subprocess of its own (``num_classes=10``, random weights, BN statistics set far from
-identity):
+For each name of ``torchvision.models.list_models(module=torchvision.models)`` (``--library
+timm``: one model per timm architecture family, i.e. per module of ``timm.list_modules()``,
+the one with the fewest parameters), in a subprocess of its own (``num_classes=10``, random
+weights, BN statistics set far from identity):
 
 * convs in the model, how many convert, the skipped ones by reason (``find_pairs``);
 * function preservation, float64: max |original - converted| over the offline and online
@@ -22,14 +23,14 @@ Errors are relative to max(1, max |reference|).
   supernet with every branch active over the original model's, median of a few steps each,
   measured side by side in the same process.
 
-The input is the smallest of 32, 64, 96, 128, 224, 299 pixels the original accepts (in eval
+The input is the smallest of 32, 64, 96, 128, 224, 256, 299 pixels the original accepts (in eval
 and train mode). Models above ``--whole-model-limit`` parameters (RegNetY-128GF) are checked pair by pair: every
 converted pair in float64 on its own (as its conv -> BN in a Sequential), the whole model's
 state-dict keys and shapes (what a strict load checks) from a conversion with ``kxk`` only,
 and no step timing.
 
-    python benchmarks/convert_coverage.py [--builders resnet18 ...] [--threads 1]
-        [--json benchmarks/results/convert_coverage.json] [--markdown out.md]
+    python benchmarks/convert_coverage.py [--library torchvision|timm] [--builders resnet18 ...]
+        [--threads 1] [--jobs 1] [--json benchmarks/results/convert_coverage.json] [--markdown out.md]
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from typing import Any
 
-SIZES = (32, 64, 96, 128, 224, 299)
+SIZES = (32, 64, 96, 128, 224, 256, 299)
 FORMS = ("offline", "online")
 
 
@@ -139,7 +141,8 @@ def _calibrate(model: Any, x: Any) -> None:
 def _fused_error(build: Any, converted: Any, x: Any, seed: int) -> tuple[float, float, float]:
     """(per layer, at the output, control): max |supernet - fused| in eval mode, the fused model
     loaded strictly into a fresh instance. Per layer: each converted layer of the fresh model (its
-    conv and BN) against the supernet's block, on the input that block received. Control: how far
+    conv and BN) against the supernet's block and what stayed at the BN's place (timm's drop and
+    act), on the input that block received. Control: how far
     the supernet's own output moves when every converted block's output is scaled by 1 + 1e-15
     (float64 rounding), i.e. what the network's depth makes of rounding alone."""
     import torch
@@ -173,7 +176,8 @@ def _fused_error(build: Any, converted: Any, x: Any, seed: int) -> tuple[float, 
     with torch.no_grad():
         for layer in layers:
             inputs, out = seen[layer.conv]
-            worst = max(worst, _error(out, fresh.get_submodule(layer.bn)(fresh.get_submodule(layer.conv)(inputs))))
+            after = converted.get_submodule(layer.bn)(out)  # a norm + act layer's tail (timm: drop, act)
+            worst = max(worst, _error(after, fresh.get_submodule(layer.bn)(fresh.get_submodule(layer.conv)(inputs))))
     return worst, output, control
 
 
@@ -197,15 +201,48 @@ def _step_time(model: Any, x: Any, steps: int) -> float:
     return statistics.median(times)
 
 
-def _whole_model(name: str, row: dict[str, Any], steps: int) -> None:
-    import torch
+def _constructor(library: str, name: str) -> Any:
+    """A function that builds the model ``name`` of ``library`` with 10 classes, random weights."""
+    if library == "timm":
+        import timm
+
+        return lambda: timm.create_model(name, pretrained=False, num_classes=10)
     import torchvision
+
+    return lambda: torchvision.models.get_model(name, num_classes=10)
+
+
+def timm_families() -> list[str]:
+    """One timm model per architecture family (module of ``timm.list_modules()``): the one with
+    the fewest parameters (counted on the meta device)."""
+    import timm
+    import torch
+
+    chosen = []
+    for module in timm.list_modules():
+        best: tuple[int, str] | None = None
+        for name in timm.list_models(module=module):
+            try:
+                with torch.device("meta"):
+                    params = sum(p.numel() for p in timm.create_model(name, num_classes=10).parameters())
+            except Exception:  # noqa: BLE001 - a model that does not build on meta is left out
+                continue
+            best = min(best, (params, name)) if best else (params, name)
+        if best:
+            chosen.append(best[1])
+    return chosen
+
+
+def _whole_model(name: str, row: dict[str, Any], steps: int, library: str) -> None:
+    import torch
 
     from searchspace import convert
 
+    make = _constructor(library, name)
+
     def build() -> Any:
         torch.manual_seed(0)
-        return torchvision.models.get_model(name, num_classes=10)
+        return make()
 
     original = build()
     size = row["input"] = _input_size(original)
@@ -267,34 +304,49 @@ def _pair_by_pair(row: dict[str, Any], model: Any, pairs: list[tuple[str, str]])
     row["checked"] = "pair by pair"
 
 
-def _worker(name: str, steps: int, whole_model_limit: float) -> dict[str, Any]:
+def _plan(name: str, library: str) -> tuple[dict[str, Any], Any, Any]:
+    """(row with the conv counts and skip reasons, the model (meta device where it builds there), its pairs)."""
     import torch
-    import torchvision
 
     from searchspace import find_pairs
 
-    row: dict[str, Any] = {"builder": name}
+    build = _constructor(library, name)
     try:
         with torch.device("meta"):
-            model = torchvision.models.get_model(name, num_classes=10)
+            model = build()
     except Exception:  # noqa: BLE001 - builders that compute with tensors (RegNet) build on the CPU
-        model = torchvision.models.get_model(name, num_classes=10)
+        model = build()
     plan = find_pairs(model)
     reasons: dict[str, int] = {}
     for skipped in plan.skipped:
         reasons[skipped.reason] = reasons.get(skipped.reason, 0) + 1
     params = sum(p.numel() for p in model.parameters())
-    row.update(convs=plan.num_convs, converted=len(plan.pairs), skipped=reasons, params=params)
+    row = {"builder": name, "convs": plan.num_convs, "converted": len(plan.pairs), "skipped": reasons, "params": params}
+    return row, model, plan
+
+
+def _worker(name: str, steps: int, whole_model_limit: float, library: str = "torchvision") -> dict[str, Any]:
+    row, model, plan = _plan(name, library)
     if not plan.pairs:
         return row
-    if params > whole_model_limit:
+    if row["params"] > whole_model_limit:
         if next(model.parameters()).is_meta:
-            model = torchvision.models.get_model(name, num_classes=10)
+            model = _constructor(library, name)()
         _pair_by_pair(row, model, plan.pairs)
     else:
         del model
-        _whole_model(name, row, steps)
+        _whole_model(name, row, steps, library)
     return row
+
+
+def _counted(name: str, library: str) -> dict[str, Any] | None:
+    """The row of a model with nothing to convert, counted in this process (no subprocess to
+    start); None when it has pairs (or does not build here: its subprocess reports why)."""
+    try:
+        row, _, plan = _plan(name, library)
+    except Exception:  # noqa: BLE001 - the worker's run reports the error
+        return None
+    return None if plan.pairs else row
 
 
 def _fmt(value: float | None) -> str:
@@ -327,7 +379,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", name, "--threads", str(args.threads), "--steps", str(args.steps),
-           "--whole-model-limit", str(args.whole_model_limit)]
+           "--whole-model-limit", str(args.whole_model_limit), "--library", args.library]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
@@ -341,7 +393,10 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--builders", nargs="+", help="torchvision builder names (default: all)")
+    parser.add_argument("--library", choices=("torchvision", "timm"), default="torchvision")
+    parser.add_argument("--builders", nargs="+",
+                        help="model names of the library (default: every torchvision builder; timm: one per family)")
+    parser.add_argument("--jobs", type=int, default=1, help="models checked at once (each in its own process)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per model and round (0: no timing)")
     parser.add_argument("--whole-model-limit", type=float, default=150e6,
@@ -358,22 +413,46 @@ def main() -> None:
 
         warnings.simplefilter("ignore")  # GoogLeNet / Inception init notices
         torch.set_num_threads(args.threads)
-        print(json.dumps(_worker(args.worker, args.steps, args.whole_model_limit)))
+        print(json.dumps(_worker(args.worker, args.steps, args.whole_model_limit, args.library)))
         return
-    import torchvision
+    import warnings
 
-    names = args.builders or torchvision.models.list_models(module=torchvision.models)
+    warnings.simplefilter("ignore")  # model init notices
+    library = __import__(args.library)
+    if args.builders:
+        names = args.builders
+    elif args.library == "timm":
+        names = timm_families()
+    else:
+        names = library.models.list_models(module=library.models)
     header = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-              "threads": args.threads, "torch": __import__("torch").__version__, "torchvision": torchvision.__version__}
+              "threads": args.threads, "torch": __import__("torch").__version__, args.library: library.__version__}
     rows: list[dict[str, Any]] = []
-    for name in names:
+
+    def run(name: str) -> dict[str, Any]:
         start = time.perf_counter()
-        rows.append(_run(name, args))
-        rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
-        print(json.dumps(rows[-1]), flush=True)
+        row = _run(name, args)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        return row
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({**header, "rows": rows}, f, indent=1)
+
+    converting = []
+    for name in names:  # one at a time: torch.fx patches torch while it traces
+        counted = _counted(name, args.library)
+        if counted is None:
+            converting.append(name)
+        else:
+            record(counted)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for done in as_completed([pool.submit(run, name) for name in converting]):
+            record(done.result())
+    rows.sort(key=lambda r: names.index(r["builder"]))
     table = markdown(rows)
     print(table)
     if args.markdown:

@@ -136,7 +136,7 @@ def main() -> None:
         for seed in args.seeds:
             cfg = TrialConfig.from_overrides(trial, {**overrides, "seed": seed})
             torch.manual_seed(seed)
-            original = build_original(cfg.model.host, 10, cfg.data.in_channels, **cfg.model.options)
+            original = build_original(cfg.model.host, 10, cfg.data.in_channels, cfg.model.options)
             torch.save(original.state_dict(), random_weights)
             for arm in args.arms:
                 runs.append(_one(arm, cfg, Path(args.weights), random_weights))

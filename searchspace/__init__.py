@@ -29,6 +29,7 @@ from .convert import (
     original_state_shapes,
 )
 from .models import (
+    TIMM_PREFIX,
     TORCHVISION_PREFIX,
     BasicBlock,
     ModelSpec,
@@ -39,11 +40,14 @@ from .models import (
     is_external,
     list_models,
     model_options,
+    refused_options,
     register_model,
     resolve_factory,
+    timm_model_names,
     torchvision_model_names,
 )
 from .errors import FactoryError, NothingToConvertError, RepnasError
+from .layers import NormTail
 from .odbb import ODBB, check_branches
 from .forms import QUANT_AWARE_FORMS, REPARAM_FORMS, odbb_class
 from .online import (
@@ -122,7 +126,11 @@ __all__ = [
     "TORCHVISION_PREFIX",
     "FactoryError",
     "torchvision_model_names",
+    "TIMM_PREFIX",
+    "timm_model_names",
+    "refused_options",
     "is_external",
     "resolve_factory",
     "build_original",
+    "NormTail",
 ]

@@ -154,7 +154,7 @@ def build_from_architecture(arch: Architecture, reparam: str = "offline") -> nn.
     ``reparam`` picks the training form of the blocks (``build_model``'s); the architecture
     itself is the same in both.
     """
-    model = build_model(arch.model, arch.num_classes, arch.in_channels, BRANCH_TYPES, reparam, **arch.options)
+    model = build_model(arch.model, arch.num_classes, arch.in_channels, BRANCH_TYPES, reparam, options=arch.options)
     blocks = odbb_layers(model)
     expected = [name for name, _ in blocks]
     given = [layer.name for layer in arch.layers]

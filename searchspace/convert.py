@@ -2,7 +2,8 @@
 
 :func:`convert` deep-copies a model and turns every conv -> BatchNorm pair that
 :func:`searchspace.pairs.find_pairs` finds into an ODBB (offline) or OnlineODBB (online)
-at the conv's place; the BN's place holds an ``nn.Identity``, so the model's own forward
+at the conv's place; the BN's place holds an ``nn.Identity`` (or, for timm's norm + act
+layers, a ``NormTail`` with their ``drop`` and ``act``), so the model's own forward
 (``self.bn1(self.conv1(x))``, ``Conv2dNormActivation`` sequences) runs unchanged. The
 copy carries a :class:`Conversion` in ``model.conversion``: the converted layers (with
 what it takes to rebuild the original conv and BN) and every skipped conv with its reason.
@@ -36,9 +37,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import NothingToConvertError
 from .branches import BRANCH_TYPES, IDENTITY, ConvBN, IdentityBN, OneByOneAvg, OneByOneKxK
+from .layers import NormTail, norm_tail_names, template
 from .odbb import ODBB, check_branches
 from .forms import QUANT_AWARE_FORMS, odbb_class
 from .online import OnlineConv, OnlineODBB
@@ -61,13 +64,19 @@ _SHOWN = 5  # keys named in a mismatch message, per kind
 
 @dataclass(frozen=True)
 class ConvertedLayer:
-    """One converted pair: the conv's name (now the ODBB), the BN's name (now ``nn.Identity``),
-    and the constructor arguments that rebuild the original ``nn.Conv2d`` and ``nn.BatchNorm2d``."""
+    """One converted pair: the conv's name (now the ODBB), the BN's name (now ``nn.Identity``,
+    or a :class:`~searchspace.layers.NormTail` with the children named in ``tail``), the
+    constructor arguments that rebuild the original ``nn.Conv2d`` and ``nn.BatchNorm2d``, and
+    for subclasses (timm's ``Conv2dSame``, ``BatchNormAct2d``) a meta-device template of the
+    original module, so ``to_original`` gives the user's class back."""
 
     conv: str
     bn: str
     conv_args: dict[str, Any]
     bn_args: dict[str, Any]
+    conv_template: nn.Module | None = None
+    bn_template: nn.Module | None = None
+    tail: tuple[str, ...] = ()
 
 
 @dataclass
@@ -90,9 +99,12 @@ class Conversion:
         return dict(Counter(s.reason for s in self.skipped).most_common())
 
     def summary(self) -> str:
-        """One line: converted / total convs, then the skipped ones by reason."""
-        reasons = ", ".join(f"{n} {r}" for r, n in self.reasons().items())
-        return f"{len(self.layers)} of {self.num_convs} convs converted" + (f"; skipped: {reasons}" if reasons else "")
+        """Converted / total convs, then every skipped conv by name, grouped by reason."""
+        named: dict[str, list[str]] = {}
+        for skipped in self.skipped:
+            named.setdefault(skipped.reason, []).append(skipped.name or "(the model)")
+        reasons = "; ".join(f"{len(named[r])} {r}: {', '.join(named[r])}" for r in self.reasons())
+        return f"{len(self.layers)} of {self.num_convs} convs converted" + (f"; skipped {reasons}" if reasons else "")
 
 
 def conversion_of(model: nn.Module) -> Conversion | None:
@@ -113,7 +125,7 @@ def _conv_args(conv: nn.Conv2d) -> dict[str, Any]:
             "bias": conv.bias is not None, "padding_mode": conv.padding_mode}
 
 
-def _bn_args(bn: nn.BatchNorm2d) -> dict[str, Any]:
+def _bn_args(bn: _BatchNorm) -> dict[str, Any]:
     return {"num_features": bn.num_features, "eps": bn.eps, "momentum": bn.momentum, "affine": bn.affine,
             "track_running_stats": bn.track_running_stats}
 
@@ -224,13 +236,17 @@ def convert(
     for conv_name, bn_name in plan.pairs:
         conv = converted.get_submodule(conv_name)
         bn = converted.get_submodule(bn_name)
-        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-        layer = ConvertedLayer(conv_name, bn_name, _conv_args(conv), _bn_args(bn))
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, _BatchNorm)
+        tail = norm_tail_names(bn)
+        assert tail is not None  # find_pairs pairs only BatchNorms whose forward is known
+        layer = ConvertedLayer(conv_name, bn_name, _conv_args(conv), _bn_args(bn),
+                               None if type(conv) is nn.Conv2d else template(conv),
+                               None if type(bn) is nn.BatchNorm2d else template(bn), tail)
         block = _new_block(conv, layer.bn_args, reparam, names, identity)
         if preserve:
             _init_from_pair(block, conv.weight, conv.bias, {k: getattr(bn, k) for k in _BN_STATE})
         replace_module(converted, conv_name, block)
-        replace_module(converted, bn_name, nn.Identity())
+        replace_module(converted, bn_name, NormTail({n: getattr(bn, n) for n in tail}) if tail else nn.Identity())
         layers.append(layer)
     converted.conversion = Conversion(layers, plan.skipped, names, reparam, identity)
     return converted

@@ -2,6 +2,9 @@
 
 A pair is a ``nn.Conv2d`` whose output goes only into a ``nn.BatchNorm2d`` that takes
 nothing else, each module called once in the forward pass and registered under one name.
+Subclasses of either pair where the result is exact (``searchspace.layers``: timm's
+``BatchNormAct2d`` and ``Conv2dSame`` at stride 1); every conv and BatchNorm, subclass or
+not, is a leaf of the trace, so a subclass's own operations never look like extra users.
 Who feeds whom comes from ``torch.fx`` symbolic tracing, as torchvision's own feature
 extraction does: attribute calls (``self.bn1(self.conv1(x))``, ResNet's blocks) and
 ``Conv2dNormActivation`` sequences look the same in the graph. A submodule whose forward
@@ -23,10 +26,14 @@ from typing import Any
 
 import torch.fx as fx
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .layers import norm_tail_names, subclass_conv_problem
 
 __all__ = ["SkippedConv", "PairPlan", "find_pairs", "conv_geometry_problem"]
 
 _MAX_RETRACES = 64  # leaves added one failing module at a time
+_SHOWN_LEAVES = 3
 
 
 @dataclass(frozen=True)
@@ -54,11 +61,11 @@ class PairPlan:
 def conv_geometry_problem(conv: nn.Conv2d) -> tuple[str, str] | None:
     """``(reason, detail)`` if ``conv`` cannot be an ODBB's KxK conv, else None.
 
-    Eligible: exactly ``nn.Conv2d``, a square odd kernel K > 1, the same stride in both
-    directions, dilation 1, zero padding of K//2 on every side (or ``"same"``), any groups.
+    Eligible: a square odd kernel K > 1, the same stride in both directions, dilation 1,
+    zero padding of K//2 on every side (or ``"same"``), any groups; a ``nn.Conv2d``
+    subclass when its forward is exactly such a conv (:func:`searchspace.layers.subclass_conv_problem`:
+    timm's ``Conv2dSame`` at stride 1).
     """
-    if type(conv) is not nn.Conv2d:
-        return "conv subclass", f"{type(conv).__name__} is a subclass of nn.Conv2d"
     kh, kw = conv.kernel_size
     if kh != kw:
         return "non-square kernel", f"kernel {kh}x{kw}"
@@ -70,6 +77,8 @@ def conv_geometry_problem(conv: nn.Conv2d) -> tuple[str, str] | None:
         return "non-square stride", f"stride {conv.stride}"
     if conv.dilation != (1, 1):
         return "dilation", f"dilation {conv.dilation}"
+    if type(conv) is not nn.Conv2d:
+        return subclass_conv_problem(conv)
     if conv.padding != "same" and tuple(conv.padding) != (kh // 2, kw // 2):  # type: ignore[arg-type]
         return "padding not K//2", f"padding {conv.padding} for kernel {kh}x{kw}"
     if conv.padding_mode != "zeros":
@@ -77,9 +86,12 @@ def conv_geometry_problem(conv: nn.Conv2d) -> tuple[str, str] | None:
     return None
 
 
-def _bn_problem(bn: nn.BatchNorm2d) -> str | None:
-    if type(bn) is not nn.BatchNorm2d:
-        return f"{type(bn).__name__} is not nn.BatchNorm2d"
+def _bn_problem(bn: _BatchNorm) -> str | None:
+    if not isinstance(bn, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+        return f"a {type(bn).__name__}, not a 2d BatchNorm"
+    if norm_tail_names(bn) is None:
+        return (f"a {type(bn).__name__} with a forward of its own (what it does besides normalising is unknown; "
+                f"known: nn.BatchNorm2d and subclasses that keep its forward, timm's BatchNormAct2d, SyncBatchNormAct)")
     if not bn.affine or not bn.track_running_stats:
         return "a BatchNorm2d without affine parameters or running statistics"
     return None
@@ -95,7 +107,8 @@ class _LeafTracer(fx.Tracer):
         self.failed: nn.Module | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return id(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
+        return (id(m) in self.leaves or isinstance(m, (nn.Conv2d, _BatchNorm))  # subclasses too (timm's)
+                or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
@@ -119,6 +132,7 @@ def _trace(root: nn.Module) -> tuple[fx.Graph | None, set[int], dict[str, Any], 
     the tensors torch.fx stored on ``root`` for the graph (buffers read directly); taken off
     ``root`` again, so tracing leaves the user's model as it was."""
     leaves: set[int] = set()
+    order: list[int] = []  # the leaves in the order they failed
     before = set(root.__dict__)
     try:
         for _ in range(_MAX_RETRACES):
@@ -131,7 +145,11 @@ def _trace(root: nn.Module) -> tuple[fx.Graph | None, set[int], dict[str, Any], 
                 if tracer.failed is None or tracer.failed is root or id(tracer.failed) in leaves:
                     return None, leaves, {}, error
                 leaves.add(id(tracer.failed))
-        return None, leaves, {}, "too many submodules that torch.fx cannot trace"
+                order.append(id(tracer.failed))
+        named = {id(m): n for n, m in root.named_modules()}
+        shown = ", ".join(named.get(i, "?") for i in order[:_SHOWN_LEAVES])
+        return None, leaves, {}, (f"more than {_MAX_RETRACES} submodules that torch.fx cannot trace "
+                                  f"(the first: {shown}; last error {error})")
     finally:
         for key in set(root.__dict__) - before:
             del root.__dict__[key]
@@ -232,11 +250,12 @@ def _pair_problem(name: str, conv: nn.Conv2d, modules: dict[str, nn.Module], nam
     node = walk.nodes[name]
     users = list(node.users)
     if len(users) != 1:
-        return SkippedConv(name, "output used elsewhere", f"its output feeds {len(users)} operations")
+        return SkippedConv(name, "output used elsewhere",
+                           f"its output feeds {len(users)} operations: {', '.join(_op_name(u) for u in users)}")
     user = users[0]
     bn_name = _full_target(user, node, name) if user.op == "call_module" else ""
     bn = modules.get(bn_name) if bn_name else None
-    if not isinstance(bn, nn.BatchNorm2d):
+    if not isinstance(bn, _BatchNorm):
         goes_to = type(bn).__name__ if bn_name else getattr(user.target, "__name__", str(user.target))
         return SkippedConv(name, "no BatchNorm after it", f"its output goes to {goes_to}")
     problem = _bn_problem(bn)
@@ -251,6 +270,11 @@ def _pair_problem(name: str, conv: nn.Conv2d, modules: dict[str, nn.Module], nam
     if bn._forward_hooks or bn._forward_pre_hooks:
         return SkippedConv(name, "has hooks", f"forward hooks on {bn_name} would be dropped")
     return bn_name
+
+
+def _op_name(node: fx.Node) -> str:
+    """What a graph node does, for a reason: the module's name or the function's."""
+    return str(node.target) if node.op in ("call_module", "call_method") else getattr(node.target, "__name__", str(node.target))
 
 
 def _full_target(user: fx.Node, node: fx.Node, conv_name: str) -> str:

@@ -17,3 +17,14 @@ def small_net(num_classes: int, in_channels: int = 3, width: int = 8) -> nn.Modu
 
 
 NOT_CALLABLE = 3
+
+
+def named_net(name: str, num_classes: int, branches: int = 8, reparam: str = "relu") -> nn.Module:
+    """A builder whose parameters share their names with the project's own builder arguments
+    (``name``, ``branches``, ``reparam``): options reach it whatever their names."""
+    act = {"relu": nn.ReLU, "hardswish": nn.Hardswish}[reparam]
+    assert name == "tiny", name
+    return nn.Sequential(
+        Conv2dNormActivation(3, branches, 3, activation_layer=act),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(branches, num_classes),
+    )

@@ -126,6 +126,9 @@ def test_convert_coverage_rows() -> None:
     assert row["fused"] < 1e-12 and row["fused_output"] < 1e-12 and row["rounding_control"] > 0
     assert "| shufflenet_v2_x0_5 | 56 | 20 | 1x1 kernel: 36 | 32 | 0 / 0 |" in coverage.markdown([row])
     assert coverage._worker("vit_b_16", 0, 1e9)["converted"] == 0
+    timm_row = coverage._worker("test_efficientnet", 0, 1e9, "timm")  # BatchNormAct2d after every KxK conv
+    assert (timm_row["convs"], timm_row["converted"]) == (17, 6) and timm_row["strict_load"]
+    assert timm_row["fused"] < 1e-12 and timm_row["preserve_eval"] == timm_row["preserve_train"] == 0.0
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
     pairs = {}  # the path of the largest builders: pair by pair (two pairs here), keys and shapes
     coverage._pair_by_pair(pairs, model, find_pairs(model).pairs[:2])

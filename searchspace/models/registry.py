@@ -13,7 +13,7 @@ names (``models/external.py``): it builds that model and converts it
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -87,7 +87,9 @@ def build_model(
     in_channels: int = 3,
     branches: Iterable[str] = BRANCH_TYPES,
     reparam: str = "offline",
-    **options: Any,
+    *,
+    options: Mapping[str, Any] | None = None,
+    **kw_options: Any,
 ) -> nn.Module:
     """Build a registered host whose every KxK conv is an ODBB with ``branches`` as candidates.
 
@@ -97,18 +99,20 @@ def build_model(
     all fuse into the same deploy network. The model carries ``model.spec`` (a :class:`ModelSpec`) so it
     can be described and rebuilt.
 
-    ``torchvision.<builder>`` and ``package.module:function`` build that model (``options``
-    are its keyword arguments) and convert its conv -> BN pairs with fresh blocks, as a
+    The model's options come as keyword arguments or, whatever their names (``name``,
+    ``options``...), as the ``options`` mapping. ``torchvision.<builder>``, ``timm.<name>`` and
+    ``package.module:function`` build that model (the options are its keyword arguments) and convert its conv -> BN pairs with fresh blocks, as a
     registered host's are (``ValueError`` when it has none); trained weights of the original
     load afterwards (:func:`searchspace.load_original_state_dict`), function-preserving.
     """
     if reparam not in REPARAM_FORMS:
         raise ValueError(f"reparam={reparam!r} is invalid; allowed: {', '.join(REPARAM_FORMS)}")
+    options = {**(options or {}), **kw_options}
     if is_external(name):
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_channels", in_channels)
         names = check_branches(branches)
-        original = build_original(name, num_classes, in_channels, **options)
+        original = build_original(name, num_classes, in_channels, options)
         model = convert(original, branches=names, reparam=reparam, preserve=False)
         model.spec = ModelSpec(name, num_classes, in_channels, dict(options), names, reparam)
         return model

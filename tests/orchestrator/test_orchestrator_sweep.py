@@ -219,3 +219,36 @@ def test_a_sweep_on_a_users_model_from_its_weights_registers_the_users_class(tmp
             mine.load_state_dict(logged.state_dict(), strict=True)  # the graph holds torchvision's own keys
             with torch.no_grad():
                 assert torch.equal(mine(x), logged(x))
+
+
+def test_a_sweep_on_a_timm_model_from_its_weights_loads_into_timms_class(tmp_path: Path, write_sweep: Any,
+                                                                          kit: Any) -> None:
+    """``model.name: timm.lcnet_035`` (BatchNormAct2d, depthwise, squeeze-excite) from a weights file:
+    each child run's MLflow model holds weights that load strictly into a fresh timm LCNet, which
+    then computes exactly what the logged model computes."""
+    import torch
+
+    timm = pytest.importorskip("timm")
+
+    def fresh() -> torch.nn.Module:
+        return timm.create_model("lcnet_035", num_classes=10)
+
+    torch.manual_seed(0)
+    torch.save(fresh().state_dict(), tmp_path / "w.pt")
+    sweep = kit.tiny_sweep(tmp_path, "timm", space={"search.budget": {"choice": [0.5, 0.75]}})
+    sweep["search"]["num_samples"] = 2
+    sweep["trial"]["model"] = {"name": "timm.lcnet_035", "weights": "w.pt"}
+    sweep["trial"]["data"].update({"channels": 3, "image_size": 16, "limit_train": 128})
+    proc = kit.run_cli([str(write_sweep(sweep))], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, kids = _children(MlflowClient(uri), "timm")
+    assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
+    x = torch.randn(2, 3, 16, 16)
+    with fluent_tracking_uri(uri):
+        for kid in kids:
+            logged = mlflow.pytorch.load_model(kid.data.tags["repnas.model_uri"])
+            mine = fresh().eval()
+            mine.load_state_dict(logged.state_dict(), strict=True)  # timm's own keys, BatchNormAct2d included
+            with torch.no_grad():
+                assert torch.equal(mine(x), logged(x))

@@ -172,7 +172,7 @@ def test_a_conv_registered_under_two_names_is_skipped() -> None:
 def test_a_model_that_does_not_trace_converts_nothing() -> None:
     with pytest.raises(NothingToConvertError, match="1 not traceable"):
         convert(_Dynamic())
-    with pytest.raises(NothingToConvertError, match="0 of 2 convs converted; skipped: 2 no BatchNorm after it"):
+    with pytest.raises(NothingToConvertError, match="0 of 2 convs converted; skipped 2 no BatchNorm after it: "):
         convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)))
 
 

@@ -14,17 +14,10 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_origin, get_type_hints
 
-from searchspace import (
-    BRANCH_TYPES,
-    IDENTITY,
-    QUANT_AWARE_FORMS,
-    TORCHVISION_PREFIX,
-    is_external,
-    list_models,
-    torchvision_model_names,
-)
+from searchspace import BRANCH_TYPES, IDENTITY, QUANT_AWARE_FORMS, is_external
 
 from ..errors import ConfigError
+from .hosts import check_factory_name, check_model_name, check_options
 from .presets import check_preset, layer_trial, with_preset
 from .schema import (
     apply_overrides,
@@ -79,10 +72,12 @@ _Format = Literal["state_dict", "torch_export", "torchscript", "onnx"]
 class ModelConfig:
     """Host network, its build options, training form and starting weights.
 
-    ``name``: a host of ``searchspace.list_models()`` or ``torchvision.<builder>`` (any
-    torchvision classification builder, converted: every eligible KxK conv -> BN pair becomes
-    an ODBB). ``factory``: instead of ``name``, a user's builder ``package.module:function``,
-    converted the same way. ``options``: the builder's keyword arguments. ``weights``: a local
+    ``name``: a host of ``searchspace.list_models()``, ``torchvision.<builder>`` (any
+    torchvision classification builder) or ``timm.<name>`` (any model of ``timm.list_models()``,
+    timm installed), converted: every eligible KxK conv -> BN pair becomes an ODBB.
+    ``factory``: instead of ``name``, a user's builder ``package.module:function``, converted
+    the same way. ``options``: the builder's keyword arguments, whatever their names (those
+    filled from the data, ``num_classes``, ``in_chans``/``in_channels``, and downloads are refused). ``weights``: a local
     ``state_dict`` of the original (unconverted) model to start from, loaded
     function-preserving (never downloaded). ``reparam``: ``offline`` trains every branch as
     its own convs and BNs (DBB, RepNAS); ``online`` composes each block's one KxK kernel from
@@ -105,47 +100,25 @@ class ModelConfig:
 
     def validate(self, path: str) -> None:
         if self.factory is not None:
-            _check_factory(self, path)
-        elif self.name.startswith(TORCHVISION_PREFIX):
-            _check_torchvision_name(self.name, join_path(path, "name"))
-        elif self.name not in list_models():
-            names = list_models()
-            hint = did_you_mean(self.name, names) or _torchvision_hint(self.name)
-            raise ConfigError(join_path(path, "name"), f"unknown model {self.name!r}{hint}; available: "
-                                                       f"{', '.join(names)}, or torchvision.<builder>")
+            if self.name != ModelConfig.name:
+                raise ConfigError(join_path(path, "factory"), f"set model.name ({self.name!r}) or model.factory, "
+                                                              f"not both")
+            check_factory_name(self.factory, join_path(path, "factory"))
+        else:
+            check_model_name(self.name, join_path(path, "name"))
+            # a factory's own parameters show once it is imported (trainables.run.build's model check)
+            check_options(self.host, self.options, join_path(path, "options"))
         if self.weights is not None:
             wpath = join_path(path, "weights")
             if not is_external(self.host):
-                raise ConfigError(wpath, f"loads a state_dict of a torchvision.<builder> or model.factory model; "
-                                         f"{self.name!r} is this project's own host")
+                raise ConfigError(wpath, f"loads a state_dict of a torchvision.<builder>, timm.<name> or "
+                                         f"model.factory model; {self.name!r} is this project's own host")
             if self.reparam in QUANT_AWARE_FORMS:
                 raise ConfigError(join_path(path, "reparam"), f"{self.reparam} cannot start from model.weights "
                                                               f"(its identity branch has no parameter to start at 0); "
                                                               f"use offline or online with weights")
             if not Path(self.weights).expanduser().is_file():
                 raise ConfigError(wpath, f"weights file {self.weights} not found (a state_dict saved with torch.save)")
-
-
-def _check_factory(model: ModelConfig, path: str) -> None:
-    fpath = join_path(path, "factory")
-    if model.name != ModelConfig.name:
-        raise ConfigError(fpath, f"set model.name ({model.name!r}) or model.factory, not both")
-    module, _, function = model.factory.partition(":") if model.factory else ("", "", "")
-    parts = [*module.split("."), *function.split(".")]
-    if not module or not function or not all(p.isidentifier() for p in parts):
-        raise ConfigError(fpath, f"{model.factory!r} is invalid; expected 'package.module:function'")
-
-
-def _check_torchvision_name(name: str, path: str) -> None:
-    names = torchvision_model_names()
-    if name not in names:
-        raise ConfigError(path, f"unknown torchvision model {name!r}{did_you_mean(name, names)}; expected "
-                                f"torchvision.<builder> for a builder of torchvision.models.list_models()")
-
-
-def _torchvision_hint(name: str) -> str:
-    """`` (did you mean 'torchvision.<name>'?)`` when ``name`` is a torchvision builder's name."""
-    return did_you_mean(TORCHVISION_PREFIX + name, torchvision_model_names()) if "." not in name else ""
 
 
 @dataclass(frozen=True)

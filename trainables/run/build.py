@@ -38,6 +38,7 @@ from searchspace import (
     resolve_factory,
 )
 
+from ..config.hosts import check_options
 from ..config.sections import BASELINES, TrialConfig
 from ..errors import ConfigError
 from ..search.gates import budget_to_k, min_kept
@@ -68,11 +69,12 @@ def _build(cfg: TrialConfig, num_classes: int, in_channels: int, branches: list[
             resolve_factory(cfg.model.factory)
         except ValueError as err:
             raise ConfigError("trial.model.factory", str(err)) from None
+        check_options(cfg.model.factory, cfg.model.options, "trial.model.options")
     if host.startswith(TORCHVISION_PREFIX) and in_channels != 3:
         raise ConfigError("trial.data.channels", f"{host} takes 3 input channels and {cfg.data.dataset} has "
                                                  f"{in_channels}: set data.channels: 3 (gray images repeated)")
     try:
-        return build_model(host, num_classes, in_channels, branches, cfg.model.reparam, **cfg.model.options)
+        return build_model(host, num_classes, in_channels, branches, cfg.model.reparam, options=cfg.model.options)
     except (NothingToConvertError, FactoryError) as err:
         raise ConfigError(_host_key(cfg), str(err)) from None
     except (TypeError, ValueError) as err:
