@@ -109,8 +109,24 @@ def _init_ray(cfg: SweepConfig) -> None:
 
 def run_sweep(cfg: SweepConfig, resume: bool, init_ray: Callable[[SweepConfig], None] = _init_ray,
               warm: WarmStart | None = None, resume_with: str | None = None) -> int:
-    """Parent run -> Tuner (new or restored; ``warm``: earlier sweeps' trials for a new one's
-    sampler) -> fit -> Pareto, registry, summary."""
+    """Run a validated sweep: parent run -> Tuner (new or restored) -> fit -> Pareto, registry, summary.
+
+    Args:
+        cfg: the sweep (:func:`orchestrator.sweep.load_sweep`).
+        resume: restore the interrupted sweep of this name (``Tuner.restore``) instead of starting.
+        init_ray: starts or joins Ray (a local Ray sized to this machine by default).
+        warm: earlier sweeps' trials for a new sweep's sampler (``search.warm_start``).
+        resume_with: the command line that resumes this sweep, printed when it is interrupted.
+
+    Returns:
+        The exit code: 0 every trial finished, 1 a trial failed or MLflow failed.
+
+    Raises:
+        SweepExistsError: the sweep exists and ``resume`` is false.
+        NothingToResumeError: ``resume`` with nothing to restore.
+        SweepLockedError: another driver runs this sweep.
+        KeyboardInterrupt: Ctrl-C or SIGTERM (``main`` turns it into exit 130).
+    """
     from .ray_tune.repair import set_aside_torn_snapshots
     from .ray_tune.tuner import can_restore, check_fresh
 

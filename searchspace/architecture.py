@@ -135,7 +135,14 @@ class Architecture:
 
 
 def architecture_of(model: nn.Module) -> Architecture:
-    """What ``model`` (built by ``build_model``) keeps: the active branches of each ODBB."""
+    """What ``model`` keeps: the active branches of each ODBB, as an :class:`Architecture`.
+
+    Args:
+        model: a model built by ``build_model`` (it carries ``model.spec``).
+
+    Raises:
+        ValueError: ``model`` has no ``ModelSpec`` (not built by ``build_model``).
+    """
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise ValueError(f"{type(model).__name__} has no ModelSpec in .spec; allowed: models from build_model()")

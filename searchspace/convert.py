@@ -208,14 +208,24 @@ def convert(
 ) -> nn.Module:
     """A copy of ``model`` whose eligible conv -> BN pairs are ODBBs with ``branches`` as candidates.
 
-    Eligible: odd K > 1 square kernel, dilation 1, padding K//2, any stride and groups, whose
-    output feeds a ``BatchNorm2d`` alone (see :func:`searchspace.pairs.find_pairs`).
-    ``preserve``: the copy computes exactly what ``model`` computes, in train and eval mode,
-    from its weights and BN statistics; ``False`` gives every block the standard fresh
-    initialisation of a new supernet (the original weights of the pairs are dropped).
-    ``identity``: blocks get the identity branch where stride 1 and C_in == C_out. Raises
-    :class:`NothingToConvertError` (a ``ValueError``) when nothing converts, saying why. ``model`` is unchanged;
-    the copy's ``conversion`` attribute is the :class:`Conversion` report.
+    Eligible: odd K > 1 square kernel, dilation 1, padding K//2 (or a same-padding conv subclass
+    where that is exact), any stride and groups, whose output feeds a ``BatchNorm2d`` (or a BN
+    subclass such as timm's ``BatchNormAct2d``) alone; see :func:`searchspace.pairs.find_pairs`.
+    ``model`` is unchanged; the copy's ``conversion`` attribute is the :class:`Conversion` report
+    (``conversion.summary()`` names every conv left alone and why).
+
+    Args:
+        model: any ``nn.Module`` of plain convs and BatchNorms (torchvision, timm, your own).
+        branches: candidate branch types of every block (``searchspace.BRANCH_TYPES``).
+        reparam: how the blocks train: ``offline``, ``online``, ``offline_qa`` or ``online_qa``.
+        identity: give blocks the identity branch where stride 1 and C_in == C_out.
+        preserve: the copy computes exactly what ``model`` computes, in train and eval mode, from
+            its weights and BN statistics; ``False`` gives every block a fresh initialisation.
+
+    Raises:
+        NothingToConvertError: no pair converts (a ``ValueError``; the message says why).
+        ValueError: ``model`` already holds ODBBs, ``preserve`` with a form or branch list that
+            cannot hold the original conv.
     """
     names = _check_reparam_branches(branches, reparam)
     if any(isinstance(m, ODBB) for m in model.modules()):
@@ -299,9 +309,16 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor])
     """Load a ``state_dict`` of the original model into the converted ``model``, in place.
 
     Every converted block is initialised from its conv and BN as :func:`convert` does with
-    ``preserve=True`` (the model then computes what the original with these weights
-    computes); everything else loads as it is. Keys and shapes must match exactly
-    (``ValueError`` naming the first few otherwise). Blocks must hold ``kxk``.
+    ``preserve=True`` (the model then computes what the original with these weights computes);
+    everything else loads as it is.
+
+    Args:
+        model: a model made by :func:`convert` (or ``build_model`` of an external host).
+        state_dict: the original model's state dict (``torch.load(path, weights_only=True)``).
+
+    Raises:
+        ValueError: keys or shapes that do not match exactly (the first few are named), or a block
+            without ``kxk``.
     """
     conversion = _require_conversion(model)
     check_original_state(model, {k: tuple(v.shape) for k, v in state_dict.items()})

@@ -82,10 +82,19 @@ def _restore_pair(block: ODBB, layer: ConvertedLayer) -> tuple[nn.Conv2d, _Batch
 def to_original(model: nn.Module) -> nn.Module:
     """A copy of the converted ``model`` as an instance of the user's original class.
 
-    Only the converted pairs change; every other module (and its training state) is the
-    converted model's. Eval outputs equal the supernet's (its active branches, as
-    ``reparameterize`` fuses them); blocks reduced to ``kxk`` also keep their train-mode
-    behaviour. ``model`` is not modified.
+    Only the converted pairs change (each becomes the original conv holding the fused kernel and
+    its BN an exact identity plus bias; a BN subclass keeps its class and its tail); every other
+    module is the converted model's. Eval outputs equal the supernet's; blocks reduced to ``kxk``
+    also keep their train-mode behaviour. ``model`` is not modified.
+
+    Args:
+        model: a model made by :func:`searchspace.convert` (or ``build_model`` of an external host).
+
+    Returns:
+        The user's class, loadable with ``strict=True`` into an unmodified instance.
+
+    Raises:
+        ValueError: ``model`` was not made by ``convert``.
     """
     conversion = _require_conversion(model)
     original = copy.deepcopy(model)

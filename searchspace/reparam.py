@@ -31,11 +31,16 @@ def _fuse_children(module: nn.Module) -> None:
 def reparameterize(model: nn.Module) -> nn.Module:
     """Deploy copy of ``model``: ODBBs and ConvBNs folded into plain convs, in eval mode.
 
-    Folding uses the running BN statistics (eval semantics) and only the active branches;
-    gates are ignored. The original model is not modified. BatchNorms that are not inside
-    a module with ``fuse()`` are left as they are (the registered hosts have none). A model
-    made by :func:`searchspace.convert` comes back as an instance of the user's own class
-    (:func:`searchspace.to_original`).
+    Folding uses the running BN statistics (eval semantics) and only the active branches; gates
+    are ignored. The original model is not modified. BatchNorms that are not inside a module with
+    ``fuse()`` are left as they are (the registered hosts have none).
+
+    Args:
+        model: a supernet from ``build_model``, ``convert`` or a trial.
+
+    Returns:
+        Plain convs only, the same outputs; a converted model comes back as the user's own class
+        (:func:`searchspace.to_original`).
     """
     if conversion_of(model) is not None:
         return to_original(model).eval()

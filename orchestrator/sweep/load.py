@@ -69,7 +69,19 @@ def apply_set(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
 
 def load_sweep(path: str | os.PathLike[str], overrides: list[str] | None = None,
                env: dict[str, str] | None = None) -> SweepConfig:
-    """Read, override (``MLFLOW_TRACKING_URI`` then ``--set``) and validate a sweep file."""
+    """Read, override and validate a sweep file: every check that can run before Ray starts.
+
+    Args:
+        path: the sweep YAML (its ``extends:`` chain is followed).
+        overrides: ``--set KEY=VALUE`` strings, applied after ``MLFLOW_TRACKING_URI``.
+        env: the environment to read (default ``os.environ``).
+
+    Returns:
+        The frozen :class:`SweepConfig`; ``cfg.base`` is the validated base trial.
+
+    Raises:
+        ConfigError: a bad key or value, named by its path (``trial.<key>``, ``space.<key>``...).
+    """
     env = dict(os.environ) if env is None else env
     raw = read_sweep_yaml(path)
     if env.get("MLFLOW_TRACKING_URI"):

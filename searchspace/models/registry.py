@@ -64,7 +64,9 @@ def register_model(fn: Factory | None = None, *, name: str | None = None) -> Any
 
 
 def list_models() -> list[str]:
-    """Names of the registered models, sorted."""
+    """Names of the registered hosts, sorted (``torchvision.<builder>``, ``timm.<name>`` and
+    ``package.module:function`` names build too, through :func:`build_model`).
+    """
     return sorted(_REGISTRY)
 
 
@@ -91,19 +93,27 @@ def build_model(
     options: Mapping[str, Any] | None = None,
     **kw_options: Any,
 ) -> nn.Module:
-    """Build a registered host whose every KxK conv is an ODBB with ``branches`` as candidates.
+    """Build a host whose every KxK conv (+BN) is an ODBB with ``branches`` as candidates.
 
-    ``reparam`` is how the ODBBs train: ``"offline"`` (a module per branch) or ``"online"``
-    (:class:`searchspace.online.OnlineODBB`, one composed conv per block), or their
-    quantization-aware arrangements ``"offline_qa"`` / ``"online_qa"`` (:mod:`searchspace.qa`);
-    all fuse into the same deploy network. The model carries ``model.spec`` (a :class:`ModelSpec`) so it
-    can be described and rebuilt.
+    All block forms fuse into the same deploy network. The model carries ``model.spec`` (a
+    :class:`ModelSpec`) so it can be described and rebuilt. ``torchvision.<builder>``,
+    ``timm.<name>`` and ``package.module:function`` build that model and convert its conv -> BN
+    pairs with fresh blocks; its trained weights load afterwards
+    (:func:`searchspace.load_original_state_dict`), function-preserving.
 
-    The model's options come as keyword arguments or, whatever their names (``name``,
-    ``options``...), as the ``options`` mapping. ``torchvision.<builder>``, ``timm.<name>`` and
-    ``package.module:function`` build that model (the options are its keyword arguments) and convert its conv -> BN pairs with fresh blocks, as a
-    registered host's are (``ValueError`` when it has none); trained weights of the original
-    load afterwards (:func:`searchspace.load_original_state_dict`), function-preserving.
+    Args:
+        name: a registered host (:func:`list_models`) or an external name as above.
+        num_classes: classes of the head.
+        in_channels: input channels.
+        branches: candidate branch types of every block.
+        reparam: ``offline`` (a module per branch), ``online`` (one composed conv per block,
+            :class:`searchspace.online.OnlineODBB`), or their quantization-aware arrangements
+            ``offline_qa`` / ``online_qa`` (:mod:`searchspace.qa`).
+        options: the host's own keyword arguments, whatever their names (``name``, ``branches``...).
+        **kw_options: more options as keywords (merged over ``options``).
+
+    Raises:
+        ValueError: an unknown host, form or option, or an external model with nothing to convert.
     """
     if reparam not in REPARAM_FORMS:
         raise ValueError(f"reparam={reparam!r} is invalid; allowed: {', '.join(REPARAM_FORMS)}")

@@ -350,7 +350,15 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, path: str = "trial") -> TrialConfig:
-        """Validate a plain mapping (missing keys take defaults); raises ``ConfigError``."""
+        """Validate a plain mapping (missing keys take their defaults).
+
+        Args:
+            data: a ``trial:`` mapping (or None for every default).
+            path: the key path errors are named under.
+
+        Raises:
+            ConfigError: a wrong type, an out-of-range value or an unknown key, named by its path.
+        """
         return load_dataclass(cls, with_preset(data, path), path)
 
     @classmethod

@@ -75,11 +75,17 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
                    workers: WorkerResources | None = None) -> Callable[[dict[str, Any]], None]:
     """A Ray Tune function trainable running ``run_trial`` on ``base_trial`` + the sampled keys.
 
-    ``base_trial`` is validated here, on the driver, so config errors surface before any
-    trial starts. Each trial gets its own deep copy of ``hooks``. With ``runtime.workers > 1``
-    the trial drives that many DDP workers, each with ``workers`` resources (default 1 CPU).
-    Paths in ``base_trial`` and the sampled keys are absolute (``orchestrator.sweep`` resolves
-    them): Tune runs each trial in a folder of its own.
+    Each trial gets its own deep copy of ``hooks``. A config carrying a ``Repeat`` reports that
+    earlier result without training. Paths in ``base_trial`` and the sampled keys must be absolute
+    (``orchestrator.sweep`` resolves them): Tune runs each trial in a folder of its own.
+
+    Args:
+        base_trial: the sweep's ``trial:`` mapping; validated here, on the driver.
+        hooks: tracking hooks, copied per trial.
+        workers: the resources of each DDP worker when ``runtime.workers > 1`` (default 1 CPU).
+
+    Raises:
+        ConfigError: ``base_trial`` is not a valid trial (before any trial starts).
     """
     base_config = TrialConfig.from_dict(dict(base_trial))
 

@@ -163,18 +163,29 @@ def run_trial(
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
 
-    ``placement``: one process by default; a ``trainables.ray_tune.distributed.DDPPlacement`` runs
-    this on every rank of a DDP group, where only rank 0 exports and writes checkpoints.
-    ``durable_checkpoints``: fsync every checkpoint; off when ``report`` copies it to the
-    run's storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
-    ``gpus_held``: the GPUs the whole trial holds (``gpu_seconds`` = ``train_seconds`` times it;
-    0.25 for a quarter of a GPU); None: one on a CUDA device, none on the CPU.
-    ``notice``: mid-epoch checkpoints into ``workdir/checkpoint`` (single process only): on
-    SIGTERM at once, then ``TrialPreempted`` is raised; and every ``checkpoint.every_steps`` /
-    ``every_seconds``. Without it (Ray Tune, whose checkpoints are the reported ones), epoch ends only.
+    Args:
+        config: the trial (``TrialConfig.from_dict`` / ``from_overrides``).
+        workdir: its folder (metrics, alpha, checkpoints, export).
+        hooks: tracking hooks (``TrialHook``; MLflow's is ``orchestrator.tracking.MLflowTrialHook``).
+        resume_from: a checkpoint folder to continue from (same trial identity).
+        report: called with each epoch's metrics and checkpoint folder (Ray Tune's ``tune.report``).
+        trial_name: the name hooks and logs use.
+        placement: one process by default; a ``trainables.ray_tune.distributed.DDPPlacement`` runs
+            this on every rank of a DDP group, where only rank 0 exports and writes checkpoints.
+        durable_checkpoints: fsync every checkpoint; off when ``report`` copies it to the run's
+            storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
+        gpus_held: the GPUs the whole trial holds (``gpu_seconds`` = ``train_seconds`` times it;
+            0.25 for a quarter of a GPU); None: one on a CUDA device, none on the CPU.
 
-    Raises ``ConfigError`` for user errors (bad data path, budget above the candidate
-    count, ...), ``CheckpointError`` for an unreadable ``resume_from``.
+    Returns:
+        The final metrics, the per-epoch history, the export and checkpoint folders, the summary.
+
+    Raises:
+        ConfigError: a user error (bad data path, budget above the candidate count, a checkpoint of
+            another trial identity, ...).
+        CheckpointError: an unreadable ``resume_from``.
+        NonFiniteLossError: the loss became NaN or infinite.
+        FusionMismatchError: the fused model does not compute what the supernet computes.
     """
     started = time.perf_counter()
     workdir = Path(workdir)
