@@ -21,9 +21,10 @@ HIDDEN = ("Checkpoint successfully created", "== Status ==", "Token authenticati
 
 @pytest.fixture(scope="module")
 def quiet_run(tmp_path_factory: pytest.TempPathFactory, kit: Any) -> QuietRun:
-    """Four trials: two on digits (finish), two on an image folder without train/ (fail on the worker)."""
+    """Four trials: two on digits (finish), two on an image folder whose one class folder holds no
+    images (the driver counts class folders; the trial reads them and fails on the worker)."""
     tmp = tmp_path_factory.mktemp("quiet")
-    (tmp / "images" / "val" / "cls").mkdir(parents=True)
+    (tmp / "images" / "train" / "cls").mkdir(parents=True)
     sweep = kit.tiny_sweep(tmp, name="quiet", search={"algorithm": "grid", "num_samples": 1})
     sweep["space"] = {"data.dataset": {"grid": ["digits", "imagefolder"]}, "optim.lr": {"grid": [0.05, 0.1]}}
     sweep["trial"]["data"]["root"] = str(tmp / "images")
@@ -49,13 +50,13 @@ def test_quiet_sweep_prints_one_line_per_finished_trial(quiet_run: QuietRun) -> 
 def test_failing_trial_error_and_error_file_in_quiet_output(quiet_run: QuietRun) -> None:
     tmp, proc = quiet_run
     out = proc.stdout + proc.stderr
-    missing = tmp / "images" / "train"
+    missing = tmp / "images" / "train" / "cls"
     failed = re.findall(r"^trial (repnas_trial_\S+) FAILED before its first epoch: .*ConfigError: trial\.data\.root: "
-                        rf"dataset files not found at {re.escape(str(missing))};.* \(traceback in (\S+)\)$",
+                        rf"class folder {re.escape(str(missing))} holds no image files.* \(traceback in (\S+)\)$",
                         out, re.MULTILINE)
     assert len(failed) == 2, out[-5000:]
     for name, error_file in failed:
         assert Path(error_file) == tmp / "ray_results" / "quiet" / name / "error.txt"
         assert str(missing) in Path(error_file).read_text()
-        assert f"  ! {name}: ConfigError: trial.data.root: dataset files not found at {missing}" in proc.stdout
+        assert f"  ! {name}: ConfigError: trial.data.root: class folder {missing} holds no image files" in proc.stdout
     assert out.count("Traceback (most recent call last)") >= 2  # Tune's own report of each failure
