@@ -41,10 +41,11 @@ def test_trial_worker_killed_restarts_from_checkpoint(tmp_path: Path, start_driv
 
 def test_nan_and_worker_only_data_error(tmp_path: Path) -> None:
     """A diverging trial (real divergence: a huge weight decay) ends at once with the reason and
-    is not retried; a trial whose data folder lacks train/ (valid on the driver, fails where the
-    trial runs) errors naming the path; the healthy trial finishes; the Pareto front ignores both."""
+    is not retried; a trial whose image folder's class folder holds no images (the driver counts
+    class folders; the trial reads them where it runs) errors naming the path; the healthy trial
+    finishes; the Pareto front ignores both."""
     broken = tmp_path / "images"
-    (broken / "val" / "cls").mkdir(parents=True)  # train/ missing
+    (broken / "train" / "cls").mkdir(parents=True)  # a class without images
     data = sweep(tmp_path, "faults", failure={"max_failures": 2})
     data["space"] = {"optim.weight_decay": {"grid": [1.0e-4, 1.0e+6]}, "data.dataset": {"grid": ["digits", "imagefolder"]}}
     data["trial"]["data"]["root"] = str(broken)
