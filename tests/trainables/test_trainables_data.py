@@ -89,3 +89,19 @@ def test_peak_memory_window_excludes_freed_memory_of_a_previous_trial() -> None:
     del small
     memory.reset()  # the next trial's window: the freed heap is trimmed, not counted
     assert memory.peak_mb() < before + 40
+
+
+def test_the_dataset_registry_describes_the_data_it_names() -> None:
+    """``trainables.config.datasets`` is the one table of dataset facts; digits (the one set every
+    machine has) as read agrees with it: classes, channels, side, training images, no test split."""
+    from trainables.config.datasets import DATASETS, dataset_info
+
+    info = dataset_info("digits")
+    bundle = build_data(DataConfig(dataset="digits", val_fraction=0.2), seed=0)
+    assert bundle.num_classes == info.classes and bundle.in_channels == info.channels
+    assert bundle.example_shape == (info.channels, info.size, info.size)
+    assert len(bundle.train) + len(bundle.val) == info.train_images and bundle.test is None and info.test_images == 0
+    for name in DATASETS:  # every entry is complete where the data is known before reading it
+        entry = dataset_info(name)
+        assert (entry.mean is None) == (entry.std is None) == (name == "imagefolder")
+        assert entry.mean is None or len(entry.mean) == entry.channels

@@ -6,6 +6,7 @@ package without importing the search engine or a trial's run.
 """
 
 from . import metrics, schema, sweepfile
+from .datasets import DATASET_INFO, DatasetInfo, dataset_info
 from .metrics import (
     EPOCH_METRICS,
     FINAL_METRICS,
@@ -36,7 +37,8 @@ from .sweepfile import load_trial_section, read_sweep_yaml
 
 __all__ = [
     "TrialConfig", "ModelConfig", "DataConfig", "SearchConfig", "OptimConfig", "RuntimeConfig", "ExportConfig",
-    "Int8Config", "check_trial_key", "BASELINES", "DATASETS", "EXPORT_FORMATS", "RECIPE_PRESETS", "layer_trial",
+    "Int8Config", "check_trial_key", "BASELINES", "DATASETS", "DATASET_INFO", "DatasetInfo", "dataset_info",
+    "EXPORT_FORMATS", "RECIPE_PRESETS", "layer_trial",
     "apply_overrides", "flatten_overrides", "parse_override", "did_you_mean", "read_sweep_yaml",
     "load_trial_section", "REPEAT_KEY", "Repeat", "EPOCH_METRICS", "FINAL_METRICS", "OPTIONAL_FINAL_METRICS",
     "INT8_METRICS", "PHASES", "objective_metric_names", "scheduler_metric_names", "metrics", "schema", "sweepfile",

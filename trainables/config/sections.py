@@ -16,6 +16,7 @@ from typing import Any, Literal, get_origin, get_type_hints
 from searchspace import BRANCH_TYPES, IDENTITY, QUANT_AWARE_FORMS, is_external
 
 from ..errors import ConfigError
+from .datasets import DATASETS, dataset_info
 from .hosts import check_factory_name, check_model_name, check_options
 from .presets import check_preset, layer_trial, with_preset
 from .running import (
@@ -51,14 +52,9 @@ __all__ = [
     "apply_overrides",
     "BASELINES",
     "DATASETS",
-    "NATIVE_CHANNELS",
     "EXPORT_FORMATS",
 ]
 
-DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
-NATIVE_CHANNELS: dict[str, int] = {"digits": 1, "fashion_mnist": 1, "mnist": 1, "cifar10": 3, "cifar100": 3,
-                                   "imagefolder": 3}
-"""Channels of each dataset's images as stored."""
 
 BASELINES: dict[str, tuple[tuple[str, ...], bool]] = {
     "plain": (("kxk",), False),
@@ -69,7 +65,7 @@ BASELINES: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 """Fixed-architecture baselines: method -> (branch types, identity where shapes allow)."""
 
-_Dataset = Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
+_Dataset = Literal[DATASETS]  # type: ignore[valid-type]  # the registry's names
 
 
 @dataclass(frozen=True)
@@ -171,7 +167,7 @@ class DataConfig:
             if getattr(self, key) != default:
                 raise ConfigError(join_path(path, key), f"applies to dataset: imagefolder; {self.dataset} is "
                                                         f"normalised with its published statistics")
-        native = NATIVE_CHANNELS[self.dataset]
+        native = dataset_info(self.dataset).channels
         if self.channels is not None and self.channels != native and native != 1:
             raise ConfigError(join_path(path, "channels"), f"{self.dataset} has {native} channels; only "
                                                            f"single-channel images can be repeated (null keeps {native})")
@@ -197,7 +193,7 @@ class DataConfig:
     @property
     def in_channels(self) -> int:
         """Channels of the images the model gets."""
-        return self.channels or NATIVE_CHANNELS[self.dataset]
+        return self.channels or dataset_info(self.dataset).channels
 
 
 _check_arch_lr_value = between(0.0, 10.0, low_open=True)

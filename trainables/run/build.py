@@ -24,9 +24,9 @@ from torch import nn
 from searchspace import (
     BRANCH_TYPES,
     IDENTITY,
-    FactoryError,
     TORCHVISION_PREFIX,
     Architecture,
+    FactoryError,
     LayerArch,
     NothingToConvertError,
     build_from_architecture,
@@ -38,6 +38,7 @@ from searchspace import (
     resolve_factory,
 )
 
+from ..config.datasets import dataset_info
 from ..config.hosts import check_options
 from ..config.sections import BASELINES, TrialConfig
 from ..errors import ConfigError
@@ -47,9 +48,6 @@ from .weights import read_state_dict
 
 __all__ = ["build_trial_model", "check_trial_model", "num_candidates", "dataset_classes"]
 
-# classes of the built-in datasets, known without reading them (imagefolder: its class folders)
-_CLASSES: dict[str, int | None] = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
-                                   "imagefolder": None}
 
 
 def num_candidates(model: nn.Module) -> int:
@@ -207,7 +205,7 @@ def build_trial_model(cfg: TrialConfig, num_classes: int, in_channels: int) -> n
 
 def dataset_classes(cfg: TrialConfig) -> int | None:
     """The dataset's classes without reading it (an image folder's: its class folders, if there)."""
-    classes = _CLASSES[cfg.data.dataset]
+    classes = dataset_info(cfg.data.dataset).classes
     if classes is None and cfg.data.root:
         train = Path(cfg.data.root).expanduser() / "train"
         classes = sum(1 for p in train.iterdir() if p.is_dir()) if train.is_dir() else None

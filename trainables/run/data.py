@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..config.datasets import dataset_info
 from ..config.sections import DataConfig
 from ..errors import ConfigError
 
@@ -28,18 +29,11 @@ if TYPE_CHECKING:  # torchvision is imported where a dataset needs it (~1.3 s; d
     from torchvision import datasets
 
 __all__ = ["DataBundle", "build_data", "make_loader", "TensorImages", "FASHION_MNIST_ROOT", "cache_dir", "LoaderSettings",
-           "auto_num_workers", "light_items", "split_indices", "NATIVE_SIZE", "STATS"]
+           "auto_num_workers", "light_items", "split_indices"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 _ROOT_PATH = "trial.data.root"
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-STATS = {  # per-channel mean/std used for normalisation
-    "digits": ((0.3055,), (0.3775,)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 Transform = Callable[[object], torch.Tensor]
 
 
@@ -152,7 +146,8 @@ def _prepared(cfg: DataConfig, images: TensorImages) -> TensorImages:
         from torchvision import transforms
 
         images.images = transforms.Resize(cfg.image_size, antialias=True)(images.images)
-    mean, std = (torch.tensor(v, dtype=images.images.dtype).view(-1, 1, 1) for v in STATS[cfg.dataset])
+    info = dataset_info(cfg.dataset)
+    mean, std = (torch.tensor(v, dtype=images.images.dtype).view(-1, 1, 1) for v in (info.mean, info.std))
     images.images = images.images.sub(mean).div_(std)
     if cfg.channels and cfg.channels != images.images.shape[1]:
         images.images = images.images.expand(-1, cfg.channels, -1, -1)
@@ -179,10 +174,6 @@ def _open(cfg: DataConfig, train: bool) -> TensorImages:
         return _prepared(cfg, _decoded(cls(str(root), train=train, download=cfg.download)))
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise _missing(root, f"set trial.data.root to the folder holding {cls.base_folder}/, or set trial.data.download: true ({err})") from None
-
-
-NATIVE_SIZE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
-"""Side of each built-in dataset's images."""
 
 
 def split_indices(cfg: DataConfig, n: int, seed: int, carve: bool = True) -> tuple[list[int], list[int]]:
@@ -227,7 +218,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
     (``split_indices``), or an image folder's own ``val/``."""
     if cfg.dataset == "imagefolder":
         return _folder_data(cfg, seed)
-    size = cfg.image_size or NATIVE_SIZE[cfg.dataset]
+    size = cfg.image_size or dataset_info(cfg.dataset).size
     eval_full = _open(cfg, True)
     train_full = TensorImages(eval_full.images, eval_full.targets, eval_full.classes, _augment(cfg, size))
     train_idx, val_idx = split_indices(cfg, len(train_full), seed)

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config.datasets import dataset_info
 from ..config.sections import TrialConfig
-from .data import NATIVE_SIZE, STATS, split_indices
+from .data import split_indices
 
 __all__ = ["DataFacts", "data_facts"]
 
-_SPLIT_SIZES = {"digits": (1797, 0), "mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
-                "cifar10": (50000, 10000), "cifar100": (50000, 10000)}
-_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 @dataclass(frozen=True)
@@ -54,19 +52,20 @@ def _weights_notice(cfg: TrialConfig, fix: str) -> list[str]:
 
 def _builtin(cfg: TrialConfig) -> DataFacts:
     data = cfg.data
-    n_train, n_test = _SPLIT_SIZES[data.dataset]
+    info = dataset_info(data.dataset)
+    n_train, n_test = info.train_images, info.test_images
     train, val = split_indices(data, n_train, cfg.seed)
     seed = "data.split_seed" if data.split_seed is not None else "each trial's seed"
     images = {"train": (len(train), "training split" + (f", limit_train {data.limit_train}" if data.limit_train else "")),
               "val": (len(val), f"carved from the training split (val_fraction {data.val_fraction}, split by {seed})")}
     if n_test:
         images["test"] = (n_test, "the dataset's test split")
-    side = data.image_size or NATIVE_SIZE[data.dataset]
-    native = 3 if data.dataset.startswith("cifar") else 1
-    mean, std = STATS[data.dataset]
+    side = data.image_size or info.size
+    native = info.channels
+    mean, std = info.mean, info.std
     notices = [] if data.split_seed is not None else _weights_notice(
         cfg, "set data.split_seed to the seed of the split the weights were trained on")
-    return DataFacts(data.dataset, _CLASSES[data.dataset], images, (side, side),
+    return DataFacts(data.dataset, info.classes, images, (side, side),
                      "data.image_size" if data.image_size else "native", data.in_channels,
                      "native" if data.in_channels == native else "the gray channel repeated (data.channels)",
                      f"mean {list(mean)}, std {list(std)} (the dataset's published statistics)", notices)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from ..config.datasets import dataset_info
 from ..config.sections import TrialConfig
 from ..errors import ConfigError
 from .build import build_trial_model, dataset_classes
-from .data import NATIVE_SIZE
 from .weights import WEIGHTS_KEY, read_state_dict
 
 __all__ = ["probe_trial"]
@@ -57,7 +57,7 @@ def probe_trial(cfg: TrialConfig, data_here: bool = True) -> list[str]:
         if taken:
             notes.append(f"{WEIGHTS_KEY}: {taken} from {cfg.model.weights}")
     classes, channels = dataset_classes(cfg), cfg.data.in_channels
-    side = cfg.data.image_size or NATIVE_SIZE.get(cfg.data.dataset)  # an image folder's: its first image's
+    side = cfg.data.image_size or dataset_info(cfg.data.dataset).size  # an image folder's: its first image's
     if classes is None:
         if not data_here:
             return notes  # the head, the weights' head and an architecture file all need the class count

@@ -102,7 +102,13 @@ class _Reader:
 
 def quantize_onnx(fp32: Path, out: Path, calibration: DataLoader) -> Path:
     """Write the INT8 (QDQ, per-channel, S8S8) model of the float32 ONNX ``fp32`` to ``out``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     class Reader(_Reader, CalibrationDataReader):  # ORT checks the base class
         pass
