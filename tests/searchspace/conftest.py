@@ -43,3 +43,26 @@ def _randomize_bn(model: nn.Module, generator: torch.Generator, warmup: torch.Te
 def randomize_bn() -> Callable[..., None]:
     """``randomize_bn(model, generator, warmup=None, spread=1.0)``: see ``_randomize_bn``."""
     return _randomize_bn
+
+
+def _assert_fuses_exactly(block: nn.Module, generator: torch.Generator, kernel_size: int, stride: int,
+                          groups: int, tol: float = 1e-9) -> None:
+    """``block.fuse()`` is one KxK conv of the block's geometry computing what the float64 block
+    computes (eval mode), on inputs of odd height and width, to ``tol``."""
+    fused = block.fuse()
+    assert (fused.kernel_size, fused.stride, fused.padding, fused.groups) == (
+        (kernel_size, kernel_size), (stride, stride), (kernel_size // 2,) * 2, groups)
+    cin = fused.in_channels
+    for h, w in ((7, 9), (11, 13)):
+        x = torch.randn(2, cin, h, w, generator=generator, dtype=torch.float64) * 3
+        with torch.no_grad():
+            ref, out = block(x), fused(x)
+        assert out.shape == ref.shape
+        assert 1.0 <= ref.abs().max() <= 1000.0  # outputs of a meaningful magnitude
+        assert (out - ref).abs().max() <= tol, (out - ref).abs().max()
+
+
+@pytest.fixture
+def assert_fuses_exactly() -> Callable[..., None]:
+    """``assert_fuses_exactly(block, generator, kernel_size, stride, groups)``: see ``_assert_fuses_exactly``."""
+    return _assert_fuses_exactly

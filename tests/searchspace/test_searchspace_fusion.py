@@ -189,7 +189,8 @@ def _cases() -> list[tuple[str, str, int, int]]:
 
 
 @pytest.mark.parametrize("case,config,kernel_size,stride", _cases())
-def test_odbb_fuse_is_exact_float64(case: str, config: str, kernel_size: int, stride: int, randomize_bn) -> None:
+def test_odbb_fuse_is_exact_float64(case: str, config: str, kernel_size: int, stride: int, randomize_bn,
+                                    assert_fuses_exactly) -> None:
     cin, cout, groups = CONFIGS[config]
     branches = () if case == "identity" else BRANCH_TYPES if case == "all" else (case,)
     identity = case in ("identity", "all")
@@ -199,13 +200,4 @@ def test_odbb_fuse_is_exact_float64(case: str, config: str, kernel_size: int, st
     assert block.branch_names == expected
     assert block.has_identity == (identity and stride == 1 and cin == cout)
     randomize_bn(block, g, warmup=torch.randn(4, cin, 9, 9, generator=g, dtype=F64) * 3)
-    fused = block.fuse()
-    assert (fused.kernel_size, fused.stride, fused.padding, fused.groups) == (
-        (kernel_size, kernel_size), (stride, stride), (kernel_size // 2,) * 2, groups)
-    for h, w in ((7, 9), (11, 13)):
-        x = torch.randn(2, cin, h, w, generator=g, dtype=F64) * 3
-        with torch.no_grad():
-            ref, out = block(x), fused(x)
-        assert out.shape == ref.shape
-        assert 1.0 <= ref.abs().max() <= 1000.0  # outputs of a meaningful magnitude
-        assert (out - ref).abs().max() <= TOL, (out - ref).abs().max()
+    assert_fuses_exactly(block, g, kernel_size, stride, groups, TOL)

@@ -61,22 +61,14 @@ def _randomize_scales(block: nn.Module, g: torch.Generator) -> None:
 
 @pytest.mark.parametrize("form,case,config,kernel_size,stride", _cases())
 def test_qa_fuse_is_exact_float64(form: str, case: str, config: str, kernel_size: int, stride: int,
-                                  randomize_bn) -> None:
+                                  randomize_bn, assert_fuses_exactly) -> None:
     cin, cout, groups = CONFIGS[config]
     branches, identity = _branches(case)
     g = torch.Generator().manual_seed(zlib.crc32(f"{form}/{case}/{config}/{kernel_size}/{stride}".encode()))
     block = odbb_class(form)(cin, cout, kernel_size, stride, groups, branches=branches, identity=identity).double()
     _randomize_scales(block, g)
     randomize_bn(block, g, warmup=torch.randn(4, cin, 9, 9, generator=g, dtype=F64) * 3)
-    fused = block.fuse()
-    assert (fused.kernel_size, fused.stride, fused.padding, fused.groups) == (
-        (kernel_size, kernel_size), (stride, stride), (kernel_size // 2,) * 2, groups)
-    for h, w in ((7, 9), (11, 13)):
-        x = torch.randn(2, cin, h, w, generator=g, dtype=F64) * 3
-        with torch.no_grad():
-            ref, out = block(x), fused(x)
-        assert 1.0 <= ref.abs().max() <= 1000.0
-        assert (out - ref).abs().max() <= TOL, (out - ref).abs().max()
+    assert_fuses_exactly(block, g, kernel_size, stride, groups, TOL)
 
 
 def test_offline_qa_is_one_bn_after_an_unnormalised_identity_and_1x1(randomize_bn) -> None:

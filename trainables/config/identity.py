@@ -11,8 +11,10 @@ A trial's identity is every dotted key of its config except:
 
 - the inert ``search.*`` keys (:func:`inert_keys`): options that cannot act given the others;
 - :data:`NOT_DECIDING`: keys that change how fast a trial runs or what it writes, never what it
-  learns. Each is tested by training both values to the same bits
-  (tests/trainables/test_trainables_identity.py). ``runtime.precision``, ``runtime.device``,
+  learns. Those that act during training are tested by training both values to the same bits
+  (``data.num_workers``: tests/trainables/test_trainables_identity.py; ``checkpoint.*``:
+  tests/trainables/test_trainables_preemption.py); the others act only after training (latency
+  measurement, export formats). ``export.int8.*`` stays in: it decides the INT8 metrics. ``runtime.precision``, ``runtime.device``,
   ``runtime.num_threads`` (measured: 1 and 2 intra-op threads give different sums in the last bits),
   ``runtime.channels_last``, ``runtime.compile``, ``runtime.workers`` and ``runtime.sync_bn``
   change the numbers or may, and are part of the identity. A sweep resolves an unset
