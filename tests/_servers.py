@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MlflowServer", "S3Server", "free_port", "kill_group"]
+__all__ = ["MlflowServer", "S3Server", "free_port", "kill_session"]
 
 
 def free_port() -> int:
@@ -22,12 +22,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL a process group, ignoring one that is already gone."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``, read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while we read
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def kill_session(sid: int, timeout: float = 30) -> None:
+    """SIGKILL every process of the session a ``start_new_session=True`` child leads, and wait
+    until they are gone. Not just its process group: Ray puts each trial worker in a group of
+    its own, and a worker left alive goes on writing checkpoints into the test's folders."""
+    assert sid != os.getsid(0), "refusing to kill the test run's own session"
+    deadline = time.monotonic() + timeout
+    while members := _session_members(sid):
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert time.monotonic() < deadline, f"processes {members} of session {sid} outlived SIGKILL"
+        time.sleep(0.05)
 
 
 @dataclass
@@ -62,7 +83,7 @@ class MlflowServer:
     def stop(self) -> None:
         """Kill the server and its workers."""
         if self.proc is not None:
-            kill_group(self.proc.pid)
+            kill_session(self.proc.pid)
             self.proc.wait()
             self.proc = None
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from _servers import MlflowServer, free_port, kill_group
+from _servers import MlflowServer, free_port, kill_session
 from mlflow.tracking import MlflowClient
 
 EPOCHS = 4
@@ -106,8 +106,8 @@ class Driver:
         assert self.proc.poll() is None, "the driver had already ended"
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        time.sleep(1.0)
-        kill_group(self.proc.pid)
+        time.sleep(1.0)  # what the orphaned Ray processes do in the second after a crash
+        kill_session(self.proc.pid)
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def start_driver(tmp_path: Path) -> Iterator[Callable[..., Driver]]:
 
     yield _start
     for d in started:
-        kill_group(d.proc.pid)
+        kill_session(d.proc.pid)
         d.proc.wait()
 
 
