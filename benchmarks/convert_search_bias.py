@@ -35,12 +35,12 @@ from typing import Any
 import torch
 
 from searchspace import BRANCH_TYPES, build_original, odbb_layers
-from trainables.run.build import build_trial_model
+from trainables.config.schema import parse_override
 from trainables.config.sections import TrialConfig
+from trainables.config.sweepfile import load_trial_section
+from trainables.run.build import build_trial_model
 from trainables.run.data import build_data, make_loader
 from trainables.search.engine import SearchEngine
-from trainables.config.schema import parse_override
-from trainables.config.sweepfile import load_trial_section
 
 ARMS = ("fresh", "zero-start random", "zero-start trained", "trained, fresh branches", "zero-start trained, keep kxk")
 SEARCH = {"search.method": "odbb", "search.preset": "short", "search.keep_kxk": False}

@@ -118,8 +118,8 @@ def run(names: Sequence[str], batches: Sequence[tuple[int, int]], rounds: int, m
 
 def markdown(rows: list[dict]) -> str:
     """The result table in Markdown (ms: best per-call time over all rounds)."""
-    lines = ["| model | batch | input | multi-branch ms | deploy ms | plain ms | deploy/plain | multi/deploy "
-             "| deploy/plain of medians |",
+    lines = [("| model | batch | input | multi-branch ms | deploy ms | plain ms | deploy/plain | multi/deploy "
+             "| deploy/plain of medians |"),
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['input']} | {r['multi']:.1f} | {r['deploy']:.1f} | "

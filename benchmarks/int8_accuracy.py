@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -124,7 +125,7 @@ def _welch(a: list[float], b: list[float]) -> str:
     if len(a) < 2 or len(b) < 2:
         return "-"
     p = stats.ttest_ind(a, b, equal_var=False).pvalue
-    return "n/a" if p != p else f"{p:.3f}"
+    return "n/a" if math.isnan(p) else f"{p:.3f}"
 
 
 def _mean_std(values: list[float], scale: float = 1.0) -> str:
@@ -141,11 +142,11 @@ def report(rows: list[dict[str, Any]], out: Path, settings: dict[str, Any]) -> s
     for r in rows:
         groups.setdefault((r["host"], r["method"], r["form"]), []).append(r)
     lines = [f"Settings: {json.dumps(settings)}", "",
-             "| host | method | form | seeds | fp32 test % | INT8 test % | drop (pts) | Welch p, QA vs std (INT8 acc / drop) "
-             "| fp32 ORT ms | INT8 ORT ms | weight range med/max | act range med/max | train s |",
+             ("| host | method | form | seeds | fp32 test % | INT8 test % | drop (pts) | Welch p, QA vs std (INT8 acc / drop) "
+             "| fp32 ORT ms | INT8 ORT ms | weight range med/max | act range med/max | train s |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (host, method, form), rs in sorted(groups.items()):
-        col = lambda k: [r[k] for r in rs if k in r]  # noqa: E731
+        col = lambda k, rs=rs: [r[k] for r in rs if k in r]
         p = "-"
         if form.endswith("_qa"):
             std = groups.get((host, method, form.removesuffix("_qa")), [])

@@ -22,7 +22,12 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.ray_tune.repeats import config_key
 from orchestrator.sweep import load_sweep
-from orchestrator.tracking.parent_run import TAG_PARENT, TAG_REPEAT_OF, TAG_SWEEP, TAG_TRIAL
+from orchestrator.tracking.parent_run import (
+    TAG_PARENT,
+    TAG_REPEAT_OF,
+    TAG_SWEEP,
+    TAG_TRIAL,
+)
 from orchestrator.tracking.runs import typed
 
 

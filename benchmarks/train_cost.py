@@ -205,8 +205,8 @@ def _worker(model_key: str, config_key: str, reparam: str, size: int, args: argp
     from torch._dynamo.utils import counters
     from torch.utils.data import DataLoader, TensorDataset
 
-    from trainables.run.build import build_trial_model
     from trainables.config.sections import TrialConfig
+    from trainables.run.build import build_trial_model
     from trainables.search.engine import SearchEngine
 
     device = torch.device(args.device)
@@ -285,9 +285,9 @@ def _ratio(a: Row | str | None, b: Row | str | None, key: str) -> str:
 
 def _table(results: Results, args: argparse.Namespace) -> str:
     """One markdown row per measured (or skipped) configuration."""
-    lines = ["| model @ input | config | branches kept / candidates | form | precision | channels_last | compile "
+    lines = [("| model @ input | config | branches kept / candidates | form | precision | channels_last | compile "
              "| step (s) | x plain | x eager plain | online / offline | warm-up s | peak MB | x plain "
-             "| online / offline | graphs | breaks |", "|" + "---|" * 17]
+             "| online / offline | graphs | breaks |"), "|" + "---|" * 17]
     first = args.reparam[0]
     for label, runtimes in results.items():
         for runtime, forms in runtimes.items():

@@ -120,19 +120,42 @@ def test_convert_coverage_rows() -> None:
     from searchspace import find_pairs
 
     coverage = _script("convert_coverage")
-    row = coverage._worker("shufflenet_v2_x0_5", 0, 1e9)  # the whole model, float64
+    row = coverage._worker("shufflenet_v2_x0_5", 1e9)  # the whole model, float64
     assert (row["convs"], row["converted"], row["skipped"]) == (56, 20, {"1x1 kernel": 36})
     assert row["preserve_eval"] == row["preserve_train"] == 0.0 and row["strict_load"]
     assert row["fused"] < 1e-12 and row["fused_output"] < 1e-12 and row["rounding_control"] > 0
     assert "| shufflenet_v2_x0_5 | 56 | 20 | 1x1 kernel: 36 | 32 | 0 / 0 |" in coverage.markdown([row])
-    assert coverage._worker("vit_b_16", 0, 1e9)["converted"] == 0
-    timm_row = coverage._worker("test_efficientnet", 0, 1e9, "timm")  # BatchNormAct2d after every KxK conv
+    assert coverage._worker("vit_b_16", 1e9)["converted"] == 0
+    timm_row = coverage._worker("test_efficientnet", 1e9, "timm")  # BatchNormAct2d after every KxK conv
     assert (timm_row["convs"], timm_row["converted"]) == (17, 6) and timm_row["strict_load"]
     assert timm_row["fused"] < 1e-12 and timm_row["preserve_eval"] == timm_row["preserve_train"] == 0.0
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
     pairs = {}  # the path of the largest builders: pair by pair (two pairs here), keys and shapes
     coverage._pair_by_pair(pairs, model, find_pairs(model).pairs[:2])
     assert pairs["preserve_eval"] == pairs["preserve_train"] == 0.0 and pairs["fused"] < 1e-12 and pairs["strict_load"]
+
+
+def test_convert_step_cost_updates_coverage_rows(tmp_path: Path) -> None:
+    """The step-cost script times the converting rows of a coverage JSON in place and leaves the rest."""
+    import json
+    import sys
+
+    rows = [{"builder": "shufflenet_v2_x0_5", "convs": 56, "converted": 20, "skipped": {}, "input": 32,
+             "preserve_eval": 0.0, "preserve_train": 0.0, "fused": 0.0, "strict_load": True},
+            {"builder": "vit_b_16", "convs": 1, "converted": 0, "skipped": {"even kernel": 1}}]
+    path = tmp_path / "coverage.json"
+    path.write_text(json.dumps({"torchvision": "x", "rows": rows}))
+    argv = sys.argv
+    sys.argv = ["convert_step_cost.py", "--json", str(path), "--steps", "1", "--markdown", str(tmp_path / "t.md")]
+    try:
+        _script("convert_step_cost").main()
+    finally:
+        sys.argv = argv
+    timed, untouched = json.loads(path.read_text())["rows"]
+    assert timed["online_x_plain"] == pytest.approx(timed["step_online_s"] / timed["step_plain_s"])
+    assert timed["online_x_plain"] > 1.0  # seven branches per converted conv cost more than one
+    assert untouched == rows[1]
+    assert f"| yes | {timed['online_x_plain']:.2f} |" in (tmp_path / "t.md").read_text()
 
 
 def test_repeat_audit_finds_repeats_up_to_inert_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
