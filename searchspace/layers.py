@@ -8,9 +8,10 @@
 * A ``nn.Conv2d`` subclass pairs when its forward is exactly a conv padded by K//2 on every
   side, checked on probe inputs of odd and even size (float64, random weights on the CPU):
   timm's ``Conv2dSame`` at stride 1 with odd K (its TF "same" padding is then K//2 on each
-  side), a subclass that adds nothing to ``forward``. TF "same" padding at stride > 1 depends
-  on the input size (asymmetric on even sizes) and is refused, as is weight standardisation
-  (timm's ``StdConv2d``).
+  side), a subclass that adds nothing to ``forward``. "Same" padding at stride > 1 is
+  asymmetric (timm's ``Conv2dSame``: on even input sizes; efficientnet-pytorch's
+  ``Conv2dStaticSamePadding``: fixed for one image size) and is refused with that reason, as is
+  weight standardisation (timm's ``StdConv2d``: ``conv subclass``).
 * :func:`template` keeps a subclass's class and hyper-parameters (on the meta device) so
   ``to_original`` gives the user's own module classes back.
 """
@@ -97,19 +98,35 @@ def subclass_conv_problem(conv: nn.Conv2d) -> tuple[str, str] | None:
         except Exception as err:  # noqa: BLE001 - a forward that needs other inputs cannot be checked
             return "conv subclass", f"{name}'s forward failed on a {size}x{size} probe: {type(err).__name__}: {err}"
         want = F.conv2d(x, probe.weight, probe.bias, probe.stride, k // 2, 1, probe.groups)
-        if not isinstance(got, Tensor) or got.shape != want.shape:
-            shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
-            return _mismatch(name, stride, size, k, f"output {shape} instead of {tuple(want.shape)}", size == even)
-        error = (got - want).abs().max().item() / max(1.0, want.abs().max().item())
-        if not error <= _PROBE_TOLERANCE:
-            return _mismatch(name, stride, size, k, f"relative error {error:.1e}", size == even)
+        if isinstance(got, Tensor) and got.shape == want.shape and _relative(got, want) <= _PROBE_TOLERANCE:
+            continue
+        shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+        what = (f"output {shape} instead of {tuple(want.shape)}" if shape != tuple(want.shape)
+                else f"relative error {_relative(got, want):.1e}")
+        detail = f"{name} on a {size}x{size} probe differs from a conv padded by {k // 2} on every side ({what})"
+        pads = _same_padding(probe, x, got) if stride > 1 and isinstance(got, Tensor) else None
+        if pads is None:
+            return "conv subclass", detail
+        how = ("depends on the input size" if size == even else  # the odd probe was padded by K//2
+               f"is {pads[0]} before and {pads[1]} after on each side (a fixed 'same' padding)")
+        return "same padding at stride > 1", f"{detail}: its padding at stride {stride} {how}"
     return None
 
 
-def _mismatch(name: str, stride: int, size: int, k: int, what: str, only_even: bool) -> tuple[str, str]:
-    """The reason: same padding when only the even-sized probe differs at stride > 1 (there TF
-    "same" padding is asymmetric; on the odd probe it is K//2 on every side), else the subclass."""
-    detail = f"{name} on a {size}x{size} probe differs from a conv padded by {k // 2} on every side ({what})"
-    if only_even and stride > 1:
-        return "same padding at stride > 1", f"{detail}: its padding at stride {stride} depends on the input size"
-    return "conv subclass", detail
+def _relative(got: Tensor, want: Tensor) -> float:
+    return (got - want).abs().max().item() / max(1.0, want.abs().max().item())
+
+
+def _same_padding(probe: nn.Conv2d, x: Tensor, got: Tensor) -> tuple[int, int] | None:
+    """``(before, after)``: the zero padding of each spatial side (0..K-1) with which a plain conv
+    of ``probe``'s weight gives ``got`` on ``x`` (None: no padding does; the subclass computes
+    something else). The largest that does: at stride > 1 the last rows may never be read."""
+    k = probe.kernel_size[0]
+    for total in range(2 * k - 2, -1, -1):
+        for before in range(max(0, total - k + 1), min(total, k - 1) + 1):
+            after = total - before
+            padded = F.pad(x, (before, after, before, after))
+            want = F.conv2d(padded, probe.weight, probe.bias, probe.stride, 0, 1, probe.groups)
+            if want.shape == got.shape and _relative(got, want) <= _PROBE_TOLERANCE:
+                return before, after
+    return None

@@ -135,6 +135,31 @@ def test_conv2d_same_converts_at_stride_1_and_is_skipped_with_the_reason_at_stri
     assert standardised.reason == "conv subclass" and "StdConv2dSame on a 7x7 probe differs" in standardised.detail
 
 
+class _StaticSame(nn.Conv2d):
+    """A conv with TF "same" padding fixed for one image size, as efficientnet-pytorch's
+    ``Conv2dStaticSamePadding`` (a ``ZeroPad2d`` before a conv with no padding of its own)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, image_size: int = 224) -> None:
+        super().__init__(cin, cout, k, stride)
+        total = max((-(-image_size // stride) - 1) * stride + k - image_size, 0)
+        self.static_padding = nn.ZeroPad2d((total // 2, total - total // 2) * 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, 0, 1, self.groups)
+
+
+def test_fixed_same_padding_converts_at_stride_1_and_names_its_padding_at_stride_2() -> None:
+    torch.manual_seed(0)
+    original = nn.Sequential(_Block(_StaticSame(3, 6, 3))).double()
+    back = to_original(convert(original))
+    assert type(back[0].conv) is _StaticSame
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    assert _rel(_out(original, x, False), _out(back, x, False)) <= TOL
+    (skipped, _) = find_pairs(_Block(_StaticSame(3, 6, 3, stride=2))).skipped
+    assert skipped.reason == "same padding at stride > 1"
+    assert "its padding at stride 2 is 0 before and 1 after on each side" in skipped.detail
+
+
 class _PlainBN(nn.BatchNorm2d):
     """A subclass that keeps nn.BatchNorm2d's forward."""
 
