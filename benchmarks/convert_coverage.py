@@ -1,8 +1,10 @@
-"""Coverage of ``searchspace.convert`` over every torchvision classification builder, or timm.
+"""Coverage of ``searchspace.convert`` over every torchvision classification builder, timm, or
+third-party CNN libraries nobody here wrote.
 
 For each name of ``torchvision.models.list_models(module=torchvision.models)`` (``--library
 timm``: one model per timm architecture family, i.e. per module of ``timm.list_modules()``,
-the one with the fewest parameters), in a subprocess of its own (``num_classes=10``, random
+the one with the fewest parameters; ``pretrainedmodels``: every name of its ``model_names``;
+``efficientnet_pytorch``: EfficientNet-B0), in a subprocess of its own (``num_classes=10``, random
 weights, BN statistics set far from identity):
 
 * convs in the model, how many convert, the skipped ones by reason (``find_pairs``);
@@ -26,7 +28,8 @@ and train mode). Models above ``--whole-model-limit`` parameters (RegNetY-128GF)
 converted pair in float64 on its own (as its conv -> BN in a Sequential), the whole model's
 state-dict keys and shapes (what a strict load checks) from a conversion with ``kxk`` only.
 
-    python benchmarks/convert_coverage.py [--library torchvision|timm] [--builders resnet18 ...]
+    python benchmarks/convert_coverage.py [--library torchvision|timm|pretrainedmodels|efficientnet_pytorch]
+        [--builders resnet18 ...]
         [--threads 1] [--jobs 1] [--json benchmarks/results/convert_coverage.json] [--markdown out.md]
 """
 
@@ -48,6 +51,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling module below, also when loaded by path
 from convert_checks import FORMS, fused_error, input_size, preservation, randomize
 
+LIBRARIES = ("torchvision", "timm", "pretrainedmodels", "efficientnet_pytorch")
+
 
 def _constructor(library: str, name: str) -> Any:
     """A function that builds the model ``name`` of ``library`` with 10 classes, random weights."""
@@ -55,6 +60,14 @@ def _constructor(library: str, name: str) -> Any:
         import timm
 
         return lambda: timm.create_model(name, pretrained=False, num_classes=10)
+    if library == "pretrainedmodels":
+        import pretrainedmodels
+
+        return lambda: pretrainedmodels.__dict__[name](num_classes=10, pretrained=None)
+    if library == "efficientnet_pytorch":
+        from efficientnet_pytorch import EfficientNet
+
+        return lambda: EfficientNet.from_name(name, num_classes=10)
     import torchvision
 
     return lambda: torchvision.models.get_model(name, num_classes=10)
@@ -229,9 +242,10 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--library", choices=("torchvision", "timm"), default="torchvision")
+    parser.add_argument("--library", choices=LIBRARIES, default="torchvision")
     parser.add_argument("--builders", nargs="+",
-                        help="model names of the library (default: every torchvision builder; timm: one per family)")
+                        help="model names of the library (default: every torchvision builder; timm: one per family; "
+                             "pretrainedmodels: every name; efficientnet_pytorch: efficientnet-b0)")
     parser.add_argument("--jobs", type=int, default=1, help="models checked at once (each in its own process)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--whole-model-limit", type=float, default=150e6,
@@ -258,10 +272,14 @@ def main() -> None:
         names = args.builders
     elif args.library == "timm":
         names = timm_families()
+    elif args.library == "pretrainedmodels":
+        names = list(library.model_names)
+    elif args.library == "efficientnet_pytorch":
+        names = ["efficientnet-b0"]
     else:
         names = library.models.list_models(module=library.models)
     header = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-              "threads": args.threads, "torch": __import__("torch").__version__, args.library: library.__version__}
+              "threads": args.threads, "torch": __import__("torch").__version__, args.library: library.__version__, "library": args.library}
     rows: list[dict[str, Any]] = []
 
     def run(name: str) -> dict[str, Any]:

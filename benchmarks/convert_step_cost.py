@@ -97,7 +97,7 @@ def main() -> None:
     coverage = _coverage()
     path = Path(args.json)
     record = json.loads(path.read_text())
-    library = "timm" if "timm" in record else "torchvision"
+    library = record.get("library") or ("timm" if "timm" in record else "torchvision")  # older files: no "library"
     record["step_timing"] = {"threads": args.threads, "steps": args.steps, "rounds": ROUNDS, "batch": BATCH,
                              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     for row in record["rows"]:

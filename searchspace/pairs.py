@@ -20,6 +20,7 @@ read directly is a constant to torch.fx and is recognised only as the buffer or 
 from __future__ import annotations
 
 import inspect
+import types
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,12 +106,29 @@ class _LeafTracer(fx.Tracer):
         super().__init__()
         self.leaves = leaves
         self.failed: nn.Module | None = None
+        self.installed: set[int] = set()
+
+    def trace(self, root: Any, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        self.installed = {id(m) for m in root.modules()} if isinstance(root, nn.Module) else set()
+        own = getattr(root, "__dict__", {}).get("forward")
+        if not isinstance(own, types.MethodType) or own.__self__ is not root:
+            return super().trace(root, concrete_args)
+        # a forward set on the instance (pretrainedmodels' ``model.forward = MethodType(...)``) is
+        # what the model runs; torch.fx traces the class's, so trace it through a subclass for now
+        cls = root.__class__
+        root.__class__ = type(cls.__name__, (cls,), {"forward": own.__func__, "__module__": cls.__module__})
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            root.__class__ = cls
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (id(m) in self.leaves or isinstance(m, (nn.Conv2d, _BatchNorm))  # subclasses too (timm's)
                 or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if id(m) not in self.installed:  # built inside forward (``nn.ZeroPad2d(p)(x)``): traced through,
+            return forward(*args, **kwargs)  # as its functional body (it has no name a graph could call)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:

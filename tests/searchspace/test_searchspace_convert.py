@@ -4,6 +4,8 @@ trained weights (float64, train and eval, both forms), and the way back to the u
 from __future__ import annotations
 
 import copy
+import types
+
 import pytest
 import torch
 import torchvision
@@ -174,6 +176,41 @@ def test_a_model_that_does_not_trace_converts_nothing() -> None:
         convert(_Dynamic())
     with pytest.raises(NothingToConvertError, match="0 of 2 convs converted; skipped 2 no BatchNorm after it: "):
         convert(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)))
+
+
+class _PadsInForward(nn.Module):
+    """pretrainedmodels' NASNet style: a module built inside forward (never registered), and
+    pretrainedmodels' style of a forward set on the instance, which the class's no longer matches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(3, 4, 3, stride=2), nn.BatchNorm2d(4)
+        self.body, self.body_bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.classifier = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem_bn(self.stem(nn.ZeroPad2d((1, 0, 1, 0))(x)))
+        return self.classifier(self.body_bn(self.body(x)).mean((2, 3)))
+
+
+def _logits_forward(self: _PadsInForward, x: Tensor) -> Tensor:
+    x = self.stem_bn(self.stem(nn.ZeroPad2d((1, 0, 1, 0))(x)))
+    return self.last_linear(self.body_bn(self.body(x)).mean((2, 3)))
+
+
+def test_modules_built_in_forward_and_an_instance_forward_trace() -> None:
+    torch.manual_seed(0)
+    model = _PadsInForward().double()
+    _random_state(model, 1)
+    model.last_linear = model.classifier  # what pretrainedmodels does to torchvision's models ...
+    del model.classifier  # ... so the class's forward fails, and the instance's is the model's
+    model.forward = types.MethodType(_logits_forward, model)
+    plan = find_pairs(model)
+    assert [(c, b) for c, b in plan.pairs] == [("body", "body_bn")]
+    assert [(s.name, s.reason) for s in plan.skipped] == [("stem", "padding not K//2")]  # not "not traceable"
+    converted = convert(model)
+    _assert_preserved(model, converted, torch.randn(2, 3, 9, 9, dtype=torch.float64))
+    assert type(model).forward is _PadsInForward.forward  # tracing put the user's class back
 
 
 @pytest.mark.parametrize("reparam", FORMS)
