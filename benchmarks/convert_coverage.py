@@ -4,7 +4,8 @@ third-party CNN libraries nobody here wrote.
 For each name of ``torchvision.models.list_models(module=torchvision.models)`` (``--library
 timm``: one model per timm architecture family, i.e. per module of ``timm.list_modules()``,
 the one with the fewest parameters; ``pretrainedmodels``: every name of its ``model_names``;
-``efficientnet_pytorch``: EfficientNet-B0), in a subprocess of its own (``num_classes=10``, random
+``efficientnet_pytorch``: EfficientNet-B0; ``pytorchcv``: every name, with its own heads, and
+``--count-only`` is meant for it), in a subprocess of its own (``num_classes=10``, random
 weights, BN statistics set far from identity):
 
 * convs in the model, how many convert, the skipped ones by reason (``find_pairs``);
@@ -28,8 +29,8 @@ and train mode). Models above ``--whole-model-limit`` parameters (RegNetY-128GF)
 converted pair in float64 on its own (as its conv -> BN in a Sequential), the whole model's
 state-dict keys and shapes (what a strict load checks) from a conversion with ``kxk`` only.
 
-    python benchmarks/convert_coverage.py [--library torchvision|timm|pretrainedmodels|efficientnet_pytorch]
-        [--builders resnet18 ...]
+    python benchmarks/convert_coverage.py [--library torchvision|timm|pretrainedmodels|efficientnet_pytorch|pytorchcv]
+        [--builders resnet18 ...] [--count-only]
         [--threads 1] [--jobs 1] [--json benchmarks/results/convert_coverage.json] [--markdown out.md]
 """
 
@@ -51,7 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling module below, also when loaded by path
 from convert_checks import FORMS, fused_error, input_size, preservation, randomize
 
-LIBRARIES = ("torchvision", "timm", "pretrainedmodels", "efficientnet_pytorch")
+LIBRARIES = ("torchvision", "timm", "pretrainedmodels", "efficientnet_pytorch", "pytorchcv")
 
 
 def _constructor(library: str, name: str) -> Any:
@@ -68,6 +69,10 @@ def _constructor(library: str, name: str) -> Any:
         from efficientnet_pytorch import EfficientNet
 
         return lambda: EfficientNet.from_name(name, num_classes=10)
+    if library == "pytorchcv":  # its own heads: segmentation and detection models take no num_classes
+        from pytorchcv.model_provider import get_model
+
+        return lambda: get_model(name, pretrained=False)
     import torchvision
 
     return lambda: torchvision.models.get_model(name, num_classes=10)
@@ -215,6 +220,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         if not r["converted"]:
             lines.append(f"| {r['builder']} | {r['convs']} | 0 | {skipped} | | nothing to convert | | | |")
             continue
+        if "preserve_eval" not in r:  # --count-only
+            lines.append(f"| {r['builder']} | {r['convs']} | {r['converted']} | {skipped} | | counted only | | | |")
+            continue
         checked = " (pair by pair)" if r.get("checked") else ""
         control = f" ({_fmt(r['rounding_control'])})" if "rounding_control" in r else ""
         ratio = f"{r['online_x_plain']:.2f}" if "online_x_plain" in r else ("failed" if "step_error" in r else "not timed")
@@ -246,6 +254,8 @@ def main() -> None:
     parser.add_argument("--builders", nargs="+",
                         help="model names of the library (default: every torchvision builder; timm: one per family; "
                              "pretrainedmodels: every name; efficientnet_pytorch: efficientnet-b0)")
+    parser.add_argument("--count-only", action="store_true",
+                        help="convs, pairs and skip reasons only (no float64 checks): for libraries of hundreds of models")
     parser.add_argument("--jobs", type=int, default=1, help="models checked at once (each in its own process)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--whole-model-limit", type=float, default=150e6,
@@ -276,6 +286,8 @@ def main() -> None:
         names = list(library.model_names)
     elif args.library == "efficientnet_pytorch":
         names = ["efficientnet-b0"]
+    elif args.library == "pytorchcv":
+        names = sorted(__import__("pytorchcv.model_provider").model_provider._models)
     else:
         names = library.models.list_models(module=library.models)
     header = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
@@ -296,7 +308,12 @@ def main() -> None:
                 json.dump({**header, "rows": rows}, f, indent=1)
 
     converting = []
-    for name in names:  # one at a time: torch.fx patches torch while it traces
+    for name in names if args.count_only else ():  # pairs and reasons only, every model in this process
+        try:
+            record(_plan(name, args.library)[0])
+        except Exception as err:  # noqa: BLE001 - a model that does not build here says why
+            record({"builder": name, "error": f"does not build: {type(err).__name__}: {err}"[:300]})
+    for name in () if args.count_only else names:  # one at a time: torch.fx patches torch while it traces
         counted = _counted(name, args.library)
         if counted is None:
             converting.append(name)

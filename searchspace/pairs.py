@@ -116,7 +116,10 @@ class _LeafTracer(fx.Tracer):
         # a forward set on the instance (pretrainedmodels' ``model.forward = MethodType(...)``) is
         # what the model runs; torch.fx traces the class's, so trace it through a subclass for now
         cls = root.__class__
-        root.__class__ = type(cls.__name__, (cls,), {"forward": own.__func__, "__module__": cls.__module__})
+        try:
+            root.__class__ = type(cls.__name__, (cls,), {"forward": own.__func__, "__module__": cls.__module__})
+        except TypeError:  # a class that cannot be subclassed or swapped: its own forward is traced
+            return super().trace(root, concrete_args)
         try:
             return super().trace(root, concrete_args)
         finally:
