@@ -153,7 +153,7 @@ def test_convert_step_cost_updates_coverage_rows(tmp_path: Path) -> None:
         sys.argv = argv
     timed, untouched = json.loads(path.read_text())["rows"]
     assert timed["online_x_plain"] == pytest.approx(timed["step_online_s"] / timed["step_plain_s"])
-    assert timed["online_x_plain"] > 1.0  # seven branches per converted conv cost more than one
+    assert timed["step_plain_s"] > 0 and timed["step_online_s"] > 0  # a timing, so no bound on the ratio here
     assert untouched == rows[1]
     assert f"| yes | {timed['online_x_plain']:.2f} |" in (tmp_path / "t.md").read_text()
 
