@@ -81,14 +81,15 @@ class MidEpochStore:
         """Copy the local checkpoint folder ``checkpoint`` to storage (manifest last), then delete
         the older mid-epoch folders."""
         engine = json.loads((Path(checkpoint) / META).read_text())["engine"]
-        path = f"{self.trial_path}/{MIDEPOCH_PREFIX}{int(engine['step']):010d}"
+        step = int(engine["step"])
+        path = f"{self.trial_path}/{MIDEPOCH_PREFIX}{step:010d}"
         self._remove(path)
         self.filesystem.create_dir(path)
         for name in (*CHECKED_FILES, MANIFEST):
             with open(Path(checkpoint) / name, "rb") as source, self.filesystem.open_output_stream(f"{path}/{name}") as out:
                 shutil.copyfileobj(source, out, 1 << 20)
-        for _, older in self.folders():
-            if older != path:
+        for number, older in self.folders():
+            if number != step:
                 self._remove(older)
         self.last = StoredMidEpoch(path, *_position(engine))
         return self.last

@@ -91,11 +91,10 @@ def _run_one(cfg: TrialConfig, workdir: Path, hooks: list[TrialHook], report: Re
         try:
             run_trial(cfg, workdir, hooks=hooks, resume_from=resume_from, report=report_epoch, trial_name=trial_name,
                       durable_checkpoints=False, gpus_held=gpus_held, notice=notice, mid_epoch_saved=store.save)
-        except TrialPreempted as err:
-            if store.last is None:  # the notice came between steps: Tune's checkpoint of the epoch holds it all
-                raise
-            raise TrialPreempted(f"preempted (SIGTERM) at {store.last.where()}: checkpoint written to "
-                                 f"{store.last.path}; Ray Tune retries the trial from it "
+        except TrialPreempted as err:  # run_trial's message names the local folder and --resume
+            where = (f"at {store.last.where()}: checkpoint written to {store.last.path}" if store.last is not None
+                     else "at an epoch's end: Ray Tune's checkpoint of it holds everything")
+            raise TrialPreempted(f"preempted (SIGTERM) {where}; Ray Tune retries the trial from it "
                                  "(one of failure.max_failures)") from err
     store.clear()
 
