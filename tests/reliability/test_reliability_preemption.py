@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from _faults import Driver, assert_mlflow_complete, cli, rows, sweep, write
 
+from trainables.run.checkpoint import MANIFEST
+
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 EPOCHS, EVERY = 3, 5  # 1200 digits at 16 a batch: 75 steps an epoch
@@ -42,27 +44,83 @@ def _history(trial: Path) -> list[dict[str, Any]]:
     return [{k: row.get(k) for k in PER_EPOCH + FINAL} for row in rows(trial)]
 
 
-def _mid_epoch(trial: Path | None, epoch: int) -> tuple[int, int] | None:
-    """(global step, steps into the epoch) of the newest complete mid-epoch checkpoint of ``epoch``
-    (counted from 1) in the trial's folder on storage."""
+def _newest(trial: Path | None) -> tuple[int, int, int] | None:
+    """(epoch counted from 1, global step, steps into the epoch) of the newest complete mid-epoch
+    checkpoint in the trial's folder on storage (written there by the worker itself)."""
     for folder in sorted(trial.glob("midepoch_*"), reverse=True) if trial is not None else []:
         try:
-            engine = json.loads((folder / "state.json").read_text())["engine"] if (folder / "manifest.json").is_file() else None
+            engine = json.loads((folder / "state.json").read_text()) if (folder / MANIFEST).is_file() else None
         except (OSError, ValueError):  # deleted as it was read: a newer one is complete
             continue
-        if engine is not None and engine["epoch"] == epoch - 1:
-            return int(engine["step"]), int(engine["epoch_progress"]["steps"])
+        if engine is not None:
+            engine = engine["engine"]
+            return int(engine["epoch"]) + 1, int(engine["step"]), int(engine["epoch_progress"]["steps"])
     return None
 
 
-def _in_epoch_two(exp: Path) -> bool:
-    """Epoch 1's result is in and a mid-epoch checkpoint of epoch 2 is on storage."""
+def _early_in_epoch_two(exp: Path) -> tuple[int, int] | None:
+    """(global step, steps) of the newest mid-epoch checkpoint when it is in epoch 2 with at least
+    two intervals of it left: the worker, at most an interval past it, is inside epoch 2."""
+    newest = _newest(_trial(exp))
+    if newest is None or newest[0] != 2:
+        return None
+    _, step, steps = newest
+    return (step, steps) if steps + 2 * EVERY <= step - steps else None
+
+
+def _trial_worker(driver_pid: int) -> int | None:
+    """The Ray worker process running the trial: a descendant of the driver whose process title
+    (Ray sets it to ``ray::<actor class>...``) names the trainable."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid == driver_pid:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    for pid in parents:
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and ("Trainable" in title or "repnas_trial" in title) and descends(pid):
+            return pid
+    return None
+
+
+def _reported(exp: Path) -> bool:
+    """Epoch 1's result is in the trial's ``result.json`` on storage."""
     trial = _trial(exp)
     try:
-        reported = trial is not None and bool(rows(trial))
-    except (OSError, ValueError):  # not written yet, or a line half written
+        return trial is not None and bool(rows(trial))
+    except (OSError, ValueError):  # not there yet, or a line half written
         return False
-    return reported and _mid_epoch(trial, 2) is not None
+
+
+def _freeze_early_in_epoch_two(driver: Driver, exp: Path) -> tuple[int, int, int]:
+    """SIGSTOP the trial's worker at a moment it is inside epoch 2, checked again once it is frozen
+    (else it runs on and the next checkpoint is waited for): (pid, global step, steps into epoch 2)
+    of the newest mid-epoch checkpoint then. Frozen, it waits for the driver to copy epoch 1's
+    result to storage: Tune restores a retried trial's ``result.json`` from there, so a failure
+    before that copy (every few seconds) drops the row, with or without this project's checkpoints."""
+    while True:
+        driver.wait_for(lambda: _early_in_epoch_two(exp) is not None and _trial_worker(driver.proc.pid) is not None,
+                        "a mid-epoch checkpoint early in epoch 2")
+        pid = _trial_worker(driver.proc.pid)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        found = _early_in_epoch_two(exp)
+        if found is not None:
+            driver.wait_for(lambda: _reported(exp), "epoch 1's result on storage")
+            return pid, *found
+        os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +152,11 @@ def test_sigterm_to_a_trial_worker_checkpoints_mid_epoch_and_continues_exactly(
     path = _sweep(tmp_path, "preempt", every_steps=EVERY)  # the interval only marks the moment
     exp = tmp_path / "ray_results" / "preempt"
     driver = start_driver([str(path)])
-    driver.wait_for(lambda: _in_epoch_two(exp), "a mid-epoch checkpoint in epoch 2")
+    pid, step, steps = _freeze_early_in_epoch_two(driver, exp)
+    os.kill(pid, signal.SIGTERM)  # the spot node's preemption notice, handled once the worker runs on
+    os.kill(pid, signal.SIGCONT)
     trial = _trial(exp)
     assert trial is not None
-    pid = rows(trial)[0]["pid"]  # the Ray worker process running the trial
-    os.kill(pid, signal.SIGSTOP)  # frozen mid-epoch while the notice is sent: it lands inside epoch 2
-    newest = _mid_epoch(trial, 2)
-    os.kill(pid, signal.SIGTERM)  # the spot node's preemption notice
-    os.kill(pid, signal.SIGCONT)
-    assert newest is not None
-    step, steps = newest
     out = _finish(driver, trial, reference, pid)
     errors = (trial / "error.txt").read_text()
     assert errors.count("Failure #") == 1, errors  # the preemption cost one of failure.max_failures
@@ -124,15 +177,10 @@ def test_a_worker_killed_without_notice_loses_at_most_the_interval(
     path = _sweep(tmp_path, "vanish", every_steps=EVERY)
     exp = tmp_path / "ray_results" / "vanish"
     driver = start_driver([str(path)])
-    driver.wait_for(lambda: _in_epoch_two(exp), "a mid-epoch checkpoint in epoch 2")
+    pid, step, steps = _freeze_early_in_epoch_two(driver, exp)  # frozen: its newest checkpoint is known
+    os.kill(pid, signal.SIGKILL)  # the node vanished: no notice
     trial = _trial(exp)
     assert trial is not None
-    pid = rows(trial)[0]["pid"]
-    os.kill(pid, signal.SIGSTOP)  # frozen, so the newest checkpoint on storage is known when it dies
-    newest = _mid_epoch(trial, 2)
-    os.kill(pid, signal.SIGKILL)  # the node vanished: no notice
-    assert newest is not None
-    step, steps = newest
     out = _finish(driver, trial, reference, pid)
     resumed = re.search(r"trial continues from its mid-epoch checkpoint at epoch 2 step (\d+)", out)
     assert resumed, out[-5000:]

@@ -84,6 +84,8 @@ def _run_one(cfg: TrialConfig, workdir: Path, hooks: list[TrialHook], report: Re
     resume_from = store.restore(tune.get_checkpoint(), workdir / "restored")
 
     def report_epoch(metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        if metrics["epoch"] >= cfg.search.epochs:  # Tune ends the trial on this report: it never returns
+            store.clear()
         report(metrics, checkpoint_dir)
         store.last = None  # superseded by Tune's checkpoint of the epoch
 
@@ -96,7 +98,6 @@ def _run_one(cfg: TrialConfig, workdir: Path, hooks: list[TrialHook], report: Re
                      else "at an epoch's end: Ray Tune's checkpoint of it holds everything")
             raise TrialPreempted(f"preempted (SIGTERM) {where}; Ray Tune retries the trial from it "
                                  "(one of failure.max_failures)") from err
-    store.clear()
 
 
 def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (), *,
