@@ -25,7 +25,7 @@ def test_train_callback_and_worker_errors() -> None:
     from ray.train.v2.api.exceptions import WorkerGroupError
 
     base = ray_adapter.user_callback_class()
-    assert callable(getattr(base, "after_report"))
+    assert callable(base.after_report)
     assert list(inspect.signature(base.after_report).parameters)[1:] == ["run_context", "metrics", "checkpoint"]
     own = ValueError("rank 1's own error")
     error = WorkerGroupError("workers failed", {1: UserExceptionWithTraceback(own, "tb"), 0: RuntimeError("rank 0")})

@@ -37,7 +37,7 @@ from . import adapter, preempt
 from .distributed import NODE_KEY, WorkerResources, run_distributed
 from .midepoch_store import MidEpochStore
 
-__all__ = ["make_trainable", "TRAINABLE_NAME", "trial_name"]
+__all__ = ["TRAINABLE_NAME", "make_trainable", "trial_name"]
 
 TRAINABLE_NAME = "repnas_trial"
 """What Tune calls the trainable (its function's name): trials are ``repnas_trial_<id>``."""

@@ -44,7 +44,7 @@ from .placement import Placement, trial_cpus
 from .preemption import PreemptionNotice
 from .quantize import calibration_set, quantize_int8, weight_ranges
 
-__all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
+__all__ = ["CHECKPOINT_DIR", "EXPORT_DIR", "ReportFn", "TrialResult", "run_trial"]
 
 CHECKPOINT_DIR, EXPORT_DIR = "checkpoint", "export"
 ReportFn = Callable[[dict[str, float], Path], None]
