@@ -8,12 +8,41 @@ checkpoint bookkeeping, logger names) is ``orchestrator.ray_tune.adapter``. Publ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-__all__ = ["trial_cpus", "trial_storage", "user_callback_class", "worker_exception"]
+__all__ = ["function_trainable", "trial_cpus", "trial_storage", "user_callback_class", "worker_exception"]
+
+
+def function_trainable(train_func: Callable[[dict[str, Any]], None], on_setup: Callable[[], None],
+                       on_cleanup: Callable[[], None]) -> type:
+    """The Trainable class Tune builds from ``train_func`` (``ray.tune.trainable.wrap_function``), with
+    ``on_setup`` run first in its ``setup`` and ``on_cleanup`` last in its ``cleanup``.
+
+    Why: Tune runs ``train_func`` on a ``RunnerThread``, but the Trainable's ``setup`` (called by
+    ``Trainable.__init__``, the actor's creation task) and ``cleanup`` (its ``stop``) run on the actor's
+    main thread, the only one that can install a signal handler. Tune names trials after the class's
+    ``_name``: ``wrap_function`` sets it to the function's name, so trials keep ``<function>_<id>``.
+    """
+    from ray.tune.trainable import wrap_function
+
+    base: Any = wrap_function(train_func)
+
+    class TuneTrial(base):  # type: ignore[misc,valid-type]
+        def setup(self, config: dict[str, Any]) -> None:
+            on_setup()
+            super().setup(config)
+
+        def cleanup(self) -> None:
+            try:
+                super().cleanup()
+            finally:
+                on_cleanup()
+
+    return TuneTrial
 
 
 def trial_cpus() -> float | None:

@@ -1,11 +1,14 @@
 """The Ray Tune function trainable: one RepNAS trial per Tune trial.
 
-``make_trainable(base_trial, hooks)`` returns ``repnas_trial(config)`` (so Ray names trials
-``repnas_trial_<id>``). ``config`` holds only the sampled outer keys, dotted relative to
+``make_trainable(base_trial, hooks)`` returns the Trainable class Tune builds from the function
+``repnas_trial(config)`` (so Ray names trials ``repnas_trial_<id>``), whose setup installs the worker's
+preemption notice (``trainables.ray_tune.preempt``). ``config`` holds only the sampled outer keys, dotted relative to
 the ``trial:`` section (``"search.budget"``, ``"optim.lr"``; a leading ``"trial."`` is
 accepted), applied on top of ``base_trial``.
 Every epoch is reported with ``ray.tune.report(metrics, checkpoint=...)``; a restored trial
-continues from ``ray.tune.get_checkpoint()``. The last checkpoint holds ``export/``. A config
+continues from ``ray.tune.get_checkpoint()`` or, when later, from its mid-epoch checkpoint on
+storage (``trainables.ray_tune.midepoch_store``: SIGTERM, ``checkpoint.every_steps`` / ``every_seconds``;
+one-process trials). The last checkpoint holds ``export/``. A config
 carrying ``REPEAT_KEY`` (``trainables.config.repeat``) is not trained: it reports the earlier trial's
 result once and calls its hooks' ``on_repeat``.
 Only ``ray.tune`` APIs are used (``ray.train.report`` raises inside Tune in Ray 2.60).
@@ -20,21 +23,21 @@ import copy
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..config.repeat import REPEAT_KEY, Repeat
 from ..config.sections import TrialConfig
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteLossError, TrialPreempted
 from ..run.hooks import TrialHook
-from ..run.restore import restore_checkpoint
-from ..run.trial import run_trial
+from ..run.trial import ReportFn, run_trial
 from ..search.failures import failure_metrics
-from . import adapter
+from . import adapter, preempt
 from .distributed import NODE_KEY, WorkerResources, run_distributed
+from .midepoch_store import MidEpochStore
 
-__all__ = ["make_trainable", "TRAINABLE_NAME", "trial_name"]
+__all__ = ["TRAINABLE_NAME", "make_trainable", "trial_name"]
 
 TRAINABLE_NAME = "repnas_trial"
 """What Tune calls the trainable (its function's name): trials are ``repnas_trial_<id>``."""
@@ -71,9 +74,36 @@ def _report_repeat(cfg: TrialConfig, repeat: Repeat, hooks: list[TrialHook], tri
     tune.report({**metrics, NODE_KEY: ray.get_runtime_context().get_node_id()})
 
 
+def _run_one(cfg: TrialConfig, workdir: Path, hooks: list[TrialHook], report: ReportFn, trial_name: str,
+             gpus_held: float | None) -> None:
+    """The trial in this process: from the later of Tune's and the mid-epoch checkpoint, with the
+    worker's preemption notice; mid-epoch checkpoints go to the trial's storage."""
+    from ray import tune
+
+    store = MidEpochStore.of_trial()
+    resume_from = store.restore(tune.get_checkpoint(), workdir / "restored")
+
+    def report_epoch(metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        if metrics["epoch"] >= cfg.search.epochs:  # Tune ends the trial on this report: it never returns
+            store.clear()
+        report(metrics, checkpoint_dir)
+        store.last = None  # superseded by Tune's checkpoint of the epoch
+
+    with preempt.listening() as notice:
+        try:
+            run_trial(cfg, workdir, hooks=hooks, resume_from=resume_from, report=report_epoch, trial_name=trial_name,
+                      durable_checkpoints=False, gpus_held=gpus_held, notice=notice, mid_epoch_saved=store.save)
+        except TrialPreempted as err:  # run_trial's message names the local folder and --resume
+            where = (f"at {store.last.where()}: checkpoint written to {store.last.path}" if store.last is not None
+                     else "at an epoch's end: Ray Tune's checkpoint of it holds everything")
+            raise TrialPreempted(f"preempted (SIGTERM) {where}; Ray Tune retries the trial from it "
+                                 "(one of failure.max_failures)") from err
+
+
 def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (), *,
-                   workers: WorkerResources | None = None) -> Callable[[dict[str, Any]], None]:
-    """A Ray Tune function trainable running ``run_trial`` on ``base_trial`` + the sampled keys.
+                   workers: WorkerResources | None = None) -> type:
+    """A Ray Tune trainable (a class, named ``repnas_trial``) running ``run_trial`` on ``base_trial``
+    + the sampled keys.
 
     Each trial gets its own deep copy of ``hooks``. A config carrying a ``Repeat`` reports that
     earlier result without training. Paths in ``base_trial`` and the sampled keys must be absolute
@@ -110,14 +140,12 @@ def make_trainable(base_trial: Mapping[str, Any], hooks: Sequence[TrialHook] = (
                 elif cfg.runtime.workers > 1:
                     _run_ddp(cfg, per_worker, copy.deepcopy(list(hooks)), context.get_trial_name())
                 else:
-                    resume_from = restore_checkpoint(tune.get_checkpoint(), workdir / "restored")
-                    run_trial(cfg, workdir, hooks=copy.deepcopy(list(hooks)), resume_from=resume_from,
-                              report=report, trial_name=context.get_trial_name(), durable_checkpoints=False,
-                              gpus_held=None if workers is None else workers.gpus)
+                    _run_one(cfg, workdir, copy.deepcopy(list(hooks)), report, context.get_trial_name(),
+                             None if workers is None else workers.gpus)
             except NonFiniteLossError as err:  # deterministic: end the trial now, no FailureConfig retry
                 print(f"trial {context.get_trial_name()} failed: {err}", file=sys.stderr)
                 tune.report(failure_metrics(err))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    return repnas_trial
+    return adapter.function_trainable(repnas_trial, on_setup=preempt.install, on_cleanup=preempt.uninstall)

@@ -5,11 +5,13 @@ grace period (about 30 s to 2 min) before SIGKILL. Inside :class:`PreemptionNoti
 sets a flag; the trial checks it after every training step (``trainables.run.trial``), writes a
 mid-epoch checkpoint and raises :class:`~trainables.errors.TrialPreempted`, so at most the step
 in flight is lost. Signal handlers can only be installed from the main thread: elsewhere the
-notice is inert (``installed`` is False).
+notice is inert (``installed`` is False). :meth:`PreemptionNotice.pass_on` does what the signal
+did before the notice (a Ray worker's own handler exits the process: ``trainables.ray_tune.preempt``).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -33,6 +35,16 @@ class PreemptionNotice:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if not self.requested:
             self.requested, self.received_at = True, time.monotonic()
+
+    def pass_on(self, signum: int, frame: FrameType | None) -> None:
+        """Do what ``signum`` did before the notice was installed: call the previous Python handler,
+        or (the default action) restore it and send the signal again; an ignored signal stays ignored."""
+        previous = self._previous.get(signal.Signals(signum), signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():

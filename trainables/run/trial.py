@@ -44,7 +44,7 @@ from .placement import Placement, trial_cpus
 from .preemption import PreemptionNotice
 from .quantize import calibration_set, quantize_int8, weight_ranges
 
-__all__ = ["run_trial", "TrialResult", "ReportFn", "CHECKPOINT_DIR", "EXPORT_DIR"]
+__all__ = ["CHECKPOINT_DIR", "EXPORT_DIR", "ReportFn", "TrialResult", "run_trial"]
 
 CHECKPOINT_DIR, EXPORT_DIR = "checkpoint", "export"
 ReportFn = Callable[[dict[str, float], Path], None]
@@ -160,6 +160,7 @@ def run_trial(
     durable_checkpoints: bool = True,
     gpus_held: float | None = None,
     notice: PreemptionNotice | None = None,
+    mid_epoch_saved: Callable[[Path], None] | None = None,
 ) -> TrialResult:
     """Run (or resume) one trial in ``workdir``; see the module doc for what it writes.
 
@@ -176,6 +177,10 @@ def run_trial(
             storage right away (Ray Tune, Ray Train): that copy is what a restart reads.
         gpus_held: the GPUs the whole trial holds (``gpu_seconds`` = ``train_seconds`` times it;
             0.25 for a quarter of a GPU); None: one on a CUDA device, none on the CPU.
+        notice: a preemption notice (SIGTERM): checkpoint after the step in flight, then raise
+            ``TrialPreempted``; also turns on ``checkpoint.every_steps`` / ``every_seconds`` (one process only).
+        mid_epoch_saved: called with the checkpoint folder after each mid-epoch checkpoint (Ray Tune
+            copies it to the trial's storage: ``trainables.ray_tune.midepoch_store``).
 
     Returns:
         The final metrics, the per-epoch history, the export and checkpoint folders, the summary.
@@ -232,7 +237,13 @@ def run_trial(
             if place.is_main:
                 save_checkpoint(ckpt_dir, tensors, meta, extra, durable=durable_checkpoints)
 
-        mid_epoch = _MidEpoch(config, notice, checkpoint) if notice is not None and engine.sync.world_size == 1 else None
+        def mid_epoch_checkpoint() -> None:
+            checkpoint({})
+            if mid_epoch_saved is not None and place.is_main:
+                mid_epoch_saved(ckpt_dir)
+
+        mid_epoch = (_MidEpoch(config, notice, mid_epoch_checkpoint)
+                     if notice is not None and engine.sync.world_size == 1 else None)
         while engine.epoch < config.search.epochs:
             tick = time.perf_counter()
             train = engine.train_epoch(train_loader, mid_epoch.after_step if mid_epoch else None)
@@ -291,7 +302,7 @@ class _MidEpoch:
     """When to write a checkpoint inside an epoch: on a preemption notice (then stop) or on the
     ``checkpoint.every_steps`` / ``every_seconds`` interval since the last one."""
 
-    def __init__(self, config: TrialConfig, notice: PreemptionNotice, write: Callable[[dict[str, Path]], None]) -> None:
+    def __init__(self, config: TrialConfig, notice: PreemptionNotice, write: Callable[[], None]) -> None:
         self.every_steps, self.every_seconds = config.checkpoint.every_steps, config.checkpoint.every_seconds
         self.notice, self.write = notice, write
         self.saved()
@@ -306,7 +317,7 @@ class _MidEpoch:
         due = (self.every_steps is not None and self.steps >= self.every_steps) or (
             self.every_seconds is not None and time.monotonic() - self.since >= self.every_seconds)
         if self.notice.requested or due:
-            self.write({})
+            self.write()
             self.saved()
         return self.notice.requested
 
