@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["FORMS", "SIZES", "calibrate", "forward", "fused_error", "input_size", "preservation", "random_masks",
            "randomize", "relative_error"]
 
-SIZES = (32, 64, 96, 128, 224, 256, 299)
+SIZES = (32, 64, 96, 128, 224, 256, 299, 331)
 FORMS = ("offline", "online")
 
 

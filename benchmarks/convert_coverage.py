@@ -24,7 +24,7 @@ weights, BN statistics set far from identity):
 Errors are relative to max(1, max |reference|). The table's "online step x plain" column comes
 from ``convert_step_cost.py``, which times the rows of this script's JSON on a quiet machine.
 
-The input is the smallest of 32, 64, 96, 128, 224, 256, 299 pixels the original accepts (in eval
+The input is the smallest of 32, 64, 96, 128, 224, 256, 299, 331 pixels the original accepts (in eval
 and train mode). Models above ``--whole-model-limit`` parameters (RegNetY-128GF) are checked pair by pair: every
 converted pair in float64 on its own (as its conv -> BN in a Sequential), the whole model's
 state-dict keys and shapes (what a strict load checks) from a conversion with ``kxk`` only.
