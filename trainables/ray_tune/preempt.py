@@ -69,6 +69,7 @@ def listening() -> Iterator[PreemptionNotice]:
     if notice is None:
         yield PreemptionNotice()
         return
+    notice.requested, notice.received_at = False, None  # a reused actor: the last trial's notice is spent
     notice.listening = True
     try:
         yield notice
