@@ -8,17 +8,16 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from _cluster import LocalCluster, Node
 from _servers import free_port
 from mlflow.tracking import MlflowClient
 
@@ -170,74 +169,22 @@ def test_ddp_trial_through_the_cli_reports_like_one_worker(kit: Any, tmp_path: P
     assert len([p for p in trial.glob("ddp-*/checkpoint_*") if p.is_dir()]) <= 1  # Train keeps one copy
 
 
-def _kill_cluster(procs: list[subprocess.Popen[bytes]], temp_dirs: list[str]) -> None:
-    """Stop the nodes this test started (their process groups, then any process of theirs)."""
-    for proc in procs:
-        with _quiet():
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.2)
-    for proc in procs:
-        with _quiet():
-            os.killpg(proc.pid, signal.SIGKILL)
-    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-        with _quiet():
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            if any(d in cmd for d in temp_dirs):
-                os.kill(pid, signal.SIGKILL)
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return exc[0] is not None and issubclass(exc[0], (OSError, ProcessLookupError))
-
-
 class TwoNodes(NamedTuple):
     address: str  # the head's host:port
-    node2: subprocess.Popen[bytes]  # `ray start --block` of the second node (its processes descend from it)
+    node2: Node  # the second node (its processes descend from its `ray start --block`)
 
 
 @pytest.fixture
 def two_node_cluster(kit: Any) -> Iterator[TwoNodes]:
     """A head (1 CPU) and a second node (1 CPU, resource node2) on 127.0.0.1, own temp dirs;
     a node lost is declared dead after ~3 s (Ray's default health check takes ~15 s)."""
-    port = free_port()
-    temp_dirs = [tempfile.mkdtemp(prefix="rh", dir="/tmp"), tempfile.mkdtemp(prefix="rw", dir="/tmp")]
-    env = kit.cli_env(RAY_AUTH_MODE="disabled",  # a test cluster on 127.0.0.1 only
-                      RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3")
-    ray_cli = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1",
-               "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    procs: list[subprocess.Popen[bytes]] = []
+    cluster = LocalCluster(kit.cli_env(RAY_AUTH_MODE="disabled",  # a test cluster on 127.0.0.1 only
+                                       RAY_health_check_period_ms="1000", RAY_health_check_failure_threshold="3"))
     try:
-        procs.append(subprocess.Popen([*ray_cli, "--head", "--port", str(port), "--temp-dir", temp_dirs[0],
-                                       "--include-dashboard", "false"], env=env, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        address = f"127.0.0.1:{port}"
-        _wait_nodes(address, 1, env)
-        procs.append(subprocess.Popen([*ray_cli, "--address", address, "--temp-dir", temp_dirs[1],
-                                       "--resources", '{"node2": 1}'], env=env, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_nodes(address, 2, env)
-        yield TwoNodes(address, procs[1])
+        cluster.head()
+        yield TwoNodes(cluster.address, cluster.add(resources='{"node2": 1}'))
     finally:
-        _kill_cluster(procs, temp_dirs)
-        for folder in temp_dirs:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _wait_nodes(address: str, count: int, env: dict[str, str], timeout: float = 60) -> None:
-    code = f"import ray; ray.init(address='{address}', log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-        if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
-            return
-        time.sleep(1)
-    raise AssertionError(f"the test cluster at {address} never had {count} node(s)")
+        cluster.stop()
 
 
 @pytest.mark.slow
@@ -267,22 +214,6 @@ def test_sweep_spans_a_two_node_cluster(kit: Any, tmp_path: Path, write_sweep: C
     assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
 
 
-def _descendants(root: int) -> list[int]:
-    """``root`` and every process below it (from /proc; Ray's workers descend from their raylet)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with _quiet():
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def _rows(trial: Path) -> list[dict[str, Any]]:
     path = trial / "result.json"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -307,27 +238,21 @@ def test_sweep_survives_losing_its_second_node(kit: Any, tmp_path: Path, write_s
                                   env=kit.cli_env(RAY_ADDRESS=two_node_cluster.address, RAY_AUTH_MODE="disabled"),
                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        victim, node2 = None, set(_descendants(two_node_cluster.node2.pid))
+        victim, node2 = None, set(two_node_cluster.node2.pids())
         deadline = time.monotonic() + 180
         while victim is None:  # the trial on node 2, once it has a checkpoint (its first epoch reported)
             assert driver.poll() is None and time.monotonic() < deadline, "no trial reported from node 2"
-            node2 |= set(_descendants(two_node_cluster.node2.pid))
+            node2 |= set(two_node_cluster.node2.pids())
             with contextlib.suppress(json.JSONDecodeError):  # a line being written
                 victim = next((t for t in (shared / "spot").glob("repnas_trial_*")
                                if any(r["pid"] in node2 for r in _rows(t))), None)
             time.sleep(0.1)
         lost = _rows(victim)
         assert lost[-1]["epoch"] < epochs, "the trial on node 2 ended before its node was lost"
-        pids = _descendants(two_node_cluster.node2.pid)
-        for pid in pids:  # all at once, as a preempted machine: frozen first, so none reacts to another's death
-            with _quiet():
-                os.kill(pid, signal.SIGSTOP)
-        for pid in pids:
-            with _quiet():
-                os.kill(pid, signal.SIGKILL)
+        pids = two_node_cluster.node2.lose()  # all at once, as a preempted machine
         driver.wait(timeout=300)
     finally:
-        with _quiet():
+        with contextlib.suppress(OSError):
             os.killpg(driver.pid, signal.SIGKILL)
     text = log.read_text(errors="replace")
     assert driver.returncode == 0, text[-5000:]

@@ -6,10 +6,8 @@ which needs ``ray[default]`` (the project's ``cluster`` extra)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _cluster import LocalCluster
 from _servers import free_port
 from mlflow.tracking import MlflowClient
-from test_orchestrator_cluster import _kill_cluster, _wait_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,27 +37,12 @@ def _wait_job_server(url: str, timeout: float = 120) -> None:
 def test_a_sweep_submitted_to_the_job_server_runs_on_both_nodes(kit: Any, tmp_path: Path,
                                                                  write_sweep: Callable[..., Path]) -> None:
     pytest.importorskip("aiohttp_cors", reason="Ray's job server needs ray[default]: pip install -e '.[cluster]'")
-    port, dashboard = free_port(), free_port()
-    temp_dirs = [tempfile.mkdtemp(prefix="jh", dir="/tmp"), tempfile.mkdtemp(prefix="jw", dir="/tmp")]
-    env = kit.cli_env(RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT))  # a test cluster on 127.0.0.1 only
+    dashboard = free_port()
+    cluster = LocalCluster(kit.cli_env(RAY_AUTH_MODE="disabled", PYTHONPATH=str(ROOT)))  # on 127.0.0.1 only
     ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
-    start = [*ray_cli, "start", "--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-
-    def agent_ports() -> list[str]:  # two nodes on one host (and other tests' clusters): no fixed port shared
-        return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-                "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
-
-    procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen(
-            [*start, *agent_ports(), "--head", "--port", str(port), "--temp-dir", temp_dirs[0], "--include-dashboard", "true",
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        address = f"127.0.0.1:{port}"
-        _wait_nodes(address, 1, env)
-        procs.append(subprocess.Popen([*start, *agent_ports(), "--address", address, "--temp-dir", temp_dirs[1]], env=env,
-                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_nodes(address, 2, env)
+        cluster.head(dashboard_port=dashboard)
+        cluster.add()
         url = f"http://127.0.0.1:{dashboard}"
         _wait_job_server(url)
 
@@ -71,7 +54,7 @@ def test_a_sweep_submitted_to_the_job_server_runs_on_both_nodes(kit: Any, tmp_pa
                    "--runtime-env-json", json.dumps({"env_vars": {"PYTHONPATH": str(ROOT)}}), "--",
                    sys.executable, "-m", "orchestrator.run", str(path)]
         for _ in range(10):  # the head's dashboard agent starts after the job server answers
-            submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+            submit = subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=600, check=False)
             if "No available agent to submit job" not in submit.stdout + submit.stderr:
                 break
             time.sleep(2)
@@ -85,6 +68,4 @@ def test_a_sweep_submitted_to_the_job_server_runs_on_both_nodes(kit: Any, tmp_pa
         _, kids = kit.children(MlflowClient(sweep["mlflow"]["tracking_uri"]), "job")
         assert len(kids) == 2 and all(k.info.status == "FINISHED" for k in kids)
     finally:
-        _kill_cluster(procs, temp_dirs)
-        for folder in temp_dirs:
-            shutil.rmtree(folder, ignore_errors=True)
+        cluster.stop()

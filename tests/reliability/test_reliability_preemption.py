@@ -1,8 +1,14 @@
-"""Preemption of a Ray Tune trial's worker (one-process trials): SIGTERM mid-epoch writes a checkpoint
-to the trial's storage after the step in flight, Tune retries the trial (one of
-``failure.max_failures``) and it continues from that step; a worker killed -9 without notice
-continues from its last ``checkpoint.every_steps`` checkpoint. Either way every epoch's metrics
-equal an uninterrupted run's, bit for bit (CPU, fixed seeds)."""
+"""Preemption of a trial on a real two-node Ray cluster on 127.0.0.1 (a head that runs no trials, a
+worker node with one CPU, shared storage), one-process trials, three ways a spot node goes:
+
+- SIGTERM to the trial's worker (the preemption notice): it checkpoints after the step in flight
+  and Tune retries it (one of ``failure.max_failures``) from that step;
+- the node drained for preemption (``ray drain-node``, as autoscaler v2 and KubeRay do; no signal):
+  the same, then the node is taken away and the trial continues on a replacement node;
+- the whole node lost without notice (every process of it SIGKILLed, raylet included): the trial
+  continues on a replacement node from its last ``checkpoint.every_steps`` checkpoint.
+
+Every way, every epoch's metrics equal an uninterrupted run's, bit for bit (CPU, fixed seeds)."""
 
 from __future__ import annotations
 
@@ -10,12 +16,15 @@ import json
 import os
 import re
 import signal
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
-from _faults import Driver, assert_mlflow_complete, cli, rows, sweep, write
+from _cluster import LocalCluster, Node
+from _faults import Driver, assert_mlflow_complete, cli, env, rows, sweep, write
 
 from trainables.run.checkpoint import MANIFEST
 
@@ -27,8 +36,9 @@ FINAL = ("fused_val_acc", "params_fused", "flops_fused")
 
 
 def _sweep(tmp_path: Path, name: str, **checkpoint: Any) -> Path:
-    """One trial, three epochs, retried once on failure."""
-    data = sweep(tmp_path, name, failure={"max_failures": 1}, space={"search.budget": {"grid": [0.5]}})
+    """One trial, three epochs, retried once on failure; on a cluster: shared storage, Ray's CPUs."""
+    data = sweep(tmp_path, name, failure={"max_failures": 1}, space={"search.budget": {"grid": [0.5]}},
+                 storage_shared=True, ray={"num_cpus": None})
     data["trial"]["search"]["epochs"] = EPOCHS
     data["trial"]["data"].update(batch_size=16, limit_train=1200)
     data["trial"]["checkpoint"] = checkpoint
@@ -68,29 +78,15 @@ def _early_in_epoch_two(exp: Path) -> tuple[int, int] | None:
     return (step, steps) if steps + 2 * EVERY <= step - steps else None
 
 
-def _trial_worker(driver_pid: int) -> int | None:
-    """The Ray worker process running the trial: a descendant of the driver whose process title
-    (Ray sets it to ``ray::<actor class>...``) names the trainable."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-
-    def descends(pid: int) -> bool:
-        while pid > 1:
-            if pid == driver_pid:
-                return True
-            pid = parents.get(pid, 0)
-        return False
-
-    for pid in parents:
+def _trial_worker(node: Node) -> int | None:
+    """The Ray worker process running the trial on ``node``: its process title (Ray sets it to
+    ``ray::<actor class>...``) names the trainable."""
+    for pid in node.pids():
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if title.startswith("ray::") and ("Trainable" in title or "repnas_trial" in title) and descends(pid):
+        if title.startswith("ray::") and ("Trainable" in title or "repnas_trial" in title):
             return pid
     return None
 
@@ -104,16 +100,16 @@ def _reported(exp: Path) -> bool:
         return False
 
 
-def _freeze_early_in_epoch_two(driver: Driver, exp: Path) -> tuple[int, int, int]:
+def _freeze_early_in_epoch_two(driver: Driver, exp: Path, node: Node) -> tuple[int, int, int]:
     """SIGSTOP the trial's worker at a moment it is inside epoch 2, checked again once it is frozen
     (else it runs on and the next checkpoint is waited for): (pid, global step, steps into epoch 2)
     of the newest mid-epoch checkpoint then. Frozen, it waits for the driver to copy epoch 1's
     result to storage: Tune restores a retried trial's ``result.json`` from there, so a failure
     before that copy (every few seconds) drops the row, with or without this project's checkpoints."""
     while True:
-        driver.wait_for(lambda: _early_in_epoch_two(exp) is not None and _trial_worker(driver.proc.pid) is not None,
+        driver.wait_for(lambda: _early_in_epoch_two(exp) is not None and _trial_worker(node) is not None,
                         "a mid-epoch checkpoint early in epoch 2")
-        pid = _trial_worker(driver.proc.pid)
+        pid = _trial_worker(node)
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         found = _early_in_epoch_two(exp)
@@ -125,13 +121,37 @@ def _freeze_early_in_epoch_two(driver: Driver, exp: Path) -> tuple[int, int, int
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """The uninterrupted trial's results (no mid-epoch checkpoints)."""
+    """The uninterrupted trial's results (no mid-epoch checkpoints), on a local one-node Ray."""
     tmp = tmp_path_factory.mktemp("reference")
-    proc = cli("orchestrator.run", [str(_sweep(tmp, "reference"))], tmp)
+    proc = cli("orchestrator.run", [str(_sweep(tmp, "reference")), "--set", "ray.num_cpus=2",
+                                    "--set", "storage_shared=false"], tmp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trial = _trial(tmp / "ray_results" / "reference")
     assert trial is not None
     return _history(trial)
+
+
+class _Spot(NamedTuple):
+    cluster: LocalCluster
+    node: Node  # the worker node the trial starts on
+
+
+@pytest.fixture
+def spot() -> Iterator[_Spot]:
+    """The test cluster: a head with no CPU (the driver's node: no trial runs there) and one worker
+    node with one CPU, where the trial starts; a lost node is declared dead after ~3 s. Listed
+    before ``start_driver`` in a test's arguments, it stops after the driver."""
+    cluster = LocalCluster(env(RAY_AUTH_MODE="disabled", RAY_health_check_period_ms="1000",
+                               RAY_health_check_failure_threshold="3"))
+    try:
+        cluster.head(cpus=0)
+        yield _Spot(cluster, cluster.add(cpus=1))
+    finally:
+        cluster.stop()
+
+
+def _start(start_driver: Callable[..., Driver], spot: _Spot, path: Path) -> Driver:
+    return start_driver([str(path)], RAY_ADDRESS=spot.cluster.address, RAY_AUTH_MODE="disabled")
 
 
 def _finish(driver: Driver, trial: Path, reference: list[dict[str, Any]], pid: int) -> str:
@@ -144,46 +164,81 @@ def _finish(driver: Driver, trial: Path, reference: list[dict[str, Any]], pid: i
     assert reported[0]["pid"] == pid and reported[-1]["pid"] != pid
     assert _history(trial) == reference
     assert not list(trial.glob("midepoch_*"))  # a finished trial keeps none
+    errors = (trial / "error.txt").read_text()
+    assert errors.count("Failure #") == 1, errors  # one of failure.max_failures
     return out
 
 
+def _stopped_and_resumed(trial: Path, out: str, reason: str) -> tuple[int, int]:
+    """(step it stopped after, step it continued from), both in epoch 2, from error.txt and the log."""
+    errors = (trial / "error.txt").read_text()
+    stopped = re.search(rf"preempted \({reason}[^)]*\) at epoch 2 step (\d+)", errors)
+    resumed = re.search(r"trial continues from its mid-epoch checkpoint at epoch 2 step (\d+)", out)
+    assert stopped and resumed, (errors, out[-5000:])
+    return int(stopped[1]), int(resumed[1])
+
+
 def test_sigterm_to_a_trial_worker_checkpoints_mid_epoch_and_continues_exactly(
-        tmp_path: Path, start_driver: Callable[..., Driver], reference: list[dict[str, Any]]) -> None:
-    path = _sweep(tmp_path, "preempt", every_steps=EVERY)  # the interval only marks the moment
+        tmp_path: Path, spot: _Spot, start_driver: Callable[..., Driver], reference: list[dict[str, Any]]) -> None:
     exp = tmp_path / "ray_results" / "preempt"
-    driver = start_driver([str(path)])
-    pid, step, steps = _freeze_early_in_epoch_two(driver, exp)
+    driver = _start(start_driver, spot, _sweep(tmp_path, "preempt", every_steps=EVERY))  # the interval marks the moment
+    pid, step, steps = _freeze_early_in_epoch_two(driver, exp, spot.node)
     os.kill(pid, signal.SIGTERM)  # the spot node's preemption notice, handled once the worker runs on
     os.kill(pid, signal.SIGCONT)
     trial = _trial(exp)
     assert trial is not None
     out = _finish(driver, trial, reference, pid)
-    errors = (trial / "error.txt").read_text()
-    assert errors.count("Failure #") == 1, errors  # the preemption cost one of failure.max_failures
-    stopped = re.search(r"preempted \(SIGTERM\) at epoch 2 step (\d+)", errors)
-    resumed = re.search(r"trial continues from its mid-epoch checkpoint at epoch 2 step (\d+)", out)
-    assert stopped and resumed, (errors, out[-5000:])
+    stopped, resumed = _stopped_and_resumed(trial, out, "SIGTERM")
     per_epoch = step - steps
-    assert steps <= int(stopped[1]) < per_epoch  # stopped mid-epoch, after the step in flight
-    redone = int(stopped[1]) - int(resumed[1])  # steps trained before the notice and trained again
+    assert steps <= stopped < per_epoch  # stopped mid-epoch, after the step in flight
+    redone = stopped - resumed  # steps trained before the notice and trained again
     assert redone == 0
-    print(f"\nSIGTERM at epoch 2 step >= {steps}: stopped after step {stopped[1]} of {per_epoch}, continued from "
-          f"step {resumed[1]}: {redone} steps redone ({redone / per_epoch:.1%} of an epoch), one failure counted")
+    print(f"\nSIGTERM at epoch 2 step >= {steps}: stopped after step {stopped} of {per_epoch}, continued from "
+          f"step {resumed}: {redone} steps redone ({redone / per_epoch:.1%} of an epoch), one failure counted")
     assert_mlflow_complete(f"sqlite:///{tmp_path / 'mlflow.db'}", "preempt", {trial.name}, epochs=EPOCHS)
 
 
-def test_a_worker_killed_without_notice_loses_at_most_the_interval(
-        tmp_path: Path, start_driver: Callable[..., Driver], reference: list[dict[str, Any]]) -> None:
-    path = _sweep(tmp_path, "vanish", every_steps=EVERY)
+def test_a_node_drained_for_preemption_checkpoints_and_the_trial_moves(
+        tmp_path: Path, spot: _Spot, start_driver: Callable[..., Driver], reference: list[dict[str, Any]]) -> None:
+    exp = tmp_path / "ray_results" / "drain"
+    driver = _start(start_driver, spot, _sweep(tmp_path, "drain", every_steps=EVERY))
+    pid, step, steps = _freeze_early_in_epoch_two(driver, exp, spot.node)
+    trial = _trial(exp)
+    assert trial is not None
+    drained = spot.node.node_id
+    assert rows(trial)[0]["node_id"] == drained
+    drain = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node", "--address", spot.cluster.address,
+                            "--node-id", drained, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+                            "--reason-message", "spot instance reclaimed", "--deadline-remaining-seconds", "120"],
+                           env=spot.cluster.env, capture_output=True, text=True, timeout=120, check=False)
+    assert drain.returncode == 0, drain.stdout + drain.stderr
+    os.kill(pid, signal.SIGCONT)  # no signal: the trial learns of the drain from Ray
+    replacement = spot.cluster.add(cpus=1)
+    driver.wait_for(lambda: (trial / "error.txt").is_file(), "the trial stopped on the draining node")
+    spot.node.lose()  # the deadline: the cloud takes the machine (Ray may have stopped the idle node already)
+    out = _finish(driver, trial, reference, pid)
+    stopped, resumed = _stopped_and_resumed(trial, out, "node draining")
+    assert stopped == resumed and steps <= stopped < step - steps  # mid-epoch, nothing redone
+    assert {r["node_id"] for r in rows(trial)[1:]} == {replacement.node_id}  # moved off the drained node
+    print(f"\ndrained in epoch 2 at step >= {steps}: stopped after step {stopped} of {step - steps}, "
+          f"continued from step {resumed} on the replacement node: 0 steps redone, one failure counted")
+    assert_mlflow_complete(f"sqlite:///{tmp_path / 'mlflow.db'}", "drain", {trial.name}, epochs=EPOCHS)
+
+
+def test_a_node_lost_without_notice_loses_at_most_the_interval(
+        tmp_path: Path, spot: _Spot, start_driver: Callable[..., Driver], reference: list[dict[str, Any]]) -> None:
     exp = tmp_path / "ray_results" / "vanish"
-    driver = start_driver([str(path)])
-    pid, step, steps = _freeze_early_in_epoch_two(driver, exp)  # frozen: its newest checkpoint is known
-    os.kill(pid, signal.SIGKILL)  # the node vanished: no notice
+    driver = _start(start_driver, spot, _sweep(tmp_path, "vanish", every_steps=EVERY))
+    pid, step, steps = _freeze_early_in_epoch_two(driver, exp, spot.node)  # frozen: its newest checkpoint is known
+    lost = spot.node.lose()  # raylet, object store, workers: the machine is gone
+    assert pid in lost
+    replacement = spot.cluster.add(cpus=1)
     trial = _trial(exp)
     assert trial is not None
     out = _finish(driver, trial, reference, pid)
     resumed = re.search(r"trial continues from its mid-epoch checkpoint at epoch 2 step (\d+)", out)
     assert resumed, out[-5000:]
     assert int(resumed[1]) == steps and steps % EVERY == 0  # the last interval checkpoint
-    print(f"\nkill -9 in epoch 2 after its checkpoint at step {steps} of {step - steps}: continued from step "
-          f"{resumed[1]}; at most {EVERY} steps lost ({EVERY / (step - steps):.1%} of an epoch)")
+    assert {r["node_id"] for r in rows(trial)[1:]} == {replacement.node_id}  # continued on the replacement node
+    print(f"\nnode lost in epoch 2 after its checkpoint at step {steps} of {step - steps}: continued from step "
+          f"{resumed[1]} on the replacement node; at most {EVERY} steps lost ({EVERY / (step - steps):.1%} of an epoch)")

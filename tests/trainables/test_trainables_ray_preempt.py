@@ -1,5 +1,5 @@
 """A Ray Tune trial's preemption, without a cluster: the worker's notice (SIGTERM taken only while a
-trial listens, else passed on to Ray's handler) and the mid-epoch checkpoints kept on the trial's
+trial listens, else passed on to Ray's handler; its node draining), and the mid-epoch checkpoints kept on the trial's
 storage (manifest last; a restore takes the later of Tune's and the mid-epoch one). The real sweeps
 are ``tests/reliability/test_reliability_preemption.py``."""
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from trainables.ray_tune import preempt
 from trainables.ray_tune.midepoch_store import MidEpochStore
 from trainables.run.checkpoint import MANIFEST, META, save_checkpoint
+from trainables.run.preemption import PreemptionNotice
 
 
 def test_worker_notice_takes_sigterm_only_while_a_trial_listens() -> None:
@@ -32,7 +35,7 @@ def test_worker_notice_takes_sigterm_only_while_a_trial_listens() -> None:
         assert seen == [signal.SIGTERM]
         with preempt.listening() as notice:
             os.kill(os.getpid(), signal.SIGTERM)  # a trial trains: the flag only
-            assert notice.requested and seen == [signal.SIGTERM]
+            assert notice.requested and notice.reason == "SIGTERM" and seen == [signal.SIGTERM]
             os.kill(os.getpid(), signal.SIGTERM)  # a second notice: Ray's handler, at once
             assert seen == [signal.SIGTERM] * 2
         preempt.uninstall()
@@ -40,6 +43,42 @@ def test_worker_notice_takes_sigterm_only_while_a_trial_listens() -> None:
     finally:
         preempt.uninstall()
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_draining_node_gives_notice_and_a_failed_poll_is_retried(capsys: pytest.CaptureFixture[str]) -> None:
+    node, deadline_ms = "ab" * 28, int((time.time() + 60) * 1000)
+    replies: list[object] = [ConnectionError("GCS restarting"), {}, {"cd" * 28: 0}, ConnectionError("again"),
+                             {node: deadline_ms}]
+
+    def draining() -> dict[str, int]:
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply  # type: ignore[return-value]
+
+    notice, stop = PreemptionNotice(), threading.Event()
+    preempt.watch_drain(notice, node, stop, poll_seconds=0.01, draining=draining)  # returns on the notice
+    assert not replies and notice.requested
+    assert notice.reason is not None and notice.reason.startswith("node draining, deadline in ")
+    assert 55 <= int(notice.reason.rsplit(" ", 2)[1]) <= 60
+    assert capsys.readouterr().err.count("could not ask Ray which nodes are draining") == 1  # reported once
+
+    stopped = PreemptionNotice()
+    stop.set()  # the trial ended: the watcher returns without a poll
+    preempt.watch_drain(stopped, node, stop, poll_seconds=0.01, draining=lambda: {node: 0})
+    assert not stopped.requested
+
+
+def test_draining_nodes_asks_a_real_ray_cluster() -> None:
+    """The Ray Core call (the one Ray Train's preemption watcher makes) exists and answers: no node
+    of a fresh local cluster drains."""
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        assert preempt.draining_nodes() == {}
+    finally:
+        ray.shutdown()
 
 
 def _checkpoint(path: Path, epoch: int, step: int, steps: int | None = None) -> Path:

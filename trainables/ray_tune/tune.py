@@ -7,8 +7,8 @@ the ``trial:`` section (``"search.budget"``, ``"optim.lr"``; a leading ``"trial.
 accepted), applied on top of ``base_trial``.
 Every epoch is reported with ``ray.tune.report(metrics, checkpoint=...)``; a restored trial
 continues from ``ray.tune.get_checkpoint()`` or, when later, from its mid-epoch checkpoint on
-storage (``trainables.ray_tune.midepoch_store``: SIGTERM, ``checkpoint.every_steps`` / ``every_seconds``;
-one-process trials). The last checkpoint holds ``export/``. A config
+storage (``trainables.ray_tune.midepoch_store``: SIGTERM, the trial's node draining,
+``checkpoint.every_steps`` / ``every_seconds``; one-process trials). The last checkpoint holds ``export/``. A config
 carrying ``REPEAT_KEY`` (``trainables.config.repeat``) is not trained: it reports the earlier trial's
 result once and calls its hooks' ``on_repeat``.
 Only ``ray.tune`` APIs are used (``ray.train.report`` raises inside Tune in Ray 2.60).
@@ -96,7 +96,7 @@ def _run_one(cfg: TrialConfig, workdir: Path, hooks: list[TrialHook], report: Re
         except TrialPreempted as err:  # run_trial's message names the local folder and --resume
             where = (f"at {store.last.where()}: checkpoint written to {store.last.path}" if store.last is not None
                      else "at an epoch's end: Ray Tune's checkpoint of it holds everything")
-            raise TrialPreempted(f"preempted (SIGTERM) {where}; Ray Tune retries the trial from it "
+            raise TrialPreempted(f"preempted ({notice.reason}) {where}; Ray Tune retries the trial from it "
                                  "(one of failure.max_failures)") from err
 
 

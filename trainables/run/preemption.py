@@ -29,12 +29,22 @@ class PreemptionNotice:
         self.signals = signals
         self.requested = False
         self.received_at: float | None = None
+        self.reason: str | None = None  # what gave notice: "SIGTERM", or a Ray node draining
         self.installed = False
         self._previous: dict[signal.Signals, Any] = {}
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
+    def request(self, reason: str) -> None:
+        """Give notice (the first one counts): the trial checkpoints after the step in flight and stops."""
         if not self.requested:
-            self.requested, self.received_at = True, time.monotonic()
+            self.reason, self.received_at = reason, time.monotonic()
+            self.requested = True
+
+    def reset(self) -> None:
+        """Forget a notice already acted on (a Ray worker reused for its next trial)."""
+        self.requested, self.received_at, self.reason = False, None, None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.request(signal.Signals(signum).name)
 
     def pass_on(self, signum: int, frame: FrameType | None) -> None:
         """Do what ``signum`` did before the notice was installed: call the previous Python handler,

@@ -247,8 +247,9 @@ def run_trial(
         while engine.epoch < config.search.epochs:
             tick = time.perf_counter()
             train = engine.train_epoch(train_loader, mid_epoch.after_step if mid_epoch else None)
-            if train is None:
-                raise TrialPreempted(f"preempted (SIGTERM) in epoch {engine.epoch + 1} after step "
+            if train is None:  # only a notice stops an epoch
+                assert mid_epoch is not None
+                raise TrialPreempted(f"preempted ({mid_epoch.notice.reason}) in epoch {engine.epoch + 1} after step "
                                      f"{engine.progress.steps if engine.progress else 0}: checkpoint written to "
                                      f"{ckpt_dir}; continue with --resume")
             val_loss, val_acc = engine.evaluate(val_loader)
@@ -287,7 +288,7 @@ def run_trial(
             if mid_epoch is not None:
                 mid_epoch.saved()
                 if notice is not None and notice.requested and not last:  # the notice came outside a step
-                    raise TrialPreempted(f"preempted (SIGTERM) after epoch {engine.epoch}: checkpoint written to "
+                    raise TrialPreempted(f"preempted ({notice.reason}) after epoch {engine.epoch}: checkpoint written to "
                                          f"{ckpt_dir}; continue with --resume")
     except BaseException as err:
         for hook in hooks:
