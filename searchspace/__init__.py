@@ -26,6 +26,7 @@ from .convert import (
     conversion_of,
     convert,
     load_original_state_dict,
+    new_branch_parameters,
     original_state_shapes,
 )
 from .models import (
@@ -123,6 +124,7 @@ __all__ = [
     "original_state_shapes",
     "check_original_state",
     "load_original_state_dict",
+    "new_branch_parameters",
     "TORCHVISION_PREFIX",
     "FactoryError",
     "torchvision_model_names",

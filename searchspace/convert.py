@@ -20,6 +20,12 @@ Function preservation (``preserve=True``), exact in train and eval mode:
   ``x`` itself, with nothing to set to 0, and the offline one normalises the sum once more.
   They convert with ``preserve=False`` only (fresh blocks, as ``build_model`` makes them).
 
+The branches other than ``kxk``, and the identity, are the *new branches*
+(:func:`new_branch_parameters`). :func:`load_original_state_dict` can start them at
+``new_branch_start`` instead of 0 (their output BN's weight, bias still 0; online: their scale):
+no longer exact at step 0, in exchange for convs that get a gradient from the first step (at 0
+only that BN's weight and bias, or that scale, do).
+
 A conv bias is folded into the BN's running mean (``mean - bias``): the BN's output is the
 same in eval mode, and in train mode the batch statistics shift by the same constant, so
 the running mean keeps tracking it exactly. Every BN of a block takes the host BN's eps and
@@ -40,7 +46,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .errors import NothingToConvertError
-from .branches import BRANCH_TYPES, IDENTITY, ConvBN, IdentityBN, OneByOneAvg, OneByOneKxK
+from .branches import BRANCH_TYPES, ConvBN, IdentityBN, OneByOneAvg, OneByOneKxK
 from .layers import NormTail, norm_tail_names, template
 from .odbb import ODBB, check_branches
 from .forms import QUANT_AWARE_FORMS, odbb_class
@@ -55,6 +61,7 @@ __all__ = [
     "original_state_shapes",
     "check_original_state",
     "load_original_state_dict",
+    "new_branch_parameters",
     "replace_module",
 ]
 
@@ -161,10 +168,26 @@ def _qa_preserve_error(reparam: str) -> str:
             f"parameter to start at 0 (module doc); allowed: reparam 'offline' or 'online', or preserve=False")
 
 
+def _new_branches(block: ODBB) -> list[nn.Module]:
+    """Every branch of ``block`` but ``kxk``, and its identity: what a conversion adds to the trained conv."""
+    others = [module for name, module in block.branches.items() if name != "kxk"]
+    return others if block.identity is None else [*others, block.identity]
+
+
+def new_branch_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of every ODBB's new branches (every branch but ``kxk``, and the identity), in
+    module order: what a conversion adds to the trained conv. Not a block's own BN after the branch
+    sum (online, QA forms): it normalises ``kxk`` too, and online it is the original BN."""
+    return [p for block in model.modules() if isinstance(block, ODBB)
+            for branch in _new_branches(block) for p in branch.parameters()]
+
+
 @torch.no_grad()
-def _init_from_pair(block: ODBB, weight: Tensor, bias: Tensor | None, bn: Mapping[str, Tensor]) -> None:
+def _init_from_pair(block: ODBB, weight: Tensor, bias: Tensor | None, bn: Mapping[str, Tensor],
+                    new_branch_start: float = 0.0) -> None:
     """Make ``block`` compute ``BN(conv(x))`` of the given conv weight/bias and BN state exactly:
-    the ``kxk`` branch carries them, everything else adds exactly 0 (see the module doc)."""
+    the ``kxk`` branch carries them, the new branches add exactly 0 (see the module doc), or
+    start at ``new_branch_start``."""
     if block.reparam in QUANT_AWARE_FORMS:
         raise ValueError(_qa_preserve_error(block.reparam))
     if "kxk" not in block.branch_names:
@@ -176,19 +199,18 @@ def _init_from_pair(block: ODBB, weight: Tensor, bias: Tensor | None, bn: Mappin
     if isinstance(block, OnlineODBB):
         assert isinstance(kxk, OnlineConv)
         kxk.weight.copy_(weight)
+        kxk.scale.fill_(1.0)
         target = block.bn
-        for name, module in [*block.branches.items(), (IDENTITY, block.identity)]:
-            if module is not None:  # every online branch ends in a per-channel scale
-                module.scale.fill_(1.0 if name == "kxk" else 0.0)
+        for module in _new_branches(block):  # every online branch ends in a per-channel scale
+            module.scale.fill_(new_branch_start)
     else:
         assert isinstance(kxk, ConvBN)
         kxk.conv.weight.copy_(weight)
         target = kxk.bn
-        for name, module in [*block.branches.items(), (IDENTITY, block.identity)]:
-            if module is not None and name != "kxk":
-                norm = _output_norm(module)
-                norm.weight.zero_()
-                norm.bias.zero_()
+        for module in _new_branches(block):
+            norm = _output_norm(module)
+            norm.weight.fill_(new_branch_start)
+            norm.bias.zero_()
     for key, value in state.items():
         getattr(target, key).copy_(value)
 
@@ -305,7 +327,8 @@ def check_original_state(model: nn.Module, shapes: Mapping[str, Sequence[int]]) 
         raise ValueError("; ".join(problems))
 
 
-def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], *,
+                             new_branch_start: float = 0.0) -> None:
     """Load a ``state_dict`` of the original model into the converted ``model``, in place.
 
     Every converted block is initialised from its conv and BN as :func:`convert` does with
@@ -315,6 +338,8 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor])
     Args:
         model: a model made by :func:`convert` (or ``build_model`` of an external host).
         state_dict: the original model's state dict (``torch.load(path, weights_only=True)``).
+        new_branch_start: where the new branches start (module doc): 0 preserves the function
+            exactly; above 0 they add to the trained conv from the first step.
 
     Raises:
         ValueError: keys or shapes that do not match exactly (the first few are named), or a block
@@ -329,7 +354,7 @@ def load_original_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor])
         bn = {key: state_dict[f"{layer.bn}.{key}"] for key in _BN_STATE}
         bias = state_dict.get(f"{layer.conv}.bias")
         try:
-            _init_from_pair(block, state_dict[f"{layer.conv}.weight"], bias, bn)
+            _init_from_pair(block, state_dict[f"{layer.conv}.weight"], bias, bn, new_branch_start)
         except ValueError as err:
             raise ValueError(f"layer {layer.conv}: {err}") from None
         pair_keys.update({f"{layer.conv}.weight", f"{layer.conv}.bias", *(f"{layer.bn}.{k}" for k in _BN_STATE)})

@@ -24,6 +24,7 @@ from searchspace import (
     convert,
     find_pairs,
     load_original_state_dict,
+    new_branch_parameters,
     odbb_layers,
     original_state_shapes,
     reparameterize,
@@ -33,6 +34,7 @@ from searchspace import (
 
 TOL = 1e-9
 FORMS = ("offline", "online")
+OUTPUT_BN = {"1x1": "bn", "1xk": "bn", "kx1": "bn", "1x1_kxk": "bn2", "1x1_avg": "avgbn"}  # offline branches
 
 
 class _Dynamic(nn.Module):
@@ -298,6 +300,42 @@ def test_loading_the_originals_weights_equals_converting_them(reparam: str) -> N
     _assert_preserved(trained, host, torch.randn(2, 3, 11, 11, dtype=torch.float64))
     shapes = original_state_shapes(host)
     assert shapes == {k: tuple(v.shape) for k, v in trained.state_dict().items()}
+
+
+def _new_branches(block: ODBB) -> list[tuple[str, nn.Module]]:
+    named = [(n, m) for n, m in block.branches.items() if n != "kxk"]
+    return named if block.identity is None else [*named, ("identity", block.identity)]
+
+
+@pytest.mark.parametrize("reparam", FORMS)
+def test_new_branches_can_start_above_zero_and_still_fuse_exactly(reparam: str) -> None:
+    trained = _edges()
+    host = convert(_Edges().double(), reparam=reparam, preserve=False)
+    load_original_state_dict(host, trained.state_dict(), new_branch_start=0.1)
+    assert host.same.identity is not None  # the identity is a new branch too
+    for _, block in odbb_layers(host):
+        new = _new_branches(block)
+        if reparam == "online":
+            starts = [m.scale for _, m in new]
+            assert torch.equal(block.branches["kxk"].scale, torch.ones_like(block.branches["kxk"].scale))
+        else:
+            norms = [m if n == "identity" else getattr(m, OUTPUT_BN[n]) for n, m in new]
+            starts = [bn.weight for bn in norms]
+            assert all(not bn.bias.any() for bn in norms)
+        assert starts and all(torch.equal(s, torch.full_like(s, 0.1)) for s in starts)
+    kxk = host.stem.branches["kxk"]
+    assert torch.equal(kxk.weight if reparam == "online" else kxk.conv.weight, trained.stem.weight)
+    x = torch.randn(2, 3, 11, 11, dtype=torch.float64)
+    assert (_outputs(trained, x, False) - _outputs(host, x, False)).abs().max() > 1e-3  # no longer the original
+    assert (_outputs(host, x, False) - _outputs(reparameterize(host), x, False)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("reparam", FORMS)
+def test_new_branch_parameters_are_every_branch_but_kxk_and_the_identity(reparam: str) -> None:
+    host = convert(_edges(), reparam=reparam)
+    expected = [p for n, p in host.named_parameters()  # not an online block's bn: the original BN
+                if ".identity." in n or (".branches." in n and ".branches.kxk." not in n)]
+    assert expected and [id(p) for p in new_branch_parameters(host)] == [id(p) for p in expected]
 
 
 def test_weights_that_do_not_fit_name_the_keys() -> None:

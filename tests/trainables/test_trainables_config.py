@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import torchvision
 
 from trainables import ConfigError, TrialConfig, apply_overrides, check_trial_key, parse_override
 from trainables.run.build import build_trial_model
@@ -40,6 +42,10 @@ def test_defaults_are_the_paper_values_and_round_trip() -> None:
         ({"search.arch_betas": [0.5]}, "trial.search.arch_betas", "expected 2 items"),
         ({"data.val_fraction": 1.0}, "trial.data.val_fraction", "expected a value in (0.0, 1.0)"),
         ({"search.method": "/nonexistent/arch.json"}, "trial.search.method", "not found"),
+        ({"model.new_branch_start": -0.1}, "trial.model.new_branch_start", "expected a value in [0.0, inf)"),
+        ({"model.new_branch_start": 0.1}, "trial.model.new_branch_start", "without weights"),
+        ({"optim.new_branch_lr_scale": 0.0}, "trial.optim.new_branch_lr_scale", "expected a value in (0.0, inf)"),
+        ({"optim.new_branch_lr_scale": -2.0}, "trial.optim.new_branch_lr_scale", "expected a value in (0.0, inf)"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, Any], path: str, fragment: str, tiny_dict: dict[str, Any]) -> None:
@@ -47,6 +53,21 @@ def test_bad_values_name_the_key(overrides: dict[str, Any], path: str, fragment:
         TrialConfig.from_dict(apply_overrides(tiny_dict, overrides))
     assert info.value.path == path
     assert fragment in str(info.value)
+
+
+def test_the_new_branch_options_parse_round_trip_and_reach_the_model(tmp_path: Path,
+                                                                     tiny_dict: dict[str, Any]) -> None:
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    cfg = TrialConfig.from_overrides(tiny_dict, {"model.name": "torchvision.resnet18", "model.weights": str(weights),
+                                                 "model.new_branch_start": 0.1, "optim.new_branch_lr_scale": 10,
+                                                 "data.channels": 3, "data.image_size": 16})
+    assert (cfg.model.new_branch_start, cfg.optim.new_branch_lr_scale) == (0.1, 10)
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg
+    assert (TrialConfig().model.new_branch_start, TrialConfig().optim.new_branch_lr_scale) == (0.0, 1.0)
+    block = build_trial_model(cfg, 10, 3).layer1[0].conv1  # an ODBB with an identity
+    assert torch.equal(block.identity.weight, torch.full_like(block.identity.weight, 0.1))
 
 
 def test_from_overrides_applies_dotted_keys_groups_and_a_trial_prefix(tiny_dict: dict[str, Any]) -> None:

@@ -102,3 +102,25 @@ def test_keep_kxk_keeps_every_layers_kxk_in_every_mask(tiny, sampling: str) -> N
     with pytest.raises(ValueError, match="keep_kxk keeps the kxk of all 5 layers, more than the budget's 4"):
         SearchEngine(engine.model, tiny(**{"search.budget": 4}).search, cfg.optim, steps_per_epoch=1, seed=0,
                      device=torch.device("cpu"), keep_kxk=True)
+
+
+def _is_new_branch(name: str) -> bool:
+    """A parameter of a branch other than ``kxk``, or of the identity (not an online block's BN)."""
+    return ".identity." in name or (".branches." in name and ".branches.kxk." not in name)
+
+
+@pytest.mark.parametrize("reparam", ["offline", "online"])
+def test_new_branch_lr_scale_gives_the_new_branches_their_own_lr(tiny, reparam: str) -> None:
+    default, _ = _engine(tiny(**{"model.reparam": reparam, "data.limit_train": 64}))
+    assert len(default.optimizer.param_groups) == 2  # scale 1: today's two groups
+    engine, loader = _engine(tiny(**{"model.reparam": reparam, "optim.new_branch_lr_scale": 10.0,
+                                     "data.limit_train": 64}))
+    groups, lr, decay = engine.optimizer.param_groups, engine.optim.lr, engine.optim.weight_decay
+    assert [g["lr"] for g in groups] == pytest.approx([lr, lr, 10 * lr, 10 * lr])
+    assert [g["weight_decay"] for g in groups] == [decay, 0.0, decay, 0.0]
+    new = [id(p) for g in groups[2:] for p in g["params"]]
+    assert len(new) == len(set(new))
+    assert set(new) == {id(p) for n, p in engine.model.named_parameters() if _is_new_branch(n)}
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in engine.model.parameters())
+    engine.train_epoch(loader)
+    assert groups[0]["lr"] < lr and groups[2]["lr"] == pytest.approx(10 * groups[0]["lr"])  # kept by the schedule

@@ -60,3 +60,13 @@ def test_identity_difference_names_the_first_deciding_key_and_ignores_missing_on
     assert identity_difference(trial, {**logged, "optim.lr": trial.optim.lr * 2}) == "optim.lr"
     assert identity_difference(trial, {**logged, "data.num_workers": 8}) is None  # not deciding
     assert identity_difference(trial, {**logged, "runtime.num_threads": 64}) == "runtime.num_threads"
+
+
+def test_the_new_branch_options_decide_the_identity(tiny: Any, tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    weights.touch()  # validation needs the file only; the identity never reads it
+    base = {"model.name": "torchvision.resnet18", "model.weights": str(weights), "data.channels": 3}
+    trial = tiny(**base)
+    assert {"model.new_branch_start", "optim.new_branch_lr_scale"} <= trial_identity(trial).keys()
+    for key, value in (("model.new_branch_start", 0.1), ("optim.new_branch_lr_scale", 10.0)):
+        assert identity_difference(tiny(**base, **{key: value}), trial_identity(trial)) == key

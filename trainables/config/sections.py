@@ -92,6 +92,11 @@ class ModelConfig:
     reparam: Literal["offline", "online", "offline_qa", "online_qa"] = "offline"
     factory: str | None = None
     weights: str | None = None
+    new_branch_start: float = field(default=0.0, metadata=rule(between(0.0, float("inf"), high_open=True)))
+    """With ``weights``: where every new branch (all but ``kxk``, the identity included) starts,
+    its output BN's weight (offline) or its scale (online); 0 preserves the trained model exactly,
+    above 0 the new branches add to it, and their convs learn, from the first step (RefConv /
+    NetBooster style)."""
 
     @property
     def host(self) -> str:
@@ -119,6 +124,10 @@ class ModelConfig:
                                                               f"use offline or online with weights")
             if not Path(self.weights).expanduser().is_file():
                 raise ConfigError(wpath, f"weights file {self.weights} not found (a state_dict saved with torch.save)")
+        elif self.new_branch_start:
+            raise ConfigError(join_path(path, "new_branch_start"), "sets where the new branches of a model loaded from "
+                                                                   "model.weights start; without weights every branch "
+                                                                   "starts fresh: set model.weights, or 0.0")
 
 
 @dataclass(frozen=True)
@@ -317,6 +326,10 @@ class OptimConfig:
     momentum: float = field(default=0.9, metadata=rule(between(0.0, 1.0, high_open=True)))
     weight_decay: float = field(default=1.0e-4, metadata=rule(at_least(0.0)))
     grad_clip: float | None = field(default=5.0, metadata=rule(between(0.0, float("inf"), low_open=True)))
+    new_branch_lr_scale: float = field(default=1.0, metadata=rule(between(0.0, float("inf"), low_open=True,
+                                                                           high_open=True)))
+    """The lr of every ODBB's new branches (all but ``kxk``, the identity included;
+    ``searchspace.new_branch_parameters``) is ``lr`` times this, over the whole schedule."""
 
 
 @dataclass(frozen=True)

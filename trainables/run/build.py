@@ -4,7 +4,8 @@
 baseline name, an explicit branch list or an architecture JSON builds a model whose
 ODBBs hold exactly those branches (all active, trained without alpha). A converted host
 (``torchvision.<builder>``, ``model.factory``) with ``model.weights`` then loads that
-state dict of the original model, function-preserving (``searchspace.load_original_state_dict``).
+state dict of the original model, function-preserving (``searchspace.load_original_state_dict``;
+its new branches start at ``model.new_branch_start``, 0: exact).
 Errors that only show once the model exists (budget above the candidate count, a layer
 floor above the budget, bad model options, weights that do not fit, a model with nothing
 to convert) are raised here as ``ConfigError`` naming the key. ``check_trial_model``
@@ -152,7 +153,7 @@ def _weights_error(cfg: TrialConfig, err: ValueError) -> ConfigError:
 def _load_weights(cfg: TrialConfig, model: nn.Module) -> None:
     state = _read_weights(cfg)  # a file that is not a state_dict: its own ConfigError
     try:
-        load_original_state_dict(model, state)
+        load_original_state_dict(model, state, new_branch_start=cfg.model.new_branch_start)
     except ValueError as err:
         raise _weights_error(cfg, err) from None
 

@@ -8,7 +8,8 @@ The recipe options of ``SearchConfig`` (issue #13; paper behaviour by default) c
 these steps: fair random-phase sampling, a per-layer floor in every top-k, annealed noise,
 an auto-sized alpha lr, a restarted fixed-phase lr, BN recalibration at the fix, or a
 two-stage retrain from scratch (``trainables.search.recipe``). ``keep_kxk`` (a search from trained
-weights) puts every layer's ``kxk`` first in every top-k.
+weights) puts every layer's ``kxk`` first in every top-k. ``optim.new_branch_lr_scale`` gives the
+new branches (all but ``kxk``) their own lr (``_param_groups``).
 
 Reproducibility: every epoch reseeds torch's global RNG, the data order and the mask
 noise from ``(seed, epoch)``, so a run resumed from an epoch-boundary checkpoint is
@@ -47,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from searchspace import odbb_layers
+from searchspace import new_branch_parameters, odbb_layers
 
 from ..config.metrics import PHASE_FIXED, PHASE_RANDOM, PHASE_SEARCH
 from ..config.sections import OptimConfig, RuntimeConfig, SearchConfig
@@ -72,13 +73,25 @@ from .sync import EngineSync
 __all__ = ["SearchEngine"]
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def _decay_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on conv/linear weights only, not on biases or BN parameters (ndim <= 1)."""
-    params = [p for p in model.parameters() if p.requires_grad]
     return [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
+
+
+def _param_groups(model: nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    """The two decay groups; with ``new_branch_lr_scale`` other than 1, two more of the new branches'
+    parameters (``searchspace.new_branch_parameters``) at ``lr * new_branch_lr_scale`` (LambdaLR
+    multiplies every group's own initial lr, so the ratio holds over the schedule)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optim.new_branch_lr_scale == 1.0:
+        return _decay_groups(params, optim.weight_decay)
+    new = {id(p) for p in new_branch_parameters(model)}
+    base = _decay_groups([p for p in params if id(p) not in new], optim.weight_decay)
+    scaled = _decay_groups([p for p in params if id(p) in new], optim.weight_decay)
+    return base + [{**group, "lr": optim.lr * optim.new_branch_lr_scale} for group in scaled]
 
 
 class SearchEngine:
@@ -116,7 +129,7 @@ class SearchEngine:
         self._resume_epoch: tuple[dict[str, Any], dict[str, Any]] | None = None  # a mid-epoch checkpoint's
         self.train_model: nn.Module = self.model  # the training forward (a DDP wrapper under DDP)
         self.rank = 0  # ranks > 0 draw other noise, overridden by rank 0's broadcast
-        self.optimizer = torch.optim.SGD(_param_groups(model, optim.weight_decay), lr=optim.lr, momentum=optim.momentum)
+        self.optimizer = torch.optim.SGD(_param_groups(model, optim), lr=optim.lr, momentum=optim.momentum)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(search, steps_per_epoch))
         self.alpha: nn.Parameter | None = None
         self.arch_optimizer: torch.optim.Adam | None = None
