@@ -49,17 +49,19 @@ def test_precision_changes_the_result_and_the_identity(tiny: Any, tmp_path: Path
     (history_a, state_a), (history_b, state_b) = (_train(tiny, tmp_path, p, {"runtime.precision": p})
                                                   for p in ("fp32", "bf16"))
     assert history_a != history_b or not _same_bits(state_a, state_b)
-    assert identity_difference(tiny(**{"runtime.precision": "bf16"}), {"runtime.precision": "fp32"}) \
-        == "runtime.precision"
+    assert identity_difference(tiny(**{"runtime.precision": "bf16"}), trial_identity(tiny())) == "runtime.precision"
 
 
-def test_identity_difference_names_the_first_deciding_key_and_ignores_missing_ones(tiny: Any) -> None:
+def test_identity_difference_names_the_first_deciding_key_and_takes_missing_ones_as_defaults(tiny: Any) -> None:
     trial = tiny()
-    logged = {k: v for k, v in trial_identity(trial).items() if not k.startswith("runtime.")}  # an older run
+    logged = trial_identity(trial)
     assert identity_difference(trial, logged) is None
     assert identity_difference(trial, {**logged, "optim.lr": trial.optim.lr * 2}) == "optim.lr"
     assert identity_difference(trial, {**logged, "data.num_workers": 8}) is None  # not deciding
     assert identity_difference(trial, {**logged, "runtime.num_threads": 64}) == "runtime.num_threads"
+    older = {k: v for k, v in logged.items() if k != "optim.new_branch_lr_scale"}  # logged before the key existed
+    assert identity_difference(trial, older) is None  # it trained at the default, 1.0
+    assert identity_difference(tiny(**{"optim.new_branch_lr_scale": 10.0}), older) == "optim.new_branch_lr_scale"
 
 
 def test_the_new_branch_options_decide_the_identity(tiny: Any, tmp_path: Path) -> None:

@@ -77,11 +77,18 @@ def identity_key(trial: TrialConfig) -> str:
     return json.dumps(trial_identity(trial), sort_keys=True, default=str)
 
 
+_UNKNOWN = object()
+
+
 def identity_difference(trial: TrialConfig, other: Mapping[str, Any]) -> str | None:
     """The first deciding key of ``trial`` whose value in ``other`` (another trial's flat keys,
     e.g. an MLflow run's params) differs, or None when ``other`` has ``trial``'s identity. A key
-    ``other`` does not hold (a run logged before the key existed) counts as the default's."""
+    ``other`` does not hold (a run logged before the key existed) counts as the default's: the
+    behaviour the key keeps when unset. One with no default (an entry of ``model.options``) is
+    not compared."""
+    defaults = flatten_overrides(TrialConfig().to_dict())
     for key, value in sorted(trial_identity(trial).items()):
-        if key in other and other[key] != value:
+        theirs = other.get(key, defaults.get(key, _UNKNOWN))
+        if theirs is not _UNKNOWN and theirs != value:
             return key
     return None
