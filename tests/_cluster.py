@@ -42,13 +42,14 @@ def _node_id(address: str, temp_dir: str, env: dict[str, str], timeout: float = 
     """The Ray node id of the live node of the cluster at ``address`` started with ``temp_dir``
     (its object store's socket lies there), once the cluster counts it."""
     code = (f"import ray; ray.init(address='{address}', log_to_driver=False); "
-            f"print([n['NodeID'] for n in ray.nodes() if n['Alive'] and n['ObjectStoreSocketName'].startswith({temp_dir!r})])")
+            f"print(*('node-id=' + n['NodeID'] for n in ray.nodes() "
+            f"if n['Alive'] and n['ObjectStoreSocketName'].startswith({temp_dir!r})))")
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # Ray may print warnings on stdout too: only the marked line counts
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-        found = out.stdout.strip().splitlines()[-1:] if out.returncode == 0 else []
-        if found and found[0] != "[]":
-            return str(found[0]).strip("[]'")
+        found = [line.split("=", 1)[1] for line in out.stdout.splitlines() if line.startswith("node-id=")]
+        if out.returncode == 0 and found:
+            return found[0]
         time.sleep(1)
     raise AssertionError(f"the test cluster at {address} never had the node of {temp_dir}")
 

@@ -19,6 +19,7 @@ checkpoint-then-stop as SIGTERM, and Tune retries the trial on another node.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -30,8 +31,9 @@ from ..run.preemption import PreemptionNotice
 
 __all__ = ["DRAIN_POLL_SECONDS", "draining_nodes", "install", "listening", "uninstall", "watch_drain"]
 
-DRAIN_POLL_SECONDS = 5.0
-"""How often a listening trial asks Ray which nodes are draining (Ray Train polls as often)."""
+DRAIN_POLL_SECONDS = float(os.environ.get("REPNAS_DRAIN_POLL_SECONDS", "5"))
+"""How often a listening trial asks Ray which nodes are draining: 5 s, as Ray Train polls, or the
+environment's ``REPNAS_DRAIN_POLL_SECONDS`` on the worker's node (read when the worker imports this)."""
 
 
 class _WorkerNotice(PreemptionNotice):
