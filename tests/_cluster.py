@@ -17,12 +17,12 @@ from pathlib import Path
 
 from _servers import free_port
 
-__all__ = ["LocalCluster", "Node", "descendants"]
+__all__ = ["LocalCluster", "Node"]
 
 _RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
-def descendants(root: int) -> list[int]:
+def _descendants(root: int) -> list[int]:
     """``root`` and every process below it (from /proc; Ray's workers descend from their raylet)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -64,7 +64,7 @@ class Node:
 
     def pids(self) -> list[int]:
         """Every live process of the node: below its ``ray start``, or naming its temp dir."""
-        found = set(descendants(self.proc.pid))
+        found = set(_descendants(self.proc.pid))
         for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
             with contextlib.suppress(OSError):
                 if self.temp_dir in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,3 +232,20 @@ def test_int8_ranges_measure_weight_and_activation_outliers() -> None:
     loud = bench.ranges(model, images)
     assert calm["weight_range_max"] < 4 and loud["weight_range_max"] > 5  # sqrt(36) = 6 for one spike in 36
     assert calm["act_range_max"] < 2 and loud["act_range_max"] > 100
+
+
+def test_int8_report_keeps_each_groups_lr_chosen_on_validation(tmp_path: Path) -> None:
+    """With two learning rates, a row group is reported at the one with the better mean validation
+    accuracy, even when the other has the better test accuracy; the settings come from the rows."""
+    bench = _script("int8_accuracy")
+    settings = {"epochs": 10, "limit_train": 4000, "val_fraction": 0.02, "threads": 1, "calibration_images": 256}
+
+    def row(lr: float, seed: int, val: float, test: float) -> dict[str, Any]:
+        return {"host": "deep24", "method": "repvgg", "form": "offline", "seed": seed, "lr": lr, **settings,
+                "fused_val_acc": val, "test_acc": test, "int8_test_acc": test - 0.01, "int8_test_drop": 0.01}
+
+    rows = [row(0.05, s, 0.80, 0.90) for s in range(3)] + [row(0.2, s, 0.85, 0.70) for s in range(3)]
+    text = bench.report(rows, tmp_path)
+    line = next(x for x in text.splitlines() if x.startswith("| deep24"))
+    assert "| 0.2 (0.05, 0.2) | 3 | 85.00 ± 0.00 | 70.00 ± 0.00 |" in line
+    assert text.startswith(f"Settings: {json.dumps(settings)}") and (tmp_path / "report.md").read_text() == text

@@ -88,13 +88,18 @@ class ChildRun:
                 tags[TAG_TRIAL_ID] = log.record.trial_id
             run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
             client.log_batch(run_id, params=mlflow_params(log.params))
-            return cls(client, run_id, True, experiment_id, parent_run_id)
-        run = client.get_run(run_id)
-        if not run.data.params:
-            client.log_batch(run_id, params=mlflow_params(log.params))
-        if running and run.info.status != TrialStatus.RUNNING.mlflow:
-            client.update_run(run_id, status=TrialStatus.RUNNING.mlflow)
-        return cls(client, run_id, False, experiment_id, parent_run_id)
+            opened = cls(client, run_id, True, experiment_id, parent_run_id)
+            existing: Mapping[str, str] = {}
+        else:
+            run = client.get_run(run_id)
+            if not run.data.params:
+                client.log_batch(run_id, params=mlflow_params(log.params))
+            if running and run.info.status != TrialStatus.RUNNING.mlflow:
+                client.update_run(run_id, status=TrialStatus.RUNNING.mlflow)
+            opened, existing = cls(client, run_id, False, experiment_id, parent_run_id), run.data.tags
+        if log.repeat is not None and TAG_REPEAT_OF not in existing:
+            opened._link(log.repeat)  # before its (copied) metrics: a repeat's run is known as one from then on
+        return opened
 
     def log_epochs(self, epochs: Mapping[int, Mapping[str, Any]]) -> int:
         """Log the numeric metrics of every epoch the run lacks (step = epoch); the points logged."""
@@ -125,9 +130,7 @@ class ChildRun:
             return None
         if status in (TrialStatus.FINISHED, TrialStatus.STOPPED) and TAG_ERROR in tags:
             self.client.delete_tag(self.run_id, TAG_ERROR)  # an earlier attempt's; this one got through
-        if status is TrialStatus.FINISHED and log.repeat is not None and TAG_REPEAT_OF not in tags:
-            self._link(log.repeat)
-        elif status is TrialStatus.FINISHED and log.repeat is None and TAG_MODEL_URI not in tags:
+        if status is TrialStatus.FINISHED and log.repeat is None and TAG_MODEL_URI not in tags:
             assert log.export_dir is not None
             for f in fused_model.artifact_files(log.export_dir):
                 self.client.log_artifact(self.run_id, str(f))

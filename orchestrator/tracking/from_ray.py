@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics
 from ..ray_tune.results import record_from_result, sampled_config
 from .child_run import TrialLog, reconcile
-from .parent_run import SweepState, child_runs, client_defaults
+from .parent_run import TAG_REPEAT_OF, SweepState, child_runs, client_defaults
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -109,12 +109,14 @@ def _export_dir(result: Result) -> Path | None:
 
 
 def _clean_orphans(client: MlflowClient, runs: Mapping[str, Run], trial_names: set[str], report: SyncReport) -> None:
-    """Child runs of trials Ray does not know (a driver killed before its first snapshot):
-    deleted when they hold no metrics, else tagged ``repnas.orphaned`` and marked KILLED."""
+    """Child runs of trials Ray does not know (a driver killed before its next snapshot):
+    deleted when they hold no metrics or are repeats (whose metrics are a copy of the run they
+    link to; the searcher proposes the lost trial again), else tagged ``repnas.orphaned`` and
+    marked KILLED."""
     for name, run in runs.items():
         if name in trial_names:
             continue
-        if not run.data.metrics:
+        if not run.data.metrics or TAG_REPEAT_OF in run.data.tags:
             client.delete_run(run.info.run_id)
         else:
             client.set_tag(run.info.run_id, TAG_ORPHANED, "true")

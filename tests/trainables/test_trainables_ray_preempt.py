@@ -69,6 +69,19 @@ def test_a_draining_node_gives_notice_and_a_failed_poll_is_retried(capsys: pytes
     assert not stopped.requested
 
 
+@pytest.mark.parametrize("value, expected", [(None, 5.0), ("0.5", 0.5), ("abc", 5.0), ("0", 5.0), ("-1", 5.0),
+                                             ("inf", 5.0)])
+def test_the_drain_poll_interval_comes_from_the_environment_or_falls_back(
+        value: str | None, expected: float, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    if value is None:
+        monkeypatch.delenv("REPNAS_DRAIN_POLL_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("REPNAS_DRAIN_POLL_SECONDS", value)
+    assert preempt._poll_seconds() == expected  # a bad value must not stop a worker from importing this
+    warned = capsys.readouterr().err
+    assert ("REPNAS_DRAIN_POLL_SECONDS" in warned) == (value is not None and expected == 5.0), warned
+
+
 def test_draining_nodes_asks_a_real_ray_cluster() -> None:
     """The Ray Core call (the one Ray Train's preemption watcher makes) exists and answers: no node
     of a fresh local cluster drains."""

@@ -31,7 +31,25 @@ from ..run.preemption import PreemptionNotice
 
 __all__ = ["DRAIN_POLL_SECONDS", "draining_nodes", "install", "listening", "uninstall", "watch_drain"]
 
-DRAIN_POLL_SECONDS = float(os.environ.get("REPNAS_DRAIN_POLL_SECONDS", "5"))
+
+def _poll_seconds(default: float = 5.0) -> float:
+    """``REPNAS_DRAIN_POLL_SECONDS`` when it is a positive number; otherwise warn and use ``default``
+    (a worker must not fail to import over a bad environment value)."""
+    value = os.environ.get("REPNAS_DRAIN_POLL_SECONDS")
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if 0 < seconds < float("inf"):
+        return seconds
+    print(f"REPNAS_DRAIN_POLL_SECONDS={value!r} is not a positive number of seconds; polling every {default:g} s",
+          file=sys.stderr)
+    return default
+
+
+DRAIN_POLL_SECONDS = _poll_seconds()
 """How often a listening trial asks Ray which nodes are draining: 5 s, as Ray Train polls, or the
 environment's ``REPNAS_DRAIN_POLL_SECONDS`` on the worker's node (read when the worker imports this)."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from types import FrameType
 from typing import Any, Self
 
@@ -22,13 +21,12 @@ __all__ = ["PreemptionNotice"]
 
 
 class PreemptionNotice:
-    """``with PreemptionNotice() as notice:`` SIGTERM sets ``notice.requested`` (and ``received_at``,
-    a ``time.monotonic()``) instead of ending the process; the previous handler is restored on exit."""
+    """``with PreemptionNotice() as notice:`` SIGTERM sets ``notice.requested`` (and ``reason``)
+    instead of ending the process; the previous handler is restored on exit."""
 
     def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)) -> None:
         self.signals = signals
         self.requested = False
-        self.received_at: float | None = None
         self.reason: str | None = None  # what gave notice: "SIGTERM", or a Ray node draining
         self.installed = False
         self._previous: dict[signal.Signals, Any] = {}
@@ -36,12 +34,11 @@ class PreemptionNotice:
     def request(self, reason: str) -> None:
         """Give notice (the first one counts): the trial checkpoints after the step in flight and stops."""
         if not self.requested:
-            self.reason, self.received_at = reason, time.monotonic()
-            self.requested = True
+            self.reason, self.requested = reason, True
 
     def reset(self) -> None:
         """Forget a notice already acted on (a Ray worker reused for its next trial)."""
-        self.requested, self.received_at, self.reason = False, None, None
+        self.requested, self.reason = False, None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.request(signal.Signals(signum).name)
