@@ -11,9 +11,11 @@ INT8 test accuracy, the drop, the ONNX Runtime latency of both (same session opt
 * activations: per conv input (quantized per tensor), ``max|a| / p99.9|a|`` on the calibration
   images (the outlier ratio; MinMax calibration spends its 256 levels on the max), median and max.
 
-Rows go to ``--out/rows.jsonl`` as each trial ends (a rerun skips the rows already there);
-``--out/report.md`` is rewritten after every row: mean ± std over seeds and Welch's p for each
-quantization-aware form against its standard form.
+Rows go to ``--out/rows.jsonl`` as each trial ends, each with the settings it ran under (a
+rerun skips the rows already there); ``--out/report.md`` is rewritten after every row: with
+several ``--lr`` values, each (host, method, form) at the one with the best mean validation
+accuracy of its fused float32 model (test accuracy never chooses), mean ± std over seeds, and
+Welch's p for each quantization-aware form against its standard form.
 
     apt-get install -y dataset-fashion-mnist
     nice -n 10 python benchmarks/int8_accuracy.py --out benchmarks/results/int8
@@ -61,14 +63,17 @@ _QUANTIZED = ("fused_val_acc", "test_acc", "int8_val_acc", "int8_test_acc", "int
               "latency_int8_ms", "latency_fused_ms", "int8_seconds", "branches_kept", "train_seconds", "peak_memory_mb")
 
 
-def trial_config(host: str, method: str, form: str, seed: int, args: argparse.Namespace) -> TrialConfig:
+_SETTINGS = ("epochs", "limit_train", "val_fraction", "threads", "calibration_images")
+
+
+def trial_config(host: str, method: str, form: str, seed: int, lr: float, args: argparse.Namespace) -> TrialConfig:
     spec = HOSTS[host]
     trial = {
         "seed": seed,
         "model": {**spec["model"], "reparam": form},
         "data": {**spec["data"], "val_fraction": args.val_fraction, "limit_train": args.limit_train, "split_seed": 0},
         "search": {**METHODS[method], "epochs": args.epochs},
-        "optim": {"lr": args.lr},
+        "optim": {"lr": lr},
         "runtime": {"device": "cpu", "num_threads": args.threads},
         "export": {"formats": ["state_dict"], "latency_min_run_time": 0.2,
                    "int8": {"enabled": True, "calibration_images": args.calibration_images}},
@@ -104,13 +109,14 @@ def ranges(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
             "act_range_median": statistics.median(act), "act_range_max": max(act)}
 
 
-def run_row(host: str, method: str, form: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    cfg = trial_config(host, method, form, seed, args)
-    label = f"{host}-{method}-{form}-s{seed}"
+def run_row(host: str, method: str, form: str, seed: int, lr: float, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = trial_config(host, method, form, seed, lr, args)
+    label = f"{host}-{method}-{form}-lr{lr:g}-s{seed}"
     started = time.perf_counter()
     result = run_trial(cfg, args.out / "runs" / label, trial_name=label)
     errors = result.summary.get("export_errors", {})
-    row = {"host": host, "method": method, "form": form, "seed": seed, "wall_s": time.perf_counter() - started,
+    row = {"host": host, "method": method, "form": form, "seed": seed, "lr": lr,
+           **{k: getattr(args, k) for k in _SETTINGS}, "wall_s": time.perf_counter() - started,
            **{k: result.metrics[k] for k in _QUANTIZED if k in result.metrics}, "errors": errors}
     model, _ = load_fused(result.export_dir)
     data = build_data(cfg.data, seed)
@@ -136,24 +142,38 @@ def _mean_std(values: list[float], scale: float = 1.0) -> str:
     return f"{m:.2f} ± {s:.2f}"
 
 
-def report(rows: list[dict[str, Any]], out: Path, settings: dict[str, Any]) -> str:
-    """Markdown table: one line per (host, method, form), mean ± std over seeds; Welch's p of QA vs standard."""
+def _chosen(rows: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
+    """The rows of the learning rate with the best mean validation accuracy (fused float32)."""
+    by_lr: dict[float, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_lr.setdefault(r["lr"], []).append(r)
+    lr = max(by_lr, key=lambda k: statistics.mean(r["fused_val_acc"] for r in by_lr[k]))
+    return lr, by_lr[lr]
+
+
+def report(rows: list[dict[str, Any]], out: Path) -> str:
+    """Markdown table: one line per (host, method, form) at its lr chosen on validation, mean ±
+    std over seeds; Welch's p of QA vs standard; the settings the rows ran under."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["host"], r["method"], r["form"]), []).append(r)
-    lines = [f"Settings: {json.dumps(settings)}", "",
-             ("| host | method | form | seeds | fp32 test % | INT8 test % | drop (pts) | Welch p, QA vs std (INT8 acc / drop) "
-             "| fp32 ORT ms | INT8 ORT ms | weight range med/max | act range med/max | train s |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (host, method, form), rs in sorted(groups.items()):
+    chosen = {key: _chosen(rs) for key, rs in groups.items()}
+    settings = sorted({json.dumps({k: r.get(k) for k in _SETTINGS}) for r in rows})
+    lines = [*(f"Settings: {s}" for s in settings), "",
+             ("| host | method | form | lr (val; tried) | seeds | fp32 val % | fp32 test % | INT8 test % | drop (pts) "
+              "| Welch p, QA vs std (INT8 acc / drop) | fp32 ORT ms | INT8 ORT ms | weight range med/max "
+              "| act range med/max | train s |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (host, method, form), (lr, rs) in sorted(chosen.items()):
         col = lambda k, rs=rs: [r[k] for r in rs if k in r]
         p = "-"
-        if form.endswith("_qa"):
-            std = groups.get((host, method, form.removesuffix("_qa")), [])
-            pair = [_welch(col(k), [r[k] for r in std if k in r]) for k in ("int8_test_acc", "int8_test_drop")]
-            p = " / ".join(pair)
+        if form.endswith("_qa") and (host, method, form.removesuffix("_qa")) in chosen:
+            std = chosen[(host, method, form.removesuffix("_qa"))][1]
+            p = " / ".join(_welch(col(k), [r[k] for r in std if k in r]) for k in ("int8_test_acc", "int8_test_drop"))
+        tried = ", ".join(f"{x:g}" for x in sorted({r["lr"] for r in groups[(host, method, form)]}))
         lines.append(
-            f"| {host} | {method} | {form} | {len(rs)} | {_mean_std(col('test_acc'), 100)} | "
+            f"| {host} | {method} | {form} | {lr:g} ({tried}) | {len(rs)} | {_mean_std(col('fused_val_acc'), 100)} | "
+            f"{_mean_std(col('test_acc'), 100)} | "
             f"{_mean_std(col('int8_test_acc'), 100)} | {_mean_std(col('int8_test_drop'), 100)} | {p} | "
             f"{_mean_std(col('latency_onnx_fp32_ms'))} | {_mean_std(col('latency_int8_ms'))} | "
             f"{_mean_std(col('weight_range_median'))} / {_mean_std(col('weight_range_max'))} | "
@@ -183,7 +203,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--limit-train", type=int, default=4000)
     parser.add_argument("--val-fraction", type=float, default=0.02)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, nargs="+", default=[0.05],
+                        help="learning rates to try; the report keeps each row group's best on validation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--forms", nargs="+", default=None, help="block forms instead of each host's own pair "
@@ -193,24 +214,22 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    settings = {k: getattr(args, k) for k in ("epochs", "limit_train", "val_fraction", "lr", "threads",
-                                              "calibration_images")}
     if not args.report_only:
-        done = {(r["host"], r["method"], r["form"], r["seed"]) for r in rows}
+        done = {(r["host"], r["method"], r["form"], r["lr"], r["seed"]) for r in rows}
         for host, method in _order(args.hosts, args.methods):
             for form in args.forms or HOSTS[host]["forms"]:
                 if method == "plain" and form.endswith("_qa"):
                     continue  # kxk alone: no identity or 1x1 to change
-                for seed in args.seeds:
-                    if (host, method, form, seed) in done:
+                for lr, seed in ((lr, seed) for lr in args.lr for seed in args.seeds):
+                    if (host, method, form, lr, seed) in done:
                         continue
-                    row = run_row(host, method, form, seed, args)
+                    row = run_row(host, method, form, seed, lr, args)
                     rows.append(row)
                     with path.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
-                    report(rows, args.out, settings)
-    print(report(rows, args.out, settings))
+                    report(rows, args.out)
+    print(report(rows, args.out))
 
 
 if __name__ == "__main__":
