@@ -23,6 +23,7 @@ from trainables.run.data_facts import data_facts
 from . import console
 from .redact import error_line, redact
 from .sweep import SweepConfig, SweepLock, load_sweep, sample_overrides, storage, trial_count
+from .sweep.control import with_controls
 from .sweep.probe import probe_sweep
 from .tracking.preflight import check_tracking
 
@@ -70,9 +71,12 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     a real sweep's start has passed by then: ``_preflight``)."""
     print(f"# resolved sweep {cfg.name!r} (from {cfg.source})")
     print(redact(yaml.safe_dump(cfg.to_dict(), sort_keys=False)).rstrip())
-    total = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples)
+    total = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples, cfg.search.paired)
     print(f"\n# {total} trials; the first {min(count, total)} (dotted keys applied on top of trial:)")
-    for i, override in enumerate(sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)):
+    overrides = sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)
+    if cfg.search.control is not None and cfg.search.paired:  # each trial followed by its control
+        overrides = with_controls(overrides, cfg.search.control)[:min(count, total)]
+    for i, override in enumerate(overrides):
         cfg.trial_config(override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
     print()
@@ -166,7 +170,8 @@ def _run_locked(cfg: SweepConfig, resume: bool, restorable: bool, warm: WarmStar
     if cfg.search.algorithm == "optuna":
         console.quiet_optuna()
     print(f"{'resuming' if restorable else 'running'} sweep {cfg.name!r}: "
-          f"{trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples)} trials, "
+          f"{trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples, cfg.search.paired)} trials"
+          f"{', each searched one followed by its control' if cfg.search.paired else ''}, "
           f"results in {cfg.experiment_path}", flush=True)
     with stop_on_signal(resume_with) as interruption:
         results = tuner.fit()

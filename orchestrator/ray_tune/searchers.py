@@ -2,9 +2,11 @@
 
 Optuna's sampler may start from earlier sweeps' finished trials (:class:`WarmTrial`, read by
 ``tracking.warm_start``): they are added to its study, with every objective's value, before
-it proposes anything, and never trained again. With ``search.skip_repeats`` the searcher is
-wrapped so that no configuration is trained twice (``ray_tune.repeats``); grid and random sweeps
-then run through a :class:`VariantList` so that a grid's duplicates are repeats too.
+it proposes anything, and never trained again. With ``search.control`` Optuna's proposals are
+each followed by their control (``ray_tune.controls``). With ``search.skip_repeats`` the searcher
+is wrapped, outside that, so that no configuration is trained twice (``ray_tune.repeats``); grid
+and random sweeps then run through a :class:`VariantList` so that a grid's duplicates are repeats
+too (as do random sweeps with a control: their list holds each trial's control after it).
 """
 
 from __future__ import annotations
@@ -110,11 +112,13 @@ class VariantList(Searcher):
 def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | None = None,
                   warm: Sequence[WarmTrial] = (), base_trial: Mapping[str, Any] | None = None,
                   variants: Sequence[Mapping[str, Any]] | None = None) -> Searcher | Any:
-    """OptunaSearch (objective lists go to the searcher only; ``warm`` trials in its study;
-    repeats skipped, proposals compared as trials over ``base_trial``, the sweep's ``trial:``);
-    for grid and random sweeps, the sweep's ``variants`` (every trial's sampled keys) through a
-    :class:`VariantList` with repeats skipped, or a BasicVariantGenerator over ``param_space``
-    when ``skip_repeats`` is off. ``param_space``: Tune's, needed with ``warm``."""
+    """OptunaSearch (objective lists go to the searcher only; ``warm`` trials in its study; each
+    proposal followed by its control with ``search.control``; repeats skipped, proposals compared
+    as trials over ``base_trial``, the sweep's ``trial:``); for grid and random sweeps, the sweep's
+    ``variants`` (every trial's sampled keys, controls included) through a :class:`VariantList`
+    (repeats skipped with ``skip_repeats``), or without them a BasicVariantGenerator over
+    ``param_space``. ``param_space``: Tune's, needed with ``warm``."""
+    from .controls import ControlPairer
     from .repeats import RepeatSkipper
 
     if search.algorithm == "optuna":
@@ -128,11 +132,14 @@ def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | No
         single = len(metrics) == 1 and metrics[0] in scheduler_metric_names()
         searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
                                 sampler=_sampler(search), **study)
+        if search.control is not None:
+            searcher = ControlPairer(searcher, search.control)
         if search.skip_repeats:
             return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm if not t.stopped], base_trial)
         return searcher
-    if search.skip_repeats and variants is not None:
-        return RepeatSkipper(VariantList(variants), (), base_trial)
+    if variants is not None:
+        listed = VariantList(variants)
+        return RepeatSkipper(listed, (), base_trial) if search.skip_repeats else listed
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)

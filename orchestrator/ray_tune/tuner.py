@@ -11,6 +11,7 @@ from trainables.errors import NothingToResumeError, SweepExistsError
 from trainables.ray_tune import trial_name
 
 from ..sweep import SweepConfig, param_space, sample_overrides, storage, trial_count
+from ..sweep.control import with_controls
 from . import adapter as ray_adapter
 from .searchers import WarmTrial, make_searcher
 
@@ -89,11 +90,13 @@ def make_scheduler(cfg: SweepConfig, inherit_metric: bool = False) -> Any:
 
 def _console(cfg: SweepConfig) -> tuple[SweepReporter, TrialLines]:
     """The progress reporter (status line, or Ray's table with ``--verbose``) and the
-    one-line-per-trial callback."""
+    one-line-per-trial callback (objectives and sampled values; a control's method)."""
     from .progress import SweepReporter, TrialLines
 
     objectives = [o.metric for o in cfg.objectives]
     params = [p.key for p in cfg.sampled]
+    if cfg.search.paired and "search.method" not in params:  # a control's line says so
+        params.append("search.method")
     return (SweepReporter(list(dict.fromkeys(objectives + list(PROGRESS_METRICS))), params),
             TrialLines(objectives, params))
 
@@ -117,13 +120,17 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[War
     top_metric = single and objective.metric in scheduler_metric_names() and (cfg.scheduler.type != "asha" or inherit)
     reporter, trial_lines = _console(cfg)
     space = param_space(cfg.space, cfg.search.algorithm)
-    listed = cfg.search.algorithm != "optuna" and cfg.search.skip_repeats  # grid/random as a VariantList
+    # grid/random as a VariantList (a random sweep's controls follow their trials in it)
+    listed = cfg.search.algorithm != "optuna" and (cfg.search.skip_repeats or cfg.search.paired)
     count = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples)
     variants = sample_overrides(cfg.space, cfg.search.algorithm, count, cfg.search.seed) if listed else None
+    if variants is not None and cfg.search.control is not None and cfg.search.paired:
+        variants = with_controls(variants, cfg.search.control)
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(search, space, warm, cfg.trial, variants),
         scheduler=make_scheduler(cfg, inherit_metric=inherit),
-        num_samples=len(variants) if listed else cfg.search.num_samples,
+        # Optuna's: each proposal and its control (ray_tune.controls) with search.control
+        num_samples=len(variants) if variants is not None else cfg.search.num_samples * (2 if cfg.search.paired else 1),
         max_concurrent_trials=search.max_concurrent if cfg.search.algorithm == "optuna" or listed else None,
         metric=objective.metric if top_metric else None,
         mode=objective.mode if top_metric else None,

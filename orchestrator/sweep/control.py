@@ -1,10 +1,14 @@
-"""``search.control``: the space that also trains every setting plain.
+"""``search.control``: the trials that also train every setting plain.
 
-The control method becomes one more value of the space's method dimension (``search.method``,
-or a ``search`` group of mappings), or, without one, a new ``search.method`` grid of the base
-trial's method and the control. A grid then trains the control at every other setting of the
-space (learning rates, seeds, ...) with the base trial's schedule: exactly the trials each
-searched trial is compared with (``results.controls``).
+A grid gets the control method as one more value of the space's method dimension
+(``search.method``, or a ``search`` group of mappings), or, without one, a new ``search.method``
+grid of the base trial's method and the control (:func:`with_control`): it then trains the
+control at every other setting of the space (learning rates, seeds, ...) with the base trial's
+schedule. Optuna and random sweeps leave the space alone (the sampler never proposes the
+control); each trial they propose is followed by its control (:func:`control_of`: the same
+values, the method swapped), by ``ray_tune.controls`` or in the random sweep's list
+(:func:`with_controls`). Either way these are exactly the trials each searched trial is
+compared with (``results.controls``).
 """
 
 from __future__ import annotations
@@ -17,9 +21,14 @@ from trainables.errors import ConfigError
 
 from .space import SpaceParam
 
-__all__ = ["with_control"]
+__all__ = ["with_control", "check_unsampled_control", "control_of", "with_controls"]
 
 _METHOD = "search.method"
+
+
+def _is_group(p: SpaceParam) -> bool:
+    """A ``search`` dimension whose values are mappings (a method with its own options)."""
+    return p.key.removeprefix("trial.") == "search" and p.sampled and all(isinstance(v, Mapping) for v in p.values)
 
 
 def with_control(space: Sequence[SpaceParam], control: str, base_method: Any) -> tuple[SpaceParam, ...]:
@@ -31,7 +40,7 @@ def with_control(space: Sequence[SpaceParam], control: str, base_method: Any) ->
             if control not in p.values:
                 out[i] = replace(p, values=(*p.values, control))
             return tuple(out)
-        if key == "search" and p.sampled and all(isinstance(v, Mapping) for v in p.values):
+        if _is_group(p):
             if not any(v.get("method") == control for v in p.values):
                 out[i] = replace(p, values=(*p.values, {"method": control}))
             return tuple(out)
@@ -40,3 +49,37 @@ def with_control(space: Sequence[SpaceParam], control: str, base_method: Any) ->
                                             f"the control compares another method with it")
     out = [p for p in out if p.key.removeprefix("trial.") != _METHOD]  # a constant method is the base's
     return (*out, SpaceParam(_METHOD, "grid", (base_method, control)))
+
+
+def check_unsampled_control(space: Sequence[SpaceParam], control: str, algorithm: str) -> None:
+    """Refuse a sampled method dimension that holds ``control``: outside a grid every proposal
+    gets its own control, so a sampled control trial would only be paired with itself."""
+    for p in space:
+        key = p.key.removeprefix("trial.")
+        if (key == _METHOD and p.sampled and control in p.values) or \
+                (_is_group(p) and any(v.get("method") == control for v in p.values)):
+            raise ConfigError(f"space.{p.key}", f"holds the control {control!r}: with search.algorithm "
+                                                f"{algorithm} every trial is paired with its own {control} "
+                                                f"control (search.control); leave {control!r} out of the space")
+
+
+def control_of(config: Mapping[str, Any], control: str) -> dict[str, Any]:
+    """The control of a proposed trial (its sampled keys): the same values with ``search.method``
+    set to ``control``; a ``search`` group of mappings becomes ``{"method": control}``, as the
+    grid's control option (:func:`with_control`)."""
+    out = dict(config)
+    for key, value in config.items():
+        own = key.removeprefix("trial.")
+        if own == _METHOD:
+            out[key] = control
+            return out
+        if own == "search" and isinstance(value, Mapping):
+            out[key] = {"method": control}
+            return out
+    out[_METHOD] = control
+    return out
+
+
+def with_controls(points: Sequence[Mapping[str, Any]], control: str) -> list[dict[str, Any]]:
+    """``points`` (trials' sampled keys), each followed by its control."""
+    return [trial for p in points for trial in (dict(p), control_of(p, control))]

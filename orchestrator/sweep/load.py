@@ -23,7 +23,7 @@ from trainables.config.sweepfile import read_sweep_yaml
 from .tracking_uri import resolve_tracking_uri
 from .fit import check_fit, check_request
 from .schema import SchedulerConfig, SweepConfig
-from .control import with_control
+from .control import check_unsampled_control, with_control
 from .space import SpaceParam, parse_space
 from .trials import validate_trials
 
@@ -118,16 +118,23 @@ def parse_sweep(raw: dict[str, Any], source: str | None = None, env: dict[str, s
         raise ConfigError("storage_path", f"options after '?' are not supported ({cfg.storage_path!r}: the sweep's "
                           "name is appended to the path); give an S3-compatible store's endpoint as AWS_ENDPOINT_URL "
                           "and its credentials as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (docs/cluster.md)")
+    controlled = space  # every trial with every control: the grid's space, else checked below
     if cfg.search.control is not None:
         search = trial.get("search") if isinstance(trial.get("search"), dict) else {}
         constant = next((p.values[0] for p in space if p.key.removeprefix("trial.") == "search.method"), None)
-        space = with_control(space, cfg.search.control, constant or search.get("method", "odbb"))
+        controlled = with_control(space, cfg.search.control, constant or search.get("method", "odbb"))
+        if cfg.search.algorithm == "grid":
+            space = controlled
+        else:  # each proposal is followed by its control (ray_tune.controls); the sampler never proposes one
+            check_unsampled_control(space, cfg.search.control, cfg.search.algorithm)
     cfg = replace(
         cfg, source=source, space=space,
         storage_path=cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).expanduser().resolve()),
         mlflow=replace(cfg.mlflow, tracking_uri=resolve_tracking_uri(cfg.mlflow.tracking_uri, "mlflow.tracking_uri")),
         trial=_base_trial(trial, space, cfg))
     cfg = replace(cfg, base=validate_trials(cfg.trial, cfg.sampled).with_threads(cfg.resources.cpus))
+    if controlled is not space:  # the controls of the proposals must be valid trials too
+        validate_trials(cfg.trial, [p for p in controlled if p.sampled])
     _check_stop(cfg)
     _check_int8(cfg)
     if starts_local_ray(cfg, env):

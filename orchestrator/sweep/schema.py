@@ -83,14 +83,20 @@ class SweepSearchConfig:
 
     control: Literal["plain"] | None = None
     """Pair every trial with a control trained ``plain`` at the same settings (learning rate,
-    seed, every other sampled key, the same schedule): the space's method dimension gets this
-    method (``orchestrator.sweep.control``), the control trials stay off the Pareto front, and each trial
-    reports ``gain_val_acc``/``gain_test_acc`` over its control (``results.controls``)."""
+    seed, every other sampled key, the same schedule; ``orchestrator.sweep.control``): a grid gets
+    this method in its method dimension; Optuna and random sweeps follow each proposed trial by its
+    control (``ray_tune.controls``: the sampler never proposes, nor learns from, a control), so
+    the sweep runs twice its searched trials (``num_samples`` for Optuna; with ``skip_repeats`` a
+    control equal to an earlier trial takes its result untrained). The control trials stay off
+    the Pareto front, and each trial reports ``gain_val_acc``/``gain_test_acc`` over its control
+    (``results.controls``)."""
+
+    @property
+    def paired(self) -> bool:
+        """Each proposed trial is followed by its control (a control outside a grid's space)."""
+        return self.control is not None and self.algorithm != "grid"
 
     def validate(self, path: str) -> None:
-        if self.control is not None and self.algorithm != "grid":
-            raise ConfigError(join_path(path, "control"), f"pairs every trial with a plain trial at the same settings, "
-                                                          f"which needs search.algorithm: grid (got {self.algorithm})")
         if self.warm_start and self.algorithm != "optuna":
             raise ConfigError(join_path(path, "warm_start"), f"warm starts feed Optuna's sampler; set "
                                                              f"search.algorithm: optuna (got {self.algorithm})")

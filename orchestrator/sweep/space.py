@@ -133,11 +133,12 @@ def _grid_params(params: Sequence[SpaceParam], algorithm: str) -> list[SpacePara
     return [p for p in params if p.kind == "grid" or (p.kind == "choice" and algorithm == "grid")]
 
 
-def trial_count(params: Sequence[SpaceParam], algorithm: str, num_samples: int) -> int:
-    """Trials the sweep will run: Optuna's ``num_samples``, or Ray's grid size times it."""
-    if algorithm == "optuna":
-        return num_samples
-    return math.prod(len(p.values) for p in _grid_params(params, algorithm)) * num_samples
+def trial_count(params: Sequence[SpaceParam], algorithm: str, num_samples: int, paired: bool = False) -> int:
+    """Trials the sweep will run: Optuna's ``num_samples``, or Ray's grid size times it; twice
+    that when each is ``paired`` with its control (``SweepSearchConfig.paired``)."""
+    searched = num_samples if algorithm == "optuna" else \
+        math.prod(len(p.values) for p in _grid_params(params, algorithm)) * num_samples
+    return 2 * searched if paired else searched
 
 
 def sample_overrides(params: Sequence[SpaceParam], algorithm: str, count: int,

@@ -251,7 +251,7 @@ def test_shipped_configs_validate(config: Path, monkeypatch: pytest.MonkeyPatch)
     cfg = load_sweep(config, overrides, env={})
     claimed = re.search(r"^#.*?(\d+) trials", config.read_text(), re.M)
     if claimed:
-        assert trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples) == int(claimed.group(1))
+        assert trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples, cfg.search.paired) == int(claimed.group(1))
     assert parse_sweep(cfg.to_dict(), source=cfg.source) == cfg
 
 

@@ -49,7 +49,7 @@ def test_control_pairs_by_setting_and_seed_and_stays_off_the_front() -> None:
     assert "control.dbb.lr0.1.val_acc_gain" in report.parent_metrics()
 
 
-def test_control_key_adds_the_control_to_the_method_dimension(kit, tmp_path: Path) -> None:
+def test_control_key_adds_the_control_to_a_grid_and_pairs_optuna_proposals(kit, tmp_path: Path) -> None:
     grid = {"algorithm": "grid", "num_samples": 1, "control": "plain"}
     data = kit.tiny_sweep(tmp_path, search=grid)
     data["space"] = {"search": {"grid": [{"method": "dbb"}, {"method": "odbb", "budget": 8}]}, "seed": {"grid": [0, 1]}}
@@ -58,8 +58,17 @@ def test_control_key_adds_the_control_to_the_method_dimension(kit, tmp_path: Pat
     data["space"] = {"seed": {"grid": [0, 1]}}
     cfg = parse_sweep(data)
     assert [p.values for p in cfg.space if p.key == "search.method"] == [("odbb", "plain")]
-    with pytest.raises(ConfigError, match="search.algorithm: grid"):
-        parse_sweep(kit.tiny_sweep(tmp_path, search={"control": "plain"}))
+    optuna = kit.tiny_sweep(tmp_path, search={"control": "plain"})
+    cfg = parse_sweep(optuna)  # Optuna's space never holds the control: each proposal is followed by it
+    assert cfg.search.paired and not any(p.key == "search.method" for p in cfg.space)
+    assert trial_count(cfg.space, "optuna", 3, cfg.search.paired) == 6
+    optuna["space"]["search.method"] = {"choice": ["dbb", "plain"]}
+    with pytest.raises(ConfigError, match="leave 'plain' out of the space"):
+        parse_sweep(optuna)
+    optuna["space"].pop("search.method")
+    optuna["trial"]["search"]["method"] = "plain"
+    with pytest.raises(ConfigError, match="every trial already trains 'plain'"):
+        parse_sweep(optuna)
 
 
 def _folder_sweep(kit, tmp_path: Path, **search) -> dict:

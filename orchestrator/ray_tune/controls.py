@@ -1,0 +1,76 @@
+"""Each proposal followed by its control: a searcher wrapper (``search.control`` outside a grid).
+
+A grid holds its controls in its space (``sweep.control.with_control``); Optuna must not: it
+would sample the control as one more method and learn from it. :class:`ControlPairer` sits
+between the repeat check and the searcher (Tune -> ``RepeatSkipper`` -> ControlPairer ->
+OptunaSearch): after each proposal of its searcher it proposes that proposal's control
+(``sweep.control.control_of``: the same values, trained plain), whose results the searcher is
+never told. Two proposals whose controls are the same trial (they differ only in the method)
+thus give the repeat check two equal proposals: the second control is a repeat, not trained
+again. Tune runs ``2 x num_samples`` trials (``ray_tune.tuner``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from ..sweep.control import control_of
+
+__all__ = ["ControlPairer"]
+
+
+class ControlPairer(Searcher):
+    """Wrap ``searcher`` so that each of its proposals is followed by its ``control`` trial.
+
+    Tune saves the inner searcher through ``save``/``restore`` and this wrapper's own state
+    (the control proposed next, the control trials running) through ``get_state``/``set_state``,
+    so a control due when the driver stopped is still proposed after ``--resume``.
+    """
+
+    def __init__(self, searcher: Searcher, control: str) -> None:
+        self.searcher = searcher
+        self.control = control
+        self.due: dict[str, Any] | None = None  # the control of the last proposal, not yet proposed
+        self.controls: set[str] = set()  # trial ids of proposed controls that have not completed
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.due is not None:
+            config, self.due = self.due, None
+            self.controls.add(trial_id)
+            return config
+        config = self.searcher.suggest(trial_id)
+        if config is None or config == Searcher.FINISHED:
+            return config
+        self.due = control_of(config, self.control)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id not in self.controls:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self.controls:
+            self.controls.discard(trial_id)  # the searcher never proposed it: nothing to learn
+            return
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def get_state(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["searcher"]
+        return copy.deepcopy(state)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
