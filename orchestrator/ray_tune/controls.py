@@ -12,17 +12,17 @@ again. Tune runs ``2 x num_samples`` trials (``ray_tune.tuner``).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from ray.tune.search import Searcher
 
 from ..sweep.control import control_of
+from .wrapper import SearcherWrapper
 
 __all__ = ["ControlPairer"]
 
 
-class ControlPairer(Searcher):
+class ControlPairer(SearcherWrapper):
     """Wrap ``searcher`` so that each of its proposals is followed by its ``control`` trial.
 
     Tune saves the inner searcher through ``save``/``restore`` and this wrapper's own state
@@ -31,14 +31,10 @@ class ControlPairer(Searcher):
     """
 
     def __init__(self, searcher: Searcher, control: str) -> None:
-        self.searcher = searcher
+        super().__init__(searcher)
         self.control = control
         self.due: dict[str, Any] | None = None  # the control of the last proposal, not yet proposed
         self.controls: set[str] = set()  # trial ids of proposed controls that have not completed
-        super().__init__(metric=searcher.metric, mode=searcher.mode)
-
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.due is not None:
@@ -60,17 +56,3 @@ class ControlPairer(Searcher):
             self.controls.discard(trial_id)  # the searcher never proposed it: nothing to learn
             return
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
-
-    def get_state(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["searcher"]
-        return copy.deepcopy(state)
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def save(self, checkpoint_path: str) -> None:
-        self.searcher.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.searcher.restore(checkpoint_path)

@@ -18,7 +18,6 @@ earlier sweeps (``tracking.warm_start``) count as finished.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -32,6 +31,7 @@ from trainables.errors import ConfigError
 from trainables.ray_tune import trial_name
 
 from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics, status_from_result
+from .wrapper import SearcherWrapper
 
 __all__ = ["RepeatSkipper", "config_key"]
 
@@ -51,7 +51,7 @@ def config_key(config: Mapping[str, Any], base_trial: Mapping[str, Any] | None =
     return json.dumps(sampled, sort_keys=True, default=str)
 
 
-class RepeatSkipper(Searcher):
+class RepeatSkipper(SearcherWrapper):
     """Wrap ``searcher`` so that no configuration is trained twice (see the module doc).
 
     ``known``: results the sweep already has (warm-start trials of earlier sweeps), by config.
@@ -64,20 +64,16 @@ class RepeatSkipper(Searcher):
 
     def __init__(self, searcher: Searcher, known: Iterable[tuple[Mapping[str, Any], Repeat]] = (),
                  base_trial: Mapping[str, Any] | None = None) -> None:
-        self.searcher = searcher
+        super().__init__(searcher)
         self.base_trial = None if base_trial is None else dict(base_trial)
         self.finished: dict[str, dict[str, Any]] = {self._key(c): r.to_dict() for c, r in known}
         self.running: dict[str, str] = {}  # config key -> the Tune trial training it
         self.held: list[tuple[str, dict[str, Any]]] = []  # (searcher's trial id, config) equal to a running trial
         self.inner_ids: dict[str, str] = {}  # Tune trial id -> the searcher's trial id
         self.keys: dict[str, str] = {}  # Tune trial id -> config key
-        super().__init__(metric=searcher.metric, mode=searcher.mode)
 
     def _key(self, config: Mapping[str, Any]) -> str:
         return config_key(config, self.base_trial)
-
-    def set_search_properties(self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any) -> bool:
-        return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         for i, (inner_id, config) in enumerate(self.held):
@@ -115,17 +111,3 @@ class RepeatSkipper(Searcher):
         if status in (TrialStatus.FINISHED, TrialStatus.STOPPED) and key not in self.finished:
             metrics = numeric_metrics(result or {}, TRIAL_METRICS)
             self.finished[key] = Repeat(trial_name(trial_id), metrics).to_dict()
-
-    def get_state(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["searcher"]
-        return copy.deepcopy(state)
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-    def save(self, checkpoint_path: str) -> None:
-        self.searcher.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.searcher.restore(checkpoint_path)
