@@ -30,6 +30,11 @@ RULES: dict[str, tuple[str, tuple[Any, Any], dict[str, Any], dict[str, Any]]] = 
         "search.noise_final", (0.0, 0.5), {"search.noise_schedule": "constant"}, {"search.noise_schedule": "linear"}),
     "arch_lr_travel without arch_lr auto": (
         "search.arch_lr_travel", (1.0, 30.0), {"search.arch_lr": 1.0e-4}, {"search.arch_lr": "auto"}),
+    "budget of a fixed architecture": (  # e.g. the plain controls of an Optuna sweep that samples the budget
+        "search.budget", (0.34, 0.67), {"search.method": "dbb", **NO_RANDOM}, {"search.method": "odbb"}),
+    "layer_floor of a fixed architecture": (
+        "search.layer_floor", (1, 2), {"search.method": "dbb", **NO_RANDOM},
+        {"search.method": "odbb", "search.budget": 0.67}),
 }
 
 
@@ -37,11 +42,13 @@ def _train(tiny: Any, tmp_path: Path, name: str, overrides: dict[str, Any]) -> t
     cfg = tiny(**{"data.limit_train": 96, **overrides})
     result = run_trial(cfg, tmp_path / name)
     tensors, _ = load_checkpoint(result.checkpoint_dir)
-    return [computed(m) for m in result.history], {"model": tensors["model"], "alpha": tensors["alpha"]}
+    return [computed(m) for m in result.history], {"model": tensors["model"], "alpha": tensors.get("alpha")}
 
 
 def _same(a: dict, b: dict) -> bool:
-    return torch.equal(a["alpha"], b["alpha"]) and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    alphas = a["alpha"] is b["alpha"] is None or (  # a fixed architecture has none
+        a["alpha"] is not None and b["alpha"] is not None and torch.equal(a["alpha"], b["alpha"]))
+    return alphas and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 @pytest.mark.parametrize("rule", list(RULES))
@@ -67,5 +74,6 @@ def test_a_preset_is_inert_once_layered(tiny_dict: dict[str, Any]) -> None:
     assert trial_identity(short) != trial_identity(TrialConfig.from_overrides(tiny_dict, {}))  # paper differs
 
 
-def test_a_fixed_architecture_has_no_inert_search_keys_but_its_preset(tiny: Any) -> None:
-    assert inert_keys(tiny(**{"search.method": "dbb", **NO_RANDOM}).search) == {"search.preset"}
+def test_a_fixed_architecture_ignores_only_its_preset_and_the_search_budget(tiny: Any) -> None:
+    assert inert_keys(tiny(**{"search.method": "dbb", **NO_RANDOM}).search) == {
+        "search.preset", "search.budget", "search.layer_floor"}

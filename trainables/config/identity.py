@@ -49,20 +49,22 @@ def inert_keys(search: SearchConfig) -> frozenset[str]:
     ``preset`` (its values are already in the other keys); for a search, ``random_sampling``
     without a random phase, the fix recipe (``fix_bn``, ``fix_bn_batches``,
     ``fixed_lr_schedule``) under ``two_stage``, ``fix_bn_batches`` without recalibration,
-    ``noise_final`` with constant noise and ``arch_lr_travel`` without ``arch_lr: auto``.
+    ``noise_final`` with constant noise and ``arch_lr_travel`` without ``arch_lr: auto``; for a
+    fixed architecture, ``budget`` and ``layer_floor`` (only a search keeps a subset of branches).
     Each rule is checked by training both values (tests/trainables/test_trainables_inert_keys.py)."""
+    if not search.searching:
+        return frozenset({"search.preset", "search.budget", "search.layer_floor"})
     inert = {"preset"}
-    if search.searching:
-        if search.random_epochs == 0:
-            inert.add("random_sampling")
-        if search.two_stage:
-            inert |= {"fix_bn", "fix_bn_batches", "fixed_lr_schedule"}
-        if search.fix_bn == "reset":
-            inert.add("fix_bn_batches")
-        if search.noise_schedule == "constant":
-            inert.add("noise_final")
-        if search.arch_lr != "auto":
-            inert.add("arch_lr_travel")
+    if search.random_epochs == 0:
+        inert.add("random_sampling")
+    if search.two_stage:
+        inert |= {"fix_bn", "fix_bn_batches", "fixed_lr_schedule"}
+    if search.fix_bn == "reset":
+        inert.add("fix_bn_batches")
+    if search.noise_schedule == "constant":
+        inert.add("noise_final")
+    if search.arch_lr != "auto":
+        inert.add("arch_lr_travel")
     return frozenset(f"search.{key}" for key in inert)
 
 
