@@ -22,8 +22,8 @@ from trainables.run.data_facts import data_facts
 
 from . import console
 from .redact import error_line, redact
-from .sweep import SweepConfig, SweepLock, load_sweep, sample_overrides, storage, trial_count
-from .sweep.control import with_controls
+from .sweep import SweepConfig, SweepLock, load_sweep, storage, trial_count
+from .sweep.control import listed_trials
 from .sweep.probe import probe_sweep
 from .tracking.preflight import check_tracking
 
@@ -73,10 +73,7 @@ def dry_run(cfg: SweepConfig, count: int = 3) -> None:
     print(redact(yaml.safe_dump(cfg.to_dict(), sort_keys=False)).rstrip())
     total = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples, cfg.search.paired)
     print(f"\n# {total} trials; the first {min(count, total)} (dotted keys applied on top of trial:)")
-    overrides = sample_overrides(cfg.space, cfg.search.algorithm, min(count, total), cfg.search.seed)
-    if cfg.search.control is not None and cfg.search.paired:  # each trial followed by its control
-        overrides = with_controls(overrides, cfg.search.control)[:min(count, total)]
-    for i, override in enumerate(overrides):
+    for i, override in enumerate(listed_trials(cfg, count)):
         cfg.trial_config(override)  # every sample must be a valid trial
         print(f"trial {i}: {override}")
     print()

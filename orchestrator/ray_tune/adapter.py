@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from ray.tune import Checkpoint
     from ray.tune.experiment import Trial
 
-__all__ = ["TESTED", "SNAPSHOT_PREFIX", "SNAPSHOT_SUFFIX", "QUIET_LOGGERS", "driver_env", "checkpoint_state",
+__all__ = ["TESTED", "SNAPSHOT_PREFIX", "SNAPSHOT_SUFFIX", "SEARCH_STATE_PREFIX", "QUIET_LOGGERS", "driver_env", "checkpoint_state",
            "set_checkpoint_state", "trial_filesystem", "training_result", "raise_checkpoint_index",
-           "invalidate_trial", "load_result_grid"]
+           "invalidate_trial", "load_result_grid", "snapshot_trials", "trial_done", "generated_count",
+           "set_generated_count", "set_live_trials", "is_optuna", "optuna_open_trials", "optuna_knows", "optuna_adopt"]
 
 TESTED = ">=2.52,<2.61"
 """The Ray versions this project is tested with (a PEP 440 specifier; pyproject.toml's bounds).
@@ -32,6 +33,9 @@ default (DDP trials), 2.48 Train v2's ``WorkerGroupError``."""
 
 SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "experiment_state-", ".json"
 """Tune's experiment snapshot files in ``<storage_path>/<name>``: what ``Tuner.restore`` reads."""
+
+SEARCH_STATE_PREFIX = "search_gen_state-"
+"""Tune's searcher state files beside the snapshots (``SearchGenerator.CKPT_FILE_TMPL``)."""
 
 QUIET_LOGGERS: Mapping[str, tuple[str, int]] = {
     "ray._private.worker": ("driver", logging.WARNING),  # "Started a local Ray instance."
@@ -104,3 +108,66 @@ def load_result_grid(experiment_path: str) -> Any:
     from ray.tune import ExperimentAnalysis, ResultGrid
 
     return ResultGrid(ExperimentAnalysis(experiment_path))
+
+
+def snapshot_trials(dirpath: str) -> list[Trial]:
+    """The trials of the newest experiment snapshot in local folder ``dirpath`` (the one
+    ``Tuner.restore`` reads: the greatest name), in the order Tune created them."""
+    from pathlib import Path
+
+    from ray.tune.experiment import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    files = sorted(Path(dirpath).glob(f"{SNAPSHOT_PREFIX}*{SNAPSHOT_SUFFIX}"))
+    if not files:
+        return []
+    state = _loads_with_cloudpickle(files[-1].read_text())
+    trials = []
+    for json_state, metadata in state["trial_data"]:
+        trial = Trial.from_json_state(json_state, stub=True)
+        trial.restore_run_metadata(metadata)
+        trials.append(trial)
+    return trials
+
+
+def trial_done(trial: Trial) -> bool:
+    """Whether Tune ended the trial (it will neither run it again nor report it complete)."""
+    return trial.status == trial.TERMINATED
+
+
+def generated_count(search: Any) -> int:
+    """The trials a ``SearchGenerator`` has created (it stops at ``num_samples``)."""
+    return search._counter
+
+
+def set_generated_count(search: Any, count: int) -> None:
+    search._counter = count
+
+
+def set_live_trials(limiter: Any, trial_ids: Iterable[str]) -> None:
+    """The trials a ``ConcurrencyLimiter`` counts as running (it forwards only their completion)."""
+    limiter.live_trials = set(trial_ids)
+    limiter.num_unfinished_live_trials = len(limiter.live_trials)
+
+
+def is_optuna(searcher: Any) -> bool:
+    from ray.tune.search.optuna import OptunaSearch
+
+    return isinstance(searcher, OptunaSearch)
+
+
+def optuna_open_trials(searcher: Any) -> list[str]:
+    """Tune trial ids an ``OptunaSearch`` proposed and has not been told the end of."""
+    return [t for t in searcher._ot_trials if t not in searcher._completed_trials]
+
+
+def optuna_knows(searcher: Any, trial_id: str) -> bool:
+    return trial_id in searcher._ot_trials
+
+
+def optuna_adopt(searcher: Any, trial_id: str, params: Mapping[str, Any]) -> None:
+    """Register a trial an ``OptunaSearch`` did not propose (its saved state is older than
+    Tune's) as one of its proposals, with these values, so its result reaches the study."""
+    space = searcher._space
+    searcher._ot_study.enqueue_trial({k: v for k, v in params.items() if k in space}, skip_if_exists=False)
+    searcher._ot_trials[trial_id] = searcher._ot_study.ask(fixed_distributions=searcher._space)

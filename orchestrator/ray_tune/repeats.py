@@ -19,7 +19,8 @@ earlier sweeps (``tracking.warm_start``) count as finished.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -31,6 +32,7 @@ from trainables.errors import ConfigError
 from trainables.ray_tune import trial_name
 
 from ..records import TRIAL_METRICS, TrialStatus, numeric_metrics, status_from_result
+from .realign import SnapshotTrial, realign_searcher
 from .wrapper import SearcherWrapper
 
 __all__ = ["RepeatSkipper", "config_key"]
@@ -69,8 +71,8 @@ class RepeatSkipper(SearcherWrapper):
         self.finished: dict[str, dict[str, Any]] = {self._key(c): r.to_dict() for c, r in known}
         self.running: dict[str, str] = {}  # config key -> the Tune trial training it
         self.held: list[tuple[str, dict[str, Any]]] = []  # (searcher's trial id, config) equal to a running trial
-        self.inner_ids: dict[str, str] = {}  # Tune trial id -> the searcher's trial id
-        self.keys: dict[str, str] = {}  # Tune trial id -> config key
+        self.inner_ids: dict[str, str] = {}  # Tune trial id -> the searcher's trial id, every trial emitted
+        self.keys: dict[str, str] = {}  # Tune trial id -> config key, every trial emitted
 
     def _key(self, config: Mapping[str, Any]) -> str:
         return config_key(config, self.base_trial)
@@ -102,8 +104,12 @@ class RepeatSkipper(SearcherWrapper):
         self.searcher.on_trial_result(self.inner_ids.get(trial_id, trial_id), result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        self.searcher.on_trial_complete(self.inner_ids.pop(trial_id, trial_id), result=result, error=error)
-        key = self.keys.pop(trial_id, None)
+        self.searcher.on_trial_complete(self.inner_ids.get(trial_id, trial_id), result=result, error=error)
+        self._ended(trial_id, result, error)
+
+    def _ended(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        """A trial ended: the config it trained is no longer running; its result, if it has one, is known."""
+        key = self.keys.get(trial_id)
         if key is None or self.running.get(key) != trial_id:
             return
         del self.running[key]
@@ -111,3 +117,24 @@ class RepeatSkipper(SearcherWrapper):
         if status in (TrialStatus.FINISHED, TrialStatus.STOPPED) and key not in self.finished:
             metrics = numeric_metrics(result or {}, TRIAL_METRICS)
             self.finished[key] = Repeat(trial_name(trial_id), metrics).to_dict()
+
+    def realign(self, trials: Sequence[SnapshotTrial]) -> None:
+        """Agree with the trials Tune restored (``ray_tune.realign``): a lost trial is forgotten,
+        one never emitted is adopted (as running), and one the snapshot ended is completed; the
+        searcher gets the same trials under its own ids, held proposals included, and does the same."""
+        by_id = {t.trial_id: t for t in trials}
+        for trial_id in [t for t in self.keys if t not in by_id]:
+            key = self.keys.pop(trial_id)
+            del self.inner_ids[trial_id]
+            if self.running.get(key) == trial_id:
+                del self.running[key]
+        for t in trials:
+            if t.trial_id not in self.keys:
+                self.inner_ids[t.trial_id] = t.trial_id
+                key = self.keys[t.trial_id] = self._key(t.config)
+                if REPEAT_KEY not in t.config and key not in self.running and key not in self.finished:
+                    self.running[key] = t.trial_id
+            if t.done:
+                self._ended(t.trial_id, dict(t.result or {}), error=False)
+        inner = [replace(t, trial_id=self.inner_ids[t.trial_id]) for t in trials]
+        realign_searcher(self.searcher, [*inner, *(SnapshotTrial(i, c) for i, c in self.held)])

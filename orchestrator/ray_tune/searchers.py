@@ -4,9 +4,9 @@ Optuna's sampler may start from earlier sweeps' finished trials (:class:`WarmTri
 ``tracking.warm_start``): they are added to its study, with every objective's value, before
 it proposes anything, and never trained again. With ``search.control`` Optuna's proposals are
 each followed by their control (``ray_tune.controls``). With ``search.skip_repeats`` the searcher
-is wrapped, outside that, so that no configuration is trained twice (``ray_tune.repeats``); grid
-and random sweeps then run through a :class:`VariantList` so that a grid's duplicates are repeats
-too (as do random sweeps with a control: their list holds each trial's control after it).
+is wrapped, outside that, so that no configuration is trained twice (``ray_tune.repeats``). Grid
+and random sweeps run through a :class:`VariantList`, the list ``--dry-run`` previews, so that a
+grid's duplicates are repeats too (a random sweep's list holds each trial's control after it).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from trainables.config.metrics import scheduler_metric_names
 from trainables.config.repeat import Repeat
 
 from ..sweep import SweepSearchConfig
+from .realign import SnapshotTrial, proposal
 
 __all__ = ["WarmTrial", "VariantList", "make_searcher"]
 
@@ -90,23 +91,36 @@ class VariantList(Searcher):
     def __init__(self, points: Sequence[Mapping[str, Any]]) -> None:
         super().__init__()
         self.points = [dict(p) for p in points]
-        self.next = 0
+        self.taken: list[int] = []  # indices of the points proposed, in order
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.next >= len(self.points):
+        taken = set(self.taken)
+        index = next((i for i in range(len(self.points)) if i not in taken), None)
+        if index is None:
             return None  # every point proposed; Tune stops at num_samples (= len(points))
-        self.next += 1
-        return dict(self.points[self.next - 1])
+        self.taken.append(index)
+        return dict(self.points[index])
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Nothing to learn: the list is fixed."""
 
+    def realign(self, trials: Sequence[SnapshotTrial]) -> None:
+        """The points taken are those of ``trials`` (``ray_tune.realign``): a lost one is
+        proposed again, one already in a trial is not."""
+        self.taken = []
+        for trial in trials:
+            point = proposal(trial.config)
+            index = next((i for i, p in enumerate(self.points) if p == point and i not in self.taken), None)
+            if index is not None:
+                self.taken.append(index)
+
     def save(self, checkpoint_path: str) -> None:
-        Path(checkpoint_path).write_text(json.dumps({"points": self.points, "next": self.next}))
+        Path(checkpoint_path).write_text(json.dumps({"points": self.points, "taken": self.taken}))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
-        self.points, self.next = state["points"], state["next"]
+        self.points = state["points"]
+        self.taken = state["taken"] if "taken" in state else list(range(state["next"]))  # saved before "taken"
 
 
 def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | None = None,
@@ -116,8 +130,7 @@ def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | No
     proposal followed by its control with ``search.control``; repeats skipped, proposals compared
     as trials over ``base_trial``, the sweep's ``trial:``); for grid and random sweeps, the sweep's
     ``variants`` (every trial's sampled keys, controls included) through a :class:`VariantList`
-    (repeats skipped with ``skip_repeats``), or without them a BasicVariantGenerator over
-    ``param_space``. ``param_space``: Tune's, needed with ``warm``."""
+    (repeats skipped with ``skip_repeats``). ``param_space``: Tune's, needed with ``warm``."""
     from .controls import ControlPairer
     from .repeats import RepeatSkipper
 
@@ -137,9 +150,5 @@ def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | No
         if search.skip_repeats:
             return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm if not t.stopped], base_trial)
         return searcher
-    if variants is not None:
-        listed = VariantList(variants)
-        return RepeatSkipper(listed, (), base_trial) if search.skip_repeats else listed
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    return BasicVariantGenerator(max_concurrent=search.max_concurrent or 0, random_state=search.seed)
+    listed = VariantList(variants or ())
+    return RepeatSkipper(listed, (), base_trial) if search.skip_repeats else listed

@@ -10,8 +10,8 @@ from trainables.config.metrics import scheduler_metric_names
 from trainables.errors import NothingToResumeError, SweepExistsError
 from trainables.ray_tune import trial_name
 
-from ..sweep import SweepConfig, param_space, sample_overrides, storage, trial_count
-from ..sweep.control import with_controls
+from ..sweep import SweepConfig, param_space, storage
+from ..sweep.control import listed_trials
 from . import adapter as ray_adapter
 from .searchers import WarmTrial, make_searcher
 
@@ -44,13 +44,17 @@ def check_fresh(cfg: SweepConfig) -> None:
 
 
 def can_restore(cfg: SweepConfig) -> bool:
-    """Whether Tune can continue the sweep: ``tuner.pkl`` *and* an experiment snapshot. A driver
-    killed between writing the two leaves a ``tuner.pkl`` whose restore would lose the search
-    space (one empty trial); such a sweep starts its trials afresh instead."""
+    """Whether Tune can continue the sweep: ``tuner.pkl``, an experiment snapshot *and* the
+    searcher's state. A driver killed between writing the first two leaves a ``tuner.pkl`` whose
+    restore would lose the search space (one empty trial); one killed while Ray first copied the
+    snapshot and the searcher's state to storage can leave the snapshot alone, whose restore would
+    never propose the trials it lacks. Such a sweep starts its trials afresh instead."""
     from ray import tune
 
-    return tune.Tuner.can_restore(cfg.experiment_path) and storage.any_file(
-        cfg.experiment_path, ray_adapter.SNAPSHOT_PREFIX, ray_adapter.SNAPSHOT_SUFFIX)
+    path = cfg.experiment_path
+    return tune.Tuner.can_restore(path) and storage.any_file(path, ray_adapter.SNAPSHOT_PREFIX,
+                                                             ray_adapter.SNAPSHOT_SUFFIX) \
+        and storage.any_file(path, ray_adapter.SEARCH_STATE_PREFIX)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -105,8 +109,10 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[War
     """A new Tuner: resources, param space, searcher (``warm``: earlier sweeps' trials for its
     sampler), scheduler, stop, failures, checkpoints."""
     from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
 
     from .cluster import max_concurrent
+    from .realign import AlignedSearch
     from .repair import CheckpointRepair
 
     ray_adapter.driver_env()
@@ -121,17 +127,16 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[War
     reporter, trial_lines = _console(cfg)
     space = param_space(cfg.space, cfg.search.algorithm)
     # grid/random as a VariantList (a random sweep's controls follow their trials in it)
-    listed = cfg.search.algorithm != "optuna" and (cfg.search.skip_repeats or cfg.search.paired)
-    count = trial_count(cfg.space, cfg.search.algorithm, cfg.search.num_samples)
-    variants = sample_overrides(cfg.space, cfg.search.algorithm, count, cfg.search.seed) if listed else None
-    if variants is not None and cfg.search.control is not None and cfg.search.paired:
-        variants = with_controls(variants, cfg.search.control)
+    listed = cfg.search.algorithm != "optuna"
+    variants = listed_trials(cfg) if listed else None
+    searcher = make_searcher(search, space, warm, cfg.trial, variants)
+    if search.max_concurrent:
+        searcher = ConcurrencyLimiter(searcher, search.max_concurrent)
     tune_config = tune.TuneConfig(
-        search_alg=make_searcher(search, space, warm, cfg.trial, variants),
+        search_alg=AlignedSearch(searcher),  # restored in step with Tune's trials (ray_tune.realign)
         scheduler=make_scheduler(cfg, inherit_metric=inherit),
         # Optuna's: each proposal and its control (ray_tune.controls) with search.control
         num_samples=len(variants) if variants is not None else cfg.search.num_samples * (2 if cfg.search.paired else 1),
-        max_concurrent_trials=search.max_concurrent if cfg.search.algorithm == "optuna" or listed else None,
         metric=objective.metric if top_metric else None,
         mode=objective.mode if top_metric else None,
         trial_dirname_creator=trial_dirname,

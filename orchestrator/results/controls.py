@@ -1,15 +1,15 @@
 """The control of a sweep (``search.control``): which trials are controls, each trial's gain
 over its own control, and per method the gain over the controls with Welch's test.
 
-A trial's control is the finished control trial with the same values of every non-``search``
-key (learning rate, seed, training form, any other sampled key): same schedule, same seed,
-trained plain. Pure functions over :class:`TrialRecord` lists; no Ray, no MLflow.
+A trial's control is the finished control trial with the same values of every key but the
+method's (learning rate, seed, schedule, training form, any other sampled key): same schedule,
+same seed, trained plain. Pure functions over :class:`TrialRecord` lists; no Ray, no MLflow.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,20 +23,23 @@ GAINS = {"val_acc": "gain_val_acc", "test_acc": "gain_test_acc"}
 WEIGHTS_METRICS = ("weights_val_acc", "weights_test_acc")
 
 
-def _pair_key(record: TrialRecord) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, repr(v)) for k, v in record.config.items() if not k.startswith("search.")))
+def _pair_key(record: TrialRecord, method_keys: Collection[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, repr(v)) for k, v in record.config.items() if k not in method_keys))
 
 
-def mark_controls(records: Sequence[TrialRecord], control: str) -> None:
+def mark_controls(records: Sequence[TrialRecord], control: str,
+                  method_keys: Collection[str] = ("search.method",)) -> None:
     """Set ``control`` on the control trials and the ``GAINS`` metrics of every other finished
-    trial that has a finished control (its metric minus the control's)."""
+    trial that has a finished control (its metric minus the control's): the one equal to it in
+    every key but ``method_keys`` (``sweep.control.method_keys`` of the sweep's space), so a
+    trial is compared at its own schedule, learning rate and seed."""
     controls = {}
     for r in records:
         r.control = r.config.get("search.method") == control
         if r.control and r.finished:
-            controls[_pair_key(r)] = r
+            controls[_pair_key(r, method_keys)] = r
     for r in records:
-        pair = controls.get(_pair_key(r))
+        pair = controls.get(_pair_key(r, method_keys))
         if r.control or pair is None or not r.finished:
             continue
         for metric, gain in GAINS.items():

@@ -24,6 +24,7 @@ from trainables.errors import ConfigError
 
 from ..records import TrialRecord
 from ..sweep import SweepConfig
+from ..sweep.control import method_keys
 from ..tracking.parent_run import SweepState
 from ..tracking.runs import records_from_mlflow
 from .method_stats import (
@@ -143,7 +144,7 @@ class SweepPart:
             raise ConfigError("name", f"no sweep state at {SweepState.path(cfg)}; run the sweep first")
         records = records_from_mlflow(cfg, state)
         if cfg.search.control is not None:  # controls and gains, as the sweep's own summary has them
-            mark_controls(records, cfg.search.control)
+            mark_controls(records, cfg.search.control, method_keys(cfg.space))
         return cls(cfg, records, _parent_front(state)), state
 
     @property

@@ -13,6 +13,7 @@ from ..console import quiet_mlflow
 from ..ray_tune.results import records_from_results, resume_advice, trial_name
 from ..records import TrialRecord, TrialStatus
 from ..redact import redact
+from ..sweep.control import method_keys
 from ..tracking.model_registry import Registered, register_models
 from ..tracking.parent_run import SweepState, child_runs, log_parent_artifacts, log_parent_values, run_links
 from .controls import GAINS, ControlReport, control_report, mark_controls
@@ -98,7 +99,7 @@ def _controls(records: list[TrialRecord], cfg: SweepConfig, state: SweepState) -
     ``repnas.control``, metrics ``gain_val_acc``/``gain_test_acc``), and the per-method
     comparison (on the parent run: ``control.*`` metrics)."""
     control = str(cfg.search.control)
-    mark_controls(records, control)
+    mark_controls(records, control, method_keys(cfg.space))
     for r in records:
         if r.run_id is not None:
             gains = {g: r.metrics[g] for g in GAINS.values() if g in r.metrics}

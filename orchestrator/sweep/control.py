@@ -15,13 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainables.errors import ConfigError
 
-from .space import SpaceParam
+from .space import SpaceParam, sample_overrides, trial_count
 
-__all__ = ["with_control", "check_unsampled_control", "control_of", "with_controls"]
+if TYPE_CHECKING:
+    from .schema import SweepConfig
+
+__all__ = ["with_control", "check_unsampled_control", "control_of", "is_control", "with_controls", "listed_trials",
+           "method_keys"]
 
 _METHOD = "search.method"
 
@@ -80,6 +84,38 @@ def control_of(config: Mapping[str, Any], control: str) -> dict[str, Any]:
     return out
 
 
+def is_control(config: Mapping[str, Any], control: str) -> bool:
+    """Whether a trial's sampled keys are those of a ``control`` trial (:func:`control_of`'s)."""
+    for key, value in config.items():
+        own = key.removeprefix("trial.")
+        if own == _METHOD:
+            return value == control
+        if own == "search" and isinstance(value, Mapping):
+            return value.get("method") == control
+    return False
+
+
+def method_keys(space: Sequence[SpaceParam]) -> frozenset[str]:
+    """The flat trial keys a control replaces (``search.method``, or every key of a ``search``
+    group of mappings); a trial and its control agree on every other key."""
+    keys = {_METHOD}
+    for p in space:
+        if _is_group(p):
+            keys.update(p.trial_keys())
+    return frozenset(keys)
+
+
 def with_controls(points: Sequence[Mapping[str, Any]], control: str) -> list[dict[str, Any]]:
     """``points`` (trials' sampled keys), each followed by its control."""
     return [trial for p in points for trial in (dict(p), control_of(p, control))]
+
+
+def listed_trials(cfg: SweepConfig, count: int | None = None) -> list[dict[str, Any]]:
+    """The sampled keys of the sweep's first ``count`` trials (default: all of them), each
+    searched one followed by its control when the sweep pairs them (``search.paired``): a grid's
+    or random sweep's own list, which it proposes in order; examples of an Optuna sweep's."""
+    s = cfg.search
+    total = trial_count(cfg.space, s.algorithm, s.num_samples, s.paired)
+    count = total if count is None else min(count, total)
+    points = sample_overrides(cfg.space, s.algorithm, (count + 1) // 2 if s.paired else count, s.seed)
+    return with_controls(points, s.control)[:count] if s.control is not None and s.paired else points

@@ -19,6 +19,7 @@ from orchestrator.results.controls import control_report, mark_controls
 from orchestrator.results.pareto import mark_front
 from orchestrator.run import main
 from orchestrator.sweep import parse_sweep
+from orchestrator.sweep.control import method_keys
 from orchestrator.sweep.space import trial_count
 from trainables.errors import ConfigError
 
@@ -47,6 +48,22 @@ def test_control_pairs_by_setting_and_seed_and_stays_off_the_front() -> None:
     lines = report.lines()
     assert any(line.strip().startswith("dbb (optim.lr=0.1): val_acc") and "Welch p=" in line for line in lines)
     assert "control.dbb.lr0.1.val_acc_gain" in report.parent_metrics()
+
+
+def test_a_trial_pairs_with_the_control_of_its_own_schedule(kit, tmp_path: Path) -> None:
+    """A grid sampling ``search.epochs`` beside the method pairs each trial with the control at
+    its epochs (every key but the method's), and a ``search`` group's keys are the method's."""
+    records = [_record(f"{m}{e}", m, 0, 0.1, 0.8 + 0.01 * e, 0.7) for m in ("plain", "dbb") for e in (5, 10)]
+    for r in records:
+        r.config["search.epochs"] = int(r.trial_name.removeprefix(r.config["search.method"]))
+    data = kit.tiny_sweep(tmp_path, search={"algorithm": "grid", "num_samples": 1, "control": "plain"})
+    data["space"] = {"search.epochs": {"grid": [5, 10]}, "search.method": {"grid": ["dbb"]}}
+    keys = method_keys(parse_sweep(data).space)
+    assert keys == {"search.method"}
+    mark_controls(records, "plain", keys)
+    assert [r.metrics.get("gain_val_acc") for r in records] == [None, None, 0.0, 0.0]  # dbb5 - plain5, dbb10 - plain10
+    data["space"] = {"search": {"grid": [{"method": "dbb"}, {"method": "odbb", "budget": 8}]}}
+    assert method_keys(parse_sweep(data).space) == {"search.method", "search.budget"}
 
 
 def test_control_key_adds_the_control_to_a_grid_and_pairs_optuna_proposals(kit, tmp_path: Path) -> None:

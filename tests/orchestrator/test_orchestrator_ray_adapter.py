@@ -42,3 +42,12 @@ def test_result_grid_reads_a_stored_experiment() -> None:
 
     assert list(inspect.signature(ResultGrid.__init__).parameters)[1] == "experiment_analysis"
     assert "experiment_checkpoint_path" in inspect.signature(ExperimentAnalysis.__init__).parameters
+
+
+def test_file_names_are_tunes() -> None:
+    """What ``can_restore`` and ``realign`` look for: Tune's snapshot and searcher state files."""
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search import SearchGenerator
+
+    assert TuneController.CKPT_FILE_TMPL.format("x") == f"{ray_adapter.SNAPSHOT_PREFIX}x{ray_adapter.SNAPSHOT_SUFFIX}"
+    assert SearchGenerator.CKPT_FILE_TMPL.format("x").startswith(ray_adapter.SEARCH_STATE_PREFIX)

@@ -8,13 +8,12 @@ from typing import Any
 
 import optuna
 import pytest
-from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical, Float, Integer
 
 from orchestrator.sweep import parse_sweep
 from orchestrator.ray_tune.repeats import RepeatSkipper
-from orchestrator.ray_tune.searchers import make_searcher
+from orchestrator.ray_tune.searchers import VariantList, make_searcher
 from orchestrator.sweep.space import param_space, parse_space, sample_overrides
 
 
@@ -53,12 +52,14 @@ def test_optuna_searcher_multi_objective(sampler: str, cls: type, tmp_path: Path
     assert isinstance(plain, OptunaSearch) and isinstance(plain._sampler, cls)
 
 
-def test_single_objective_and_basic_variant(tmp_path: Path, kit: Any) -> None:
+def test_single_objective_and_the_random_list(tmp_path: Path, kit: Any) -> None:
     cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"objectives": [{"metric": "val_loss", "mode": "min"}]}))
     searcher = make_searcher(cfg.search)
     assert searcher.metric == "val_loss" and searcher.mode == "min"
-    cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"algorithm": "random"}))
-    assert isinstance(make_searcher(cfg.search), BasicVariantGenerator)
+    cfg = parse_sweep(kit.tiny_sweep(tmp_path, search={"algorithm": "random", "skip_repeats": False}))
+    points = [{"optim.lr": 0.1}, {"optim.lr": 0.2}]
+    listed = make_searcher(cfg.search, variants=points)  # the list --dry-run previews, repeats or not
+    assert isinstance(listed, VariantList) and [listed.suggest(i) for i in "abc"] == [*points, None]
 
 
 def test_seeded_samples_are_reproducible() -> None:
