@@ -58,16 +58,21 @@ class RepeatSkipper(SearcherWrapper):
 
     ``known``: results the sweep already has (warm-start trials of earlier sweeps), by config.
     ``base_trial``: the sweep's ``trial:`` mapping, under which proposals are compared
-    (:func:`config_key`; without it, literally).
+    (:func:`config_key`; without it, literally). ``limit``: the sweep's trial count (Tune's
+    ``num_samples``): once the trials emitted and the proposals held reach it, no new proposal is
+    drawn, so a held proposal (and a control that follows it) is not crowded out by later ones.
     Tune saves the inner searcher through ``save``/``restore`` and this wrapper's own state
     through ``get_state``/``set_state`` (as for its ``ConcurrencyLimiter``), so a resumed sweep
     keeps its repeats.
     """
 
+    limit: int | None = None  # the default of a wrapper pickled before it had one
+
     def __init__(self, searcher: Searcher, known: Iterable[tuple[Mapping[str, Any], Repeat]] = (),
-                 base_trial: Mapping[str, Any] | None = None) -> None:
+                 base_trial: Mapping[str, Any] | None = None, limit: int | None = None) -> None:
         super().__init__(searcher)
         self.base_trial = None if base_trial is None else dict(base_trial)
+        self.limit = limit  # the sweep's trials: no proposal is drawn beyond them, held ones included
         self.finished: dict[str, dict[str, Any]] = {self._key(c): r.to_dict() for c, r in known}
         self.running: dict[str, str] = {}  # config key -> the Tune trial training it
         self.held: list[tuple[str, dict[str, Any]]] = []  # (searcher's trial id, config) equal to a running trial
@@ -83,6 +88,8 @@ class RepeatSkipper(SearcherWrapper):
             if key in self.finished or key not in self.running:  # its original ended
                 del self.held[i]
                 return self._emit(trial_id, inner_id, config)
+        if self.limit is not None and len(self.keys) + len(self.held) >= self.limit:
+            return None  # the rest are held proposals: Tune's count would otherwise end the sweep without them
         config = self.searcher.suggest(trial_id)
         if config is None or config == Searcher.FINISHED:
             return config

@@ -125,12 +125,13 @@ class VariantList(Searcher):
 
 def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | None = None,
                   warm: Sequence[WarmTrial] = (), base_trial: Mapping[str, Any] | None = None,
-                  variants: Sequence[Mapping[str, Any]] | None = None) -> Searcher | Any:
+                  variants: Sequence[Mapping[str, Any]] | None = None, limit: int | None = None) -> Searcher | Any:
     """OptunaSearch (objective lists go to the searcher only; ``warm`` trials in its study; each
     proposal followed by its control with ``search.control``; repeats skipped, proposals compared
     as trials over ``base_trial``, the sweep's ``trial:``); for grid and random sweeps, the sweep's
     ``variants`` (every trial's sampled keys, controls included) through a :class:`VariantList`
-    (repeats skipped with ``skip_repeats``). ``param_space``: Tune's, needed with ``warm``."""
+    (repeats skipped with ``skip_repeats``). ``param_space``: Tune's, needed with ``warm``.
+    ``limit``: the sweep's trial count, for the repeat check (``RepeatSkipper``)."""
     from .controls import ControlPairer
     from .repeats import RepeatSkipper
 
@@ -148,7 +149,7 @@ def make_searcher(search: SweepSearchConfig, param_space: Mapping[str, Any] | No
         if search.control is not None:
             searcher = ControlPairer(searcher, search.control)
         if search.skip_repeats:
-            return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm if not t.stopped], base_trial)
+            return RepeatSkipper(searcher, [(t.point, t.repeat) for t in warm if not t.stopped], base_trial, limit)
         return searcher
     listed = VariantList(variants or ())
-    return RepeatSkipper(listed, (), base_trial) if search.skip_repeats else listed
+    return RepeatSkipper(listed, (), base_trial, limit) if search.skip_repeats else listed

@@ -129,14 +129,15 @@ def build_tuner(cfg: SweepConfig, hooks: Sequence[TrialHook], warm: Sequence[War
     # grid/random as a VariantList (a random sweep's controls follow their trials in it)
     listed = cfg.search.algorithm != "optuna"
     variants = listed_trials(cfg) if listed else None
-    searcher = make_searcher(search, space, warm, cfg.trial, variants)
+    # Optuna's: each proposal and its control (ray_tune.controls) with search.control
+    num_samples = len(variants) if variants is not None else cfg.search.num_samples * (2 if cfg.search.paired else 1)
+    searcher = make_searcher(search, space, warm, cfg.trial, variants, num_samples)
     if search.max_concurrent:
         searcher = ConcurrencyLimiter(searcher, search.max_concurrent)
     tune_config = tune.TuneConfig(
         search_alg=AlignedSearch(searcher),  # restored in step with Tune's trials (ray_tune.realign)
         scheduler=make_scheduler(cfg, inherit_metric=inherit),
-        # Optuna's: each proposal and its control (ray_tune.controls) with search.control
-        num_samples=len(variants) if variants is not None else cfg.search.num_samples * (2 if cfg.search.paired else 1),
+        num_samples=num_samples,
         metric=objective.metric if top_metric else None,
         mode=objective.mode if top_metric else None,
         trial_dirname_creator=trial_dirname,

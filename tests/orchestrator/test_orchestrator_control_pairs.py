@@ -101,6 +101,25 @@ def test_a_control_equal_to_an_earlier_one_is_a_repeat_behind_the_repeat_check()
     assert sorted(_completed(searcher.searcher.searcher)) in ([0.7, 0.9], [0.9, 0.9])
 
 
+def test_held_proposals_are_not_crowded_out_by_later_ones() -> None:
+    """A proposal equal to a running trial is held; its control follows it. With the sweep's 2 x 2
+    trials emitted or held, no new proposal is drawn: Tune, which counts only emitted trials,
+    would otherwise fill the sweep with later proposals and controls and never run the held one
+    (an Optuna sweep with a choice of one lr ended with 1 searched trial and 3 controls)."""
+    search = SweepSearchConfig(objectives=[SweepSearchConfig().objectives[0]], control="plain")
+    searcher = make_searcher(search, limit=4)
+    assert searcher.set_search_properties(None, None, {"optim.lr": tune.choice([0.1])})
+    first, control = searcher.suggest("a"), searcher.suggest("b")
+    assert searcher.suggest("c") is None and searcher.suggest("d") is None  # the second proposal and its control: held
+    assert searcher.suggest("e") is None and len(searcher.searcher.searcher._ot_study.trials) == 2  # nothing new drawn
+    searcher.on_trial_complete("a", _done(0.9))
+    searcher.on_trial_complete("b", _done(0.5))
+    second, its_control = searcher.suggest("f"), searcher.suggest("g")
+    assert Repeat.from_dict(second.pop(REPEAT_KEY)).metrics["val_acc"] == 0.9 and second == first
+    assert Repeat.from_dict(its_control.pop(REPEAT_KEY)).metrics["val_acc"] == 0.5 and its_control == control
+    assert searcher.suggest("h") is None  # 4 trials: the sweep is complete
+
+
 def test_a_random_sweep_lists_each_trial_then_its_control(kit, tmp_path: Path, write_sweep, capsys) -> None:
     data = kit.tiny_sweep(tmp_path, search={"algorithm": "random", "num_samples": 2, "control": "plain"})
     assert main([str(write_sweep(data)), "--dry-run"]) == 0

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _faults import Driver, assert_mlflow_complete, assert_same_finals, cli, results, rows, sweep, write
+from _faults import Driver, assert_mlflow_complete, assert_same_finals, cli, result_grid, results, rows, sweep, write
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -68,6 +68,23 @@ def test_driver_sigkill_then_resume(moment: str, tmp_path: Path, start_driver: C
 
 
 
+def _kill_and_lose_the_newest_trial(path: Path, exp: Path, start_driver: Callable[..., Driver]) -> str:
+    """Kill the driver once a trial is done, take the newest trial out of Ray's snapshot (and its
+    folder), resume; the lost trial's id."""
+    driver = start_driver([str(path)])
+    driver.wait_for(_first_trial_done(exp), "first_trial_done")
+    driver.sigkill()
+    snapshot = max(exp.glob("experiment_state-*.json"))
+    state = json.loads(snapshot.read_text())
+    lost = json.loads(state["trial_data"].pop()[0])["trial_id"]
+    snapshot.write_text(json.dumps(state))
+    shutil.rmtree(exp / f"repnas_trial_{lost}", ignore_errors=True)
+    resumed = cli("orchestrator.run", [str(path), "--resume"], exp.parent.parent, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    assert "the searcher follows the snapshot, lost proposals are made again" in resumed.stderr
+    return lost
+
+
 def test_a_searcher_state_ahead_of_the_snapshot_loses_no_trial(tmp_path: Path, start_driver: Callable[..., Driver],
                                                                baseline: dict[float, dict[str, float]]) -> None:
     """The race CI met once: Ray copies the experiment snapshot and the searcher's state to
@@ -77,19 +94,29 @@ def test_a_searcher_state_ahead_of_the_snapshot_loses_no_trial(tmp_path: Path, s
     never copied); ``--resume`` proposes that point again and the sweep equals the uninterrupted one."""
     path = write(tmp_path, sweep(tmp_path, "ahead"))
     exp = tmp_path / "ray_results" / "ahead"
-    driver = start_driver([str(path)])
-    driver.wait_for(_first_trial_done(exp), "first_trial_done")
-    driver.sigkill()
-    snapshot = max(exp.glob("experiment_state-*.json"))
-    state = json.loads(snapshot.read_text())
-    lost = json.loads(state["trial_data"].pop()[0])["trial_id"]
-    snapshot.write_text(json.dumps(state))
-    shutil.rmtree(exp / f"repnas_trial_{lost}", ignore_errors=True)
-    resumed = cli("orchestrator.run", [str(path), "--resume"], tmp_path, timeout=400)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
-    assert "the searcher follows the snapshot, lost proposals are made again" in resumed.stderr
+    lost = _kill_and_lose_the_newest_trial(path, exp, start_driver)
     got = results(exp)
     assert_same_finals(got, baseline)
     assert lost not in {r.metrics["trial_id"] for r in got.values()}  # the point trained again, as a new trial
     assert_mlflow_complete(f"sqlite:///{tmp_path / 'mlflow.db'}", "ahead", {Path(r.path).name for r in got.values()},
+                           orphans=True)
+
+
+def test_an_optuna_sweep_with_controls_ahead_of_the_snapshot_pairs_every_trial(
+        tmp_path: Path, start_driver: Callable[..., Driver]) -> None:
+    """The same loss for Optuna with a plain control after each proposal: the lost trial (a
+    proposal, which fails in the study, or a control, due again) is made good; the sweep ends
+    with its 2 x 2 trials, every searched one paired with a control at its learning rate."""
+    data = sweep(tmp_path, "optuna_ahead", search={"algorithm": "optuna", "num_samples": 2, "max_concurrent": 2,
+                                                   "seed": 0, "control": "plain"},
+                 space={"optim.lr": {"choice": [0.05, 0.1]}, "search.budget": {"choice": [0.5]}})
+    path, exp = write(tmp_path, data), tmp_path / "ray_results" / "optuna_ahead"
+    _kill_and_lose_the_newest_trial(path, exp, start_driver)
+    got = list(result_grid(exp))
+    assert len(got) == 4 and all(r.error is None and r.metrics.get("done") for r in got)
+    searched = [r.config for r in got if r.config.get("search.method") != "plain"]
+    controls = [r.config for r in got if r.config.get("search.method") == "plain"]
+    assert len(searched) == len(controls) == 2
+    assert sorted(c["optim.lr"] for c in searched) == sorted(c["optim.lr"] for c in controls)
+    assert_mlflow_complete(f"sqlite:///{tmp_path / 'mlflow.db'}", "optuna_ahead", {Path(r.path).name for r in got},
                            orphans=True)
