@@ -113,15 +113,15 @@ def load_result_grid(experiment_path: str) -> Any:
 def snapshot_trials(dirpath: str) -> list[Trial]:
     """The trials of the newest experiment snapshot in local folder ``dirpath`` (the one
     ``Tuner.restore`` reads: the greatest name), in the order Tune created them."""
+    import json
     from pathlib import Path
 
     from ray.tune.experiment import Trial
-    from ray.tune.utils.serialization import _loads_with_cloudpickle
 
     files = sorted(Path(dirpath).glob(f"{SNAPSHOT_PREFIX}*{SNAPSHOT_SUFFIX}"))
     if not files:
         return []
-    state = _loads_with_cloudpickle(files[-1].read_text())
+    state = json.loads(files[-1].read_text())  # plain JSON; each trial's state is decoded by Ray's own reader
     trials = []
     for json_state, metadata in state["trial_data"]:
         trial = Trial.from_json_state(json_state, stub=True)

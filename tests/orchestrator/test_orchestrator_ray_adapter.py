@@ -51,3 +51,24 @@ def test_file_names_are_tunes() -> None:
 
     assert TuneController.CKPT_FILE_TMPL.format("x") == f"{ray_adapter.SNAPSHOT_PREFIX}x{ray_adapter.SNAPSHOT_SUFFIX}"
     assert SearchGenerator.CKPT_FILE_TMPL.format("x").startswith(ray_adapter.SEARCH_STATE_PREFIX)
+
+
+def test_snapshot_trials_reads_tunes_own_snapshot(tmp_path) -> None:
+    """``realign`` reads the trials of the snapshot Tune restored: written here as Tune writes it."""
+    import json
+
+    from ray.tune import PlacementGroupFactory
+    from ray.tune.experiment import Trial
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    trials = [Trial("repnas_trial", config={"optim.lr": lr}, trial_id=i, stub=True,
+                    placement_group_factory=PlacementGroupFactory([{"CPU": 1}])) for i, lr in (("a", 0.1), ("b", 0.2))]
+    trials[0].status = Trial.TERMINATED
+    for t in trials:
+        t.create_placement_group_factory()
+    state = {"trial_data": [t.get_json_state() for t in trials], "runner_data": {}, "stats": {}}
+    (tmp_path / f"{ray_adapter.SNAPSHOT_PREFIX}x{ray_adapter.SNAPSHOT_SUFFIX}").write_text(
+        json.dumps(state, cls=TuneFunctionEncoder))
+    read = ray_adapter.snapshot_trials(str(tmp_path))
+    assert [(t.trial_id, t.config, ray_adapter.trial_done(t)) for t in read] == \
+        [("a", {"optim.lr": 0.1}, True), ("b", {"optim.lr": 0.2}, False)]
